@@ -1,0 +1,739 @@
+//! The cache: node entries and LLM request/response pairs in sled, artifacts content-addressed on disk.
+//!
+//! Layout of a cache folder:
+//! `lock` (held by the one process using the cache), `db/` (sled), `objects/ab/abcd..` (artifacts,
+//! named by their blake3 digest), `tmp/` (work folders of running nodes; emptied on open),
+//! `runs/RUN_ID/` (reports). An artifact is renamed into `objects/` before the entry that names it
+//! is written, so a killed run never leaves an entry pointing at a half-written artifact.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::plugin::Metrics;
+
+/// A blake3 digest in lowercase hex.
+pub type Digest = String;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cache database: {0}")]
+    Db(#[from] sled::Error),
+    #[error("cache entry {key}: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("the cache at {0} is in use by another relabel process")]
+    Busy(PathBuf),
+}
+
+fn io_err(path: &Path, source: io::Error) -> CacheError {
+    CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a finished node left in the cache.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    pub node: String,
+    pub kind: String,
+    pub version: String,
+    /// Output name -> artifact digest.
+    pub outputs: BTreeMap<String, Digest>,
+    pub metrics: Metrics,
+    pub seconds: f64,
+    /// RFC 3339 time the entry was written.
+    pub created: String,
+}
+
+/// Everything a cache key is made of; kept per node so `plan` can say what changed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyParts {
+    pub kind: String,
+    pub version: String,
+    /// Digest of the canonical config.
+    pub config: Digest,
+    /// Input name -> artifact digest.
+    pub inputs: BTreeMap<String, Digest>,
+    /// Referenced file -> content digest.
+    pub files: BTreeMap<String, Digest>,
+    pub round: Option<u32>,
+}
+
+impl KeyParts {
+    pub fn key(&self) -> String {
+        let text = serde_json::to_string(self).expect("key parts serialize");
+        blake3::hash(text.as_bytes()).to_hex().to_string()
+    }
+}
+
+/// The key a node instance had the last time it was run or found cached.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastRecord {
+    pub key: String,
+    pub parts: KeyParts,
+}
+
+/// A remembered file digest, trusted while the file's size and mtime stay the same.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileMemo {
+    pub size: u64,
+    pub mtime_ns: u128,
+    pub digest: Digest,
+}
+
+/// The key-value side of the cache. sled implements it; another store can replace it.
+pub trait Store: Send + Sync {
+    fn get(&self, key: &str) -> Result<Option<Entry>, CacheError>;
+    fn put(&self, key: &str, entry: &Entry) -> Result<(), CacheError>;
+    fn remove(&self, key: &str) -> Result<(), CacheError>;
+    fn entries(&self) -> Result<Vec<(String, Result<Entry, String>)>, CacheError>;
+    fn last(&self, scope: &str) -> Result<Option<LastRecord>, CacheError>;
+    fn set_last(&self, scope: &str, rec: &LastRecord) -> Result<(), CacheError>;
+    fn lasts(&self) -> Result<Vec<(String, LastRecord)>, CacheError>;
+    fn file_memo(&self, path: &str) -> Result<Option<FileMemo>, CacheError>;
+    fn set_file_memo(&self, path: &str, memo: &FileMemo) -> Result<(), CacheError>;
+    fn llm_get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError>;
+    fn llm_put(&self, key: &str, value: &[u8]) -> Result<(), CacheError>;
+    fn llm_len(&self) -> usize;
+    /// Makes everything written so far durable.
+    fn flush(&self) -> Result<(), CacheError>;
+}
+
+/// The sled store: one tree each for entries, last keys, file digests and LLM pairs.
+pub struct SledStore {
+    db: sled::Db,
+    entries: sled::Tree,
+    last: sled::Tree,
+    files: sled::Tree,
+    llm: sled::Tree,
+}
+
+impl SledStore {
+    pub fn open(path: &Path) -> Result<Self, CacheError> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(SledStore {
+            entries: db.open_tree("entries")?,
+            last: db.open_tree("last")?,
+            files: db.open_tree("files")?,
+            llm: db.open_tree("llm")?,
+            db,
+        })
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, CacheError> {
+    serde_json::from_slice(bytes).map_err(|e| CacheError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("cache records serialize")
+}
+
+impl Store for SledStore {
+    fn get(&self, key: &str) -> Result<Option<Entry>, CacheError> {
+        match self.entries.get(key)? {
+            None => Ok(None),
+            Some(b) => decode(key, &b).map(Some),
+        }
+    }
+
+    fn put(&self, key: &str, entry: &Entry) -> Result<(), CacheError> {
+        self.entries.insert(key, encode(entry))?;
+        Ok(())
+    }
+
+    fn remove(&self, key: &str) -> Result<(), CacheError> {
+        self.entries.remove(key)?;
+        Ok(())
+    }
+
+    fn entries(&self) -> Result<Vec<(String, Result<Entry, String>)>, CacheError> {
+        let mut out = Vec::new();
+        for kv in self.entries.iter() {
+            let (k, v) = kv?;
+            let k = String::from_utf8_lossy(&k).to_string();
+            let e = serde_json::from_slice(&v).map_err(|e| e.to_string());
+            out.push((k, e));
+        }
+        Ok(out)
+    }
+
+    fn last(&self, scope: &str) -> Result<Option<LastRecord>, CacheError> {
+        match self.last.get(scope)? {
+            None => Ok(None),
+            Some(b) => decode(scope, &b).map(Some),
+        }
+    }
+
+    fn set_last(&self, scope: &str, rec: &LastRecord) -> Result<(), CacheError> {
+        self.last.insert(scope, encode(rec))?;
+        Ok(())
+    }
+
+    fn lasts(&self) -> Result<Vec<(String, LastRecord)>, CacheError> {
+        let mut out = Vec::new();
+        for kv in self.last.iter() {
+            let (k, v) = kv?;
+            let k = String::from_utf8_lossy(&k).to_string();
+            if let Ok(rec) = serde_json::from_slice(&v) {
+                out.push((k, rec));
+            }
+        }
+        Ok(out)
+    }
+
+    fn file_memo(&self, path: &str) -> Result<Option<FileMemo>, CacheError> {
+        Ok(self
+            .files
+            .get(path)?
+            .and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    fn set_file_memo(&self, path: &str, memo: &FileMemo) -> Result<(), CacheError> {
+        self.files.insert(path, encode(memo))?;
+        Ok(())
+    }
+
+    fn llm_get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        Ok(self.llm.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn llm_put(&self, key: &str, value: &[u8]) -> Result<(), CacheError> {
+        self.llm.insert(key, value)?;
+        self.llm.flush()?;
+        Ok(())
+    }
+
+    fn llm_len(&self) -> usize {
+        self.llm.len()
+    }
+
+    fn flush(&self) -> Result<(), CacheError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// LLM request/response pairs, keyed by the canonical request (which must hold no secret).
+#[derive(Clone)]
+pub struct LlmCache {
+    store: Arc<dyn Store>,
+    hits: Arc<AtomicU64>,
+    misses: Arc<AtomicU64>,
+}
+
+impl LlmCache {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        LlmCache {
+            store,
+            hits: Arc::default(),
+            misses: Arc::default(),
+        }
+    }
+
+    /// The key of a request: blake3 of its canonical JSON (object keys sorted).
+    pub fn key(request: &serde_json::Value) -> String {
+        blake3::hash(canonical_json(request).as_bytes())
+            .to_hex()
+            .to_string()
+    }
+
+    pub fn get(&self, request: &serde_json::Value) -> Result<Option<serde_json::Value>, CacheError> {
+        let key = Self::key(request);
+        let hit = self
+            .store
+            .llm_get(&key)?
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let counter = if hit.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(hit)
+    }
+
+    /// Stores a response durably before returning, so a killed run never pays for it again.
+    pub fn put(&self, request: &serde_json::Value, response: &serde_json::Value) -> Result<(), CacheError> {
+        self.store
+            .llm_put(&Self::key(request), &encode(response))
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+}
+
+/// JSON text with object keys sorted at every level: the same value always gives the same text.
+pub fn canonical_json(v: &serde_json::Value) -> String {
+    fn sort(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let sorted: BTreeMap<&String, serde_json::Value> =
+                    m.iter().map(|(k, v)| (k, sort(v))).collect();
+                serde_json::Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::to_string(&sort(v)).expect("json serializes")
+}
+
+/// How to behave when another process holds the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockWait {
+    /// Print a message and wait for it to finish.
+    Wait,
+    /// Fail at once with [`CacheError::Busy`].
+    NoWait,
+}
+
+/// An open cache folder, held exclusively by this process.
+pub struct Cache {
+    root: PathBuf,
+    store: Arc<dyn Store>,
+    _lock: File,
+}
+
+/// What `verify` found.
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub entries: usize,
+    pub objects: usize,
+    /// (entry key, node, why) for each evicted entry.
+    pub evicted: Vec<(String, String, String)>,
+}
+
+/// What `gc` removed.
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    pub entries_removed: usize,
+    pub objects_removed: usize,
+    pub bytes_freed: u64,
+}
+
+impl Cache {
+    /// Opens (creating) the cache at `root`, taking its lock; leftovers of killed runs are removed.
+    pub fn open(root: &Path, wait: LockWait) -> Result<Cache, CacheError> {
+        fs::create_dir_all(root).map_err(|e| io_err(root, e))?;
+        let lock_path = root.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                if wait == LockWait::NoWait {
+                    return Err(CacheError::Busy(root.to_path_buf()));
+                }
+                eprintln!(
+                    "relabel: the cache at {} is in use by another relabel process; waiting for it to finish",
+                    root.display()
+                );
+                lock.lock().map_err(|e| io_err(&lock_path, e))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path, e)),
+        }
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            remove_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+        }
+        for d in ["objects", "tmp", "runs"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(|e| io_err(&p, e))?;
+        }
+        let store = SledStore::open(&root.join("db"))?;
+        Ok(Cache {
+            root: root.to_path_buf(),
+            store: Arc::new(store),
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn llm_cache(&self) -> LlmCache {
+        LlmCache::new(self.store.clone())
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn runs_dir(&self) -> PathBuf {
+        self.root.join("runs")
+    }
+
+    pub fn object_path(&self, digest: &str) -> PathBuf {
+        let pre = digest.get(..2).unwrap_or("00");
+        self.root.join("objects").join(pre).join(digest)
+    }
+
+    pub fn has_object(&self, digest: &str) -> bool {
+        fs::symlink_metadata(self.object_path(digest)).is_ok()
+    }
+
+    /// Moves a file or folder into the object store; returns its digest. Same content is stored once.
+    pub fn import(&self, path: &Path) -> Result<Digest, CacheError> {
+        let digest = digest_path(path).map_err(|e| io_err(path, e))?;
+        let dest = self.object_path(&digest);
+        if self.has_object(&digest) {
+            remove_all(path).map_err(|e| io_err(path, e))?;
+            return Ok(digest);
+        }
+        let parent = dest.parent().expect("object paths have a parent");
+        fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+        make_read_only(path).map_err(|e| io_err(path, e))?;
+        match fs::rename(path, &dest) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc_exdev()) => {
+                // Another file system: copy into tmp, then rename.
+                let staged = self.tmp_dir().join(format!("import-{digest}"));
+                copy_all(path, &staged).map_err(|e| io_err(path, e))?;
+                fs::rename(&staged, &dest).map_err(|e| io_err(&dest, e))?;
+                remove_all(path).map_err(|e| io_err(path, e))?;
+            }
+            Err(e) => return Err(io_err(&dest, e)),
+        }
+        Ok(digest)
+    }
+
+    /// A file's content digest, re-hashed only when its size or mtime changed.
+    pub fn file_digest(&self, path: &Path) -> Result<Digest, CacheError> {
+        let meta = fs::metadata(path).map_err(|e| io_err(path, e))?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let key = fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string();
+        if let Some(m) = self.store.file_memo(&key)? {
+            if m.size == meta.len() && m.mtime_ns == mtime_ns && !meta.is_dir() {
+                return Ok(m.digest);
+            }
+        }
+        let digest = digest_path(path).map_err(|e| io_err(path, e))?;
+        // A file changed within the mtime clock's resolution of hashing could change again unseen
+        // ("racy" timestamps): remember only digests of files older than two seconds.
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_nanos();
+        if !meta.is_dir() && now_ns.saturating_sub(mtime_ns) > 2_000_000_000 {
+            self.store.set_file_memo(
+                &key,
+                &FileMemo {
+                    size: meta.len(),
+                    mtime_ns,
+                    digest: digest.clone(),
+                },
+            )?;
+        }
+        Ok(digest)
+    }
+
+    /// Re-hashes every artifact; evicts entries whose artifacts are missing or corrupt.
+    pub fn verify(&self) -> Result<VerifyReport, CacheError> {
+        let mut report = VerifyReport::default();
+        let mut checked: HashMap<String, Result<(), String>> = HashMap::new();
+        for (key, entry) in self.store.entries()? {
+            report.entries += 1;
+            let entry = match entry {
+                Ok(e) => e,
+                Err(why) => {
+                    self.store.remove(&key)?;
+                    report
+                        .evicted
+                        .push((key, "?".into(), format!("unreadable entry: {why}")));
+                    continue;
+                }
+            };
+            let mut bad = None;
+            for (name, digest) in &entry.outputs {
+                let verdict = checked.entry(digest.clone()).or_insert_with(|| {
+                    let p = self.object_path(digest);
+                    match digest_path(&p) {
+                        Ok(d) if &d == digest => Ok(()),
+                        Ok(d) => Err(format!("artifact {} has digest {d}", &digest[..12])),
+                        Err(e) => Err(format!("artifact {}: {e}", &digest[..digest.len().min(12)])),
+                    }
+                });
+                if let Err(why) = verdict {
+                    bad = Some(format!("output \"{name}\": {why}"));
+                    break;
+                }
+            }
+            if let Some(why) = bad {
+                self.store.remove(&key)?;
+                report.evicted.push((key, entry.node.clone(), why));
+            }
+        }
+        for (digest, verdict) in &checked {
+            report.objects += 1;
+            if verdict.is_err() {
+                let p = self.object_path(digest);
+                let _ = remove_all(&p);
+            }
+        }
+        self.store.flush()?;
+        Ok(report)
+    }
+
+    /// Removes artifacts no entry refers to; with `only_latest`, first drops entries that are
+    /// not the latest of their node.
+    pub fn gc(&self, only_latest: bool) -> Result<GcReport, CacheError> {
+        let mut report = GcReport::default();
+        if only_latest {
+            let latest: HashSet<String> = self.store.lasts()?.into_iter().map(|(_, r)| r.key).collect();
+            for (key, _) in self.store.entries()? {
+                if !latest.contains(&key) {
+                    self.store.remove(&key)?;
+                    report.entries_removed += 1;
+                }
+            }
+        }
+        let mut referenced = HashSet::new();
+        for (_, e) in self.store.entries()? {
+            if let Ok(e) = e {
+                referenced.extend(e.outputs.into_values());
+            }
+        }
+        let objects = self.root.join("objects");
+        for shard in fs::read_dir(&objects).map_err(|e| io_err(&objects, e))? {
+            let shard = shard.map_err(|e| io_err(&objects, e))?.path();
+            for obj in fs::read_dir(&shard).map_err(|e| io_err(&shard, e))? {
+                let obj = obj.map_err(|e| io_err(&shard, e))?;
+                let name = obj.file_name().to_string_lossy().to_string();
+                if !referenced.contains(&name) {
+                    report.bytes_freed += size_of_path(&obj.path());
+                    remove_all(&obj.path()).map_err(|e| io_err(&obj.path(), e))?;
+                    report.objects_removed += 1;
+                }
+            }
+        }
+        self.store.flush()?;
+        Ok(report)
+    }
+}
+
+fn libc_exdev() -> i32 {
+    18
+}
+
+/// Total bytes of the files under a path.
+pub fn size_of_path(p: &Path) -> u64 {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| size_of_path(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+/// Removes a file or folder, read-only files included.
+pub fn remove_all(p: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => {
+            make_writable(p)?;
+            fs::remove_dir_all(p)
+        }
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn set_mode(p: &Path, read_only: bool) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = fs::symlink_metadata(p)?;
+    if m.file_type().is_symlink() {
+        return Ok(());
+    }
+    if m.is_dir() {
+        for e in fs::read_dir(p)? {
+            set_mode(&e?.path(), read_only)?;
+        }
+        // Folders stay writable so the store can remove them without privileges.
+        return Ok(());
+    }
+    let mode = m.permissions().mode();
+    let new = if read_only { mode & !0o222 } else { mode | 0o200 };
+    if new != mode {
+        fs::set_permissions(p, fs::Permissions::from_mode(new))?;
+    }
+    Ok(())
+}
+
+fn make_read_only(p: &Path) -> io::Result<()> {
+    set_mode(p, true)
+}
+
+fn make_writable(p: &Path) -> io::Result<()> {
+    set_mode(p, false)
+}
+
+fn copy_all(from: &Path, to: &Path) -> io::Result<()> {
+    let m = fs::symlink_metadata(from)?;
+    if m.is_dir() {
+        fs::create_dir_all(to)?;
+        for e in fs::read_dir(from)? {
+            let e = e?;
+            copy_all(&e.path(), &to.join(e.file_name()))?;
+        }
+        Ok(())
+    } else {
+        fs::copy(from, to).map(|_| ())
+    }
+}
+
+fn hash_file(p: &Path) -> io::Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    let len = fs::metadata(p)?.len();
+    if len > 16 * 1024 * 1024 {
+        h.update_mmap_rayon(p)?;
+    } else {
+        h.update_mmap(p)?;
+    }
+    Ok(h.finalize())
+}
+
+/// The digest of a file (blake3 of its bytes) or a folder (blake3 of its sorted listing of
+/// relative paths, kinds and file digests).
+pub fn digest_path(p: &Path) -> io::Result<Digest> {
+    let m = fs::symlink_metadata(p)?;
+    if !m.is_dir() {
+        return Ok(hash_file(p)?.to_hex().to_string());
+    }
+    let mut listing = String::from("relabel-dir-v1\n");
+    let mut stack = vec![PathBuf::new()];
+    let mut rows = Vec::new();
+    while let Some(rel) = stack.pop() {
+        let dir = p.join(&rel);
+        for e in fs::read_dir(&dir)? {
+            let e = e?;
+            let r = rel.join(e.file_name());
+            let ft = e.file_type()?;
+            let name = r.to_string_lossy().replace('\\', "/");
+            if ft.is_dir() {
+                rows.push(format!("D {name}"));
+                stack.push(r);
+            } else if ft.is_symlink() {
+                let target = fs::read_link(e.path())?;
+                rows.push(format!("L {name} {}", target.display()));
+            } else {
+                rows.push(format!("F {name} {}", hash_file(&e.path())?.to_hex()));
+            }
+        }
+    }
+    rows.sort();
+    for r in rows {
+        listing.push_str(&r);
+        listing.push('\n');
+    }
+    Ok(blake3::hash(listing.as_bytes()).to_hex().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_is_content_addressed_and_verify_evicts_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&dir.path().join("c"), LockWait::NoWait).unwrap();
+        let a = cache.tmp_dir().join("a");
+        fs::write(&a, b"hello").unwrap();
+        let d = cache.import(&a).unwrap();
+        assert_eq!(d, blake3::hash(b"hello").to_hex().to_string());
+        assert!(!a.exists());
+        let entry = Entry {
+            node: "n".into(),
+            kind: "k".into(),
+            version: "1".into(),
+            outputs: [("out".to_string(), d.clone())].into(),
+            metrics: Metrics::new(),
+            seconds: 0.0,
+            created: String::new(),
+        };
+        cache.store().put("key1", &entry).unwrap();
+        assert_eq!(cache.verify().unwrap().evicted.len(), 0);
+        // Corrupt the artifact behind the store's back.
+        let p = cache.object_path(&d);
+        make_writable(&p).unwrap();
+        fs::write(&p, b"HELLO").unwrap();
+        let report = cache.verify().unwrap();
+        assert_eq!(report.evicted.len(), 1);
+        assert!(cache.store().get("key1").unwrap().is_none());
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn a_second_open_is_refused_while_the_first_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Cache::open(dir.path(), LockWait::NoWait).unwrap();
+        assert!(matches!(
+            Cache::open(dir.path(), LockWait::NoWait),
+            Err(CacheError::Busy(_))
+        ));
+    }
+
+    #[test]
+    fn folder_digests_depend_on_names_and_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        fs::create_dir_all(a.join("sub")).unwrap();
+        fs::write(a.join("sub/x"), b"1").unwrap();
+        let d1 = digest_path(&a).unwrap();
+        fs::write(a.join("sub/x"), b"2").unwrap();
+        let d2 = digest_path(&a).unwrap();
+        fs::rename(a.join("sub/x"), a.join("sub/y")).unwrap();
+        let d3 = digest_path(&a).unwrap();
+        assert!(d1 != d2 && d2 != d3 && d1 != d3);
+    }
+
+    #[test]
+    fn the_llm_tree_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let same_req_reordered = serde_json::json!({"messages": [{"content": "hi", "role": "user"}], "model": "m"});
+        {
+            let cache = Cache::open(dir.path(), LockWait::NoWait).unwrap();
+            cache.llm_cache().put(&req, &serde_json::json!({"answer": "a"})).unwrap();
+        }
+        let cache = Cache::open(dir.path(), LockWait::NoWait).unwrap();
+        let llm = cache.llm_cache();
+        assert_eq!(llm.get(&same_req_reordered).unwrap(), Some(serde_json::json!({"answer": "a"})));
+        assert_eq!((llm.hits(), llm.misses()), (1, 0));
+    }
+}

@@ -1,0 +1,22 @@
+//! relabel-engine: manifests -> a checked DAG -> cached, concurrent, resumable runs.
+//!
+//! Stages: [`manifest`] (raw YAML, shapes, substitution) -> [`resolve`] (kinds, configs, inputs,
+//! loops) -> [`graph`] (the DAG) -> [`runner`] (execution over the [`cache`]). The engine knows
+//! nothing about labels, models or LLMs: node kinds come in through a [`plugin::Registry`].
+
+pub mod cache;
+pub mod diag;
+pub mod graph;
+pub mod manifest;
+pub mod plugin;
+pub mod progress;
+pub mod report;
+pub mod resolve;
+pub mod runner;
+pub mod schema;
+pub mod span;
+pub mod view;
+
+pub use diag::{Diagnostic, Diagnostics};
+pub use plugin::{NodeContext, NodeError, NodeKind, NodeOutput, Plugin, Registry};
+pub use resolve::{load_pipeline, Pipeline};

@@ -1,0 +1,329 @@
+//! The plugin API: what a node kind declares (typed config, outputs, referenced files) and how it runs.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path as FsPath, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::LlmCache;
+use crate::progress::Progress;
+use crate::span::{Path, Seg};
+
+/// A problem in a node's config, at a path relative to the node's `config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub path: Path,
+    pub message: String,
+    /// True when the problem is about a key itself (point at the key, not its value).
+    pub at_key: bool,
+    pub hint: Option<String>,
+}
+
+impl ConfigProblem {
+    pub fn new(path: Path, message: impl Into<String>) -> Self {
+        ConfigProblem {
+            path,
+            message: message.into(),
+            at_key: false,
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: Option<String>) -> Self {
+        self.hint = hint;
+        self
+    }
+}
+
+/// An input artifact handed to a running node.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// A read-only file or folder in the content-addressed store.
+    pub path: PathBuf,
+    /// Its blake3 digest (hex).
+    pub digest: String,
+}
+
+/// Inputs by the name the manifest gave them.
+pub type Inputs = BTreeMap<String, Artifact>;
+
+/// Metrics a node reports: they appear in run reports and `until` conditions read them.
+pub type Metrics = serde_json::Map<String, serde_json::Value>;
+
+/// What a node produced: each declared output as a file or folder in its work folder, and metrics.
+#[derive(Debug, Default)]
+pub struct NodeOutput {
+    pub outputs: BTreeMap<String, PathBuf>,
+    pub metrics: Metrics,
+}
+
+/// Why a node did not produce its outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl NodeError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        NodeError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// What the engine hands a running node.
+#[derive(Clone)]
+pub struct NodeContext {
+    /// The node's id; in a loop, `id@round`.
+    pub instance: String,
+    /// 1-based round when the node is in a loop body.
+    pub round: Option<u32>,
+    /// An empty folder the node owns for this run; outputs are written here.
+    pub work_dir: PathBuf,
+    /// The folder of the manifest: relative paths in configs are relative to it.
+    pub manifest_dir: PathBuf,
+    pub cancel: CancellationToken,
+    pub progress: Progress,
+    /// Cached LLM request/response pairs shared by all runs on this cache.
+    pub llm_cache: LlmCache,
+    /// The tracing span the node runs in.
+    pub span: tracing::Span,
+}
+
+impl NodeContext {
+    /// A path inside the work folder for output `name`.
+    pub fn output_path(&self, name: &str) -> PathBuf {
+        self.work_dir.join("out").join(name)
+    }
+
+    /// Resolves a path from a config relative to the manifest's folder.
+    pub fn resolve(&self, p: &FsPath) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.manifest_dir.join(p)
+        }
+    }
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A node kind with a typed config. Implement this; the registry wraps it with [`typed`].
+pub trait NodeKind: Send + Sync + 'static {
+    type Config: DeserializeOwned + Serialize + JsonSchema + Send + Sync + 'static;
+    /// The `kind:` name in manifests.
+    const KIND: &'static str;
+    /// Bump when the outputs for the same config and inputs change: it is part of every cache key.
+    const VERSION: &'static str;
+    /// One line for `--help` and the schema.
+    const ABOUT: &'static str;
+
+    /// The names of the outputs this config produces; the first is the default output.
+    fn outputs(config: &Self::Config) -> Vec<String>;
+
+    /// Files the config refers to, relative to the manifest's folder: their contents join the cache key.
+    fn files(_config: &Self::Config) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Checks beyond the types, given the names of the node's inputs.
+    fn check(_config: &Self::Config, _inputs: &[String]) -> Vec<ConfigProblem> {
+        Vec::new()
+    }
+
+    fn run(
+        &self,
+        ctx: NodeContext,
+        config: Self::Config,
+        inputs: Inputs,
+    ) -> impl Future<Output = Result<NodeOutput, NodeError>> + Send;
+}
+
+/// A config that passed its kind's checks, in canonical form.
+#[derive(Debug, Clone)]
+pub struct CheckedConfig {
+    pub canonical: serde_json::Value,
+    pub outputs: Vec<String>,
+    pub files: Vec<PathBuf>,
+}
+
+/// The object-safe face of a node kind, as the engine sees it.
+pub trait Plugin: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn version(&self) -> &'static str;
+    fn about(&self) -> &'static str;
+    fn config_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema;
+    /// Types and checks a config; problems carry paths relative to `config`.
+    fn check(
+        &self,
+        config: &serde_yaml::Value,
+        inputs: &[String],
+    ) -> Result<CheckedConfig, Vec<ConfigProblem>>;
+    fn run<'a>(
+        &'a self,
+        ctx: NodeContext,
+        canonical: &'a serde_json::Value,
+        inputs: Inputs,
+    ) -> BoxFuture<'a, Result<NodeOutput, NodeError>>;
+}
+
+struct Typed<K>(K);
+
+/// Wraps a typed node kind as a [`Plugin`] for the registry.
+pub fn typed<K: NodeKind>(kind: K) -> Arc<dyn Plugin> {
+    Arc::new(Typed(kind))
+}
+
+/// Deserializes `value` as `T`, turning a failure into a problem with the path where it happened.
+pub fn deserialize_at<T: DeserializeOwned>(value: &serde_yaml::Value) -> Result<T, ConfigProblem> {
+    serde_path_to_error::deserialize::<_, T>(value.clone()).map_err(|e| {
+        let mut path = Path::root();
+        for seg in e.path().iter() {
+            match seg {
+                serde_path_to_error::Segment::Seq { index } => path.0.push(Seg::Index(*index)),
+                serde_path_to_error::Segment::Map { key } => path.0.push(Seg::Key(key.clone())),
+                serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+            }
+        }
+        let message = e.inner().to_string();
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or(&message)
+            .to_string();
+        let mut problem = ConfigProblem::new(path.clone(), message.clone());
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            if let Some(name) = rest.split('`').next() {
+                problem.path = path.key(name);
+                problem.at_key = true;
+                let expected: Vec<&str> = rest
+                    .split("expected ")
+                    .nth(1)
+                    .map(|s| s.split('`').skip(1).step_by(2).collect())
+                    .unwrap_or_default();
+                problem.hint = crate::diag::did_you_mean(name, expected.iter().copied());
+            }
+        }
+        problem
+    })
+}
+
+impl<K: NodeKind> Plugin for Typed<K> {
+    fn kind(&self) -> &'static str {
+        K::KIND
+    }
+
+    fn version(&self) -> &'static str {
+        K::VERSION
+    }
+
+    fn about(&self) -> &'static str {
+        K::ABOUT
+    }
+
+    fn config_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        generator.subschema_for::<K::Config>()
+    }
+
+    fn check(
+        &self,
+        config: &serde_yaml::Value,
+        inputs: &[String],
+    ) -> Result<CheckedConfig, Vec<ConfigProblem>> {
+        let typed: K::Config = deserialize_at(config).map_err(|p| vec![p])?;
+        let problems = K::check(&typed, inputs);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let canonical = serde_json::to_value(&typed)
+            .map_err(|e| vec![ConfigProblem::new(Path::root(), e.to_string())])?;
+        Ok(CheckedConfig {
+            canonical,
+            outputs: K::outputs(&typed),
+            files: K::files(&typed),
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: NodeContext,
+        canonical: &'a serde_json::Value,
+        inputs: Inputs,
+    ) -> BoxFuture<'a, Result<NodeOutput, NodeError>> {
+        Box::pin(async move {
+            let config: K::Config = serde_json::from_value(canonical.clone())
+                .map_err(|e| NodeError::Failed(format!("config: {e}")))?;
+            self.0.run(ctx, config, inputs).await
+        })
+    }
+}
+
+/// Checks the manifest's `llm:` endpoints; supplied by whoever knows what an endpoint is.
+pub type EndpointCheck = fn(&serde_yaml::Value) -> Result<(), ConfigProblem>;
+
+/// Every node kind the program knows, in one explicit list.
+#[derive(Clone)]
+pub struct Registry {
+    plugins: Vec<Arc<dyn Plugin>>,
+    endpoint_check: Option<EndpointCheck>,
+    endpoint_schema: Option<fn(&mut schemars::SchemaGenerator) -> schemars::Schema>,
+}
+
+impl Registry {
+    pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Self {
+        Registry {
+            plugins,
+            endpoint_check: None,
+            endpoint_schema: None,
+        }
+    }
+
+    /// Sets how `llm:` endpoints are checked and described in the schema.
+    pub fn with_endpoints(
+        mut self,
+        check: EndpointCheck,
+        schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+    ) -> Self {
+        self.endpoint_check = Some(check);
+        self.endpoint_schema = Some(schema);
+        self
+    }
+
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Plugin>> {
+        self.plugins.iter().find(|p| p.kind() == kind)
+    }
+
+    pub fn plugins(&self) -> &[Arc<dyn Plugin>] {
+        &self.plugins
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.plugins.iter().map(|p| p.kind())
+    }
+
+    pub fn endpoint_check(&self) -> Option<EndpointCheck> {
+        self.endpoint_check
+    }
+
+    pub fn endpoint_schema(
+        &self,
+    ) -> Option<fn(&mut schemars::SchemaGenerator) -> schemars::Schema> {
+        self.endpoint_schema
+    }
+}

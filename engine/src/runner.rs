@@ -1,0 +1,862 @@
+//! The runner: executes a pipeline on tokio, concurrently where the DAG allows, skipping what is cached.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::cache::{canonical_json, Cache, Digest, Entry, KeyParts, LastRecord};
+use crate::plugin::{Artifact, Inputs, Metrics, NodeContext, NodeError};
+use crate::progress::ProgressSink;
+use crate::resolve::{InputRef, LoopSpec, NodeSpec, Pipeline, Unit};
+
+/// How to run.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Most nodes running at once.
+    pub jobs: usize,
+    /// Run only these nodes and what they need (all when empty).
+    pub targets: Vec<String>,
+    /// Run these nodes even when cached.
+    pub force: Vec<String>,
+    pub progress: ProgressSink,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            targets: Vec::new(),
+            force: Vec::new(),
+            progress: ProgressSink::hidden(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ran,
+    Cached,
+    Failed,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputReport {
+    pub digest: Digest,
+    pub path: String,
+}
+
+/// One node instance in a run report.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    pub id: String,
+    /// `id`, or `id@round` inside a loop.
+    pub instance: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
+    pub kind: String,
+    pub status: Status,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub metrics: Metrics,
+    pub outputs: BTreeMap<String, OutputReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How a loop ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoopReport {
+    pub id: String,
+    pub rounds: u32,
+    /// `until`, `max_rounds`, `failed` or `cancelled`.
+    pub stopped_by: String,
+}
+
+/// What a run did, node by node.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub pipeline: String,
+    pub manifest: String,
+    pub started: String,
+    pub seconds: f64,
+    /// `ok`, `failed` or `cancelled`.
+    pub status: String,
+    pub nodes: Vec<NodeReport>,
+    pub loops: Vec<LoopReport>,
+}
+
+impl RunReport {
+    pub fn count(&self, status: Status) -> usize {
+        self.nodes.iter().filter(|n| n.status == status).count()
+    }
+}
+
+/// A produced value: outputs by name, and metrics.
+#[derive(Debug, Clone, Default)]
+struct Produced {
+    outputs: BTreeMap<String, Digest>,
+    metrics: Metrics,
+}
+
+type Table = Arc<Mutex<HashMap<String, Produced>>>;
+
+struct Shared {
+    pipeline: Arc<Pipeline>,
+    cache: Arc<Cache>,
+    opts: RunOptions,
+    cancel: CancellationToken,
+    run_id: String,
+    permits: Semaphore,
+    reports: Mutex<Vec<NodeReport>>,
+    loops: Mutex<Vec<LoopReport>>,
+}
+
+/// Why a node or loop did not finish.
+#[derive(Debug, Clone)]
+enum Stop {
+    Failed,
+    Cancelled,
+}
+
+/// Where a node's inputs come from in one round.
+#[derive(Clone)]
+struct Scope {
+    top: Table,
+    /// The body's outputs this round, when running inside a loop.
+    round: Option<(String, Table, BTreeMap<String, Digest>)>,
+}
+
+impl Scope {
+    fn lookup(&self, r: &InputRef) -> Option<Digest> {
+        match r {
+            InputRef::Node { node, output } => {
+                if let Some((_, table, _)) = &self.round {
+                    if let Some(p) = table.lock().expect("table lock").get(node) {
+                        return p.outputs.get(output).cloned();
+                    }
+                }
+                self.top.lock().expect("table lock").get(node)?.outputs.get(output).cloned()
+            }
+            InputRef::Carry { loop_id, name } => {
+                if let Some((lid, _, carries)) = &self.round {
+                    if lid == loop_id {
+                        return carries.get(name).cloned();
+                    }
+                }
+                self.top.lock().expect("table lock").get(loop_id)?.outputs.get(name).cloned()
+            }
+        }
+    }
+}
+
+/// A fresh run id: UTC time and process id.
+pub fn new_run_id() -> String {
+    let t = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let compact: String = t.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    format!("{}-{}", compact.trim_end_matches('Z'), std::process::id())
+}
+
+fn key_parts(
+    spec: &NodeSpec,
+    round: Option<u32>,
+    inputs: &BTreeMap<String, Digest>,
+    cache: &Cache,
+    manifest_dir: &std::path::Path,
+) -> Result<KeyParts, String> {
+    let mut files = BTreeMap::new();
+    for f in &spec.files {
+        let d = cache
+            .file_digest(f)
+            .map_err(|e| format!("node \"{}\": file {}: {e}", spec.id, f.display()))?;
+        let shown = f.strip_prefix(manifest_dir).unwrap_or(f).display().to_string();
+        files.insert(shown, d);
+    }
+    Ok(KeyParts {
+        kind: spec.plugin.kind().to_string(),
+        version: spec.plugin.version().to_string(),
+        config: blake3::hash(canonical_json(&spec.config).as_bytes())
+            .to_hex()
+            .to_string(),
+        inputs: inputs.clone(),
+        files,
+        round,
+    })
+}
+
+fn instance_name(id: &str, round: Option<u32>) -> String {
+    match round {
+        Some(r) => format!("{id}@{r}"),
+        None => id.to_string(),
+    }
+}
+
+fn scope_key(pipeline: &str, instance: &str) -> String {
+    format!("{pipeline}/{instance}")
+}
+
+/// Runs `pipeline` on `cache`. Cancelling `cancel` stops it cleanly: running nodes are stopped,
+/// nothing half-done is recorded, and the next run resumes from what finished.
+pub async fn run(
+    pipeline: Arc<Pipeline>,
+    cache: Arc<Cache>,
+    opts: RunOptions,
+    cancel: CancellationToken,
+) -> Result<RunReport, String> {
+    let started_at = SystemTime::now();
+    let t0 = Instant::now();
+    let selected = select_units(&pipeline, &opts.targets)?;
+    for f in &opts.force {
+        if pipeline.unit_of(f).is_none() {
+            return Err(format!("--force {f}: no node has that id"));
+        }
+    }
+    let shared = Arc::new(Shared {
+        permits: Semaphore::new(opts.jobs.max(1)),
+        pipeline: pipeline.clone(),
+        cache,
+        opts,
+        cancel,
+        run_id: new_run_id(),
+        reports: Mutex::new(Vec::new()),
+        loops: Mutex::new(Vec::new()),
+    });
+    let top: Table = Arc::default();
+    let n = pipeline.units.len();
+    let outcome = {
+        let shared = shared.clone();
+        let top = top.clone();
+        schedule(&pipeline.dag.deps, &pipeline.dag.order, &selected, &shared.cancel.clone(), move |i| {
+            let shared = shared.clone();
+            let top = top.clone();
+            async move {
+                match &shared.pipeline.units[i] {
+                    Unit::Node(spec) => {
+                        let scope = Scope { top: top.clone(), round: None };
+                        let p = run_node(shared.clone(), spec.clone(), None, scope).await?;
+                        top.lock().expect("table lock").insert(spec.id.clone(), p);
+                        Ok(())
+                    }
+                    Unit::Loop(l) => {
+                        let p = run_loop(shared.clone(), l.clone(), top.clone()).await?;
+                        top.lock().expect("table lock").insert(l.id.clone(), p);
+                        Ok(())
+                    }
+                }
+            }
+        })
+        .await
+    };
+    // Units that never started are reported as skipped.
+    for (i, o) in outcome.iter().enumerate().take(n) {
+        if selected[i] && *o == Outcome::NotStarted {
+            let u = &pipeline.units[i];
+            let specs: Vec<&NodeSpec> = match u {
+                Unit::Node(s) => vec![s],
+                Unit::Loop(l) => l.body.iter().collect(),
+            };
+            for s in specs {
+                shared.reports.lock().expect("reports lock").push(NodeReport {
+                    id: s.id.clone(),
+                    instance: s.id.clone(),
+                    round: None,
+                    kind: s.plugin.kind().to_string(),
+                    status: Status::Skipped,
+                    seconds: 0.0,
+                    key: None,
+                    metrics: Metrics::new(),
+                    outputs: BTreeMap::new(),
+                    error: None,
+                });
+            }
+        }
+    }
+    let _ = shared.cache.store().flush();
+    let status = if shared.cancel.is_cancelled() {
+        "cancelled"
+    } else if outcome.contains(&Outcome::Failed) {
+        "failed"
+    } else {
+        "ok"
+    };
+    let mut nodes = std::mem::take(&mut *shared.reports.lock().expect("reports lock"));
+    // Report in manifest order, rounds ascending.
+    let order: HashMap<String, usize> = pipeline.all_ids().into_iter().enumerate().map(|(i, id)| (id, i)).collect();
+    nodes.sort_by_key(|r| (r.round.unwrap_or(0), order.get(&r.id).copied().unwrap_or(usize::MAX)));
+    nodes.sort_by_key(|r| {
+        let u = pipeline.unit_of(&r.id).unwrap_or(usize::MAX);
+        pipeline.dag.order.iter().position(|x| *x == u).unwrap_or(usize::MAX)
+    });
+    let loops = std::mem::take(&mut *shared.loops.lock().expect("loops lock"));
+    Ok(RunReport {
+        run_id: shared.run_id.clone(),
+        pipeline: pipeline.name.clone(),
+        manifest: pipeline.source.name.clone(),
+        started: humantime::format_rfc3339_seconds(started_at).to_string(),
+        seconds: t0.elapsed().as_secs_f64(),
+        status: status.to_string(),
+        nodes,
+        loops,
+    })
+}
+
+fn select_units(pipeline: &Pipeline, targets: &[String]) -> Result<Vec<bool>, String> {
+    if targets.is_empty() {
+        return Ok(vec![true; pipeline.units.len()]);
+    }
+    let mut idx = Vec::new();
+    for t in targets {
+        match pipeline.unit_of(t) {
+            Some(i) => idx.push(i),
+            None => {
+                let ids = pipeline.all_ids();
+                let hint = crate::diag::did_you_mean(t, ids.iter().map(String::as_str))
+                    .map(|h| format!(" ({h})"))
+                    .unwrap_or_default();
+                return Err(format!("--target {t}: no node has that id{hint}"));
+            }
+        }
+    }
+    Ok(pipeline.dag.ancestors_of(&idx))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    NotStarted,
+    Done,
+    Failed,
+}
+
+/// Starts members as soon as their dependencies are done, until all are done, one fails, or
+/// the run is cancelled; then waits for the started ones to finish.
+async fn schedule<F, Fut>(
+    deps: &[Vec<usize>],
+    order: &[usize],
+    selected: &[bool],
+    cancel: &CancellationToken,
+    mut start: F,
+) -> Vec<Outcome>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = Result<(), Stop>> + Send + 'static,
+{
+    let n = deps.len();
+    let mut outcome = vec![Outcome::NotStarted; n];
+    let mut started = vec![false; n];
+    let mut set: JoinSet<(usize, Result<(), Stop>)> = JoinSet::new();
+    let mut stop = false;
+    loop {
+        if !stop && !cancel.is_cancelled() {
+            for &i in order {
+                if selected[i] && !started[i] && deps[i].iter().all(|d| outcome[*d] == Outcome::Done) {
+                    started[i] = true;
+                    let fut = start(i);
+                    set.spawn(async move { (i, fut.await) });
+                }
+            }
+        }
+        let Some(joined) = set.join_next().await else { break };
+        match joined {
+            Ok((i, Ok(()))) => outcome[i] = Outcome::Done,
+            Ok((i, Err(_))) => {
+                outcome[i] = Outcome::Failed;
+                stop = true;
+            }
+            Err(e) => {
+                tracing::error!("a node task panicked: {e}");
+                stop = true;
+            }
+        }
+    }
+    outcome
+}
+
+async fn run_loop(shared: Arc<Shared>, l: LoopSpec, top: Table) -> Result<Produced, Stop> {
+    let scope0 = Scope { top: top.clone(), round: None };
+    let mut carries: BTreeMap<String, Digest> = BTreeMap::new();
+    for c in &l.carry {
+        let d = scope0.lookup(&c.from).ok_or(Stop::Failed)?;
+        carries.insert(c.name.clone(), d);
+    }
+    let selected = vec![true; l.body.len()];
+    let mut round = 0;
+    let mut stopped_by = "max_rounds".to_string();
+    let body_ids: Vec<String> = l.body.iter().map(|n| n.id.clone()).collect();
+    let mut last_metrics = Metrics::new();
+    while round < l.max_rounds {
+        round += 1;
+        let table: Table = Arc::default();
+        let scope = Scope {
+            top: top.clone(),
+            round: Some((l.id.clone(), table.clone(), carries.clone())),
+        };
+        let outcome = {
+            let shared = shared.clone();
+            let body = l.body.clone();
+            let table = table.clone();
+            schedule(&l.body_dag.deps, &l.body_dag.order, &selected, &shared.cancel.clone(), move |i| {
+                let shared = shared.clone();
+                let spec = body[i].clone();
+                let scope = scope.clone();
+                let table = table.clone();
+                async move {
+                    let p = run_node(shared, spec.clone(), Some(round), scope).await?;
+                    table.lock().expect("table lock").insert(spec.id.clone(), p);
+                    Ok(())
+                }
+            })
+            .await
+        };
+        if outcome.iter().any(|o| *o != Outcome::Done) {
+            let why = if shared.cancel.is_cancelled() { "cancelled" } else { "failed" };
+            shared.loops.lock().expect("loops lock").push(LoopReport {
+                id: l.id.clone(),
+                rounds: round,
+                stopped_by: why.into(),
+            });
+            return Err(if shared.cancel.is_cancelled() { Stop::Cancelled } else { Stop::Failed });
+        }
+        let produced = table.lock().expect("table lock").clone();
+        for c in &l.carry {
+            if let InputRef::Node { node, output } = &c.next {
+                if let Some(d) = produced.get(node).and_then(|p| p.outputs.get(output)) {
+                    carries.insert(c.name.clone(), d.clone());
+                }
+            }
+        }
+        last_metrics = Metrics::new();
+        for id in &body_ids {
+            if let Some(p) = produced.get(id) {
+                last_metrics.insert(id.clone(), serde_json::Value::Object(p.metrics.clone()));
+            }
+        }
+        if let Some(until) = &l.until {
+            match eval_until(until, round, &last_metrics) {
+                Ok(true) => {
+                    stopped_by = "until".into();
+                    break;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    shared.opts.progress.println(&format!("loop \"{}\": until: {e}", l.id));
+                    shared.loops.lock().expect("loops lock").push(LoopReport {
+                        id: l.id.clone(),
+                        rounds: round,
+                        stopped_by: "failed".into(),
+                    });
+                    return Err(Stop::Failed);
+                }
+            }
+        }
+    }
+    shared.loops.lock().expect("loops lock").push(LoopReport {
+        id: l.id.clone(),
+        rounds: round,
+        stopped_by: stopped_by.clone(),
+    });
+    let mut metrics = Metrics::new();
+    metrics.insert("rounds".into(), round.into());
+    metrics.insert("stopped_by".into(), stopped_by.into());
+    metrics.insert("last_round".into(), serde_json::Value::Object(last_metrics));
+    Ok(Produced { outputs: carries, metrics })
+}
+
+/// Evaluates a loop's `until` expression over one round's metrics (`round` and each body node's metrics).
+pub fn eval_until(expr: &str, round: u32, metrics: &Metrics) -> Result<bool, String> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let e = env.compile_expression(expr).map_err(|e| e.to_string())?;
+    let mut ctx = metrics.clone();
+    ctx.insert("round".into(), round.into());
+    let v = e
+        .eval(minijinja::Value::from_serialize(&ctx))
+        .map_err(|e| format!("{e} (in `{expr}`)"))?;
+    Ok(v.is_true())
+}
+
+async fn run_node(shared: Arc<Shared>, spec: NodeSpec, round: Option<u32>, scope: Scope) -> Result<Produced, Stop> {
+    let _permit = shared.permits.acquire().await.map_err(|_| Stop::Cancelled)?;
+    if shared.cancel.is_cancelled() {
+        return Err(Stop::Cancelled);
+    }
+    let instance = instance_name(&spec.id, round);
+    let t0 = Instant::now();
+    let kind = spec.plugin.kind().to_string();
+    let mut report = NodeReport {
+        id: spec.id.clone(),
+        instance: instance.clone(),
+        round,
+        kind: kind.clone(),
+        status: Status::Failed,
+        seconds: 0.0,
+        key: None,
+        metrics: Metrics::new(),
+        outputs: BTreeMap::new(),
+        error: None,
+    };
+    let result = run_node_inner(&shared, &spec, round, &scope, &instance, &mut report).await;
+    report.seconds = t0.elapsed().as_secs_f64();
+    match &result {
+        Ok(p) => {
+            report.outputs = p
+                .outputs
+                .iter()
+                .map(|(k, d)| {
+                    (
+                        k.clone(),
+                        OutputReport {
+                            digest: d.clone(),
+                            path: shared.cache.object_path(d).display().to_string(),
+                        },
+                    )
+                })
+                .collect();
+            report.metrics = p.metrics.clone();
+            tracing::info!(node = %instance, status = ?report.status, seconds = report.seconds, "node finished");
+        }
+        Err((stop, msg)) => {
+            report.status = match stop {
+                Stop::Cancelled => Status::Skipped,
+                Stop::Failed => Status::Failed,
+            };
+            report.error = Some(msg.clone());
+            if matches!(stop, Stop::Failed) {
+                shared.opts.progress.println(&format!("node \"{instance}\" failed: {msg}"));
+            }
+        }
+    }
+    shared.reports.lock().expect("reports lock").push(report);
+    result.map_err(|(s, _)| s)
+}
+
+async fn run_node_inner(
+    shared: &Arc<Shared>,
+    spec: &NodeSpec,
+    round: Option<u32>,
+    scope: &Scope,
+    instance: &str,
+    report: &mut NodeReport,
+) -> Result<Produced, (Stop, String)> {
+    let cache = &shared.cache;
+    let fail = |m: String| (Stop::Failed, m);
+    let mut input_digests = BTreeMap::new();
+    let mut inputs = Inputs::new();
+    for (name, r) in &spec.inputs {
+        let d = scope
+            .lookup(r)
+            .ok_or_else(|| fail(format!("input \"{name}\" ({r}) was not produced")))?;
+        inputs.insert(
+            name.clone(),
+            Artifact {
+                path: cache.object_path(&d),
+                digest: d.clone(),
+            },
+        );
+        input_digests.insert(name.clone(), d);
+    }
+    let manifest_dir = shared.pipeline.source.dir.clone();
+    let parts = {
+        let cache = cache.clone();
+        let spec = spec.clone();
+        let dir = manifest_dir.clone();
+        tokio::task::spawn_blocking(move || key_parts(&spec, round, &input_digests, &cache, &dir))
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(fail)?
+    };
+    let key = parts.key();
+    report.key = Some(key.clone());
+    let scope_name = scope_key(&shared.pipeline.name, instance);
+    let store = cache.store();
+    let forced = shared.opts.force.iter().any(|f| f == &spec.id || spec.loop_id.as_deref() == Some(f));
+    if !forced {
+        if let Ok(Some(entry)) = store.get(&key) {
+            if entry.outputs.values().all(|d| cache.has_object(d)) {
+                let _ = store.set_last(&scope_name, &LastRecord { key, parts });
+                report.status = Status::Cached;
+                return Ok(Produced {
+                    outputs: entry.outputs,
+                    metrics: entry.metrics,
+                });
+            }
+        }
+    }
+    // Run it.
+    let work_dir = cache.tmp_dir().join(&shared.run_id).join(instance);
+    std::fs::create_dir_all(work_dir.join("out")).map_err(|e| fail(format!("work folder {}: {e}", work_dir.display())))?;
+    let span = tracing::info_span!("node", id = %instance, kind = %spec.plugin.kind());
+    let progress = shared.opts.progress.node(instance);
+    let ctx = NodeContext {
+        instance: instance.to_string(),
+        round,
+        work_dir: work_dir.clone(),
+        manifest_dir,
+        cancel: shared.cancel.child_token(),
+        progress: progress.clone(),
+        llm_cache: cache.llm_cache(),
+        span: span.clone(),
+    };
+    let t0 = Instant::now();
+    let fut = spec.plugin.run(ctx, &spec.config, inputs).instrument(span);
+    let result = tokio::select! {
+        r = fut => r,
+        _ = shared.cancel.cancelled() => Err(NodeError::Cancelled),
+    };
+    progress.finish();
+    let output = match result {
+        Ok(o) => o,
+        Err(NodeError::Cancelled) => {
+            let _ = crate::cache::remove_all(&work_dir);
+            return Err((Stop::Cancelled, "cancelled".into()));
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let seconds = t0.elapsed().as_secs_f64();
+    if shared.cancel.is_cancelled() {
+        let _ = crate::cache::remove_all(&work_dir);
+        return Err((Stop::Cancelled, "cancelled".into()));
+    }
+    let mut outputs = BTreeMap::new();
+    for name in &spec.outputs {
+        let Some(path) = output.outputs.get(name) else {
+            return Err(fail(format!("declared output \"{name}\" was not produced")));
+        };
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(fail(format!("declared output \"{name}\" was not written (expected {})", path.display())));
+        }
+        let path = path.clone();
+        let c = cache.clone();
+        let d = tokio::task::spawn_blocking(move || c.import(&path))
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.to_string()))?;
+        outputs.insert(name.clone(), d);
+    }
+    let entry = Entry {
+        node: instance.to_string(),
+        kind: spec.plugin.kind().to_string(),
+        version: spec.plugin.version().to_string(),
+        outputs: outputs.clone(),
+        metrics: output.metrics.clone(),
+        seconds,
+        created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+    };
+    store.put(&key, &entry).map_err(|e| fail(e.to_string()))?;
+    store
+        .set_last(&scope_name, &LastRecord { key, parts })
+        .map_err(|e| fail(e.to_string()))?;
+    store.flush().map_err(|e| fail(e.to_string()))?;
+    let _ = crate::cache::remove_all(&work_dir);
+    report.status = Status::Ran;
+    Ok(Produced {
+        outputs,
+        metrics: output.metrics,
+    })
+}
+
+/// What `plan` expects a node instance to do, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanStep {
+    pub id: String,
+    pub instance: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
+    pub kind: String,
+    /// `run` or `cached`.
+    pub action: String,
+    /// `new`, `config changed`, `input changed: NAME`, `file changed: PATH`, `plugin version changed`, `cached`, ...
+    pub reason: String,
+}
+
+/// Says what a run would do, without running anything.
+pub fn plan(pipeline: &Pipeline, cache: &Cache, force: &[String]) -> Vec<PlanStep> {
+    let top: Table = Arc::default();
+    let mut steps = Vec::new();
+    for &i in &pipeline.dag.order {
+        match &pipeline.units[i] {
+            Unit::Node(spec) => {
+                let scope = Scope { top: top.clone(), round: None };
+                if let Some(p) = plan_node(pipeline, cache, spec, None, &scope, force, &mut steps) {
+                    top.lock().expect("table lock").insert(spec.id.clone(), p);
+                }
+            }
+            Unit::Loop(l) => {
+                if let Some(p) = plan_loop(pipeline, cache, l, &top, force, &mut steps) {
+                    top.lock().expect("table lock").insert(l.id.clone(), p);
+                }
+            }
+        }
+    }
+    steps
+}
+
+fn plan_loop(pipeline: &Pipeline, cache: &Cache, l: &LoopSpec, top: &Table, force: &[String], steps: &mut Vec<PlanStep>) -> Option<Produced> {
+    let scope0 = Scope { top: top.clone(), round: None };
+    let mut carries = BTreeMap::new();
+    let mut known = true;
+    for c in &l.carry {
+        match scope0.lookup(&c.from) {
+            Some(d) => {
+                carries.insert(c.name.clone(), d);
+            }
+            None => known = false,
+        }
+    }
+    for round in 1..=l.max_rounds {
+        let table: Table = Arc::default();
+        let scope = Scope {
+            top: top.clone(),
+            round: Some((l.id.clone(), table.clone(), carries.clone())),
+        };
+        let mut all_cached = known;
+        for &j in &l.body_dag.order {
+            let spec = &l.body[j];
+            match plan_node(pipeline, cache, spec, Some(round), &scope, force, steps) {
+                Some(p) => {
+                    table.lock().expect("table lock").insert(spec.id.clone(), p);
+                }
+                None => all_cached = false,
+            }
+        }
+        if !all_cached {
+            if round < l.max_rounds {
+                steps.push(PlanStep {
+                    id: l.id.clone(),
+                    instance: format!("{}@{}..{}", l.id, round + 1, l.max_rounds),
+                    round: None,
+                    kind: "loop".into(),
+                    action: "run".into(),
+                    reason: format!("rounds after {round} are decided at run time (until: {})", l.until.as_deref().unwrap_or("none")),
+                });
+            }
+            return None;
+        }
+        let produced = table.lock().expect("table lock").clone();
+        for c in &l.carry {
+            if let InputRef::Node { node, output } = &c.next {
+                if let Some(d) = produced.get(node).and_then(|p| p.outputs.get(output)) {
+                    carries.insert(c.name.clone(), d.clone());
+                }
+            }
+        }
+        let mut metrics = Metrics::new();
+        for (id, p) in &produced {
+            metrics.insert(id.clone(), serde_json::Value::Object(p.metrics.clone()));
+        }
+        if let Some(until) = &l.until {
+            if eval_until(until, round, &metrics).unwrap_or(false) {
+                break;
+            }
+        }
+    }
+    Some(Produced {
+        outputs: carries,
+        metrics: Metrics::new(),
+    })
+}
+
+fn plan_node(
+    pipeline: &Pipeline,
+    cache: &Cache,
+    spec: &NodeSpec,
+    round: Option<u32>,
+    scope: &Scope,
+    force: &[String],
+    steps: &mut Vec<PlanStep>,
+) -> Option<Produced> {
+    let instance = instance_name(&spec.id, round);
+    let last = cache.store().last(&scope_key(&pipeline.name, &instance)).ok().flatten();
+    let mut step = PlanStep {
+        id: spec.id.clone(),
+        instance: instance.clone(),
+        round,
+        kind: spec.plugin.kind().to_string(),
+        action: "run".into(),
+        reason: String::new(),
+    };
+    let mut inputs = BTreeMap::new();
+    let mut pending = Vec::new();
+    for (name, r) in &spec.inputs {
+        match scope.lookup(r) {
+            Some(d) => {
+                inputs.insert(name.clone(), d);
+            }
+            None => pending.push(format!("{name} ({r})")),
+        }
+    }
+    if !pending.is_empty() {
+        step.reason = if last.is_none() {
+            "new".into()
+        } else {
+            format!("input changed: {} will be recomputed", pending.join(", "))
+        };
+        steps.push(step);
+        return None;
+    }
+    let parts = match key_parts(spec, round, &inputs, cache, &pipeline.source.dir) {
+        Ok(p) => p,
+        Err(e) => {
+            step.reason = format!("cannot compute its key: {e}");
+            steps.push(step);
+            return None;
+        }
+    };
+    let key = parts.key();
+    let forced = force.iter().any(|f| f == &spec.id || spec.loop_id.as_deref() == Some(f));
+    if !forced {
+        if let Ok(Some(entry)) = cache.store().get(&key) {
+            if entry.outputs.values().all(|d| cache.has_object(d)) {
+                step.action = "cached".into();
+                step.reason = "cached".into();
+                steps.push(step);
+                return Some(Produced {
+                    outputs: entry.outputs,
+                    metrics: entry.metrics,
+                });
+            }
+        }
+    }
+    step.reason = if forced {
+        "forced".into()
+    } else {
+        match last {
+            None => "new".into(),
+            Some(l) if l.key == key => "not in cache (evicted or removed)".into(),
+            Some(l) => {
+                let mut why = Vec::new();
+                if l.parts.version != parts.version || l.parts.kind != parts.kind {
+                    why.push(format!("plugin version changed ({} -> {})", l.parts.version, parts.version));
+                }
+                if l.parts.config != parts.config {
+                    why.push("config changed".into());
+                }
+                for (f, d) in &parts.files {
+                    if l.parts.files.get(f) != Some(d) {
+                        why.push(format!("file changed: {f}"));
+                    }
+                }
+                for (n, d) in &parts.inputs {
+                    if l.parts.inputs.get(n) != Some(d) {
+                        why.push(format!("input changed: {n}"));
+                    }
+                }
+                if why.is_empty() {
+                    why.push("inputs or files removed".into());
+                }
+                why.join("; ")
+            }
+        }
+    };
+    steps.push(step);
+    None
+}

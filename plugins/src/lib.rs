@@ -1,0 +1,12 @@
+//! relabel-plugins: the built-in node kinds, listed in one place by [`registry`].
+
+pub mod command;
+pub mod endpoint;
+
+use relabel_engine::plugin::{typed, Registry};
+
+/// Every built-in node kind. This one list drives lookup, validation, the schema and `--help`.
+pub fn registry() -> Registry {
+    Registry::new(vec![typed(command::Command)])
+        .with_endpoints(endpoint::check, endpoint::schema)
+}

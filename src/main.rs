@@ -1,0 +1,330 @@
+//! The relabel command line: parses arguments and wires the engine to the built-in plugins.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use relabel_engine::cache::{Cache, CacheError, LockWait};
+use relabel_engine::manifest::Source;
+use relabel_engine::progress::ProgressSink;
+use relabel_engine::runner::{self, RunOptions};
+use relabel_engine::{load_pipeline, report, schema, view, Pipeline, Registry};
+use tokio_util::sync::CancellationToken;
+
+/// Exit codes, so scripts and CI can tell failures apart.
+mod code {
+    pub const FAILED: u8 = 1;
+    pub const INVALID: u8 = 2;
+    pub const BUSY: u8 = 75;
+    pub const CANCELLED: u8 = 130;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "relabel",
+    version,
+    about = "Find the wrong labels in a training set and fix them in batches, as cached YAML pipelines",
+    after_help = kinds_help()
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct CacheArgs {
+    /// The cache folder [default: $RELABEL_CACHE, else ./.relabel]
+    #[arg(long, global = true)]
+    cache: Option<PathBuf>,
+    /// Fail at once (exit 75) instead of waiting when another run holds the cache
+    #[arg(long, global = true)]
+    no_wait: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a pipeline: what is cached is skipped, the rest runs concurrently
+    Run {
+        file: PathBuf,
+        /// Run only this node (and what it needs); repeatable
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Run this node even when it is cached; repeatable
+        #[arg(long)]
+        force: Vec<String>,
+        /// Most nodes running at once [default: the number of cores]
+        #[arg(long, short)]
+        jobs: Option<usize>,
+        /// Also write the run report (JSON) here
+        #[arg(long)]
+        report: Option<PathBuf>,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Say what a run would do and why, without running anything
+    Plan {
+        file: PathBuf,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        /// Plan as if these nodes were forced
+        #[arg(long)]
+        force: Vec<String>,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Draw the pipeline's graph
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+    },
+    /// Check manifests; print every problem as FILE:LINE:COL: message
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the manifests' JSON Schema
+    Schema,
+    /// Inspect and maintain the cache
+    Cache {
+        #[command(subcommand)]
+        action: CacheCmd,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// List cached node entries
+    Ls,
+    /// Remove artifacts no entry refers to (and, with --only-latest, entries superseded by newer runs)
+    Gc {
+        #[arg(long)]
+        only_latest: bool,
+    },
+    /// Re-hash every artifact; evict entries whose artifacts are missing or corrupt
+    Verify,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+fn kinds_help() -> String {
+    let r = relabel_plugins::registry();
+    let mut s = String::from("Node kinds:\n");
+    for p in r.plugins() {
+        s.push_str(&format!("  {:<20} {}\n", p.kind(), p.about()));
+    }
+    s.push_str("\nExit codes: 0 ok, 1 a node failed, 2 invalid manifest or arguments, 75 cache busy (--no-wait), 130 interrupted.");
+    s
+}
+
+fn cache_dir(args: &CacheArgs) -> PathBuf {
+    args.cache
+        .clone()
+        .or_else(|| std::env::var_os("RELABEL_CACHE").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(".relabel"))
+}
+
+fn open_cache(args: &CacheArgs) -> Result<Cache, ExitCode> {
+    let wait = if args.no_wait { LockWait::NoWait } else { LockWait::Wait };
+    Cache::open(&cache_dir(args), wait).map_err(|e| {
+        eprintln!("relabel: {e}");
+        match e {
+            CacheError::Busy(_) => ExitCode::from(code::BUSY),
+            _ => ExitCode::from(code::FAILED),
+        }
+    })
+}
+
+fn load(file: &Path, registry: &Registry) -> Result<Pipeline, ExitCode> {
+    let source = Source::read(file).map_err(|e| {
+        eprintln!("relabel: cannot read {}: {e}", file.display());
+        ExitCode::from(code::INVALID)
+    })?;
+    load_pipeline(source, registry).map_err(|d| {
+        eprintln!("{d}");
+        eprintln!("{} problem{} found", d.len(), if d.len() == 1 { "" } else { "s" });
+        ExitCode::from(code::INVALID)
+    })
+}
+
+fn init_logging() {
+    let default = if std::io::stderr().is_terminal() { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RELABEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let registry = relabel_plugins::registry();
+    match real_main(cli, &registry) {
+        Ok(c) | Err(c) => c,
+    }
+}
+
+fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
+    match cli.command {
+        Cmd::Validate { files } => {
+            let mut bad = 0;
+            for f in &files {
+                match load(f, registry) {
+                    Ok(p) => println!("{}: ok ({} nodes)", f.display(), p.all_ids().len()),
+                    Err(_) => bad += 1,
+                }
+            }
+            Ok(ExitCode::from(if bad == 0 { 0 } else { code::INVALID }))
+        }
+        Cmd::Schema => {
+            let s = schema::json_schema(registry);
+            println!("{}", serde_json::to_string_pretty(&s).expect("schema serializes"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Graph { file, format } => {
+            let p = load(&file, registry)?;
+            print!(
+                "{}",
+                match format {
+                    GraphFormat::Dot => view::dot(&p),
+                    GraphFormat::Mermaid => view::mermaid(&p),
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Plan { file, json, force, cache } => {
+            let p = load(&file, registry)?;
+            let c = open_cache(&cache)?;
+            let steps = runner::plan(&p, &c, &force);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&steps).expect("plan serializes"));
+            } else {
+                let runs = steps.iter().filter(|s| s.action == "run").count();
+                println!("{:<28} {:<20} {:<7} reason", "node", "kind", "action");
+                for s in &steps {
+                    println!("{:<28} {:<20} {:<7} {}", s.instance, s.kind, s.action, s.reason);
+                }
+                println!("{runs} to run, {} cached", steps.len() - runs);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { file, targets, force, jobs, report: report_path, cache } => {
+            let p = Arc::new(load(&file, registry)?);
+            let c = Arc::new(open_cache(&cache)?);
+            let mut opts = RunOptions {
+                targets,
+                force,
+                progress: ProgressSink::auto(),
+                ..RunOptions::default()
+            };
+            if let Some(j) = jobs {
+                opts.jobs = j.max(1);
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| {
+                    eprintln!("relabel: {e}");
+                    ExitCode::from(code::FAILED)
+                })?;
+            let cancel = CancellationToken::new();
+            let result = rt.block_on(async {
+                let watcher = cancel.clone();
+                tokio::spawn(async move {
+                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {},
+                        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+                    }
+                    eprintln!("relabel: interrupted; stopping running nodes (finished ones stay cached)");
+                    watcher.cancel();
+                });
+                runner::run(p.clone(), c.clone(), opts, cancel.clone()).await
+            });
+            let rep = result.map_err(|e| {
+                eprintln!("relabel: {e}");
+                ExitCode::from(code::INVALID)
+            })?;
+            let dir = c.runs_dir().join(&rep.run_id);
+            let written = report::write(&rep, &dir);
+            if let Some(path) = &report_path {
+                let text = serde_json::to_string_pretty(&rep).expect("report serializes");
+                if let Err(e) = report::write_atomic(path, text.as_bytes()) {
+                    eprintln!("relabel: cannot write {}: {e}", path.display());
+                }
+            }
+            print!("{}", report::markdown(&rep));
+            match written {
+                Ok((json, md)) => println!("\nreport: {} and {}", json.display(), md.display()),
+                Err(e) => eprintln!("relabel: cannot write the report in {}: {e}", dir.display()),
+            }
+            Ok(ExitCode::from(match rep.status.as_str() {
+                "ok" => 0,
+                "cancelled" => code::CANCELLED,
+                _ => code::FAILED,
+            }))
+        }
+        Cmd::Cache { action, cache } => {
+            let c = open_cache(&cache)?;
+            match action {
+                CacheCmd::Ls => {
+                    let mut rows = Vec::new();
+                    for (key, e) in c.store().entries().map_err(|e| {
+                        eprintln!("relabel: {e}");
+                        ExitCode::from(code::FAILED)
+                    })? {
+                        match e {
+                            Ok(e) => {
+                                let size: u64 = e.outputs.values().map(|d| relabel_engine::cache::size_of_path(&c.object_path(d))).sum();
+                                rows.push((e.created.clone(), format!("{:<12} {:<28} {:<16} {:>12} {}", &key[..12], e.node, e.kind, size, e.created)));
+                            }
+                            Err(why) => rows.push((String::new(), format!("{:<12} (unreadable: {why})", &key[..key.len().min(12)]))),
+                        }
+                    }
+                    rows.sort();
+                    println!("{:<12} {:<28} {:<16} {:>12} created", "key", "node", "kind", "bytes");
+                    for (_, r) in &rows {
+                        println!("{r}");
+                    }
+                    println!("{} entries, {} LLM responses", rows.len(), c.store().llm_len());
+                    Ok(ExitCode::SUCCESS)
+                }
+                CacheCmd::Gc { only_latest } => {
+                    let r = c.gc(only_latest).map_err(|e| {
+                        eprintln!("relabel: {e}");
+                        ExitCode::from(code::FAILED)
+                    })?;
+                    println!(
+                        "removed {} entries and {} artifacts, freed {} bytes",
+                        r.entries_removed, r.objects_removed, r.bytes_freed
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                CacheCmd::Verify => {
+                    let r = c.verify().map_err(|e| {
+                        eprintln!("relabel: {e}");
+                        ExitCode::from(code::FAILED)
+                    })?;
+                    for (key, node, why) in &r.evicted {
+                        println!("evicted {} ({node}): {why}", &key[..key.len().min(12)]);
+                    }
+                    println!("checked {} entries and {} artifacts; evicted {}", r.entries, r.objects, r.evicted.len());
+                    Ok(ExitCode::from(if r.evicted.is_empty() { 0 } else { code::FAILED }))
+                }
+            }
+        }
+    }
+}

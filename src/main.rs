@@ -88,6 +88,8 @@ enum Cmd {
     },
     /// Print the manifests' JSON Schema
     Schema,
+    /// Print what this machine offers relabel (libtorch, CUDA, threads), as JSON
+    Env,
     /// Inspect and maintain the cache
     Cache {
         #[command(subcommand)]
@@ -188,6 +190,15 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
                 }
             }
             Ok(ExitCode::from(if bad == 0 { 0 } else { code::INVALID }))
+        }
+        Cmd::Env => {
+            let info = serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "device": relabel_plugins::device::probe(),
+                "kinds": registry.kinds().collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&info).expect("env serializes"));
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Schema => {
             let s = schema::json_schema(registry);

@@ -1,6 +1,7 @@
 //! relabel-plugins: the built-in node kinds, listed in one place by [`registry`].
 
 pub mod command;
+pub mod device;
 pub mod endpoint;
 
 use relabel_engine::plugin::{typed, Registry};

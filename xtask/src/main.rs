@@ -1,1 +1,141 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | demo | test | schema [--check] | bench NAME`.
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+const TORCH_VERSION: &str = "2.13.0";
+const TORCH_PACKAGES: &[&str] = &[
+    "torch==2.13.0",
+    "nvidia-cuda-runtime==13.0.96",
+    "nvidia-cuda-cupti==13.0.85",
+];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = repo_root();
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("setup") => setup(&root),
+        Some("demo") => {
+            setup(&root)?;
+            demo(&root, &args[1..])
+        }
+        Some("test") => {
+            setup(&root)?;
+            run(Command::new("cargo").args(["test", "--workspace", "--no-fail-fast"]).args(&args[1..]))
+        }
+        Some("schema") => schema(&root, args.get(1).map(String::as_str) == Some("--check")),
+        Some("bench") => {
+            setup(&root)?;
+            let name = args.get(1).context("usage: cargo xtask bench NAME (engine)")?;
+            bench::run(&root, name, &args[2..])
+        }
+        _ => {
+            eprintln!(
+                "usage: cargo xtask COMMAND\n\n  setup            fetch libtorch (CPU) into the cache folder and link it (idempotent)\n  demo             setup, then run the demo pipeline\n  test             setup, then run every test\n  schema [--check] regenerate (or check) manifests/relabel.schema.json\n  bench NAME       run a benchmark (engine) and write docs/bench/NAME.json"
+            );
+            bail!("unknown or missing command")
+        }
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the repository")
+        .to_path_buf()
+}
+
+/// The folder where set-up keeps what it fetches: `$RELABEL_HOME`, else `~/.cache/relabel`.
+pub fn home_cache() -> PathBuf {
+    if let Some(p) = std::env::var_os("RELABEL_HOME") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".cache").join("relabel")
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Idempotent set-up: the lean CPU libtorch, cached outside the repository, linked as `.libtorch`.
+fn setup(root: &Path) -> Result<()> {
+    let cache = home_cache();
+    std::fs::create_dir_all(&cache)?;
+    let libtorch = cache.join(format!("libtorch-{TORCH_VERSION}-cpu"));
+    let ready = std::fs::read_to_string(libtorch.join("build-version"))
+        .map(|v| v.trim() == TORCH_VERSION)
+        .unwrap_or(false);
+    if !ready {
+        eprintln!("setup: fetching libtorch {TORCH_VERSION} (CPU, ~540 MB) into {}", libtorch.display());
+        let stage = cache.join(format!("stage-libtorch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&stage);
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--target"])
+            .arg(stage.join("py"))
+            .args(TORCH_PACKAGES))?;
+        let tmp = cache.join(format!("libtorch-tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(tmp.join("lib"))?;
+        let py = stage.join("py");
+        std::fs::rename(py.join("torch/include"), tmp.join("include"))?;
+        for lib in ["libc10.so", "libtorch_cpu.so", "libtorch.so", "libgomp.so.1"] {
+            std::fs::rename(py.join("torch/lib").join(lib), tmp.join("lib").join(lib))
+                .with_context(|| format!("moving {lib}"))?;
+        }
+        for lib in ["libcudart.so.13", "libcupti.so.13"] {
+            std::fs::rename(py.join("nvidia/cu13/lib").join(lib), tmp.join("lib").join(lib))
+                .with_context(|| format!("moving {lib}"))?;
+        }
+        std::fs::write(tmp.join("build-version"), format!("{TORCH_VERSION}\n"))?;
+        let _ = std::fs::remove_dir_all(&libtorch);
+        std::fs::rename(&tmp, &libtorch)?;
+        std::fs::remove_dir_all(&stage)?;
+    }
+    let link = root.join(".libtorch");
+    let current = std::fs::read_link(&link).ok();
+    if current.as_deref() != Some(libtorch.as_path()) {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libtorch, &link).context("linking .libtorch")?;
+    }
+    Ok(())
+}
+
+fn relabel_bin(root: &Path) -> Result<PathBuf> {
+    run(Command::new("cargo").args(["build", "--release", "--quiet", "--bin", "relabel"]))?;
+    Ok(root.join("target/release/relabel"))
+}
+
+fn demo(root: &Path, extra: &[String]) -> Result<()> {
+    let bin = relabel_bin(root)?;
+    run(Command::new(bin).args(["run", "manifests/demo.yaml"]).args(extra))
+}
+
+fn schema(root: &Path, check: bool) -> Result<()> {
+    let out = Command::new("cargo")
+        .args(["run", "--quiet", "--bin", "relabel", "--", "schema"])
+        .output()?;
+    if !out.status.success() {
+        bail!("relabel schema failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let path = root.join("manifests/relabel.schema.json");
+    if check {
+        let committed = std::fs::read(&path).unwrap_or_default();
+        if committed != out.stdout {
+            bail!("{} is stale: run `cargo xtask schema`", path.display());
+        }
+        return Ok(());
+    }
+    std::fs::write(&path, &out.stdout)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}

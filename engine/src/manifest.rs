@@ -606,7 +606,7 @@ fn read_loop(r: &mut Reporter, m: &Mapping, path: &Path) -> Option<RawLoop> {
 }
 
 /// Replaces `${params.x}` (when `params` is given) and `${env.X}` in every string under `v`.
-/// `$${` stands for a literal `${`; other `${...}` forms are left for the node kinds.
+/// `$${` (an escaped `${`) and other `${...}` forms are left for the node kinds.
 fn substitute(r: &mut Reporter, v: &mut Value, path: &Path, params: Option<&Mapping>) {
     match v {
         Value::String(s) => {
@@ -660,11 +660,9 @@ fn substitute_str(r: &mut Reporter, s: &str, path: &Path, params: Option<&Mappin
     let mut changed = false;
     while let Some(pos) = rest.find("${") {
         if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
-            // `$${` -> literal `${`
-            out.push_str(&rest[..pos - 1]);
-            out.push_str("${");
+            // `$${` is an escape for the node kind to undo: keep it, and skip what it escapes.
+            out.push_str(&rest[..pos + 2]);
             rest = &rest[pos + 2..];
-            changed = true;
             continue;
         }
         out.push_str(&rest[..pos]);

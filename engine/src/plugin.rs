@@ -208,9 +208,17 @@ pub fn deserialize_at<T: DeserializeOwned>(value: &serde_yaml::Value) -> Result<
             .unwrap_or(&message)
             .to_string();
         let mut problem = ConfigProblem::new(path.clone(), message.clone());
+        if message.starts_with("missing field `") {
+            // serde reports it after reading the whole mapping: point at the mapping's key.
+            problem.path = Path::root();
+            problem.at_key = true;
+        }
         if let Some(rest) = message.strip_prefix("unknown field `") {
             if let Some(name) = rest.split('`').next() {
-                problem.path = path.key(name);
+                if path.0.last() != Some(&Seg::Key(name.to_string())) {
+                    path = path.key(name);
+                }
+                problem.path = path.clone();
                 problem.at_key = true;
                 let expected: Vec<&str> = rest
                     .split("expected ")

@@ -183,7 +183,13 @@ impl Builder {
                     Some(p)
                 }
                 None => {
-                    // This is a key.
+                    // This is a key. Block mappings are announced at their first key's `:`;
+                    // the first key's own position is where a reader sees the mapping start.
+                    if let Some(span) = self.spans.get_mut(path) {
+                        if at < span.value {
+                            span.value = at;
+                        }
+                    }
                     if let Some(s) = scalar {
                         *pending = Some((s.to_string(), at));
                     } else {

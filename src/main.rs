@@ -136,7 +136,11 @@ fn cache_dir(args: &CacheArgs) -> PathBuf {
 }
 
 fn open_cache(args: &CacheArgs) -> Result<Cache, ExitCode> {
-    let wait = if args.no_wait { LockWait::NoWait } else { LockWait::Wait };
+    let wait = if args.no_wait {
+        LockWait::NoWait
+    } else {
+        LockWait::Wait
+    };
     Cache::open(&cache_dir(args), wait).map_err(|e| {
         eprintln!("relabel: {e}");
         match e {
@@ -153,13 +157,21 @@ fn load(file: &Path, registry: &Registry) -> Result<Pipeline, ExitCode> {
     })?;
     load_pipeline(source, registry).map_err(|d| {
         eprintln!("{d}");
-        eprintln!("{} problem{} found", d.len(), if d.len() == 1 { "" } else { "s" });
+        eprintln!(
+            "{} problem{} found",
+            d.len(),
+            if d.len() == 1 { "" } else { "s" }
+        );
         ExitCode::from(code::INVALID)
     })
 }
 
 fn init_logging() {
-    let default = if std::io::stderr().is_terminal() { "warn" } else { "info" };
+    let default = if std::io::stderr().is_terminal() {
+        "warn"
+    } else {
+        "info"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RELABEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
@@ -192,17 +204,36 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
             Ok(ExitCode::from(if bad == 0 { 0 } else { code::INVALID }))
         }
         Cmd::Env => {
+            let worker = relabel_plugins::worker::path();
+            let device = match std::process::Command::new(&worker).arg("env").output() {
+                Ok(o) if o.status.success() => {
+                    serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+                }
+                Ok(o) => {
+                    serde_json::json!({"error": String::from_utf8_lossy(&o.stderr).trim().to_string()})
+                }
+                Err(e) => {
+                    serde_json::json!({"error": format!("cannot start {}: {e}", worker.display())})
+                }
+            };
             let info = serde_json::json!({
                 "version": env!("CARGO_PKG_VERSION"),
-                "device": relabel_plugins::device::probe(),
+                "worker": worker.display().to_string(),
+                "device": device,
                 "kinds": registry.kinds().collect::<Vec<_>>(),
             });
-            println!("{}", serde_json::to_string_pretty(&info).expect("env serializes"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&info).expect("env serializes")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Schema => {
             let s = schema::json_schema(registry);
-            println!("{}", serde_json::to_string_pretty(&s).expect("schema serializes"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&s).expect("schema serializes")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Graph { file, format } => {
@@ -216,23 +247,41 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Plan { file, json, force, cache } => {
+        Cmd::Plan {
+            file,
+            json,
+            force,
+            cache,
+        } => {
             let p = load(&file, registry)?;
             let c = open_cache(&cache)?;
             let steps = runner::plan(&p, &c, &force);
             if json {
-                println!("{}", serde_json::to_string_pretty(&steps).expect("plan serializes"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&steps).expect("plan serializes")
+                );
             } else {
                 let runs = steps.iter().filter(|s| s.action == "run").count();
                 println!("{:<28} {:<20} {:<7} reason", "node", "kind", "action");
                 for s in &steps {
-                    println!("{:<28} {:<20} {:<7} {}", s.instance, s.kind, s.action, s.reason);
+                    println!(
+                        "{:<28} {:<20} {:<7} {}",
+                        s.instance, s.kind, s.action, s.reason
+                    );
                 }
                 println!("{runs} to run, {} cached", steps.len() - runs);
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Run { file, targets, force, jobs, report: report_path, cache } => {
+        Cmd::Run {
+            file,
+            targets,
+            force,
+            jobs,
+            report: report_path,
+            cache,
+        } => {
             let p = Arc::new(load(&file, registry)?);
             let c = Arc::new(open_cache(&cache)?);
             let mut opts = RunOptions {
@@ -299,18 +348,42 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
                     })? {
                         match e {
                             Ok(e) => {
-                                let size: u64 = e.outputs.values().map(|d| relabel_engine::cache::size_of_path(&c.object_path(d))).sum();
-                                rows.push((e.created.clone(), format!("{:<12} {:<28} {:<16} {:>12} {}", &key[..12], e.node, e.kind, size, e.created)));
+                                let size: u64 = e
+                                    .outputs
+                                    .values()
+                                    .map(|d| relabel_engine::cache::size_of_path(&c.object_path(d)))
+                                    .sum();
+                                rows.push((
+                                    e.created.clone(),
+                                    format!(
+                                        "{:<12} {:<28} {:<16} {:>12} {}",
+                                        &key[..12],
+                                        e.node,
+                                        e.kind,
+                                        size,
+                                        e.created
+                                    ),
+                                ));
                             }
-                            Err(why) => rows.push((String::new(), format!("{:<12} (unreadable: {why})", &key[..key.len().min(12)]))),
+                            Err(why) => rows.push((
+                                String::new(),
+                                format!("{:<12} (unreadable: {why})", &key[..key.len().min(12)]),
+                            )),
                         }
                     }
                     rows.sort();
-                    println!("{:<12} {:<28} {:<16} {:>12} created", "key", "node", "kind", "bytes");
+                    println!(
+                        "{:<12} {:<28} {:<16} {:>12} created",
+                        "key", "node", "kind", "bytes"
+                    );
                     for (_, r) in &rows {
                         println!("{r}");
                     }
-                    println!("{} entries, {} LLM responses", rows.len(), c.store().llm_len());
+                    println!(
+                        "{} entries, {} LLM responses",
+                        rows.len(),
+                        c.store().llm_len()
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 CacheCmd::Gc { only_latest } => {
@@ -332,8 +405,17 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
                     for (key, node, why) in &r.evicted {
                         println!("evicted {} ({node}): {why}", &key[..key.len().min(12)]);
                     }
-                    println!("checked {} entries and {} artifacts; evicted {}", r.entries, r.objects, r.evicted.len());
-                    Ok(ExitCode::from(if r.evicted.is_empty() { 0 } else { code::FAILED }))
+                    println!(
+                        "checked {} entries and {} artifacts; evicted {}",
+                        r.entries,
+                        r.objects,
+                        r.evicted.len()
+                    );
+                    Ok(ExitCode::from(if r.evicted.is_empty() {
+                        0
+                    } else {
+                        code::FAILED
+                    }))
                 }
             }
         }

@@ -2,12 +2,15 @@
 
 use std::path::Path;
 
-use relabel_engine::manifest::Source;
 use relabel_engine::load_pipeline;
+use relabel_engine::manifest::Source;
 
 fn source(path: &Path) -> Source {
     let text = std::fs::read_to_string(path).unwrap();
-    let name = format!("cases/invalid/{}", path.file_name().unwrap().to_string_lossy());
+    let name = format!(
+        "cases/invalid/{}",
+        path.file_name().unwrap().to_string_lossy()
+    );
     Source::from_text(&name, &text)
 }
 
@@ -22,22 +25,40 @@ fn every_invalid_manifest_is_reported_with_locations() {
             Err(d) => d,
         };
         assert!(!diags.is_empty());
-        let lines = std::fs::read_to_string(path).unwrap().lines().count().max(1);
+        let lines = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .count()
+            .max(1);
         for d in &diags.0 {
-            assert!(d.loc.line >= 1 && d.loc.line <= lines + 1, "{d} points outside the file");
+            assert!(
+                d.loc.line >= 1 && d.loc.line <= lines + 1,
+                "{d} points outside the file"
+            );
             assert!(d.loc.col >= 1, "{d}");
         }
         insta::assert_snapshot!(diags.to_string());
     });
-    assert!(count >= 30, "the corpus has {count} invalid manifests; keep at least 30");
+    assert!(
+        count >= 30,
+        "the corpus has {count} invalid manifests; keep at least 30"
+    );
 }
 
 #[test]
 fn every_valid_case_and_example_manifest_validates() {
     let registry = relabel_plugins::registry();
     std::env::remove_var("RELABEL_TEST_UNSET_HOME");
-    let mut files: Vec<_> = std::fs::read_dir("tests/cases/valid").unwrap().map(|e| e.unwrap().path()).collect();
-    files.extend(std::fs::read_dir("manifests").unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "yaml")));
+    let mut files: Vec<_> = std::fs::read_dir("tests/cases/valid")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.extend(
+        std::fs::read_dir("manifests")
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml")),
+    );
     assert!(files.len() >= 4);
     for f in files {
         let src = Source::read(&f).unwrap();
@@ -50,11 +71,21 @@ fn every_valid_case_and_example_manifest_validates() {
 #[test]
 fn multiple_problems_are_all_reported_not_just_the_first() {
     let registry = relabel_plugins::registry();
-    let Err(d) = load_pipeline(source(Path::new("tests/cases/invalid/multiple_problems.yaml")), &registry) else {
+    let Err(d) = load_pipeline(
+        source(Path::new("tests/cases/invalid/multiple_problems.yaml")),
+        &registry,
+    ) else {
         panic!("should be invalid")
     };
     let text = d.to_string();
-    for needle in ["unknown kind \"comand\"", "unknown param \"m\"", "duplicate id \"b\"", "refers to no node", "timeout", "confg"] {
+    for needle in [
+        "unknown kind \"comand\"",
+        "unknown param \"m\"",
+        "duplicate id \"b\"",
+        "refers to no node",
+        "timeout",
+        "confg",
+    ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
 }
@@ -62,10 +93,19 @@ fn multiple_problems_are_all_reported_not_just_the_first() {
 #[test]
 fn params_keep_their_type_when_they_are_the_whole_value() {
     let registry = relabel_plugins::registry();
-    let p = load_pipeline(Source::read(Path::new("tests/cases/valid/params_and_env.yaml")).unwrap(), &registry).unwrap();
-    let relabel_engine::resolve::Unit::Node(n) = &p.units[0] else { panic!() };
+    let p = load_pipeline(
+        Source::read(Path::new("tests/cases/valid/params_and_env.yaml")).unwrap(),
+        &registry,
+    )
+    .unwrap();
+    let relabel_engine::resolve::Unit::Node(n) = &p.units[0] else {
+        panic!()
+    };
     assert_eq!(n.config["timeout"], serde_json::json!(30.0));
-    assert_eq!(n.config["run"], serde_json::json!("echo hello $${HOME} /tmp"));
+    assert_eq!(
+        n.config["run"],
+        serde_json::json!("echo hello $${HOME} /tmp")
+    );
 }
 
 #[test]
@@ -82,5 +122,10 @@ fn the_cli_exits_2_and_prints_file_line_col() {
         .args(["validate", "manifests/demo.yaml"])
         .output()
         .unwrap();
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 }

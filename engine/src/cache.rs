@@ -94,12 +94,15 @@ pub struct FileMemo {
     pub digest: Digest,
 }
 
+/// Every entry with its key; an entry that does not decode comes with the reason.
+pub type EntryList = Vec<(String, Result<Entry, String>)>;
+
 /// The key-value side of the cache. sled implements it; another store can replace it.
 pub trait Store: Send + Sync {
     fn get(&self, key: &str) -> Result<Option<Entry>, CacheError>;
     fn put(&self, key: &str, entry: &Entry) -> Result<(), CacheError>;
     fn remove(&self, key: &str) -> Result<(), CacheError>;
-    fn entries(&self) -> Result<Vec<(String, Result<Entry, String>)>, CacheError>;
+    fn entries(&self) -> Result<EntryList, CacheError>;
     fn last(&self, scope: &str) -> Result<Option<LastRecord>, CacheError>;
     fn set_last(&self, scope: &str, rec: &LastRecord) -> Result<(), CacheError>;
     fn lasts(&self) -> Result<Vec<(String, LastRecord)>, CacheError>;
@@ -163,7 +166,7 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn entries(&self) -> Result<Vec<(String, Result<Entry, String>)>, CacheError> {
+    fn entries(&self) -> Result<EntryList, CacheError> {
         let mut out = Vec::new();
         for kv in self.entries.iter() {
             let (k, v) = kv?;
@@ -254,21 +257,31 @@ impl LlmCache {
             .to_string()
     }
 
-    pub fn get(&self, request: &serde_json::Value) -> Result<Option<serde_json::Value>, CacheError> {
+    pub fn get(
+        &self,
+        request: &serde_json::Value,
+    ) -> Result<Option<serde_json::Value>, CacheError> {
         let key = Self::key(request);
         let hit = self
             .store
             .llm_get(&key)?
             .and_then(|b| serde_json::from_slice(&b).ok());
-        let counter = if hit.is_some() { &self.hits } else { &self.misses };
+        let counter = if hit.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(hit)
     }
 
     /// Stores a response durably before returning, so a killed run never pays for it again.
-    pub fn put(&self, request: &serde_json::Value, response: &serde_json::Value) -> Result<(), CacheError> {
-        self.store
-            .llm_put(&Self::key(request), &encode(response))
+    pub fn put(
+        &self,
+        request: &serde_json::Value,
+        response: &serde_json::Value,
+    ) -> Result<(), CacheError> {
+        self.store.llm_put(&Self::key(request), &encode(response))
     }
 
     pub fn hits(&self) -> u64 {
@@ -514,7 +527,12 @@ impl Cache {
     pub fn gc(&self, only_latest: bool) -> Result<GcReport, CacheError> {
         let mut report = GcReport::default();
         if only_latest {
-            let latest: HashSet<String> = self.store.lasts()?.into_iter().map(|(_, r)| r.key).collect();
+            let latest: HashSet<String> = self
+                .store
+                .lasts()?
+                .into_iter()
+                .map(|(_, r)| r.key)
+                .collect();
             for (key, _) in self.store.entries()? {
                 if !latest.contains(&key) {
                     self.store.remove(&key)?;
@@ -588,7 +606,11 @@ fn set_mode(p: &Path, read_only: bool) -> io::Result<()> {
         return Ok(());
     }
     let mode = m.permissions().mode();
-    let new = if read_only { mode & !0o222 } else { mode | 0o200 };
+    let new = if read_only {
+        mode & !0o222
+    } else {
+        mode | 0o200
+    };
     if new != mode {
         fs::set_permissions(p, fs::Permissions::from_mode(new))?;
     }
@@ -725,15 +747,23 @@ mod tests {
     #[test]
     fn the_llm_tree_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let req = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
-        let same_req_reordered = serde_json::json!({"messages": [{"content": "hi", "role": "user"}], "model": "m"});
+        let req =
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let same_req_reordered =
+            serde_json::json!({"messages": [{"content": "hi", "role": "user"}], "model": "m"});
         {
             let cache = Cache::open(dir.path(), LockWait::NoWait).unwrap();
-            cache.llm_cache().put(&req, &serde_json::json!({"answer": "a"})).unwrap();
+            cache
+                .llm_cache()
+                .put(&req, &serde_json::json!({"answer": "a"}))
+                .unwrap();
         }
         let cache = Cache::open(dir.path(), LockWait::NoWait).unwrap();
         let llm = cache.llm_cache();
-        assert_eq!(llm.get(&same_req_reordered).unwrap(), Some(serde_json::json!({"answer": "a"})));
+        assert_eq!(
+            llm.get(&same_req_reordered).unwrap(),
+            Some(serde_json::json!({"answer": "a"}))
+        );
         assert_eq!((llm.hits(), llm.misses()), (1, 0));
     }
 }

@@ -51,7 +51,8 @@ impl Dag {
                 users[d].push(to);
             }
         }
-        let mut ready: std::collections::BTreeSet<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
+        let mut ready: std::collections::BTreeSet<usize> =
+            (0..n).filter(|&i| indeg[i] == 0).collect();
         let mut order = Vec::with_capacity(n);
         while let Some(&i) = ready.iter().next() {
             ready.remove(&i);

@@ -18,7 +18,14 @@ const NODE_KEYS: &[&str] = &["id", "kind", "description", "inputs", "config"];
 const LOOP_ITEM_KEYS: &[&str] = &["id", "description", "loop", "nodes"];
 const LOOP_KEYS: &[&str] = &["max_rounds", "until", "carry"];
 const CARRY_KEYS: &[&str] = &["from", "next"];
-const SECRET_WORDS: &[&str] = &["KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS"];
+const SECRET_WORDS: &[&str] = &[
+    "KEY",
+    "TOKEN",
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "CREDENTIALS",
+];
 
 /// A manifest's text and where it came from.
 #[derive(Debug, Clone)]
@@ -35,7 +42,13 @@ impl Source {
         let text = std::fs::read_to_string(path)?;
         let dir = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { FsPath::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    FsPath::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(FsPath::new("."))
             .to_path_buf();
         Ok(Source {
@@ -182,7 +195,11 @@ fn check_keys(r: &mut Reporter, m: &Mapping, path: &Path, known: &[&str], what: 
         if !known.contains(&k.as_str()) {
             let hint = did_you_mean(&k, known.iter().copied())
                 .or_else(|| Some(format!("expected one of: {}", known.join(", "))));
-            r.key(&path.key(&k), format!("{what}: unknown field \"{k}\""), hint);
+            r.key(
+                &path.key(&k),
+                format!("{what}: unknown field \"{k}\""),
+                hint,
+            );
         }
     }
 }
@@ -224,7 +241,11 @@ pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
     check_keys(&mut r, map, &top, TOP_KEYS, "manifest");
 
     match get(map, "version") {
-        None => r.value(&top, format!("missing \"version\" (expected {VERSION})"), None),
+        None => r.value(
+            &top,
+            format!("missing \"version\" (expected {VERSION})"),
+            None,
+        ),
         Some(Value::Number(n)) if n.as_u64() == Some(VERSION) => {}
         Some(v) => r.value(
             &top.key("version"),
@@ -237,7 +258,10 @@ pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
         Some(v) => {
             r.value(
                 &top.key("name"),
-                format!("\"name\" must be a non-empty string; found {}", type_name(v)),
+                format!(
+                    "\"name\" must be a non-empty string; found {}",
+                    type_name(v)
+                ),
                 None,
             );
             String::new()
@@ -261,7 +285,10 @@ pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
         }
         Some(v) => r.value(
             &top.key("params"),
-            format!("\"params\" must be a mapping of names to values; found {}", type_name(&v)),
+            format!(
+                "\"params\" must be a mapping of names to values; found {}",
+                type_name(&v)
+            ),
             None,
         ),
     }
@@ -279,7 +306,10 @@ pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
         }
         Some(v) => r.value(
             &top.key("llm"),
-            format!("\"llm\" must be a mapping of endpoint names to endpoints; found {}", type_name(&v)),
+            format!(
+                "\"llm\" must be a mapping of endpoint names to endpoints; found {}",
+                type_name(&v)
+            ),
             None,
         ),
     }
@@ -289,7 +319,11 @@ pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
         None => r.value(&top, "missing \"nodes\" (the list of pipeline nodes)", None),
         Some(Value::Sequence(seq)) => {
             if seq.is_empty() {
-                r.value(&top.key("nodes"), "\"nodes\" is empty; a pipeline needs at least one node", None);
+                r.value(
+                    &top.key("nodes"),
+                    "\"nodes\" is empty; a pipeline needs at least one node",
+                    None,
+                );
             }
             for (i, mut item) in seq.into_iter().enumerate() {
                 let p = top.key("nodes").index(i);
@@ -321,14 +355,21 @@ fn read_item(r: &mut Reporter, v: &Value, path: &Path, top_level: bool) -> Optio
     let Value::Mapping(m) = v else {
         r.value(
             path,
-            format!("a node must be a mapping with id, kind and config; found {}", type_name(v)),
+            format!(
+                "a node must be a mapping with id, kind and config; found {}",
+                type_name(v)
+            ),
             None,
         );
         return None;
     };
     if get(m, "loop").is_some() {
         if !top_level {
-            r.key(&path.key("loop"), "loops cannot be nested inside a loop", None);
+            r.key(
+                &path.key("loop"),
+                "loops cannot be nested inside a loop",
+                None,
+            );
             return None;
         }
         return read_loop(r, m, path).map(RawItem::Loop);
@@ -354,7 +395,11 @@ fn read_id(r: &mut Reporter, m: &Mapping, path: &Path, what: &str) -> Option<Str
             Some(s.clone())
         }
         Some(v) => {
-            r.value(&path.key("id"), format!("\"id\" must be a string; found {}", type_name(v)), None);
+            r.value(
+                &path.key("id"),
+                format!("\"id\" must be a string; found {}", type_name(v)),
+                None,
+            );
             None
         }
     }
@@ -384,7 +429,10 @@ fn read_node(r: &mut Reporter, m: &Mapping, path: &Path) -> Option<RawNode> {
         Some(v) => {
             r.value(
                 &path.key("kind"),
-                format!("node \"{label}\": \"kind\" must be a string; found {}", type_name(v)),
+                format!(
+                    "node \"{label}\": \"kind\" must be a string; found {}",
+                    type_name(v)
+                ),
                 None,
             );
             None
@@ -458,7 +506,10 @@ fn read_node(r: &mut Reporter, m: &Mapping, path: &Path) -> Option<RawNode> {
         Some(v) => {
             r.value(
                 &path.key("config"),
-                format!("node \"{label}\": \"config\" must be a mapping; found {}", type_name(v)),
+                format!(
+                    "node \"{label}\": \"config\" must be a mapping; found {}",
+                    type_name(v)
+                ),
                 None,
             );
             return None;
@@ -590,10 +641,17 @@ fn read_loop(r: &mut Reporter, m: &Mapping, path: &Path) -> Option<RawLoop> {
         }
         Some(v) => r.value(
             &path.key("nodes"),
-            format!("loop \"{label}\": \"nodes\" must be a non-empty list of nodes; found {}", type_name(v)),
+            format!(
+                "loop \"{label}\": \"nodes\" must be a non-empty list of nodes; found {}",
+                type_name(v)
+            ),
             None,
         ),
-        None => r.value(path, format!("loop \"{label}\" has no \"nodes\" (its body)"), None),
+        None => r.value(
+            path,
+            format!("loop \"{label}\" has no \"nodes\" (its body)"),
+            None,
+        ),
     }
     Some(RawLoop {
         id: id?,
@@ -651,7 +709,12 @@ fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
-fn substitute_str(r: &mut Reporter, s: &str, path: &Path, params: Option<&Mapping>) -> Option<Value> {
+fn substitute_str(
+    r: &mut Reporter,
+    s: &str,
+    path: &Path,
+    params: Option<&Mapping>,
+) -> Option<Value> {
     if !s.contains("${") {
         return None;
     }
@@ -688,14 +751,19 @@ fn substitute_str(r: &mut Reporter, s: &str, path: &Path, params: Option<&Mappin
                     Some(v) => Some(v.clone()),
                     None => {
                         let known: Vec<String> = params.keys().map(key_str).collect();
-                        let hint = did_you_mean(name, known.iter().map(String::as_str)).or_else(|| {
-                            Some(if known.is_empty() {
-                                "this manifest defines no params".to_string()
-                            } else {
-                                format!("defined params: {}", known.join(", "))
-                            })
-                        });
-                        r.value(path, format!("unknown param \"{name}\" in `${{params.{name}}}`"), hint);
+                        let hint =
+                            did_you_mean(name, known.iter().map(String::as_str)).or_else(|| {
+                                Some(if known.is_empty() {
+                                    "this manifest defines no params".to_string()
+                                } else {
+                                    format!("defined params: {}", known.join(", "))
+                                })
+                            });
+                        r.value(
+                            path,
+                            format!("unknown param \"{name}\" in `${{params.{name}}}`"),
+                            hint,
+                        );
                         Some(Value::String(String::new()))
                     }
                 },
@@ -705,7 +773,10 @@ fn substitute_str(r: &mut Reporter, s: &str, path: &Path, params: Option<&Mappin
                 Some((n, d)) => (n, Some(d)),
                 None => (spec, None),
             };
-            if name.split('_').any(|w| SECRET_WORDS.contains(&w.to_ascii_uppercase().as_str())) {
+            if name
+                .split('_')
+                .any(|w| SECRET_WORDS.contains(&w.to_ascii_uppercase().as_str()))
+            {
                 r.value(
                     path,
                     format!("`${{env.{name}}}` looks like a secret; secrets must not be copied into manifests, caches or reports"),
@@ -737,7 +808,10 @@ fn substitute_str(r: &mut Reporter, s: &str, path: &Path, params: Option<&Mappin
                     Some(t) => out.push_str(&t),
                     None => r.value(
                         path,
-                        format!("`${{{expr}}}` is {} and cannot be placed inside a string", type_name(&v)),
+                        format!(
+                            "`${{{expr}}}` is {} and cannot be placed inside a string",
+                            type_name(&v)
+                        ),
                         Some("use it as the whole value instead".into()),
                     ),
                 }

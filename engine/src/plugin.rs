@@ -198,7 +198,8 @@ pub fn deserialize_at<T: DeserializeOwned>(value: &serde_yaml::Value) -> Result<
             match seg {
                 serde_path_to_error::Segment::Seq { index } => path.0.push(Seg::Index(*index)),
                 serde_path_to_error::Segment::Map { key } => path.0.push(Seg::Key(key.clone())),
-                serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+                serde_path_to_error::Segment::Enum { .. }
+                | serde_path_to_error::Segment::Unknown => {}
             }
         }
         let message = e.inner().to_string();

@@ -14,7 +14,8 @@ pub struct ProgressSink {
 impl ProgressSink {
     /// Bars when stderr is a terminal (and `RELABEL_NO_PROGRESS` is unset), nothing otherwise.
     pub fn auto() -> Self {
-        let tty = std::io::stderr().is_terminal() && std::env::var_os("RELABEL_NO_PROGRESS").is_none();
+        let tty =
+            std::io::stderr().is_terminal() && std::env::var_os("RELABEL_NO_PROGRESS").is_none();
         ProgressSink {
             multi: tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
         }
@@ -31,8 +32,10 @@ impl ProgressSink {
             Some(m) => {
                 let bar = m.add(ProgressBar::new_spinner());
                 bar.set_style(
-                    ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg} {pos}/{len} {elapsed}")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    ProgressStyle::with_template(
+                        "{spinner} {prefix:.bold} {wide_msg} {pos}/{len} {elapsed}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
                 bar.set_prefix(name.to_string());
                 bar.enable_steady_tick(Duration::from_millis(120));

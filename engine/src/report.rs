@@ -67,7 +67,10 @@ pub fn markdown(r: &RunReport) -> String {
     let _ = writeln!(s, "|---|---|---|---:|---|");
     for n in &r.nodes {
         let figures = match &n.error {
-            Some(e) => format!("error: {}", e.lines().next().unwrap_or("").replace('|', "\\|")),
+            Some(e) => format!(
+                "error: {}",
+                e.lines().next().unwrap_or("").replace('|', "\\|")
+            ),
             None => key_figures(&n.metrics).replace('|', "\\|"),
         };
         let _ = writeln!(

@@ -155,7 +155,10 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
             let at = spans.value(&first.key("id"));
             r.value(
                 &path.key("id"),
-                format!("duplicate id \"{id}\" (first defined at line {}:{})", at.line, at.col),
+                format!(
+                    "duplicate id \"{id}\" (first defined at line {}:{})",
+                    at.line, at.col
+                ),
                 Some("every node and loop needs its own id".into()),
             );
         } else {
@@ -214,7 +217,10 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
                     let msg = if p.path.0.is_empty() {
                         format!("node \"{}\" ({}): config: {}", n.id, n.kind, p.message)
                     } else {
-                        format!("node \"{}\" ({}): config.{}: {}", n.id, n.kind, p.path, p.message)
+                        format!(
+                            "node \"{}\" ({}): config.{}: {}",
+                            n.id, n.kind, p.path, p.message
+                        )
                     };
                     if p.at_key {
                         r.key(&path, msg, p.hint);
@@ -248,22 +254,36 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
         .items
         .iter()
         .filter_map(|it| match it {
-            RawItem::Loop(l) => Some((l.id.as_str(), l.carry.iter().map(|c| c.name.as_str()).collect())),
+            RawItem::Loop(l) => Some((
+                l.id.as_str(),
+                l.carry.iter().map(|c| c.name.as_str()).collect(),
+            )),
             _ => None,
         })
         .collect();
 
     // 3. input references.
-    let outputs_of: HashMap<String, Option<Vec<String>>> =
-        checked.iter().map(|(k, c)| (k.clone(), c.outputs.clone())).collect();
-    let resolve_ref = |r: &mut Reporter, who: &str, from_loop: Option<usize>, reference: &str, path: &Path| -> Option<InputRef> {
+    let outputs_of: HashMap<String, Option<Vec<String>>> = checked
+        .iter()
+        .map(|(k, c)| (k.clone(), c.outputs.clone()))
+        .collect();
+    let resolve_ref = |r: &mut Reporter,
+                       who: &str,
+                       from_loop: Option<usize>,
+                       reference: &str,
+                       path: &Path|
+     -> Option<InputRef> {
         let (target, output) = match reference.split_once('.') {
             Some((t, o)) => (t, Some(o)),
             None => (reference, None),
         };
         let Some((place, _)) = places.get(target) else {
             let hint = did_you_mean(target, all_ids.iter().copied());
-            r.value(path, format!("node \"{who}\": input \"{reference}\" refers to no node"), hint);
+            r.value(
+                path,
+                format!("node \"{who}\": input \"{reference}\" refers to no node"),
+                hint,
+            );
             return None;
         };
         match *place {
@@ -333,8 +353,14 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
                     r.value(
                         path,
                         format!("node \"{who}\": node \"{target}\" has no output \"{output}\""),
-                        did_you_mean(&output, outputs.iter().map(String::as_str))
-                            .or_else(|| Some(format!("its outputs: {}", list_or_none(&outputs.iter().map(String::as_str).collect::<Vec<_>>())))),
+                        did_you_mean(&output, outputs.iter().map(String::as_str)).or_else(|| {
+                            Some(format!(
+                                "its outputs: {}",
+                                list_or_none(
+                                    &outputs.iter().map(String::as_str).collect::<Vec<_>>()
+                                )
+                            ))
+                        }),
                     );
                     return None;
                 }
@@ -348,7 +374,13 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
 
     let mut units: Vec<Option<Unit>> = Vec::new();
     let mut top_edges: Vec<(String, String, Path)> = Vec::new(); // (from unit id, to unit id, path)
-    let fill_inputs = |r: &mut Reporter, n: &RawNode, from_loop: Option<usize>, checked: &mut HashMap<String, Checked>, top_edges: &mut Vec<(String, String, Path)>, body_edges: &mut Vec<(String, String, Path)>| -> Option<NodeSpec> {
+    let fill_inputs = |r: &mut Reporter,
+                       n: &RawNode,
+                       from_loop: Option<usize>,
+                       checked: &mut HashMap<String, Checked>,
+                       top_edges: &mut Vec<(String, String, Path)>,
+                       body_edges: &mut Vec<(String, String, Path)>|
+     -> Option<NodeSpec> {
         let mut inputs = BTreeMap::new();
         let mut ok = true;
         for inp in &n.inputs {
@@ -356,7 +388,10 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
                 r.value(
                     &inp.path,
                     format!("node \"{}\": two inputs are named \"{}\"", n.id, inp.name),
-                    Some("use the mapping form `inputs: {name: node.output}` to name them apart".into()),
+                    Some(
+                        "use the mapping form `inputs: {name: node.output}` to name them apart"
+                            .into(),
+                    ),
                 );
                 ok = false;
                 continue;
@@ -368,9 +403,15 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
                         InputRef::Carry { loop_id, .. } => loop_id.clone(),
                     };
                     match (from_loop, places.get(&target).map(|p| p.0)) {
-                        (Some(li), Some(Place::Body(tl, _))) if tl == li => body_edges.push((target, n.id.clone(), inp.path.clone())),
+                        (Some(li), Some(Place::Body(tl, _))) if tl == li => {
+                            body_edges.push((target, n.id.clone(), inp.path.clone()))
+                        }
                         (Some(li), Some(Place::Loop(tl))) if tl == li => {} // the loop's own carry
-                        (Some(li), _) => top_edges.push((target, raw.items[li].id().to_string(), inp.path.clone())),
+                        (Some(li), _) => top_edges.push((
+                            target,
+                            raw.items[li].id().to_string(),
+                            inp.path.clone(),
+                        )),
                         (None, _) => top_edges.push((target, n.id.clone(), inp.path.clone())),
                     }
                     inputs.insert(inp.name.clone(), rf);
@@ -395,7 +436,14 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
                 let mut body = Vec::new();
                 let mut ok = true;
                 for n in &l.nodes {
-                    match fill_inputs(&mut r, n, Some(i), &mut checked, &mut top_edges, &mut body_edges) {
+                    match fill_inputs(
+                        &mut r,
+                        n,
+                        Some(i),
+                        &mut checked,
+                        &mut top_edges,
+                        &mut body_edges,
+                    ) {
                         Some(mut s) => {
                             s.loop_id = Some(l.id.clone());
                             body.push(s);
@@ -406,9 +454,19 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
                 let mut carry = Vec::new();
                 for c in &l.carry {
                     let from = resolve_ref(&mut r, &l.id, None, &c.from, &c.path.key("from"));
-                    if let Some(InputRef::Node { node, .. } | InputRef::Carry { loop_id: node, .. }) = &from {
+                    if let Some(
+                        InputRef::Node { node, .. } | InputRef::Carry { loop_id: node, .. },
+                    ) = &from
+                    {
                         if node == &l.id {
-                            r.value(&c.path.key("from"), format!("loop \"{}\": carry \"{}\" starts from the loop itself", l.id, c.name), None);
+                            r.value(
+                                &c.path.key("from"),
+                                format!(
+                                    "loop \"{}\": carry \"{}\" starts from the loop itself",
+                                    l.id, c.name
+                                ),
+                                None,
+                            );
                             ok = false;
                         } else {
                             top_edges.push((node.clone(), l.id.clone(), c.path.key("from")));
@@ -416,9 +474,12 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
                     }
                     let next_target = c.next.split('.').next().unwrap_or("");
                     let next = match places.get(next_target) {
-                        Some((Place::Body(li, _), _)) if *li == i => resolve_ref(&mut r, &l.id, Some(i), &c.next, &c.path.key("next")),
+                        Some((Place::Body(li, _), _)) if *li == i => {
+                            resolve_ref(&mut r, &l.id, Some(i), &c.next, &c.path.key("next"))
+                        }
                         _ => {
-                            let body_ids: Vec<&str> = l.nodes.iter().map(|n| n.id.as_str()).collect();
+                            let body_ids: Vec<&str> =
+                                l.nodes.iter().map(|n| n.id.as_str()).collect();
                             r.value(
                                 &c.path.key("next"),
                                 format!("loop \"{}\": carry \"{}\": `next` must name a node in the loop's body; \"{}\" is not one", l.id, c.name, c.next),
@@ -429,11 +490,22 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
                         }
                     };
                     if body.iter().any(|n: &NodeSpec| n.id == c.name) {
-                        r.key(&c.path, format!("loop \"{}\": carry \"{}\" has the name of a body node", l.id, c.name), Some("give the carried value its own name".into()));
+                        r.key(
+                            &c.path,
+                            format!(
+                                "loop \"{}\": carry \"{}\" has the name of a body node",
+                                l.id, c.name
+                            ),
+                            Some("give the carried value its own name".into()),
+                        );
                         ok = false;
                     }
                     match (from, next) {
-                        (Some(from), Some(next)) => carry.push(Carry { name: c.name.clone(), from, next }),
+                        (Some(from), Some(next)) => carry.push(Carry {
+                            name: c.name.clone(),
+                            from,
+                            next,
+                        }),
                         _ => ok = false,
                     }
                 }
@@ -442,12 +514,22 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
                     let upath = l.path.key("loop").key("until");
                     match env.compile_expression(until) {
                         Err(e) => {
-                            r.value(&upath, format!("loop \"{}\": `until` is not a valid expression: {}", l.id, e.detail().unwrap_or(&e.to_string())), None);
+                            r.value(
+                                &upath,
+                                format!(
+                                    "loop \"{}\": `until` is not a valid expression: {}",
+                                    l.id,
+                                    e.detail().unwrap_or(&e.to_string())
+                                ),
+                                None,
+                            );
                             ok = false;
                         }
                         Ok(expr) => {
-                            let body_ids: Vec<&str> = l.nodes.iter().map(|n| n.id.as_str()).collect();
-                            let mut names: Vec<String> = expr.undeclared_variables(false).into_iter().collect();
+                            let body_ids: Vec<&str> =
+                                l.nodes.iter().map(|n| n.id.as_str()).collect();
+                            let mut names: Vec<String> =
+                                expr.undeclared_variables(false).into_iter().collect();
                             names.sort();
                             for name in names {
                                 if name != "round" && !body_ids.contains(&name.as_str()) {
@@ -465,16 +547,27 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
                     }
                 }
                 // The body's own DAG.
-                let body_index: HashMap<&str, usize> = body.iter().enumerate().map(|(k, n)| (n.id.as_str(), k)).collect();
+                let body_index: HashMap<&str, usize> = body
+                    .iter()
+                    .enumerate()
+                    .map(|(k, n)| (n.id.as_str(), k))
+                    .collect();
                 let edges: Vec<Edge> = body_edges
                     .iter()
-                    .filter_map(|(f, t, p)| Some(Edge { from: *body_index.get(f.as_str())?, to: *body_index.get(t.as_str())?, path: p.clone() }))
+                    .filter_map(|(f, t, p)| {
+                        Some(Edge {
+                            from: *body_index.get(f.as_str())?,
+                            to: *body_index.get(t.as_str())?,
+                            path: p.clone(),
+                        })
+                    })
                     .collect();
                 let body_dag = match Dag::build(body.len(), &edges) {
                     Ok(d) => d,
                     Err(cycles) => {
                         for c in cycles {
-                            let names: Vec<&str> = c.members.iter().map(|m| body[*m].id.as_str()).collect();
+                            let names: Vec<&str> =
+                                c.members.iter().map(|m| body[*m].id.as_str()).collect();
                             r.value(&c.path, format!("loop \"{}\": its body has a cycle: {}", l.id, names.join(" -> ")), Some("within a round data must flow one way; feed a value to the next round with `carry`".into()));
                         }
                         ok = false;
@@ -502,26 +595,58 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
         if let Some(check) = registry.endpoint_check() {
             if let Err(p) = check(v) {
                 let at = path.join(&p.path);
-                let msg = format!("llm endpoint \"{name}\": {}{}", if p.path.0.is_empty() { String::new() } else { format!("{}: ", p.path) }, p.message);
-                if p.at_key { r.key(&at, msg, p.hint) } else { r.value(&at, msg, p.hint) }
+                let msg = format!(
+                    "llm endpoint \"{name}\": {}{}",
+                    if p.path.0.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{}: ", p.path)
+                    },
+                    p.message
+                );
+                if p.at_key {
+                    r.key(&at, msg, p.hint)
+                } else {
+                    r.value(&at, msg, p.hint)
+                }
                 continue;
             }
         }
-        llm.insert(name.clone(), serde_json::to_value(v).unwrap_or(serde_json::Value::Null));
+        llm.insert(
+            name.clone(),
+            serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
+        );
     }
 
     // 5. the top-level DAG.
-    let index: HashMap<&str, usize> = raw.items.iter().enumerate().map(|(i, it)| (it.id(), i)).collect();
+    let index: HashMap<&str, usize> = raw
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (it.id(), i))
+        .collect();
     let edges: Vec<Edge> = top_edges
         .iter()
-        .filter_map(|(f, t, p)| Some(Edge { from: *index.get(f.as_str())?, to: *index.get(t.as_str())?, path: p.clone() }))
+        .filter_map(|(f, t, p)| {
+            Some(Edge {
+                from: *index.get(f.as_str())?,
+                to: *index.get(t.as_str())?,
+                path: p.clone(),
+            })
+        })
         .collect();
     let dag = match Dag::build(raw.items.len(), &edges) {
         Ok(d) => Some(d),
         Err(cycles) => {
             for c in cycles {
                 let names: Vec<&str> = c.members.iter().map(|m| raw.items[*m].id()).collect();
-                r.value(&c.path, format!("the pipeline has a cycle: {}", names.join(" -> ")), Some("data must flow one way; to repeat work, use a `loop` with `carry`".into()));
+                r.value(
+                    &c.path,
+                    format!("the pipeline has a cycle: {}", names.join(" -> ")),
+                    Some(
+                        "data must flow one way; to repeat work, use a `loop` with `carry`".into(),
+                    ),
+                );
             }
             None
         }
@@ -530,7 +655,10 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
     if !r.diags.is_empty() {
         return Err(r.diags.finish());
     }
-    let units: Vec<Unit> = units.into_iter().map(|u| u.expect("no diagnostics means every unit resolved")).collect();
+    let units: Vec<Unit> = units
+        .into_iter()
+        .map(|u| u.expect("no diagnostics means every unit resolved"))
+        .collect();
     Ok(Pipeline {
         name: raw.name.clone(),
         source: raw.source.clone(),

@@ -31,7 +31,9 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
-            jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             targets: Vec::new(),
             force: Vec::new(),
             progress: ProgressSink::hidden(),
@@ -146,7 +148,13 @@ impl Scope {
                         return p.outputs.get(output).cloned();
                     }
                 }
-                self.top.lock().expect("table lock").get(node)?.outputs.get(output).cloned()
+                self.top
+                    .lock()
+                    .expect("table lock")
+                    .get(node)?
+                    .outputs
+                    .get(output)
+                    .cloned()
             }
             InputRef::Carry { loop_id, name } => {
                 if let Some((lid, _, carries)) = &self.round {
@@ -154,7 +162,13 @@ impl Scope {
                         return carries.get(name).cloned();
                     }
                 }
-                self.top.lock().expect("table lock").get(loop_id)?.outputs.get(name).cloned()
+                self.top
+                    .lock()
+                    .expect("table lock")
+                    .get(loop_id)?
+                    .outputs
+                    .get(name)
+                    .cloned()
             }
         }
     }
@@ -179,7 +193,11 @@ fn key_parts(
         let d = cache
             .file_digest(f)
             .map_err(|e| format!("node \"{}\": file {}: {e}", spec.id, f.display()))?;
-        let shown = f.strip_prefix(manifest_dir).unwrap_or(f).display().to_string();
+        let shown = f
+            .strip_prefix(manifest_dir)
+            .unwrap_or(f)
+            .display()
+            .to_string();
         files.insert(shown, d);
     }
     Ok(KeyParts {
@@ -236,25 +254,34 @@ pub async fn run(
     let outcome = {
         let shared = shared.clone();
         let top = top.clone();
-        schedule(&pipeline.dag.deps, &pipeline.dag.order, &selected, &shared.cancel.clone(), move |i| {
-            let shared = shared.clone();
-            let top = top.clone();
-            async move {
-                match &shared.pipeline.units[i] {
-                    Unit::Node(spec) => {
-                        let scope = Scope { top: top.clone(), round: None };
-                        let p = run_node(shared.clone(), spec.clone(), None, scope).await?;
-                        top.lock().expect("table lock").insert(spec.id.clone(), p);
-                        Ok(())
-                    }
-                    Unit::Loop(l) => {
-                        let p = run_loop(shared.clone(), l.clone(), top.clone()).await?;
-                        top.lock().expect("table lock").insert(l.id.clone(), p);
-                        Ok(())
+        schedule(
+            &pipeline.dag.deps,
+            &pipeline.dag.order,
+            &selected,
+            &shared.cancel.clone(),
+            move |i| {
+                let shared = shared.clone();
+                let top = top.clone();
+                async move {
+                    match &shared.pipeline.units[i] {
+                        Unit::Node(spec) => {
+                            let scope = Scope {
+                                top: top.clone(),
+                                round: None,
+                            };
+                            let p = run_node(shared.clone(), spec.clone(), None, scope).await?;
+                            top.lock().expect("table lock").insert(spec.id.clone(), p);
+                            Ok(())
+                        }
+                        Unit::Loop(l) => {
+                            let p = run_loop(shared.clone(), l.clone(), top.clone()).await?;
+                            top.lock().expect("table lock").insert(l.id.clone(), p);
+                            Ok(())
+                        }
                     }
                 }
-            }
-        })
+            },
+        )
         .await
     };
     // Units that never started are reported as skipped.
@@ -266,18 +293,22 @@ pub async fn run(
                 Unit::Loop(l) => l.body.iter().collect(),
             };
             for s in specs {
-                shared.reports.lock().expect("reports lock").push(NodeReport {
-                    id: s.id.clone(),
-                    instance: s.id.clone(),
-                    round: None,
-                    kind: s.plugin.kind().to_string(),
-                    status: Status::Skipped,
-                    seconds: 0.0,
-                    key: None,
-                    metrics: Metrics::new(),
-                    outputs: BTreeMap::new(),
-                    error: None,
-                });
+                shared
+                    .reports
+                    .lock()
+                    .expect("reports lock")
+                    .push(NodeReport {
+                        id: s.id.clone(),
+                        instance: s.id.clone(),
+                        round: None,
+                        kind: s.plugin.kind().to_string(),
+                        status: Status::Skipped,
+                        seconds: 0.0,
+                        key: None,
+                        metrics: Metrics::new(),
+                        outputs: BTreeMap::new(),
+                        error: None,
+                    });
             }
         }
     }
@@ -291,11 +322,26 @@ pub async fn run(
     };
     let mut nodes = std::mem::take(&mut *shared.reports.lock().expect("reports lock"));
     // Report in manifest order, rounds ascending.
-    let order: HashMap<String, usize> = pipeline.all_ids().into_iter().enumerate().map(|(i, id)| (id, i)).collect();
-    nodes.sort_by_key(|r| (r.round.unwrap_or(0), order.get(&r.id).copied().unwrap_or(usize::MAX)));
+    let order: HashMap<String, usize> = pipeline
+        .all_ids()
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| (id, i))
+        .collect();
+    nodes.sort_by_key(|r| {
+        (
+            r.round.unwrap_or(0),
+            order.get(&r.id).copied().unwrap_or(usize::MAX),
+        )
+    });
     nodes.sort_by_key(|r| {
         let u = pipeline.unit_of(&r.id).unwrap_or(usize::MAX);
-        pipeline.dag.order.iter().position(|x| *x == u).unwrap_or(usize::MAX)
+        pipeline
+            .dag
+            .order
+            .iter()
+            .position(|x| *x == u)
+            .unwrap_or(usize::MAX)
     });
     let loops = std::mem::take(&mut *shared.loops.lock().expect("loops lock"));
     Ok(RunReport {
@@ -358,14 +404,19 @@ where
     loop {
         if !stop && !cancel.is_cancelled() {
             for &i in order {
-                if selected[i] && !started[i] && deps[i].iter().all(|d| outcome[*d] == Outcome::Done) {
+                if selected[i]
+                    && !started[i]
+                    && deps[i].iter().all(|d| outcome[*d] == Outcome::Done)
+                {
                     started[i] = true;
                     let fut = start(i);
                     set.spawn(async move { (i, fut.await) });
                 }
             }
         }
-        let Some(joined) = set.join_next().await else { break };
+        let Some(joined) = set.join_next().await else {
+            break;
+        };
         match joined {
             Ok((i, Ok(()))) => outcome[i] = Outcome::Done,
             Ok((i, Err(_))) => {
@@ -382,7 +433,10 @@ where
 }
 
 async fn run_loop(shared: Arc<Shared>, l: LoopSpec, top: Table) -> Result<Produced, Stop> {
-    let scope0 = Scope { top: top.clone(), round: None };
+    let scope0 = Scope {
+        top: top.clone(),
+        round: None,
+    };
     let mut carries: BTreeMap<String, Digest> = BTreeMap::new();
     for c in &l.carry {
         let d = scope0.lookup(&c.from).ok_or(Stop::Failed)?;
@@ -404,27 +458,41 @@ async fn run_loop(shared: Arc<Shared>, l: LoopSpec, top: Table) -> Result<Produc
             let shared = shared.clone();
             let body = l.body.clone();
             let table = table.clone();
-            schedule(&l.body_dag.deps, &l.body_dag.order, &selected, &shared.cancel.clone(), move |i| {
-                let shared = shared.clone();
-                let spec = body[i].clone();
-                let scope = scope.clone();
-                let table = table.clone();
-                async move {
-                    let p = run_node(shared, spec.clone(), Some(round), scope).await?;
-                    table.lock().expect("table lock").insert(spec.id.clone(), p);
-                    Ok(())
-                }
-            })
+            schedule(
+                &l.body_dag.deps,
+                &l.body_dag.order,
+                &selected,
+                &shared.cancel.clone(),
+                move |i| {
+                    let shared = shared.clone();
+                    let spec = body[i].clone();
+                    let scope = scope.clone();
+                    let table = table.clone();
+                    async move {
+                        let p = run_node(shared, spec.clone(), Some(round), scope).await?;
+                        table.lock().expect("table lock").insert(spec.id.clone(), p);
+                        Ok(())
+                    }
+                },
+            )
             .await
         };
         if outcome.iter().any(|o| *o != Outcome::Done) {
-            let why = if shared.cancel.is_cancelled() { "cancelled" } else { "failed" };
+            let why = if shared.cancel.is_cancelled() {
+                "cancelled"
+            } else {
+                "failed"
+            };
             shared.loops.lock().expect("loops lock").push(LoopReport {
                 id: l.id.clone(),
                 rounds: round,
                 stopped_by: why.into(),
             });
-            return Err(if shared.cancel.is_cancelled() { Stop::Cancelled } else { Stop::Failed });
+            return Err(if shared.cancel.is_cancelled() {
+                Stop::Cancelled
+            } else {
+                Stop::Failed
+            });
         }
         let produced = table.lock().expect("table lock").clone();
         for c in &l.carry {
@@ -448,7 +516,10 @@ async fn run_loop(shared: Arc<Shared>, l: LoopSpec, top: Table) -> Result<Produc
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    shared.opts.progress.println(&format!("loop \"{}\": until: {e}", l.id));
+                    shared
+                        .opts
+                        .progress
+                        .println(&format!("loop \"{}\": until: {e}", l.id));
                     shared.loops.lock().expect("loops lock").push(LoopReport {
                         id: l.id.clone(),
                         rounds: round,
@@ -468,7 +539,10 @@ async fn run_loop(shared: Arc<Shared>, l: LoopSpec, top: Table) -> Result<Produc
     metrics.insert("rounds".into(), round.into());
     metrics.insert("stopped_by".into(), stopped_by.into());
     metrics.insert("last_round".into(), serde_json::Value::Object(last_metrics));
-    Ok(Produced { outputs: carries, metrics })
+    Ok(Produced {
+        outputs: carries,
+        metrics,
+    })
 }
 
 /// Evaluates a loop's `until` expression over one round's metrics (`round` and each body node's metrics).
@@ -484,8 +558,17 @@ pub fn eval_until(expr: &str, round: u32, metrics: &Metrics) -> Result<bool, Str
     Ok(v.is_true())
 }
 
-async fn run_node(shared: Arc<Shared>, spec: NodeSpec, round: Option<u32>, scope: Scope) -> Result<Produced, Stop> {
-    let _permit = shared.permits.acquire().await.map_err(|_| Stop::Cancelled)?;
+async fn run_node(
+    shared: Arc<Shared>,
+    spec: NodeSpec,
+    round: Option<u32>,
+    scope: Scope,
+) -> Result<Produced, Stop> {
+    let _permit = shared
+        .permits
+        .acquire()
+        .await
+        .map_err(|_| Stop::Cancelled)?;
     if shared.cancel.is_cancelled() {
         return Err(Stop::Cancelled);
     }
@@ -531,7 +614,10 @@ async fn run_node(shared: Arc<Shared>, spec: NodeSpec, round: Option<u32>, scope
             };
             report.error = Some(msg.clone());
             if matches!(stop, Stop::Failed) {
-                shared.opts.progress.println(&format!("node \"{instance}\" failed: {msg}"));
+                shared
+                    .opts
+                    .progress
+                    .println(&format!("node \"{instance}\" failed: {msg}"));
             }
         }
     }
@@ -578,7 +664,11 @@ async fn run_node_inner(
     report.key = Some(key.clone());
     let scope_name = scope_key(&shared.pipeline.name, instance);
     let store = cache.store();
-    let forced = shared.opts.force.iter().any(|f| f == &spec.id || spec.loop_id.as_deref() == Some(f));
+    let forced = shared
+        .opts
+        .force
+        .iter()
+        .any(|f| f == &spec.id || spec.loop_id.as_deref() == Some(f));
     if !forced {
         if let Ok(Some(entry)) = store.get(&key) {
             if entry.outputs.values().all(|d| cache.has_object(d)) {
@@ -593,7 +683,8 @@ async fn run_node_inner(
     }
     // Run it.
     let work_dir = cache.tmp_dir().join(&shared.run_id).join(instance);
-    std::fs::create_dir_all(work_dir.join("out")).map_err(|e| fail(format!("work folder {}: {e}", work_dir.display())))?;
+    std::fs::create_dir_all(work_dir.join("out"))
+        .map_err(|e| fail(format!("work folder {}: {e}", work_dir.display())))?;
     let span = tracing::info_span!("node", id = %instance, kind = %spec.plugin.kind());
     let progress = shared.opts.progress.node(instance);
     let ctx = NodeContext {
@@ -632,7 +723,10 @@ async fn run_node_inner(
             return Err(fail(format!("declared output \"{name}\" was not produced")));
         };
         if std::fs::symlink_metadata(path).is_err() {
-            return Err(fail(format!("declared output \"{name}\" was not written (expected {})", path.display())));
+            return Err(fail(format!(
+                "declared output \"{name}\" was not written (expected {})",
+                path.display()
+            )));
         }
         let path = path.clone();
         let c = cache.clone();
@@ -685,7 +779,10 @@ pub fn plan(pipeline: &Pipeline, cache: &Cache, force: &[String]) -> Vec<PlanSte
     for &i in &pipeline.dag.order {
         match &pipeline.units[i] {
             Unit::Node(spec) => {
-                let scope = Scope { top: top.clone(), round: None };
+                let scope = Scope {
+                    top: top.clone(),
+                    round: None,
+                };
                 if let Some(p) = plan_node(pipeline, cache, spec, None, &scope, force, &mut steps) {
                     top.lock().expect("table lock").insert(spec.id.clone(), p);
                 }
@@ -700,8 +797,18 @@ pub fn plan(pipeline: &Pipeline, cache: &Cache, force: &[String]) -> Vec<PlanSte
     steps
 }
 
-fn plan_loop(pipeline: &Pipeline, cache: &Cache, l: &LoopSpec, top: &Table, force: &[String], steps: &mut Vec<PlanStep>) -> Option<Produced> {
-    let scope0 = Scope { top: top.clone(), round: None };
+fn plan_loop(
+    pipeline: &Pipeline,
+    cache: &Cache,
+    l: &LoopSpec,
+    top: &Table,
+    force: &[String],
+    steps: &mut Vec<PlanStep>,
+) -> Option<Produced> {
+    let scope0 = Scope {
+        top: top.clone(),
+        round: None,
+    };
     let mut carries = BTreeMap::new();
     let mut known = true;
     for c in &l.carry {
@@ -736,7 +843,10 @@ fn plan_loop(pipeline: &Pipeline, cache: &Cache, l: &LoopSpec, top: &Table, forc
                     round: None,
                     kind: "loop".into(),
                     action: "run".into(),
-                    reason: format!("rounds after {round} are decided at run time (until: {})", l.until.as_deref().unwrap_or("none")),
+                    reason: format!(
+                        "rounds after {round} are decided at run time (until: {})",
+                        l.until.as_deref().unwrap_or("none")
+                    ),
                 });
             }
             return None;
@@ -775,7 +885,11 @@ fn plan_node(
     steps: &mut Vec<PlanStep>,
 ) -> Option<Produced> {
     let instance = instance_name(&spec.id, round);
-    let last = cache.store().last(&scope_key(&pipeline.name, &instance)).ok().flatten();
+    let last = cache
+        .store()
+        .last(&scope_key(&pipeline.name, &instance))
+        .ok()
+        .flatten();
     let mut step = PlanStep {
         id: spec.id.clone(),
         instance: instance.clone(),
@@ -812,7 +926,9 @@ fn plan_node(
         }
     };
     let key = parts.key();
-    let forced = force.iter().any(|f| f == &spec.id || spec.loop_id.as_deref() == Some(f));
+    let forced = force
+        .iter()
+        .any(|f| f == &spec.id || spec.loop_id.as_deref() == Some(f));
     if !forced {
         if let Ok(Some(entry)) = cache.store().get(&key) {
             if entry.outputs.values().all(|d| cache.has_object(d)) {
@@ -835,7 +951,10 @@ fn plan_node(
             Some(l) => {
                 let mut why = Vec::new();
                 if l.parts.version != parts.version || l.parts.kind != parts.kind {
-                    why.push(format!("plugin version changed ({} -> {})", l.parts.version, parts.version));
+                    why.push(format!(
+                        "plugin version changed ({} -> {})",
+                        l.parts.version, parts.version
+                    ));
                 }
                 if l.parts.config != parts.config {
                     why.push("config changed".into());

@@ -38,16 +38,22 @@ pub fn json_schema(registry: &Registry) -> Value {
     for (k, v) in generator.take_definitions(true) {
         defs.insert(k, v);
     }
-    defs.insert("Id".into(), json!({
-        "type": "string",
-        "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
-        "description": "A node or loop id: letters, digits and _, not starting with a digit."
-    }));
-    defs.insert("Ref".into(), json!({
-        "type": "string",
-        "pattern": "^[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)?$",
-        "description": "`node` (its only output), `node.output`, or `loop.carried_value`."
-    }));
+    defs.insert(
+        "Id".into(),
+        json!({
+            "type": "string",
+            "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+            "description": "A node or loop id: letters, digits and _, not starting with a digit."
+        }),
+    );
+    defs.insert(
+        "Ref".into(),
+        json!({
+            "type": "string",
+            "pattern": "^[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)?$",
+            "description": "`node` (its only output), `node.output`, or `loop.carried_value`."
+        }),
+    );
     defs.insert("Inputs".into(), json!({
         "description": "A list of references (each named after its last part) or a mapping of input names to references.",
         "oneOf": [
@@ -55,10 +61,13 @@ pub fn json_schema(registry: &Registry) -> Value {
             {"type": "object", "additionalProperties": {"$ref": "#/$defs/Ref"}}
         ]
     }));
-    defs.insert("Node".into(), json!({
-        "description": "A node: one of the known kinds.",
-        "oneOf": kinds,
-    }));
+    defs.insert(
+        "Node".into(),
+        json!({
+            "description": "A node: one of the known kinds.",
+            "oneOf": kinds,
+        }),
+    );
     defs.insert("Loop".into(), json!({
         "description": "A body of nodes repeated up to max_rounds until `until` holds; round k of each node is its own cache entry.",
         "type": "object",
@@ -93,7 +102,7 @@ pub fn json_schema(registry: &Registry) -> Value {
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "relabel pipeline manifest",
-        "description": format!("A relabel pipeline. Node kinds: {}. Regenerate with `cargo run -- schema > {SCHEMA_PATH}`.", kind_names.join(", ")),
+        "description": format!("A relabel pipeline. Node kinds: {}. Regenerate {SCHEMA_PATH} with `cargo xtask schema`.", kind_names.join(", ")),
         "type": "object",
         "additionalProperties": false,
         "required": ["version", "name", "nodes"],

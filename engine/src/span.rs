@@ -274,6 +274,9 @@ mod tests {
             idx.value(&Path::root().key("x").key("a").index(1)),
             Location { line: 1, col: 12 }
         );
-        assert_eq!(idx.value(&Path::root().key("y")), Location { line: 4, col: 4 });
+        assert_eq!(
+            idx.value(&Path::root().key("y")),
+            Location { line: 4, col: 4 }
+        );
     }
 }

@@ -6,7 +6,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use relabel_engine::manifest::is_identifier;
-use relabel_engine::plugin::{ConfigProblem, Inputs, Metrics, NodeContext, NodeError, NodeKind, NodeOutput};
+use relabel_engine::plugin::{
+    ConfigProblem, Inputs, Metrics, NodeContext, NodeError, NodeKind, NodeOutput,
+};
 use relabel_engine::span::Path;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -101,7 +103,10 @@ impl NodeKind for Command {
         let mut problems = Vec::new();
         let root = Path::root();
         if config.run.trim().is_empty() {
-            problems.push(ConfigProblem::new(root.key("run"), "`run` is empty; give the command line to run"));
+            problems.push(ConfigProblem::new(
+                root.key("run"),
+                "`run` is empty; give the command line to run",
+            ));
         }
         for (i, o) in config.outputs.iter().enumerate() {
             if !is_identifier(o) {
@@ -110,12 +115,18 @@ impl NodeKind for Command {
                     format!("invalid output name \"{o}\": use letters, digits and _"),
                 ));
             } else if config.outputs[..i].contains(o) {
-                problems.push(ConfigProblem::new(root.key("outputs").index(i), format!("output \"{o}\" is listed twice")));
+                problems.push(ConfigProblem::new(
+                    root.key("outputs").index(i),
+                    format!("output \"{o}\" is listed twice"),
+                ));
             }
         }
         if let Some(t) = config.timeout {
             if !(t > 0.0 && t.is_finite()) {
-                problems.push(ConfigProblem::new(root.key("timeout"), "must be a positive number of seconds"));
+                problems.push(ConfigProblem::new(
+                    root.key("timeout"),
+                    "must be a positive number of seconds",
+                ));
             }
         }
         for (_, _, name) in placeholders(&config.run) {
@@ -144,15 +155,28 @@ impl NodeKind for Command {
                 })
             });
             problems.push(
-                ConfigProblem::new(root.key("run"), format!("`${{{name}}}` names no declared {what}")).with_hint(hint),
+                ConfigProblem::new(
+                    root.key("run"),
+                    format!("`${{{name}}}` names no declared {what}"),
+                )
+                .with_hint(hint),
             );
         }
         problems
     }
 
-    async fn run(&self, ctx: NodeContext, config: CommandConfig, inputs: Inputs) -> Result<NodeOutput, NodeError> {
+    async fn run(
+        &self,
+        ctx: NodeContext,
+        config: CommandConfig,
+        inputs: Inputs,
+    ) -> Result<NodeOutput, NodeError> {
         let metrics_path = ctx.work_dir.join("metrics.json");
-        let outputs: BTreeMap<String, PathBuf> = config.outputs.iter().map(|o| (o.clone(), ctx.output_path(o))).collect();
+        let outputs: BTreeMap<String, PathBuf> = config
+            .outputs
+            .iter()
+            .map(|o| (o.clone(), ctx.output_path(o)))
+            .collect();
         let line = substitute(&config.run, |name| match name.split_once('.') {
             Some(("inputs", n)) => inputs.get(n).map(|a| quote(&a.path)),
             Some(("outputs", n)) => outputs.get(n).map(|p| quote(p)),
@@ -162,7 +186,9 @@ impl NodeKind for Command {
         });
         let log_path = ctx.work_dir.join("command.log");
         let log = std::fs::File::create(&log_path).map_err(|e| NodeError::io("command log", e))?;
-        let log2 = log.try_clone().map_err(|e| NodeError::io("command log", e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| NodeError::io("command log", e))?;
         let mut cmd = tokio::process::Command::new("sh");
         cmd.arg("-c")
             .arg(&line)
@@ -193,7 +219,9 @@ impl NodeKind for Command {
                 Ok(s) => s,
                 Err(_) => {
                     drop(guard);
-                    return Err(NodeError::Failed(format!("the command ran past its timeout of {t} s and was stopped")));
+                    return Err(NodeError::Failed(format!(
+                        "the command ran past its timeout of {t} s and was stopped"
+                    )));
                 }
             },
             None => wait.await,
@@ -203,7 +231,14 @@ impl NodeKind for Command {
         drop(guard);
         if !status.success() {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: Vec<&str> = text
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             return Err(NodeError::Failed(format!(
                 "the command failed ({status}): {line}\n{}",
                 tail.join("\n")
@@ -211,7 +246,8 @@ impl NodeKind for Command {
         }
         let mut metrics = Metrics::new();
         if metrics_path.exists() {
-            let text = std::fs::read_to_string(&metrics_path).map_err(|e| NodeError::io("reading ${metrics}", e))?;
+            let text = std::fs::read_to_string(&metrics_path)
+                .map_err(|e| NodeError::io("reading ${metrics}", e))?;
             match serde_json::from_str::<serde_json::Value>(&text) {
                 Ok(serde_json::Value::Object(m)) => metrics = m,
                 Ok(_) | Err(_) => {
@@ -246,15 +282,22 @@ mod tests {
 
     #[test]
     fn placeholders_are_found_and_escaped() {
-        let p: Vec<String> = placeholders("a ${inputs.x} $${literal} ${metrics}").into_iter().map(|x| x.2).collect();
+        let p: Vec<String> = placeholders("a ${inputs.x} $${literal} ${metrics}")
+            .into_iter()
+            .map(|x| x.2)
+            .collect();
         assert_eq!(p, vec!["inputs.x", "metrics"]);
-        let s = substitute("cat ${inputs.x} > ${outputs.y}; echo $${HOME}", |n| Some(format!("<{n}>")));
+        let s = substitute("cat ${inputs.x} > ${outputs.y}; echo $${HOME}", |n| {
+            Some(format!("<{n}>"))
+        });
         assert_eq!(s, "cat <inputs.x> > <outputs.y>; echo ${HOME}");
     }
 
     #[test]
     fn check_names_undeclared_placeholders() {
-        let c: CommandConfig = serde_yaml::from_str("run: cat ${inputs.dta} > ${outputs.out}\noutputs: [out]").unwrap();
+        let c: CommandConfig =
+            serde_yaml::from_str("run: cat ${inputs.dta} > ${outputs.out}\noutputs: [out]")
+                .unwrap();
         let problems = Command::check(&c, &["data".to_string()]);
         assert_eq!(problems.len(), 1);
         assert!(problems[0].message.contains("inputs.dta"));

@@ -66,10 +66,16 @@ fn default_retries() -> u32 {
 pub fn check(v: &serde_yaml::Value) -> Result<(), ConfigProblem> {
     let e: Endpoint = deserialize_at(v)?;
     if e.provider == Provider::Openai && e.base_url.is_none() {
-        return Err(ConfigProblem::new(Path::root(), "missing `base_url` (or set `provider: local`)"));
+        return Err(ConfigProblem::new(
+            Path::root(),
+            "missing `base_url` (or set `provider: local`)",
+        ));
     }
     if let Some(k) = &e.api_key_env {
-        if k.starts_with("sk-") || k.len() > 64 || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if k.starts_with("sk-")
+            || k.len() > 64
+            || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             return Err(ConfigProblem::new(
                 Path::root().key("api_key_env"),
                 "`api_key_env` must be the NAME of an environment variable (like OPENAI_API_KEY), not a key",
@@ -77,7 +83,10 @@ pub fn check(v: &serde_yaml::Value) -> Result<(), ConfigProblem> {
         }
     }
     if e.max_concurrency == 0 {
-        return Err(ConfigProblem::new(Path::root().key("max_concurrency"), "must be at least 1"));
+        return Err(ConfigProblem::new(
+            Path::root().key("max_concurrency"),
+            "must be at least 1",
+        ));
     }
     Ok(())
 }

@@ -26,13 +26,17 @@ fn main() -> Result<()> {
         }
         Some("test") => {
             setup(&root)?;
-            run(Command::new("cargo").args(["test", "--workspace", "--no-fail-fast"]).args(&args[1..]))
+            run(Command::new("cargo")
+                .args(["test", "--workspace", "--no-fail-fast"])
+                .args(&args[1..]))
         }
         Some("schema") => schema(&root, args.get(1).map(String::as_str) == Some("--check")),
         Some("bench") => {
             setup(&root)?;
-            let name = args.get(1).context("usage: cargo xtask bench NAME (engine)")?;
-            bench::run(&root, name, &args[2..])
+            let name = args
+                .get(1)
+                .context("usage: cargo xtask bench NAME (engine)")?;
+            bench::run_bench(&root, name, &args[2..])
         }
         _ => {
             eprintln!(
@@ -55,7 +59,9 @@ pub fn home_cache() -> PathBuf {
     if let Some(p) = std::env::var_os("RELABEL_HOME") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".cache").join("relabel")
 }
 
@@ -76,11 +82,22 @@ fn setup(root: &Path) -> Result<()> {
         .map(|v| v.trim() == TORCH_VERSION)
         .unwrap_or(false);
     if !ready {
-        eprintln!("setup: fetching libtorch {TORCH_VERSION} (CPU, ~540 MB) into {}", libtorch.display());
+        eprintln!(
+            "setup: fetching libtorch {TORCH_VERSION} (CPU, ~540 MB) into {}",
+            libtorch.display()
+        );
         let stage = cache.join(format!("stage-libtorch-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&stage);
         run(Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--target"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--target",
+            ])
             .arg(stage.join("py"))
             .args(TORCH_PACKAGES))?;
         let tmp = cache.join(format!("libtorch-tmp-{}", std::process::id()));
@@ -88,13 +105,21 @@ fn setup(root: &Path) -> Result<()> {
         std::fs::create_dir_all(tmp.join("lib"))?;
         let py = stage.join("py");
         std::fs::rename(py.join("torch/include"), tmp.join("include"))?;
-        for lib in ["libc10.so", "libtorch_cpu.so", "libtorch.so", "libgomp.so.1"] {
+        for lib in [
+            "libc10.so",
+            "libtorch_cpu.so",
+            "libtorch.so",
+            "libgomp.so.1",
+        ] {
             std::fs::rename(py.join("torch/lib").join(lib), tmp.join("lib").join(lib))
                 .with_context(|| format!("moving {lib}"))?;
         }
         for lib in ["libcudart.so.13", "libcupti.so.13"] {
-            std::fs::rename(py.join("nvidia/cu13/lib").join(lib), tmp.join("lib").join(lib))
-                .with_context(|| format!("moving {lib}"))?;
+            std::fs::rename(
+                py.join("nvidia/cu13/lib").join(lib),
+                tmp.join("lib").join(lib),
+            )
+            .with_context(|| format!("moving {lib}"))?;
         }
         std::fs::write(tmp.join("build-version"), format!("{TORCH_VERSION}\n"))?;
         let _ = std::fs::remove_dir_all(&libtorch);
@@ -117,7 +142,9 @@ fn relabel_bin(root: &Path) -> Result<PathBuf> {
 
 fn demo(root: &Path, extra: &[String]) -> Result<()> {
     let bin = relabel_bin(root)?;
-    run(Command::new(bin).args(["run", "manifests/demo.yaml"]).args(extra))
+    run(Command::new(bin)
+        .args(["run", "manifests/demo.yaml"])
+        .args(extra))
 }
 
 fn schema(root: &Path, check: bool) -> Result<()> {
@@ -125,7 +152,10 @@ fn schema(root: &Path, check: bool) -> Result<()> {
         .args(["run", "--quiet", "--bin", "relabel", "--", "schema"])
         .output()?;
     if !out.status.success() {
-        bail!("relabel schema failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "relabel schema failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let path = root.join("manifests/relabel.schema.json");
     if check {

@@ -17,7 +17,11 @@ pub fn probe() -> DeviceInfo {
     let cuda = tch::Cuda::is_available();
     DeviceInfo {
         cuda_available: cuda,
-        cuda_devices: if cuda { tch::Cuda::device_count() as usize } else { 0 },
+        cuda_devices: if cuda {
+            tch::Cuda::device_count() as usize
+        } else {
+            0
+        },
         threads: tch::get_num_threads(),
         auto: if cuda { "cuda:0".into() } else { "cpu".into() },
     }

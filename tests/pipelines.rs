@@ -1,0 +1,630 @@
+//! End-to-end runs of the `relabel` binary: caching, invalidation, loops, failures, kills and locking.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    runs: usize,
+}
+
+impl Fixture {
+    fn new(manifest: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.yaml"), manifest).unwrap();
+        Fixture { dir, runs: 0 }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.path().join(name), text).unwrap();
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.path().join("cache")
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_relabel"));
+        c.args(args)
+            .arg("--cache")
+            .arg(self.cache())
+            .current_dir(self.path())
+            .env("RELABEL_LOG", "warn");
+        c
+    }
+
+    /// Runs the pipeline; returns (exit code, report).
+    fn run(&mut self, extra: &[&str]) -> (i32, Value) {
+        self.runs += 1;
+        let report = self.path().join(format!("report-{}.json", self.runs));
+        let out = self
+            .cmd(&["run", "p.yaml", "--report", report.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        let code = out.status.code().unwrap_or(-1);
+        let text = std::fs::read_to_string(&report).unwrap_or_else(|_| {
+            panic!(
+                "no report; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (code, serde_json::from_str(&text).unwrap())
+    }
+
+    fn spawn(&self, extra: &[&str]) -> Child {
+        self.cmd(&["run", "p.yaml"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn output(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+}
+
+/// instance -> status
+fn statuses(report: &Value) -> BTreeMap<String, String> {
+    report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["instance"].as_str().unwrap().to_string(),
+                n["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn with_status(report: &Value, status: &str) -> Vec<String> {
+    statuses(report)
+        .into_iter()
+        .filter(|(_, s)| s == status)
+        .map(|(k, _)| k)
+        .collect()
+}
+
+/// instance -> {output -> digest}
+fn artifacts(report: &Value) -> BTreeMap<String, BTreeMap<String, String>> {
+    report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let outs = n["outputs"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v["digest"].as_str().unwrap().to_string()))
+                .collect();
+            (n["instance"].as_str().unwrap().to_string(), outs)
+        })
+        .collect()
+}
+
+const DIAMOND: &str = r#"
+version: 1
+name: diamond
+nodes:
+  - id: a
+    kind: command
+    config: {run: "echo a > ${outputs.out}", outputs: [out]}
+  - id: b
+    kind: command
+    inputs: [a.out]
+    config: {run: "sh b.sh ${inputs.out} > ${outputs.out}", outputs: [out], files: [b.sh]}
+  - id: c
+    kind: command
+    inputs: [a.out]
+    config: {run: "cat ${inputs.out} > ${outputs.out}; echo c1 >> ${outputs.out}", outputs: [out]}
+  - id: d
+    kind: command
+    inputs: {left: b.out, right: c.out}
+    config: {run: "cat ${inputs.left} ${inputs.right} > ${outputs.out}", outputs: [out]}
+  - id: e
+    kind: command
+    config: {run: "echo e > ${outputs.out}", outputs: [out]}
+"#;
+
+#[test]
+fn every_example_manifest_runs_twice_and_the_second_run_executes_nothing() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir("manifests").unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        n += 1;
+        for round in 0..2 {
+            let report = cache.path().join(format!("r{round}.json"));
+            let out = Command::new(env!("CARGO_BIN_EXE_relabel"))
+                .args([
+                    "run",
+                    p.to_str().unwrap(),
+                    "--cache",
+                    cache.path().join("c").to_str().unwrap(),
+                    "--report",
+                    report.to_str().unwrap(),
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                p.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let r: Value =
+                serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+            let ran = with_status(&r, "ran");
+            if round == 0 {
+                assert!(
+                    !ran.is_empty(),
+                    "{}: the first run should execute something",
+                    p.display()
+                );
+            } else {
+                assert!(
+                    ran.is_empty(),
+                    "{}: the second run executed {ran:?}",
+                    p.display()
+                );
+                assert_eq!(with_status(&r, "cached").len(), statuses(&r).len());
+            }
+        }
+    }
+    assert!(n >= 1);
+}
+
+#[test]
+fn changing_one_config_reruns_exactly_that_node_and_its_descendants() {
+    let mut f = Fixture::new(DIAMOND);
+    f.write("b.sh", "cat \"$1\"; echo b1\n");
+    let (code, r) = f.run(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(with_status(&r, "ran"), vec!["a", "b", "c", "d", "e"]);
+
+    f.write("p.yaml", &DIAMOND.replace("echo c1", "echo c2"));
+    let plan = f.output(&["plan", "p.yaml", "--json"]);
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let reasons: BTreeMap<String, String> = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["instance"].as_str().unwrap().into(),
+                s["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons["c"], "config changed");
+    assert!(reasons["d"].starts_with("input changed"), "{reasons:?}");
+    assert_eq!(reasons["a"], "cached");
+
+    let (code, r) = f.run(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(with_status(&r, "ran"), vec!["c", "d"]);
+    assert_eq!(with_status(&r, "cached"), vec!["a", "b", "e"]);
+}
+
+#[test]
+fn changing_a_referenced_file_reruns_its_node_and_descendants() {
+    let mut f = Fixture::new(DIAMOND);
+    f.write("b.sh", "cat \"$1\"; echo b1\n");
+    assert_eq!(f.run(&[]).0, 0);
+    // Same size, new content: the (size, mtime) memo must notice the new mtime.
+    std::thread::sleep(Duration::from_millis(20));
+    f.write("b.sh", "cat \"$1\"; echo b2\n");
+    let plan = String::from_utf8(f.output(&["plan", "p.yaml"]).stdout).unwrap();
+    assert!(plan.contains("file changed: b.sh"), "{plan}");
+    let (_, r) = f.run(&[]);
+    assert_eq!(with_status(&r, "ran"), vec!["b", "d"]);
+}
+
+#[test]
+fn an_unchanged_output_stops_invalidation_early() {
+    let mut f = Fixture::new(DIAMOND);
+    f.write("b.sh", "cat \"$1\"; echo b1\n");
+    assert_eq!(f.run(&[]).0, 0);
+    // A different command with the same output: c reruns, d keeps its cache entry.
+    f.write(
+        "p.yaml",
+        &DIAMOND.replace(
+            "echo c1 >> ${outputs.out}",
+            "printf 'c1\\n' >> ${outputs.out}",
+        ),
+    );
+    let (_, r) = f.run(&[]);
+    assert_eq!(with_status(&r, "ran"), vec!["c"]);
+}
+
+#[test]
+fn target_runs_only_what_the_node_needs_and_force_reruns_it() {
+    let mut f = Fixture::new(DIAMOND);
+    f.write("b.sh", "cat \"$1\"\n");
+    let (_, r) = f.run(&["--target", "b"]);
+    assert_eq!(statuses(&r).into_keys().collect::<Vec<_>>(), vec!["a", "b"]);
+    let (_, r) = f.run(&["--target", "b", "--force", "b"]);
+    assert_eq!(with_status(&r, "ran"), vec!["b"]);
+    assert_eq!(with_status(&r, "cached"), vec!["a"]);
+    let out = f.output(&["run", "p.yaml", "--target", "bb"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean \"b\""));
+}
+
+const LOOPS: &str = r#"
+version: 1
+name: loops
+nodes:
+  - id: seed
+    kind: command
+    config: {run: "echo 0 > ${outputs.n}", outputs: [n]}
+  - id: grow
+    loop:
+      max_rounds: 10
+      until: "step.n >= 3"
+      carry:
+        n: {from: seed, next: step.n}
+    nodes:
+      - id: step
+        kind: command
+        inputs: {n: grow.n}
+        config:
+          run: "n=$(( $(cat ${inputs.n}) + 1 )); echo $n > ${outputs.n}; echo \"{\\\"n\\\": $n}\" > ${metrics}"
+          outputs: [n]
+  - id: capped
+    loop:
+      max_rounds: 2
+      until: "tick.n > 100"
+      carry:
+        n: {from: grow.n, next: tick.n}
+    nodes:
+      - id: tick
+        kind: command
+        inputs: {n: capped.n}
+        config:
+          run: "n=$(( $(cat ${inputs.n}) + 10 )); echo $n > ${outputs.n}; echo \"{\\\"n\\\": $n}\" > ${metrics}"
+          outputs: [n]
+  - id: result
+    kind: command
+    inputs: {n: capped.n}
+    config: {run: "cp ${inputs.n} ${outputs.n}", outputs: [n]}
+"#;
+
+#[test]
+fn loops_stop_when_until_holds_and_at_max_rounds() {
+    let mut f = Fixture::new(LOOPS);
+    let (code, r) = f.run(&[]);
+    assert_eq!(code, 0);
+    let loops: BTreeMap<String, (u64, String)> = r["loops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_str().unwrap().into(),
+                (
+                    l["rounds"].as_u64().unwrap(),
+                    l["stopped_by"].as_str().unwrap().into(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(loops["grow"], (3, "until".to_string()));
+    assert_eq!(loops["capped"], (2, "max_rounds".to_string()));
+    assert_eq!(
+        with_status(&r, "ran"),
+        ["result", "seed", "step@1", "step@2", "step@3", "tick@1", "tick@2"]
+    );
+    let result = &r["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "result")
+        .unwrap()["outputs"]["n"]["path"];
+    assert_eq!(
+        std::fs::read_to_string(result.as_str().unwrap())
+            .unwrap()
+            .trim(),
+        "23"
+    );
+    // The rerun replays the rounds from the cache.
+    let (_, r) = f.run(&[]);
+    assert!(with_status(&r, "ran").is_empty());
+    assert_eq!(with_status(&r, "cached").len(), 7);
+}
+
+#[test]
+fn a_failed_node_fails_the_run_and_fixing_it_resumes() {
+    let manifest = r#"
+version: 1
+name: failing
+nodes:
+  - id: a
+    kind: command
+    config: {run: "echo a > ${outputs.out}", outputs: [out]}
+  - id: b
+    kind: command
+    inputs: [a.out]
+    config: {run: "echo boom >&2; exit 3", outputs: [out]}
+  - id: c
+    kind: command
+    inputs: [b.out]
+    config: {run: "cat ${inputs.out} > ${outputs.out}", outputs: [out]}
+"#;
+    let mut f = Fixture::new(manifest);
+    let (code, r) = f.run(&[]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        statuses(&r),
+        [("a", "ran"), ("b", "failed"), ("c", "skipped")]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .into()
+    );
+    let err = r["nodes"][1]["error"].as_str().unwrap();
+    assert!(
+        err.contains("boom") && err.contains("exit status: 3"),
+        "{err}"
+    );
+    f.write(
+        "p.yaml",
+        &manifest.replace("echo boom >&2; exit 3", "cp ${inputs.out} ${outputs.out}"),
+    );
+    let (code, r) = f.run(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(with_status(&r, "cached"), vec!["a"]);
+    assert_eq!(with_status(&r, "ran"), vec!["b", "c"]);
+}
+
+#[test]
+fn a_node_that_does_not_write_a_declared_output_fails() {
+    let mut f = Fixture::new("version: 1\nname: p\nnodes:\n  - id: a\n    kind: command\n    config: {run: \"true\", outputs: [out]}\n");
+    let (code, r) = f.run(&[]);
+    assert_eq!(code, 1);
+    assert!(r["nodes"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("declared output \"out\" was not written"));
+}
+
+const SLOW: &str = r#"
+version: 1
+name: slow
+nodes:
+  - id: gen
+    kind: command
+    config: {run: "sleep 0.2; seq 1 20000 > ${outputs.rows}", outputs: [rows]}
+  - id: split
+    kind: command
+    inputs: [gen.rows]
+    config: {run: "sleep 0.3; mkdir -p ${outputs.parts}; split -l 5000 ${inputs.rows} ${outputs.parts}/p", outputs: [parts]}
+  - id: sum
+    kind: command
+    inputs: [gen.rows]
+    config: {run: "sleep 0.2; awk '{s+=$1} END {print s}' ${inputs.rows} > ${outputs.total}", outputs: [total]}
+  - id: refine
+    loop:
+      max_rounds: 3
+      carry:
+        rows: {from: gen.rows, next: halve.rows}
+    nodes:
+      - id: halve
+        kind: command
+        inputs: [refine.rows]
+        config: {run: "sleep 0.2; awk 'NR % 2 == 0' ${inputs.rows} > ${outputs.rows}", outputs: [rows]}
+  - id: join
+    kind: command
+    inputs: {parts: split.parts, total: sum.total, rows: refine.rows}
+    config: {run: "sleep 0.1; (ls ${inputs.parts}; cat ${inputs.total}; wc -l < ${inputs.rows}) > ${outputs.out}", outputs: [out]}
+"#;
+
+fn kill(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_then_rerun_gives_the_same_artifacts() {
+    let mut reference = Fixture::new(SLOW);
+    let (code, want) = reference.run(&["--jobs", "2"]);
+    assert_eq!(code, 0);
+    let want = artifacts(&want);
+
+    let mut f = Fixture::new(SLOW);
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(seed % 1400);
+        delays.push(delay);
+        let mut child = f.spawn(&["--jobs", "2"]);
+        std::thread::sleep(delay);
+        kill(&child, libc::SIGKILL);
+        let _ = child.wait();
+        // A consistent cache: nothing to evict, whatever the moment of the kill.
+        let v = f.output(&["cache", "verify"]);
+        assert!(
+            v.status.success(),
+            "after a kill at {delay:?}: {}",
+            String::from_utf8_lossy(&v.stdout)
+        );
+    }
+    let (code, got) = f.run(&["--jobs", "2"]);
+    assert_eq!(code, 0, "kills at {delays:?}");
+    assert_eq!(artifacts(&got), want, "kills at {delays:?}");
+    let (_, again) = f.run(&[]);
+    assert!(with_status(&again, "ran").is_empty());
+}
+
+#[test]
+fn interrupt_stops_running_nodes_and_the_rerun_resumes() {
+    let manifest = r#"
+version: 1
+name: interrupted
+nodes:
+  - id: a
+    kind: command
+    config: {run: "echo a > ${outputs.out}", outputs: [out]}
+  - id: b
+    kind: command
+    inputs: [a.out]
+    config: {run: "sleep $(cat delay.txt); cp ${inputs.out} ${outputs.out}", outputs: [out]}
+"#;
+    let mut f = Fixture::new(manifest);
+    f.write("delay.txt", "30");
+    let mut child = f.spawn(&[]);
+    // Wait until `a` is cached, then interrupt while `b` sleeps.
+    let t0 = Instant::now();
+    loop {
+        let entries = std::fs::read_dir(f.cache().join("objects"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if entries > 0 || t0.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let t1 = Instant::now();
+    kill(&child, libc::SIGINT);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        t1.elapsed() < Duration::from_secs(10),
+        "the sleeping node was not stopped"
+    );
+    f.write("delay.txt", "0");
+    let (code, r) = f.run(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(with_status(&r, "cached"), vec!["a"]);
+    assert_eq!(with_status(&r, "ran"), vec!["b"]);
+}
+
+#[test]
+fn a_second_run_on_a_busy_cache_waits_or_exits_with_a_clear_message() {
+    let manifest = "version: 1\nname: p\nnodes:\n  - id: a\n    kind: command\n    config: {run: \"sleep 1.5; echo a > ${outputs.out}\", outputs: [out]}\n";
+    let f = Fixture::new(manifest);
+    let first = f.spawn(&[]);
+    std::thread::sleep(Duration::from_millis(400));
+    let busy = f.output(&["run", "p.yaml", "--no-wait"]);
+    assert_eq!(busy.status.code(), Some(75));
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("in use by another relabel process"));
+    let waiter = f.output(&["run", "p.yaml"]);
+    assert!(waiter.status.success());
+    assert!(String::from_utf8_lossy(&waiter.stderr).contains("waiting"));
+    assert!(String::from_utf8_lossy(&waiter.stdout).contains("0 ran, 1 cached"));
+    assert!(first.wait_with_output().unwrap().status.success());
+    assert!(f.output(&["cache", "verify"]).status.success());
+}
+
+#[test]
+fn independent_nodes_run_concurrently() {
+    // Each node waits for the other's marker: only a concurrent run finishes.
+    let manifest = r#"
+version: 1
+name: concurrent
+nodes:
+  - id: left
+    kind: command
+    config: {run: "touch left.mark; for i in $(seq 100); do [ -e right.mark ] && break; sleep 0.05; done; [ -e right.mark ] && echo l > ${outputs.out}", outputs: [out]}
+  - id: right
+    kind: command
+    config: {run: "touch right.mark; for i in $(seq 100); do [ -e left.mark ] && break; sleep 0.05; done; [ -e left.mark ] && echo r > ${outputs.out}", outputs: [out]}
+"#;
+    let mut f = Fixture::new(manifest);
+    let (code, r) = f.run(&["--jobs", "2"]);
+    assert_eq!(code, 0, "{r}");
+}
+
+#[test]
+fn cache_verify_evicts_a_corrupt_artifact_and_the_rerun_rebuilds_it() {
+    let mut f = Fixture::new(DIAMOND);
+    f.write("b.sh", "cat \"$1\"\n");
+    let (_, r) = f.run(&[]);
+    let e_path = r["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "e")
+        .unwrap()["outputs"]["out"]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&e_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&e_path, "tampered\n").unwrap();
+    let v = f.output(&["cache", "verify"]);
+    assert_eq!(v.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&v.stdout).contains("evicted 1"));
+    let (_, r) = f.run(&[]);
+    assert_eq!(with_status(&r, "ran"), vec!["e"]);
+    assert_eq!(std::fs::read_to_string(&e_path).unwrap(), "e\n");
+    let gc = f.output(&["cache", "gc"]);
+    assert!(gc.status.success());
+    let ls = String::from_utf8(f.output(&["cache", "ls"]).stdout).unwrap();
+    assert!(ls.contains("5 entries"), "{ls}");
+}
+
+#[test]
+fn every_run_writes_json_and_markdown_reports() {
+    let mut f = Fixture::new(DIAMOND);
+    f.write("b.sh", "cat \"$1\"\n");
+    let (_, r) = f.run(&[]);
+    let dir = f.cache().join("runs").join(r["run_id"].as_str().unwrap());
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("| d | command | ran |"), "{md}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["status"], "ok");
+    assert_eq!(json["nodes"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn graphs_render_as_dot_and_mermaid() {
+    for format in ["dot", "mermaid"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_relabel"))
+            .args(["graph", "manifests/demo.yaml", "--format", format])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        insta::assert_snapshot!(
+            format!("graph_{format}"),
+            String::from_utf8(out.stdout).unwrap()
+        );
+    }
+}
+
+#[test]
+fn env_reports_libtorch_through_the_worker() {
+    let out = Command::new(env!("CARGO_BIN_EXE_relabel"))
+        .arg("env")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["device"]["threads"].as_i64().unwrap_or(0) >= 1, "{v}");
+    assert!(v["device"]["auto"].is_string(), "{v}");
+}

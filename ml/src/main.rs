@@ -2,17 +2,111 @@
 //!
 //! libtorch takes ~0.2 s and ~100 MB just to load; keeping it out of the `relabel` binary keeps
 //! validation, planning and cached reruns instant, and a crash in native code cannot take the
-//! engine (and its cache writes) down with it.
+//! engine (and its cache writes) down with it. Protocol: `relabel-ml task NAME REQUEST.json`;
+//! JSON lines on stdout (progress, then metrics); diagnostics on stderr; exit 0 on success.
 
 mod device;
+mod fasttext;
+mod predict;
+mod progress;
+mod train;
 
-fn main() -> anyhow::Result<()> {
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use relabel_plugins::data::Dataset;
+use relabel_plugins::trainer::{checkpoint_path, ModelMeta, TrainerConfig};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+struct TrainRequest {
+    config: TrainerConfig,
+    dataset: PathBuf,
+    out: PathBuf,
+}
+
+fn train_task(req: TrainRequest) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let ds = Dataset::read(&req.dataset).context("reading the dataset")?;
+    let Some(tr) = ds.split("train") else {
+        bail!("the dataset has no train split")
+    };
+    let empty = Default::default();
+    let dev = ds.split("dev").unwrap_or(&empty);
+    let classes = ds.labels.len();
+    let cfg = &req.config;
+    let enc = fasttext::Encoded::new(&tr.texts, &cfg.fasttext);
+    let dev_enc = fasttext::Encoded::new(&dev.texts, &cfg.fasttext);
+    std::fs::create_dir_all(&req.out)?;
+    let rows: Vec<usize> = (0..tr.len()).collect();
+    let (model, trained) = train::train(
+        cfg,
+        classes,
+        tr,
+        &enc,
+        &rows,
+        dev,
+        &dev_enc,
+        &checkpoint_path(&req.out),
+        "",
+    )?;
+    let meta = ModelMeta {
+        model: cfg.model,
+        labels: ds.labels.names().iter().map(|s| s.to_string()).collect(),
+        config: cfg.clone(),
+        best_epoch: trained.best_epoch,
+    };
+    std::fs::write(
+        req.out.join("model.json"),
+        serde_json::to_vec_pretty(&meta)?,
+    )?;
+    let mut m = match serde_json::to_value(&trained)? {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!("a struct serializes to an object"),
+    };
+    m.insert("train_rows".into(), json!(tr.len()));
+    let mean_rate =
+        trained.curve.iter().map(|e| e.rows_per_s).sum::<f64>() / trained.curve.len().max(1) as f64;
+    m.insert("train_rows_per_s".into(), json!(mean_rate));
+    if let Some(test) = ds.split("test") {
+        // Reported for honesty only: the test split never picks a checkpoint.
+        let test_enc = fasttext::Encoded::new(&test.texts, &cfg.fasttext);
+        let rows: Vec<usize> = (0..test.len()).collect();
+        let (loss, acc) = train::evaluate(
+            &model,
+            &test_enc,
+            test,
+            &rows,
+            train::pick_device(cfg.device)?,
+        );
+        m.insert("test_accuracy".into(), json!(acc));
+        m.insert("test_loss".into(), json!(loss));
+    }
+    Ok(m)
+}
+
+fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("env") => {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["env"] => {
             println!("{}", serde_json::to_string_pretty(&device::probe())?);
             Ok(())
         }
-        _ => anyhow::bail!("usage: relabel-ml env"),
+        ["task", task, request] => {
+            let text = std::fs::read(request).with_context(|| format!("reading {request}"))?;
+            let metrics = match *task {
+                "train" => train_task(serde_json::from_slice(&text)?)?,
+                "predict" => predict::run(serde_json::from_slice(&text)?)?,
+                other => bail!("unknown task \"{other}\" (known: train, predict)"),
+            };
+            progress::metrics(metrics);
+            Ok(())
+        }
+        _ => bail!("usage: relabel-ml env | relabel-ml task train|predict REQUEST.json"),
     }
 }

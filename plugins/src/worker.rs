@@ -1,6 +1,10 @@
-//! Finding the `relabel-ml` worker, the process that runs libtorch work for node kinds.
+//! The `relabel-ml` worker: finding it, and running a task in it with progress and cancellation.
 
 use std::path::PathBuf;
+use std::process::Stdio;
+
+use relabel_engine::plugin::{Metrics, NodeContext, NodeError};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// `$RELABEL_ML_BIN`, else `relabel-ml` beside the running executable (or its parent folder,
 /// for test binaries under `target/*/deps`), else `relabel-ml` on the PATH.
@@ -17,4 +21,97 @@ pub fn path() -> PathBuf {
         }
     }
     PathBuf::from("relabel-ml")
+}
+
+/// One line the worker prints on stdout.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerLine {
+    /// Progress: a new total, and/or steps done, and/or a message.
+    Progress {
+        #[serde(default)]
+        len: Option<u64>,
+        #[serde(default)]
+        inc: Option<u64>,
+        #[serde(default)]
+        msg: Option<String>,
+    },
+    /// The task's metrics; the last line of a successful task.
+    Metrics(Metrics),
+}
+
+/// Runs `relabel-ml task TASK REQUEST.json` and returns its metrics. The worker is killed if
+/// the node is cancelled (the future is dropped).
+pub async fn run_task(
+    ctx: &NodeContext,
+    task: &str,
+    request: &serde_json::Value,
+) -> Result<Metrics, NodeError> {
+    let req_path = ctx.work_dir.join(format!("{task}-request.json"));
+    std::fs::write(
+        &req_path,
+        serde_json::to_vec_pretty(request).map_err(|e| NodeError::Failed(e.to_string()))?,
+    )
+    .map_err(|e| NodeError::io("writing the worker request", e))?;
+    let log_path = ctx.work_dir.join(format!("{task}-worker.log"));
+    let log = std::fs::File::create(&log_path).map_err(|e| NodeError::io("worker log", e))?;
+    let bin = path();
+    let mut child = tokio::process::Command::new(&bin)
+        .args(["task", task])
+        .arg(&req_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| NodeError::Failed(format!("cannot start the ML worker {}: {e} (build it with `cargo build --workspace --bins`, or set RELABEL_ML_BIN)", bin.display())))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut metrics = None;
+    while let Some(line) = lines
+        .next_line()
+        .await
+        .map_err(|e| NodeError::io("reading the worker", e))?
+    {
+        match serde_json::from_str::<WorkerLine>(&line) {
+            Ok(WorkerLine::Progress { len, inc, msg }) => {
+                if let Some(n) = len {
+                    ctx.progress.set_length(n);
+                }
+                if let Some(n) = inc {
+                    ctx.progress.inc(n);
+                }
+                if let Some(m) = msg {
+                    tracing::info!(parent: &ctx.span, "{m}");
+                    ctx.progress.set_message(m);
+                }
+            }
+            Ok(WorkerLine::Metrics(m)) => metrics = Some(m),
+            Err(_) => tracing::debug!(parent: &ctx.span, "worker: {line}"),
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| NodeError::io("waiting for the worker", e))?;
+    if !status.success() {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = text
+            .lines()
+            .rev()
+            .take(12)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return Err(NodeError::Failed(format!(
+            "the ML worker failed ({status}) in task {task}:\n{}",
+            tail.join("\n")
+        )));
+    }
+    metrics.ok_or_else(|| {
+        NodeError::Failed(format!(
+            "the ML worker finished task {task} without reporting metrics"
+        ))
+    })
 }

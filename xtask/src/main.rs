@@ -26,6 +26,8 @@ fn main() -> Result<()> {
         }
         Some("test") => {
             setup(&root)?;
+            // The CLI's tests start the `relabel-ml` worker: build every binary first.
+            run(Command::new("cargo").args(["build", "--workspace", "--bins"]))?;
             run(Command::new("cargo")
                 .args(["test", "--workspace", "--no-fail-fast"])
                 .args(&args[1..]))
@@ -136,7 +138,16 @@ fn setup(root: &Path) -> Result<()> {
 }
 
 fn relabel_bin(root: &Path) -> Result<PathBuf> {
-    run(Command::new("cargo").args(["build", "--release", "--quiet", "--bin", "relabel"]))?;
+    run(Command::new("cargo").args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "relabel",
+        "-p",
+        "relabel-ml",
+        "--bins",
+    ]))?;
     Ok(root.join("target/release/relabel"))
 }
 

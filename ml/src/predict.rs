@@ -1,0 +1,136 @@
+//! Self-prediction: probabilities for every row, in-sample or out-of-sample by k-fold.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use relabel_plugins::data::Dataset;
+use relabel_plugins::predictions::{PredictionsMeta, SplitPredictions};
+use relabel_plugins::self_predictor::SelfPredictorConfig;
+use relabel_plugins::trainer::{checkpoint_path, ModelMeta};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::fasttext::{Encoded, FastText};
+use crate::progress;
+use crate::train::{pick_device, probabilities, set_threads, train, Rng};
+
+#[derive(Deserialize)]
+pub struct PredictRequest {
+    pub config: SelfPredictorConfig,
+    pub model: PathBuf,
+    pub dataset: PathBuf,
+    pub out: PathBuf,
+    pub work: PathBuf,
+}
+
+/// Fold of each of `n` rows: a seeded shuffle dealt round-robin into `k` folds.
+pub fn assign_folds(n: usize, k: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::new(seed).shuffle(&mut order);
+    let mut fold = vec![0; n];
+    for (pos, &row) in order.iter().enumerate() {
+        fold[row] = pos % k;
+    }
+    fold
+}
+
+pub fn run(req: PredictRequest) -> Result<Map<String, Value>> {
+    let meta: ModelMeta = serde_json::from_slice(
+        &std::fs::read(req.model.join("model.json")).context("reading model.json")?,
+    )?;
+    let ds = Dataset::read(&req.dataset).context("reading the dataset")?;
+    let names: Vec<String> = ds.labels.names().iter().map(|s| s.to_string()).collect();
+    if names != meta.labels {
+        bail!(
+            "the model was trained on labels {:?} but the dataset has {:?}",
+            meta.labels,
+            names
+        );
+    }
+    set_threads(&meta.config);
+    let device = pick_device(meta.config.device)?;
+    let classes = names.len();
+    let model = FastText::load(
+        &meta.config.fasttext,
+        classes as i64,
+        device,
+        &checkpoint_path(&req.model),
+    )?;
+    std::fs::create_dir_all(&req.out)?;
+    let mut metrics = Map::new();
+    let k = req.config.kfold;
+    if let Some(k) = k {
+        progress::len((k * meta.config.epochs) as u64 + ds.splits.len() as u64);
+    } else {
+        progress::len(ds.splits.len() as u64);
+    }
+    for (name, split) in &ds.splits {
+        let enc = Encoded::new(&split.texts, &meta.config.fasttext);
+        let rows: Vec<usize> = (0..split.len()).collect();
+        let mut probs = probabilities(&model, &enc, &rows, device);
+        let mut fold = vec![-1i32; split.len()];
+        if let (Some(k), "train") = (k, name.as_str()) {
+            let dev = ds.split("dev").cloned().unwrap_or_default();
+            let dev_enc = Encoded::new(&dev.texts, &meta.config.fasttext);
+            let assignment = assign_folds(split.len(), k, req.config.seed);
+            let mut best_epochs = Vec::new();
+            for f in 0..k {
+                let seen: Vec<usize> = rows
+                    .iter()
+                    .copied()
+                    .filter(|&r| assignment[r] != f)
+                    .collect();
+                let held: Vec<usize> = rows
+                    .iter()
+                    .copied()
+                    .filter(|&r| assignment[r] == f)
+                    .collect();
+                let ckpt = req.work.join(format!("fold-{f}.safetensors"));
+                let (m, t) = train(
+                    &meta.config,
+                    classes,
+                    split,
+                    &enc,
+                    &seen,
+                    &dev,
+                    &dev_enc,
+                    &ckpt,
+                    &format!("fold {}/{k}: ", f + 1),
+                )?;
+                best_epochs.push(t.best_epoch);
+                let p = probabilities(&m, &enc, &held, device);
+                for (j, &r) in held.iter().enumerate() {
+                    probs[r * classes..(r + 1) * classes]
+                        .copy_from_slice(&p[j * classes..(j + 1) * classes]);
+                    fold[r] = f as i32;
+                }
+            }
+            metrics.insert("fold_best_epochs".into(), json!(best_epochs));
+        }
+        let preds = SplitPredictions::from_probs(classes, probs, split.labels.clone(), fold);
+        preds.write(&req.out.join(format!("{name}.bin")))?;
+        metrics.insert(format!("{name}_accuracy"), json!(preds.accuracy()));
+        metrics.insert(format!("{name}_mean_loss"), json!(preds.mean_loss()));
+        metrics.insert(
+            format!("{name}_disagreement"),
+            json!(1.0 - preds.accuracy()),
+        );
+        progress::step(&format!(
+            "predicted {name}: accuracy {:.4}",
+            preds.accuracy()
+        ));
+    }
+    let pm = PredictionsMeta {
+        labels: names,
+        mode: if k.is_some() {
+            "kfold".into()
+        } else {
+            "in_sample".into()
+        },
+        kfold: k,
+        splits: ds.splits.keys().cloned().collect(),
+    };
+    std::fs::write(req.out.join("meta.json"), serde_json::to_vec_pretty(&pm)?)?;
+    metrics.insert("mode".into(), json!(pm.mode));
+    Ok(metrics)
+}

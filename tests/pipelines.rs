@@ -628,3 +628,69 @@ fn env_reports_libtorch_through_the_worker() {
     assert!(v["device"]["threads"].as_i64().unwrap_or(0) >= 1, "{v}");
     assert!(v["device"]["auto"].is_string(), "{v}");
 }
+
+#[test]
+fn classification_example_learns_and_predicts_every_row() {
+    let cache = tempfile::tempdir().unwrap();
+    let report = cache.path().join("r.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_relabel"))
+        .args([
+            "run",
+            "manifests/classification.yaml",
+            "--cache",
+            cache.path().join("c").to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let node = |id: &str| {
+        r["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let train = node("train");
+    assert!(
+        train["metrics"]["test_accuracy"].as_f64().unwrap() >= 0.9,
+        "{}",
+        train["metrics"]
+    );
+    let curve = train["metrics"]["curve"].as_array().unwrap();
+    let best = train["metrics"]["best_epoch"].as_u64().unwrap() as usize;
+    let min = curve
+        .iter()
+        .map(|e| e["dev_loss"].as_f64().unwrap())
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(curve[best - 1]["dev_loss"].as_f64().unwrap(), min);
+    // 10% of train labels are planted noise: the in-sample model disagrees with about that many.
+    let predict = node("predict");
+    let disagreement = predict["metrics"]["train_disagreement"].as_f64().unwrap();
+    assert!(
+        (0.04..0.2).contains(&disagreement),
+        "train disagreement {disagreement}"
+    );
+    let dir = PathBuf::from(predict["outputs"]["predictions"]["path"].as_str().unwrap());
+    for (split, rows) in [("train", 1500u64), ("dev", 300), ("test", 300)] {
+        let bytes = std::fs::read(dir.join(format!("{split}.bin"))).unwrap();
+        assert_eq!(
+            u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
+            rows,
+            "{split}"
+        );
+        assert_eq!(
+            u64::from_le_bytes(bytes[16..24].try_into().unwrap()),
+            6,
+            "{split}: classes"
+        );
+    }
+}

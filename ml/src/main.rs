@@ -11,6 +11,9 @@ mod predict;
 mod progress;
 mod train;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};

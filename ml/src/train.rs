@@ -171,6 +171,9 @@ pub fn train(
             step += 1;
         }
         let seconds = t0.elapsed().as_secs_f64();
+        if !loss_sum.is_finite() {
+            bail!("training diverged in epoch {epoch} (the loss is not finite): lower `learning_rate` (now {})", lr0 / cfg.batch_size as f64);
+        }
         let (dev_loss, dev_acc) = if dev.is_empty() {
             (loss_sum / order.len() as f64, 0.0)
         } else {

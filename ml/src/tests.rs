@@ -1,0 +1,266 @@
+//! Tests of training and self-prediction on generated data (no network).
+
+use std::path::Path;
+
+use relabel_plugins::data::{Dataset, LabelSpec, Split};
+use relabel_plugins::predictions::SplitPredictions;
+use relabel_plugins::self_predictor::SelfPredictorConfig;
+use relabel_plugins::trainer::{checkpoint_path, TrainerConfig};
+use tch::Device;
+
+use crate::fasttext::{Encoded, FastText};
+use crate::predict::{self, PredictRequest};
+use crate::train::{evaluate, probabilities, train, Rng};
+
+const CLASSES: usize = 4;
+const KEYWORDS: [[&str; 4]; CLASSES] = [
+    ["refund", "charge", "invoice", "billed"],
+    ["parcel", "courier", "delivery", "tracking"],
+    ["password", "login", "account", "locked"],
+    ["cancel", "subscription", "plan", "renewal"],
+];
+const FILLER: [&str; 8] = [
+    "my", "the", "please", "help", "today", "with", "urgent", "again",
+];
+
+/// Rows of `n` texts: two class keywords among filler words; `noise` of labels flipped.
+fn split(n: usize, noise: f64, rng: &mut Rng, prefix: &str) -> (Split, Vec<u32>) {
+    let mut s = Split::default();
+    let mut truth = Vec::new();
+    for i in 0..n {
+        let c = (rng.next_u64() % CLASSES as u64) as usize;
+        let mut words: Vec<&str> = (0..3)
+            .map(|_| FILLER[(rng.next_u64() % 8) as usize])
+            .collect();
+        for _ in 0..2 {
+            words.insert(
+                (rng.next_u64() % (words.len() as u64 + 1)) as usize,
+                KEYWORDS[c][(rng.next_u64() % 4) as usize],
+            );
+        }
+        let given = if (rng.next_u64() % 1000) as f64 / 1000.0 < noise {
+            ((c as u64 + 1 + rng.next_u64() % 3) % 4) as u32
+        } else {
+            c as u32
+        };
+        s.ids.push(format!("{prefix}{i}"));
+        s.texts.push(words.join(" "));
+        s.labels.push(given);
+        truth.push(c as u32);
+    }
+    (s, truth)
+}
+
+fn config(seed: u64) -> TrainerConfig {
+    let mut c: TrainerConfig = serde_json::from_str("{}").unwrap();
+    c.seed = seed;
+    c.threads = Some(1);
+    c.device = relabel_plugins::trainer::Device::Cpu;
+    c.fasttext.buckets = 1 << 14;
+    c.fasttext.dim = 16;
+    c
+}
+
+struct Trained {
+    model: FastText,
+    report: crate::train::Trained,
+}
+
+fn fit(cfg: &TrainerConfig, tr: &Split, dev: &Split, ckpt: &Path) -> Trained {
+    let enc = Encoded::new(&tr.texts, &cfg.fasttext);
+    let dev_enc = Encoded::new(&dev.texts, &cfg.fasttext);
+    let rows: Vec<usize> = (0..tr.len()).collect();
+    let (model, report) = train(cfg, CLASSES, tr, &enc, &rows, dev, &dev_enc, ckpt, "").unwrap();
+    Trained { model, report }
+}
+
+#[test]
+fn learns_a_generated_dataset_to_the_stated_accuracy() {
+    let mut rng = Rng::new(1);
+    let (tr, _) = split(1200, 0.1, &mut rng, "tr");
+    let (dev, _) = split(300, 0.0, &mut rng, "dev");
+    let (test, _) = split(300, 0.0, &mut rng, "te");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(1);
+    let t = fit(&cfg, &tr, &dev, &dir.path().join("m.safetensors"));
+    let enc = Encoded::new(&test.texts, &cfg.fasttext);
+    let rows: Vec<usize> = (0..test.len()).collect();
+    let (_, acc) = evaluate(&t.model, &enc, &test, &rows, Device::Cpu);
+    assert!(
+        acc >= 0.95,
+        "test accuracy {acc:.3} below the stated 0.95 (curve: {:?})",
+        t.report.curve
+    );
+}
+
+#[test]
+fn early_stopping_keeps_the_epoch_with_the_lowest_dev_loss() {
+    let mut rng = Rng::new(2);
+    // Heavy noise and a high rate: dev loss falls, then rises as the model fits the noise.
+    let (tr, _) = split(600, 0.35, &mut rng, "tr");
+    let (dev, _) = split(300, 0.0, &mut rng, "dev");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(3);
+    cfg.learning_rate = Some(0.5);
+    cfg.epochs = 40;
+    cfg.patience = 3;
+    let ckpt = dir.path().join("m.safetensors");
+    let t = fit(&cfg, &tr, &dev, &ckpt);
+    let curve = &t.report.curve;
+    let argmin = curve
+        .iter()
+        .min_by(|a, b| a.dev_loss.partial_cmp(&b.dev_loss).unwrap())
+        .unwrap()
+        .epoch;
+    assert_eq!(t.report.best_epoch, argmin, "{curve:?}");
+    assert!(
+        t.report.stopped_early,
+        "expected overfitting to stop training: {curve:?}"
+    );
+    assert_eq!(curve.len(), t.report.best_epoch + cfg.patience);
+    assert!(curve.last().unwrap().dev_loss > t.report.best_dev_loss);
+    // The kept checkpoint is the best epoch's, not the last one's.
+    let dev_enc = Encoded::new(&dev.texts, &cfg.fasttext);
+    let rows: Vec<usize> = (0..dev.len()).collect();
+    let reloaded = FastText::load(&cfg.fasttext, CLASSES as i64, Device::Cpu, &ckpt).unwrap();
+    let (loss, _) = evaluate(&reloaded, &dev_enc, &dev, &rows, Device::Cpu);
+    assert!(
+        (loss - curve[argmin - 1].dev_loss).abs() < 1e-5,
+        "checkpoint dev loss {loss} vs best {}",
+        curve[argmin - 1].dev_loss
+    );
+}
+
+#[test]
+fn the_checkpoint_reloads_to_identical_predictions() {
+    let mut rng = Rng::new(4);
+    let (tr, _) = split(400, 0.1, &mut rng, "tr");
+    let (dev, _) = split(100, 0.0, &mut rng, "dev");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(5);
+    let ckpt = dir.path().join("m.safetensors");
+    let t = fit(&cfg, &tr, &dev, &ckpt);
+    let enc = Encoded::new(&dev.texts, &cfg.fasttext);
+    let rows: Vec<usize> = (0..dev.len()).collect();
+    let a = probabilities(&t.model, &enc, &rows, Device::Cpu);
+    let b = probabilities(
+        &FastText::load(&cfg.fasttext, CLASSES as i64, Device::Cpu, &ckpt).unwrap(),
+        &enc,
+        &rows,
+        Device::Cpu,
+    );
+    assert_eq!(a, b);
+}
+
+#[test]
+fn the_same_seed_on_cpu_gives_the_same_model() {
+    let mut rng = Rng::new(6);
+    let (tr, _) = split(400, 0.1, &mut rng, "tr");
+    let (dev, _) = split(100, 0.0, &mut rng, "dev");
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = |seed: u64, name: &str| {
+        let p = dir.path().join(name);
+        fit(&config(seed), &tr, &dev, &p);
+        std::fs::read(p).unwrap()
+    };
+    assert_eq!(bytes(7, "a.safetensors"), bytes(7, "b.safetensors"));
+    assert_ne!(bytes(7, "a.safetensors"), bytes(8, "c.safetensors"));
+}
+
+#[test]
+fn kfold_predictions_never_come_from_a_model_that_saw_the_row() {
+    // 60 rows of unique nonsense words with random labels: a model can only get them right by
+    // having seen them. In-sample predictions do; out-of-sample ones cannot.
+    let mut rng = Rng::new(9);
+    let (mut tr, _) = split(500, 0.0, &mut rng, "tr");
+    let memo: Vec<usize> = (tr.len()..tr.len() + 60).collect();
+    for i in 0..60 {
+        tr.ids.push(format!("memo{i}"));
+        tr.texts.push(format!("zq{i}x kv{}y wr{}z", i * 7, i * 13));
+        tr.labels.push((rng.next_u64() % CLASSES as u64) as u32);
+    }
+    let (dev, _) = split(200, 0.0, &mut rng, "dev");
+    let dir = tempfile::tempdir().unwrap();
+    let ds = Dataset {
+        labels: LabelSpec::from_names((0..CLASSES).map(|c| format!("c{c}"))),
+        splits: [("train".to_string(), tr.clone()), ("dev".to_string(), dev)].into(),
+    };
+    let ds_dir = dir.path().join("ds");
+    ds.write(&ds_dir).unwrap();
+    let model_dir = dir.path().join("model");
+    let mut cfg = config(10);
+    cfg.learning_rate = Some(0.5);
+    cfg.epochs = 15;
+    cfg.patience = 15;
+    let req = serde_json::json!({"config": cfg, "dataset": ds_dir, "out": model_dir});
+    crate::train_task(serde_json::from_value(req).unwrap()).unwrap();
+    assert!(checkpoint_path(&model_dir).exists());
+    let run = |k: Option<usize>, name: &str| {
+        let out = dir.path().join(name);
+        let work = dir.path().join(format!("{name}-work"));
+        std::fs::create_dir_all(&work).unwrap();
+        predict::run(PredictRequest {
+            config: SelfPredictorConfig { kfold: k, seed: 3 },
+            model: model_dir.clone(),
+            dataset: ds_dir.clone(),
+            out: out.clone(),
+            work,
+        })
+        .unwrap();
+        (
+            SplitPredictions::read(&out.join("train.bin")).unwrap(),
+            SplitPredictions::read(&out.join("dev.bin")).unwrap(),
+        )
+    };
+    let (ins, _) = run(None, "in");
+    let (oos, oos_dev) = run(Some(4), "oos");
+    let mean = |p: &SplitPredictions| {
+        memo.iter().map(|&r| p.label_prob[r] as f64).sum::<f64>() / memo.len() as f64
+    };
+    let (m_in, m_oos) = (mean(&ins), mean(&oos));
+    assert!(
+        m_in > 0.5,
+        "in-sample predictions should fit the memorised rows: {m_in:.3}"
+    );
+    assert!(
+        m_oos < 0.4,
+        "out-of-sample predictions must not have seen the rows: {m_oos:.3}"
+    );
+    // Every train row was predicted by some fold's model; dev rows by the input model.
+    assert!(oos.fold.iter().all(|&f| (0..4).contains(&f)));
+    for f in 0..4 {
+        assert!(oos.fold.iter().filter(|&&x| x == f).count() >= 100);
+    }
+    assert!(ins.fold.iter().all(|&f| f == -1) && oos_dev.fold.iter().all(|&f| f == -1));
+    assert_eq!(
+        predict::assign_folds(tr.len(), 4, 3),
+        oos.fold.iter().map(|&f| f as usize).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_diverging_rate_is_an_error_not_a_nan_model() {
+    let mut rng = Rng::new(11);
+    let (tr, _) = split(200, 0.0, &mut rng, "tr");
+    let (dev, _) = split(50, 0.0, &mut rng, "dev");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(1);
+    cfg.learning_rate = Some(1e6);
+    let enc = Encoded::new(&tr.texts, &cfg.fasttext);
+    let dev_enc = Encoded::new(&dev.texts, &cfg.fasttext);
+    let rows: Vec<usize> = (0..tr.len()).collect();
+    let err = train(
+        &cfg,
+        CLASSES,
+        &tr,
+        &enc,
+        &rows,
+        &dev,
+        &dev_enc,
+        &dir.path().join("m.safetensors"),
+        "",
+    )
+    .err()
+    .expect("training should fail");
+    assert!(err.to_string().contains("diverged"), "{err}");
+}

@@ -1,0 +1,177 @@
+//! The dataset node's reading and checking: formats, row-numbered errors, skip-and-report, stable ids.
+
+use std::path::Path;
+
+use relabel_plugins::data::Dataset;
+use relabel_plugins::dataset::{build, DatasetConfig, OnBadRow};
+
+fn config(yaml: &str) -> DatasetConfig {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+const LABELS: &str = "labels:\n  - name: billing\n    definition: Money we charged\n    examples: [refund my charge]\n  - name: shipping\n    definition: Getting the parcel\n";
+
+#[test]
+fn reads_jsonl_with_a_label_spec_and_keeps_ids() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "labels.yaml", LABELS);
+    write(d.path(), "train.jsonl", "{\"id\": 7, \"text\": \"refund please\", \"label\": \"billing\"}\n\n{\"id\": \"x\", \"text\": \"where is my parcel\", \"label\": \"shipping\"}\n");
+    write(
+        d.path(),
+        "test.jsonl",
+        "{\"id\": \"t1\", \"text\": \"charged twice\", \"label\": \"billing\"}\n",
+    );
+    let c = config("train: train.jsonl\ntest: test.jsonl\nlabels: labels.yaml\nid_column: id\ndev_fraction: 0.5\n");
+    let (ds, m) = build(&c, d.path()).unwrap();
+    let all: Vec<&String> = ds
+        .split("train")
+        .unwrap()
+        .ids
+        .iter()
+        .chain(&ds.split("dev").unwrap().ids)
+        .collect();
+    assert_eq!(all.len(), 2);
+    assert!(all.contains(&&"7".to_string()) && all.contains(&&"x".to_string()));
+    assert_eq!(ds.split("test").unwrap().labels, vec![0]);
+    assert_eq!(ds.labels.labels[0].definition, "Money we charged");
+    assert_eq!(m["bad_rows"], 0);
+    // The artifact round-trips.
+    ds.write(&d.path().join("out")).unwrap();
+    assert_eq!(Dataset::read(&d.path().join("out")).unwrap(), ds);
+}
+
+#[test]
+fn bad_rows_are_named_by_file_and_row_number() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "labels.yaml", LABELS);
+    write(
+        d.path(),
+        "train.jsonl",
+        concat!(
+            "{\"id\": 1, \"text\": \"refund please\", \"label\": \"billing\"}\n",
+            "{\"id\": 2, \"text\": \"   \", \"label\": \"billing\"}\n",
+            "{\"id\": 3, \"text\": \"late parcel\", \"label\": \"shiping\"}\n",
+            "{\"id\": 1, \"text\": \"duplicate\", \"label\": \"billing\"}\n",
+            "{\"id\": 5, \"label\": \"billing\"}\n",
+            "{\"id\": 6, \"text\": \"fine\", \"label\": \"shipping\"}\n",
+        ),
+    );
+    let c = config("train: train.jsonl\nlabels: labels.yaml\nid_column: id\n");
+    let err = build(&c, d.path()).unwrap_err();
+    assert!(err.starts_with("4 bad rows"), "{err}");
+    assert!(err.contains("train.jsonl:2: empty text"), "{err}");
+    assert!(
+        err.contains("train.jsonl:3: unknown label \"shiping\" (did you mean \"shipping\"?)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("train.jsonl:4: duplicate id \"1\" (first at train.jsonl:1)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("train.jsonl:5: missing column \"text\""),
+        "{err}"
+    );
+
+    let mut skip = c.clone();
+    skip.on_bad_row = OnBadRow::Skip;
+    let (ds, m) = build(&skip, d.path()).unwrap();
+    let rows = ds.split("train").unwrap().len() + ds.split("dev").unwrap().len();
+    assert_eq!(rows, 2);
+    assert_eq!(m["bad_rows"], 4);
+    assert_eq!(m["bad_row_examples"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn csv_and_tsv_with_configured_columns_and_a_missing_header() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "train.csv", "utterance,intent\n\"refund, please\",billing\nwhere is it,shipping\nparcel late,shipping\n");
+    write(
+        d.path(),
+        "dev.tsv",
+        "utterance\tintent\nmy \"card\" charge\tbilling\n",
+    );
+    let c =
+        config("train: train.csv\ndev: dev.tsv\ntext_column: utterance\nlabel_column: intent\n");
+    let (ds, _) = build(&c, d.path()).unwrap();
+    assert_eq!(ds.split("train").unwrap().texts[0], "refund, please");
+    assert_eq!(ds.split("dev").unwrap().texts[0], "my \"card\" charge");
+    assert_eq!(ds.labels.names(), vec!["billing", "shipping"]);
+    let bad = config("train: train.csv\ntext_column: text\nlabel_column: intent\n");
+    let err = build(&bad, d.path()).unwrap_err();
+    assert!(
+        err.contains("train.csv:1: missing column \"text\" (the header has: utterance, intent)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn content_ids_are_stable_and_distinct_for_repeated_texts() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "train.jsonl", "{\"text\": \"a b\", \"label\": \"x\"}\n{\"text\": \"a b\", \"label\": \"y\"}\n{\"text\": \"c\", \"label\": \"y\"}\n");
+    write(
+        d.path(),
+        "dev.jsonl",
+        "{\"text\": \"d\", \"label\": \"x\"}\n",
+    );
+    let c = config("train: train.jsonl\ndev: dev.jsonl\n");
+    let (a, _) = build(&c, d.path()).unwrap();
+    let (b, _) = build(&c, d.path()).unwrap();
+    let ids = &a.split("train").unwrap().ids;
+    assert_eq!(ids, &b.split("train").unwrap().ids);
+    assert_ne!(ids[0], ids[1]);
+}
+
+#[test]
+fn reads_parquet() {
+    use std::sync::Arc;
+
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+
+    let d = tempfile::tempdir().unwrap();
+    let schema = Arc::new(
+        parse_message_type(
+            "message m { REQUIRED BYTE_ARRAY text (UTF8); REQUIRED BYTE_ARRAY label (UTF8); }",
+        )
+        .unwrap(),
+    );
+    let file = std::fs::File::create(d.path().join("train.parquet")).unwrap();
+    let mut w =
+        SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build()))
+            .unwrap();
+    let mut rg = w.next_row_group().unwrap();
+    let columns: [Vec<&str>; 2] = [
+        vec!["refund", "parcel", "late box"],
+        vec!["billing", "shipping", "shipping"],
+    ];
+    let mut i = 0;
+    while let Some(mut col) = rg.next_column().unwrap() {
+        let vals: Vec<ByteArray> = columns[i].iter().map(|s| ByteArray::from(*s)).collect();
+        col.typed::<ByteArrayType>()
+            .write_batch(&vals, None, None)
+            .unwrap();
+        col.close().unwrap();
+        i += 1;
+    }
+    rg.close().unwrap();
+    w.close().unwrap();
+    write(
+        d.path(),
+        "dev.jsonl",
+        "{\"text\": \"charge\", \"label\": \"billing\"}\n",
+    );
+    let c = config("train: train.parquet\ndev: dev.jsonl\n");
+    let (ds, _) = build(&c, d.path()).unwrap();
+    assert_eq!(
+        ds.split("train").unwrap().texts,
+        vec!["refund", "parcel", "late box"]
+    );
+    assert_eq!(ds.split("train").unwrap().labels, vec![0, 1, 1]);
+}

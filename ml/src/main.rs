@@ -6,6 +6,7 @@
 //! JSON lines on stdout (progress, then metrics); diagnostics on stderr; exit 0 on success.
 
 mod device;
+mod encoder;
 mod fasttext;
 mod predict;
 mod progress;
@@ -18,9 +19,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use relabel_plugins::data::Dataset;
-use relabel_plugins::trainer::{checkpoint_path, ModelMeta, TrainerConfig};
+use relabel_plugins::trainer::{checkpoint_path, ModelKind, ModelMeta, TrainerConfig};
 use serde::Deserialize;
 use serde_json::json;
+use train::Classifier;
 
 #[derive(Deserialize)]
 struct TrainRequest {
@@ -29,22 +31,60 @@ struct TrainRequest {
     out: PathBuf,
 }
 
+/// Builds an untrained model of the configured kind (pretrained weights for the encoder).
+pub fn fresh(cfg: &TrainerConfig, classes: usize) -> Result<AnyModel> {
+    let device = train::pick_device(cfg.device)?;
+    train::set_threads(cfg);
+    Ok(match cfg.model {
+        ModelKind::Fasttext => AnyModel::FastText(fasttext::FastText::new(
+            &cfg.fasttext,
+            classes as i64,
+            device,
+            cfg.seed,
+        )),
+        ModelKind::Encoder => AnyModel::Encoder(Box::new(encoder::Encoder::new(
+            &cfg.encoder,
+            classes as i64,
+            device,
+            cfg.seed,
+            true,
+        )?)),
+    })
+}
+
+/// A model of either kind, for code that dispatches once.
+pub enum AnyModel {
+    FastText(fasttext::FastText),
+    Encoder(Box<encoder::Encoder>),
+}
+
 fn train_task(req: TrainRequest) -> Result<serde_json::Map<String, serde_json::Value>> {
     let ds = Dataset::read(&req.dataset).context("reading the dataset")?;
+    match fresh(&req.config, ds.labels.len())? {
+        AnyModel::FastText(m) => train_with(m, fasttext::DEFAULT_LR, &req, &ds),
+        AnyModel::Encoder(m) => train_with(*m, encoder::DEFAULT_LR, &req, &ds),
+    }
+}
+
+fn train_with<M: Classifier>(
+    model: M,
+    default_lr: f64,
+    req: &TrainRequest,
+    ds: &Dataset,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
     let Some(tr) = ds.split("train") else {
         bail!("the dataset has no train split")
     };
     let empty = Default::default();
     let dev = ds.split("dev").unwrap_or(&empty);
-    let classes = ds.labels.len();
     let cfg = &req.config;
-    let enc = fasttext::Encoded::new(&tr.texts, &cfg.fasttext);
-    let dev_enc = fasttext::Encoded::new(&dev.texts, &cfg.fasttext);
+    let enc = model.encode(&tr.texts)?;
+    let dev_enc = model.encode(&dev.texts)?;
     std::fs::create_dir_all(&req.out)?;
     let rows: Vec<usize> = (0..tr.len()).collect();
     let (model, trained) = train::train(
+        model,
         cfg,
-        classes,
         tr,
         &enc,
         &rows,
@@ -52,6 +92,7 @@ fn train_task(req: TrainRequest) -> Result<serde_json::Map<String, serde_json::V
         &dev_enc,
         &checkpoint_path(&req.out),
         "",
+        default_lr,
     )?;
     let meta = ModelMeta {
         model: cfg.model,
@@ -73,15 +114,9 @@ fn train_task(req: TrainRequest) -> Result<serde_json::Map<String, serde_json::V
     m.insert("train_rows_per_s".into(), json!(mean_rate));
     if let Some(test) = ds.split("test") {
         // Reported for honesty only: the test split never picks a checkpoint.
-        let test_enc = fasttext::Encoded::new(&test.texts, &cfg.fasttext);
+        let test_enc = model.encode(&test.texts)?;
         let rows: Vec<usize> = (0..test.len()).collect();
-        let (loss, acc) = train::evaluate(
-            &model,
-            &test_enc,
-            test,
-            &rows,
-            train::pick_device(cfg.device)?,
-        );
+        let (loss, acc) = train::evaluate(&model, &test_enc, test, &rows);
         m.insert("test_accuracy".into(), json!(acc));
         m.insert("test_loss".into(), json!(loss));
     }

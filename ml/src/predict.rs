@@ -10,9 +10,9 @@ use relabel_plugins::trainer::{checkpoint_path, ModelMeta};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::fasttext::{Encoded, FastText};
 use crate::progress;
-use crate::train::{pick_device, probabilities, set_threads, train, Rng};
+use crate::train::{probabilities, train, Classifier, Rng};
+use crate::AnyModel;
 
 #[derive(Deserialize)]
 pub struct PredictRequest {
@@ -47,31 +47,43 @@ pub fn run(req: PredictRequest) -> Result<Map<String, Value>> {
             names
         );
     }
-    set_threads(&meta.config);
-    let device = pick_device(meta.config.device)?;
     let classes = names.len();
-    let model = FastText::load(
-        &meta.config.fasttext,
-        classes as i64,
-        device,
-        &checkpoint_path(&req.model),
-    )?;
+    match crate::fresh(&meta.config, classes)? {
+        AnyModel::FastText(m) => run_with(m, crate::fasttext::DEFAULT_LR, &req, &meta, &ds),
+        AnyModel::Encoder(m) => run_with(*m, crate::encoder::DEFAULT_LR, &req, &meta, &ds),
+    }
+}
+
+fn unwrap_same<M: 'static>(m: AnyModel) -> M {
+    let any: Box<dyn std::any::Any> = match m {
+        AnyModel::FastText(m) => Box::new(m),
+        AnyModel::Encoder(m) => Box::new(*m),
+    };
+    *any.downcast::<M>()
+        .expect("the same config builds the same kind of model")
+}
+
+fn run_with<M: Classifier + 'static>(
+    mut model: M,
+    default_lr: f64,
+    req: &PredictRequest,
+    meta: &ModelMeta,
+    ds: &Dataset,
+) -> Result<Map<String, Value>> {
+    model.reload(&checkpoint_path(&req.model))?;
+    let classes = meta.labels.len();
     std::fs::create_dir_all(&req.out)?;
     let mut metrics = Map::new();
     let k = req.config.kfold;
-    if let Some(k) = k {
-        progress::len((k * meta.config.epochs) as u64 + ds.splits.len() as u64);
-    } else {
-        progress::len(ds.splits.len() as u64);
-    }
+    progress::len(k.map(|k| k * meta.config.epochs).unwrap_or(0) as u64 + ds.splits.len() as u64);
     for (name, split) in &ds.splits {
-        let enc = Encoded::new(&split.texts, &meta.config.fasttext);
+        let enc = model.encode(&split.texts)?;
         let rows: Vec<usize> = (0..split.len()).collect();
-        let mut probs = probabilities(&model, &enc, &rows, device);
+        let mut probs = probabilities(&model, &enc, &rows);
         let mut fold = vec![-1i32; split.len()];
         if let (Some(k), "train") = (k, name.as_str()) {
             let dev = ds.split("dev").cloned().unwrap_or_default();
-            let dev_enc = Encoded::new(&dev.texts, &meta.config.fasttext);
+            let dev_enc = model.encode(&dev.texts)?;
             let assignment = assign_folds(split.len(), k, req.config.seed);
             let mut best_epochs = Vec::new();
             for f in 0..k {
@@ -86,9 +98,10 @@ pub fn run(req: PredictRequest) -> Result<Map<String, Value>> {
                     .filter(|&r| assignment[r] == f)
                     .collect();
                 let ckpt = req.work.join(format!("fold-{f}.safetensors"));
+                let fresh: M = unwrap_same(crate::fresh(&meta.config, classes)?);
                 let (m, t) = train(
+                    fresh,
                     &meta.config,
-                    classes,
                     split,
                     &enc,
                     &seen,
@@ -96,9 +109,10 @@ pub fn run(req: PredictRequest) -> Result<Map<String, Value>> {
                     &dev_enc,
                     &ckpt,
                     &format!("fold {}/{k}: ", f + 1),
+                    default_lr,
                 )?;
                 best_epochs.push(t.best_epoch);
-                let p = probabilities(&m, &enc, &held, device);
+                let p = probabilities(&m, &enc, &held);
                 for (j, &r) in held.iter().enumerate() {
                     probs[r * classes..(r + 1) * classes]
                         .copy_from_slice(&p[j * classes..(j + 1) * classes]);
@@ -121,7 +135,7 @@ pub fn run(req: PredictRequest) -> Result<Map<String, Value>> {
         ));
     }
     let pm = PredictionsMeta {
-        labels: names,
+        labels: meta.labels.clone(),
         mode: if k.is_some() {
             "kfold".into()
         } else {

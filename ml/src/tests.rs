@@ -8,9 +8,9 @@ use relabel_plugins::self_predictor::SelfPredictorConfig;
 use relabel_plugins::trainer::{checkpoint_path, TrainerConfig};
 use tch::Device;
 
-use crate::fasttext::{Encoded, FastText};
+use crate::fasttext::{Encoded, FastText, DEFAULT_LR};
 use crate::predict::{self, PredictRequest};
-use crate::train::{evaluate, probabilities, train, Rng};
+use crate::train::{evaluate, probabilities, train, Classifier, Rng};
 
 const CLASSES: usize = 4;
 const KEYWORDS: [[&str; 4]; CLASSES] = [
@@ -70,7 +70,11 @@ fn fit(cfg: &TrainerConfig, tr: &Split, dev: &Split, ckpt: &Path) -> Trained {
     let enc = Encoded::new(&tr.texts, &cfg.fasttext);
     let dev_enc = Encoded::new(&dev.texts, &cfg.fasttext);
     let rows: Vec<usize> = (0..tr.len()).collect();
-    let (model, report) = train(cfg, CLASSES, tr, &enc, &rows, dev, &dev_enc, ckpt, "").unwrap();
+    let fresh = FastText::new(&cfg.fasttext, CLASSES as i64, Device::Cpu, cfg.seed);
+    let (model, report) = train(
+        fresh, cfg, tr, &enc, &rows, dev, &dev_enc, ckpt, "", DEFAULT_LR,
+    )
+    .unwrap();
     Trained { model, report }
 }
 
@@ -85,7 +89,7 @@ fn learns_a_generated_dataset_to_the_stated_accuracy() {
     let t = fit(&cfg, &tr, &dev, &dir.path().join("m.safetensors"));
     let enc = Encoded::new(&test.texts, &cfg.fasttext);
     let rows: Vec<usize> = (0..test.len()).collect();
-    let (_, acc) = evaluate(&t.model, &enc, &test, &rows, Device::Cpu);
+    let (_, acc) = evaluate(&t.model, &enc, &test, &rows);
     assert!(
         acc >= 0.95,
         "test accuracy {acc:.3} below the stated 0.95 (curve: {:?})",
@@ -123,7 +127,7 @@ fn early_stopping_keeps_the_epoch_with_the_lowest_dev_loss() {
     let dev_enc = Encoded::new(&dev.texts, &cfg.fasttext);
     let rows: Vec<usize> = (0..dev.len()).collect();
     let reloaded = FastText::load(&cfg.fasttext, CLASSES as i64, Device::Cpu, &ckpt).unwrap();
-    let (loss, _) = evaluate(&reloaded, &dev_enc, &dev, &rows, Device::Cpu);
+    let (loss, _) = evaluate(&reloaded, &dev_enc, &dev, &rows);
     assert!(
         (loss - curve[argmin - 1].dev_loss).abs() < 1e-5,
         "checkpoint dev loss {loss} vs best {}",
@@ -142,12 +146,11 @@ fn the_checkpoint_reloads_to_identical_predictions() {
     let t = fit(&cfg, &tr, &dev, &ckpt);
     let enc = Encoded::new(&dev.texts, &cfg.fasttext);
     let rows: Vec<usize> = (0..dev.len()).collect();
-    let a = probabilities(&t.model, &enc, &rows, Device::Cpu);
+    let a = probabilities(&t.model, &enc, &rows);
     let b = probabilities(
         &FastText::load(&cfg.fasttext, CLASSES as i64, Device::Cpu, &ckpt).unwrap(),
         &enc,
         &rows,
-        Device::Cpu,
     );
     assert_eq!(a, b);
 }
@@ -249,9 +252,10 @@ fn a_diverging_rate_is_an_error_not_a_nan_model() {
     let enc = Encoded::new(&tr.texts, &cfg.fasttext);
     let dev_enc = Encoded::new(&dev.texts, &cfg.fasttext);
     let rows: Vec<usize> = (0..tr.len()).collect();
+    let fresh = FastText::new(&cfg.fasttext, CLASSES as i64, Device::Cpu, cfg.seed);
     let err = train(
+        fresh,
         &cfg,
-        CLASSES,
         &tr,
         &enc,
         &rows,
@@ -259,8 +263,87 @@ fn a_diverging_rate_is_an_error_not_a_nan_model() {
         &dev_enc,
         &dir.path().join("m.safetensors"),
         "",
+        DEFAULT_LR,
     )
     .err()
     .expect("training should fail");
     assert!(err.to_string().contains("diverged"), "{err}");
+}
+
+fn encoder_config() -> TrainerConfig {
+    let mut c = config(1);
+    c.model = relabel_plugins::trainer::ModelKind::Encoder;
+    c.encoder.max_length = 24;
+    c.batch_size = 16;
+    c
+}
+
+#[test]
+fn the_pretrained_encoder_puts_paraphrases_closer_than_unrelated_texts() {
+    // Fails (does not skip) without the weights: `cargo xtask setup` fetches them.
+    let enc =
+        crate::encoder::Encoder::new(&encoder_config().encoder, 2, Device::Cpu, 0, true).unwrap();
+    let texts: Vec<String> = [
+        "How do I reset my PIN?",
+        "I forgot my PIN number",
+        "My parcel has not arrived yet",
+        "Where is my package delivery?",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let e = enc.embed_texts(&texts).unwrap();
+    let e = &e / e.norm_scalaropt_dim(2, [1], true);
+    let sim = |i: i64, j: i64| e.get(i).dot(&e.get(j)).double_value(&[]);
+    assert!(
+        sim(0, 1) > sim(0, 2) + 0.2,
+        "pin/pin {:.3} vs pin/parcel {:.3}",
+        sim(0, 1),
+        sim(0, 2)
+    );
+    assert!(
+        sim(2, 3) > sim(1, 3) + 0.2,
+        "parcel/package {:.3} vs pin/package {:.3}",
+        sim(2, 3),
+        sim(1, 3)
+    );
+}
+
+#[test]
+fn the_encoder_fine_tunes_and_its_checkpoint_reloads() {
+    let mut rng = Rng::new(21);
+    let (tr, _) = split(96, 0.0, &mut rng, "tr");
+    let (dev, _) = split(48, 0.0, &mut rng, "dev");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = encoder_config();
+    cfg.epochs = 3;
+    cfg.learning_rate = Some(1e-4);
+    let model =
+        crate::encoder::Encoder::new(&cfg.encoder, CLASSES as i64, Device::Cpu, 1, true).unwrap();
+    let enc = model.encode(&tr.texts).unwrap();
+    let dev_enc = model.encode(&dev.texts).unwrap();
+    let rows: Vec<usize> = (0..tr.len()).collect();
+    let ckpt = dir.path().join("enc.safetensors");
+    let (model, report) = train(
+        model,
+        &cfg,
+        &tr,
+        &enc,
+        &rows,
+        &dev,
+        &dev_enc,
+        &ckpt,
+        "",
+        crate::encoder::DEFAULT_LR,
+    )
+    .unwrap();
+    assert!(report.best_dev_accuracy >= 0.9, "{:?}", report.curve);
+    let mut again =
+        crate::encoder::Encoder::new(&cfg.encoder, CLASSES as i64, Device::Cpu, 99, false).unwrap();
+    again.reload(&ckpt).unwrap();
+    let dev_rows: Vec<usize> = (0..dev.len()).collect();
+    assert_eq!(
+        probabilities(&model, &dev_enc, &dev_rows),
+        probabilities(&again, &dev_enc, &dev_rows)
+    );
 }

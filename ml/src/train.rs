@@ -9,11 +9,32 @@ use relabel_plugins::trainer::{Device as DeviceChoice, TrainerConfig};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::fasttext::{Encoded, FastText};
 use crate::progress;
 
-/// The default per-example SGD rate of the fastText-style model.
-pub const DEFAULT_LR: f64 = 0.2;
+/// A trainable text classifier, as the training loop sees it.
+pub trait Classifier {
+    /// Texts in the model's input form (computed once per split).
+    type Encoded;
+    fn encode(&self, texts: &[String]) -> Result<Self::Encoded>;
+    /// One optimisation step on `rows`; returns the batch's mean loss. `lr` is the scheduled
+    /// rate (the model decides what it means: per example for fasttext, AdamW's for the encoder).
+    fn train_step(
+        &mut self,
+        enc: &Self::Encoded,
+        rows: &[usize],
+        labels: &Tensor,
+        lr: f64,
+    ) -> Result<f64>;
+    /// Class logits of `rows`, without gradients or dropout.
+    fn logits(&self, enc: &Self::Encoded, rows: &[usize]) -> Tensor;
+    fn save(&self, path: &Path) -> Result<()>;
+    fn reload(&mut self, path: &Path) -> Result<()>;
+    fn device(&self) -> Device;
+    /// Rows per evaluation batch.
+    fn eval_batch(&self) -> usize {
+        4096
+    }
+}
 
 /// One epoch of the learning curve.
 #[derive(Debug, Clone, Serialize)]
@@ -83,22 +104,21 @@ pub fn set_threads(cfg: &TrainerConfig) -> i32 {
 }
 
 /// Mean loss and accuracy of `model` on `rows` of `split`.
-pub fn evaluate(
-    model: &FastText,
-    enc: &Encoded,
+pub fn evaluate<M: Classifier>(
+    model: &M,
+    enc: &M::Encoded,
     split: &Split,
     rows: &[usize],
-    device: Device,
 ) -> (f64, f64) {
     if rows.is_empty() {
         return (0.0, 0.0);
     }
+    let device = model.device();
     let (mut loss, mut correct) = (0.0, 0i64);
-    for chunk in rows.chunks(4096) {
-        let (idx, offs) = enc.batch(chunk, device);
+    for chunk in rows.chunks(model.eval_batch()) {
         let labels: Vec<i64> = chunk.iter().map(|&r| split.labels[r] as i64).collect();
         let labels = Tensor::from_slice(&labels).to(device);
-        let logits = model.logits(&idx, &offs);
+        let logits = model.logits(enc, chunk);
         let l = logits.cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Sum, -100, 0.0);
         loss += l.double_value(&[]);
         correct += logits
@@ -111,12 +131,11 @@ pub fn evaluate(
 }
 
 /// Class probabilities of `rows` of `enc`, row-major.
-pub fn probabilities(model: &FastText, enc: &Encoded, rows: &[usize], device: Device) -> Vec<f32> {
+pub fn probabilities<M: Classifier>(model: &M, enc: &M::Encoded, rows: &[usize]) -> Vec<f32> {
     let mut out = Vec::new();
-    for chunk in rows.chunks(4096) {
-        let (idx, offs) = enc.batch(chunk, device);
+    for chunk in rows.chunks(model.eval_batch()) {
         let p = model
-            .logits(&idx, &offs)
+            .logits(enc, chunk)
             .softmax(-1, Kind::Float)
             .to(Device::Cpu)
             .contiguous();
@@ -129,26 +148,25 @@ pub fn probabilities(model: &FastText, enc: &Encoded, rows: &[usize], device: De
 /// Trains on `rows` of `train`, early-stopping on all of `dev`. The best checkpoint is saved
 /// at `checkpoint` and loaded back into the returned model.
 #[allow(clippy::too_many_arguments)]
-pub fn train(
+pub fn train<M: Classifier>(
+    mut model: M,
     cfg: &TrainerConfig,
-    classes: usize,
     train: &Split,
-    train_enc: &Encoded,
+    train_enc: &M::Encoded,
     rows: &[usize],
     dev: &Split,
-    dev_enc: &Encoded,
+    dev_enc: &M::Encoded,
     checkpoint: &Path,
     label: &str,
-) -> Result<(FastText, Trained)> {
+    default_lr: f64,
+) -> Result<(M, Trained)> {
     if rows.is_empty() {
         bail!("the train split is empty");
     }
-    let device = pick_device(cfg.device)?;
+    let device = model.device();
     let threads = set_threads(cfg);
-    let mut model = FastText::new(&cfg.fasttext, classes as i64, device, cfg.seed);
     let dev_rows: Vec<usize> = (0..dev.len()).collect();
-    // A per-example rate, as in fastText; the batch's mean gradient is scaled back up to a sum.
-    let lr0 = cfg.learning_rate.unwrap_or(DEFAULT_LR) * cfg.batch_size as f64;
+    let lr0 = cfg.learning_rate.unwrap_or(default_lr);
     let steps_per_epoch = rows.len().div_ceil(cfg.batch_size);
     let total_steps = (steps_per_epoch * cfg.epochs) as f64;
     let mut rng = Rng::new(cfg.seed);
@@ -163,21 +181,20 @@ pub fn train(
         rng.shuffle(&mut order);
         let mut loss_sum = 0.0;
         for batch in order.chunks(cfg.batch_size) {
-            let (idx, offs) = train_enc.batch(batch, device);
             let labels: Vec<i64> = batch.iter().map(|&r| train.labels[r] as i64).collect();
             let labels = Tensor::from_slice(&labels).to(device);
             let lr = lr0 * (1.0 - step as f64 / total_steps).max(0.0);
-            loss_sum += model.train_step(&idx, &offs, &labels, lr) * batch.len() as f64;
+            loss_sum += model.train_step(train_enc, batch, &labels, lr)? * batch.len() as f64;
             step += 1;
         }
         let seconds = t0.elapsed().as_secs_f64();
         if !loss_sum.is_finite() {
-            bail!("training diverged in epoch {epoch} (the loss is not finite): lower `learning_rate` (now {})", lr0 / cfg.batch_size as f64);
+            bail!("training diverged in epoch {epoch} (the loss is not finite): lower `learning_rate` (now {lr0})");
         }
         let (dev_loss, dev_acc) = if dev.is_empty() {
             (loss_sum / order.len() as f64, 0.0)
         } else {
-            evaluate(&model, dev_enc, dev, &dev_rows, device)
+            evaluate(&model, dev_enc, dev, &dev_rows)
         };
         curve.push(Epoch {
             epoch,
@@ -204,7 +221,7 @@ pub fn train(
             }
         }
     }
-    let model = FastText::load(&cfg.fasttext, classes as i64, device, checkpoint)?;
+    model.reload(checkpoint)?;
     Ok((
         model,
         Trained {

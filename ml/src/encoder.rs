@@ -94,8 +94,14 @@ impl Encoder {
         let cfg: BertConfig = serde_json::from_slice(
             &std::fs::read(dir.join("config.json")).context("reading the encoder's config.json")?,
         )?;
-        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| anyhow!("reading tokenizer.json: {e}"))?;
+        // tokenizer.json may carry its own padding and truncation (all-MiniLM-L6-v2 pads to a
+        // fixed length): pad tokens would then count as text in the mask. Batches pad themselves.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| anyhow!("tokenizer.json: {e}"))?;
         tch::manual_seed(seed as i64);
         let mut vs = nn::VarStore::new(device);
         let root = vs.root();

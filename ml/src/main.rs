@@ -123,6 +123,35 @@ fn train_with<M: Classifier>(
     Ok(m)
 }
 
+#[derive(Deserialize)]
+struct EmbedRequest {
+    #[serde(default)]
+    encoder: relabel_plugins::trainer::EncoderConfig,
+    texts: Vec<String>,
+    /// Row-major little-endian f32 [texts x hidden].
+    out: PathBuf,
+    #[serde(default)]
+    threads: Option<i32>,
+}
+
+/// Mean-pooled sentence embeddings of the pretrained encoder (no head).
+fn embed_task(req: EmbedRequest) -> Result<serde_json::Map<String, serde_json::Value>> {
+    tch::set_num_threads(req.threads.unwrap_or(1).max(1));
+    let enc = encoder::Encoder::new(&req.encoder, 2, tch::Device::cuda_if_available(), 0, true)?;
+    let e = enc
+        .embed_texts(&req.texts)?
+        .to(tch::Device::Cpu)
+        .contiguous();
+    let dim = e.size()[1];
+    let v: Vec<f32> = Vec::<f32>::try_from(e.flatten(0, -1))?;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(&req.out, bytes)?;
+    let mut m = serde_json::Map::new();
+    m.insert("rows".into(), json!(req.texts.len()));
+    m.insert("dim".into(), json!(dim));
+    Ok(m)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
@@ -140,11 +169,12 @@ fn main() -> Result<()> {
             let metrics = match *task {
                 "train" => train_task(serde_json::from_slice(&text)?)?,
                 "predict" => predict::run(serde_json::from_slice(&text)?)?,
-                other => bail!("unknown task \"{other}\" (known: train, predict)"),
+                "embed" => embed_task(serde_json::from_slice(&text)?)?,
+                other => bail!("unknown task \"{other}\" (known: train, predict, embed)"),
             };
             progress::metrics(metrics);
             Ok(())
         }
-        _ => bail!("usage: relabel-ml env | relabel-ml task train|predict REQUEST.json"),
+        _ => bail!("usage: relabel-ml env | relabel-ml task train|predict|embed REQUEST.json"),
     }
 }

@@ -347,3 +347,36 @@ fn the_encoder_fine_tunes_and_its_checkpoint_reloads() {
         probabilities(&again, &dev_enc, &dev_rows)
     );
 }
+
+#[test]
+fn encoder_batches_pad_without_changing_embeddings() {
+    let enc =
+        crate::encoder::Encoder::new(&encoder_config().encoder, 2, Device::Cpu, 0, true).unwrap();
+    let texts: Vec<String> = [
+        "Hi",
+        "My parcel has not arrived yet, where is it?",
+        "PIN blocked",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // No pad tokens from tokenizer.json's own padding: every text ends with [SEP].
+    let toks = enc.encode(&texts).unwrap();
+    assert!(
+        toks.0
+            .iter()
+            .all(|t| t.last() == Some(&102) && t.first() == Some(&101)),
+        "{:?}",
+        toks.0
+    );
+    assert_eq!(toks.0[0].len(), 3);
+    let together = enc.embed_texts(&texts).unwrap();
+    for (i, t) in texts.iter().enumerate() {
+        let alone = enc.embed_texts(std::slice::from_ref(t)).unwrap();
+        let diff = (together.get(i as i64) - alone.get(0))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-4, "text {i}: batched and alone differ by {diff}");
+    }
+}

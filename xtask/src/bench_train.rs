@@ -210,7 +210,40 @@ pub fn train(root: &Path, args: &[String]) -> Result<Value> {
         Ok(v) => println!("pytorch: {v}"),
         Err(e) => eprintln!("pytorch: skipped: {e:#}"),
     }
+    // 4. Our encoder's embeddings against Hugging Face transformers' BertModel on the same weights.
+    let reference =
+        encoder_reference(root, &b77).unwrap_or_else(|e| json!({"skipped": format!("{e:#}")}));
+    println!("encoder vs transformers: {reference}");
+
+    // 5. The pretrained encoder, fine-tuned (slow on 2 cores: ~minutes per epoch).
+    let encoder = if args.iter().any(|a| a == "--no-encoder") {
+        json!({"skipped": "--no-encoder"})
+    } else {
+        let enc_dir = work.join("encoder");
+        std::fs::create_dir_all(&enc_dir)?;
+        let manifest = format!(
+            "version: 1\nname: bench-train-encoder\nnodes:\n  - id: data\n    kind: dataset\n    config: {{train: {0}/train.tsv, dev: {0}/dev.tsv, test: {0}/test.tsv}}\n  - id: encoder\n    kind: trainer\n    inputs: [data.dataset]\n    config: {{model: encoder, epochs: 5, patience: 2, batch_size: 32, learning_rate: 0.00008, seed: 1, threads: {threads}, encoder: {{max_length: 64}}}}\n",
+            b77.display()
+        );
+        let (secs, r) = relabel(root, &enc_dir, &manifest)?;
+        let m = &node(&r, "encoder")["metrics"];
+        println!(
+            "encoder on Banking77: test accuracy {:.4}, {:.0} s",
+            m["test_accuracy"].as_f64().unwrap_or(0.0),
+            secs
+        );
+        json!({
+            "test_accuracy": m["test_accuracy"],
+            "best_epoch": m["best_epoch"],
+            "curve": m["curve"],
+            "train_rows_per_s": m["train_rows_per_s"],
+            "pipeline_seconds": secs,
+            "target_test_accuracy": 0.90,
+        })
+    };
     Ok(json!({
+        "encoder_reference": reference,
+        "encoder_banking77": encoder,
         "banking77": {
             "test_accuracy": ft["test_accuracy"],
             "best_epoch": ft["best_epoch"],
@@ -254,4 +287,70 @@ fn pytorch(data: &Path, threads: usize) -> Result<Value> {
         bail!("{}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+const REFERENCE: &str = r#"
+import json, sys, numpy as np, torch
+from transformers import BertModel, PreTrainedTokenizerFast
+d, texts_path, ours_path = sys.argv[1], sys.argv[2], sys.argv[3]
+texts = json.load(open(texts_path))
+tok = PreTrainedTokenizerFast(tokenizer_file=d + '/tokenizer.json'); m = BertModel.from_pretrained(d).eval()
+ref = []
+for t in texts:
+    e = tok(t, return_tensors='pt')
+    with torch.no_grad(): h = m(input_ids=e['input_ids'], attention_mask=e['attention_mask']).last_hidden_state
+    ref.append(((h * e['attention_mask'][..., None]).sum(1) / e['attention_mask'].sum(1, keepdim=True))[0].numpy())
+ref = np.stack(ref); ours = np.fromfile(ours_path, dtype='<f4').reshape(ref.shape)
+cos = (ref * ours).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(ours, axis=1)
+print(json.dumps({"texts": len(texts), "max_abs_diff": float(np.abs(ref - ours).max()), "min_cosine": float(cos.min())}))
+"#;
+
+/// Embeds 200 Banking77 test texts with our encoder (the worker's `embed` task) and with
+/// transformers' BertModel, and compares them.
+fn encoder_reference(root: &Path, b77: &Path) -> Result<Value> {
+    let py = home_cache().join("bench/torch-venv/bin/python");
+    let ok = Command::new(&py)
+        .args(["-c", "import transformers"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        bail!(
+            "no transformers in {} (pip install transformers there)",
+            py.display()
+        );
+    }
+    let work = root.join("target/bench-train/reference");
+    std::fs::create_dir_all(&work)?;
+    let text = std::fs::read_to_string(b77.join("test.tsv"))?;
+    let texts: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once('\t').map(|(t, _)| t))
+        .filter(|t| !t.contains('"'))
+        .take(200)
+        .collect();
+    std::fs::write(work.join("texts.json"), serde_json::to_vec(&texts)?)?;
+    let req = json!({"texts": texts, "out": work.join("ours.f32"), "threads": 2});
+    std::fs::write(work.join("request.json"), serde_json::to_vec(&req)?)?;
+    run(Command::new(root.join("target/release/relabel-ml"))
+        .args(["task", "embed"])
+        .arg(work.join("request.json"))
+        .stdout(std::process::Stdio::null()))?;
+    let model = relabel_plugins_default_encoder();
+    let out = Command::new(&py)
+        .args(["-c", REFERENCE])
+        .arg(&model)
+        .arg(work.join("texts.json"))
+        .arg(work.join("ours.f32"))
+        .output()?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    Ok(serde_json::from_str(line.lines().last().unwrap_or("{}"))?)
+}
+
+fn relabel_plugins_default_encoder() -> PathBuf {
+    home_cache().join("models/all-MiniLM-L6-v2")
 }

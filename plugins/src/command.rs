@@ -230,18 +230,9 @@ impl NodeKind for Command {
         // The shell is gone; stop anything it left running in its group.
         drop(guard);
         if !status.success() {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = text
-                .lines()
-                .rev()
-                .take(15)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
             return Err(NodeError::Failed(format!(
                 "the command failed ({status}): {line}\n{}",
-                tail.join("\n")
+                log_tail(&log_path, 15)
             )));
         }
         let mut metrics = Metrics::new();
@@ -260,6 +251,13 @@ impl NodeKind for Command {
         }
         Ok(NodeOutput { outputs, metrics })
     }
+}
+
+/// The last `n` lines of a log file (what a failed process said last).
+pub fn log_tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Kills the command's whole process group when dropped (on completion, cancellation or timeout).

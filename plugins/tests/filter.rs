@@ -1,0 +1,257 @@
+//! The disagreement filter on probabilities with planted noise: each rule flags what it must and
+//! nothing it must not; the budget is exact; candidates differ; ties are ordered deterministically.
+
+use relabel_plugins::disagreement_filter::{
+    confident_learning, filter, fired, ClMethod, Combine, FilterConfig, Rule,
+};
+use relabel_plugins::predictions::SplitPredictions;
+
+/// Kinds of planted rows.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Kind {
+    /// Label right, model confident (0.8).
+    Clean,
+    /// Label wrong: the model puts 0.85 on the true class, 0.05 on the label.
+    Noisy,
+    /// Label right but the model hesitates: 0.45 on it, 0.40 on another class.
+    Borderline,
+}
+
+fn planted(kinds: &[Kind]) -> SplitPredictions {
+    let c = 3;
+    let mut probs = Vec::new();
+    let mut labels = Vec::new();
+    for (i, k) in kinds.iter().enumerate() {
+        let label = (i % c) as u32;
+        let other = (label as usize + 1) % c;
+        let mut row = vec![0.0f32; c];
+        match k {
+            Kind::Clean => {
+                row[label as usize] = 0.8;
+                row[other] = 0.1;
+                row[(other + 1) % c] = 0.1;
+            }
+            Kind::Noisy => {
+                row[label as usize] = 0.05;
+                row[other] = 0.85;
+                row[(other + 1) % c] = 0.1;
+            }
+            Kind::Borderline => {
+                row[label as usize] = 0.45;
+                row[other] = 0.40;
+                row[(other + 1) % c] = 0.15;
+            }
+        }
+        probs.extend(row);
+        labels.push(label);
+    }
+    SplitPredictions::from_probs(c, probs, labels, vec![-1; kinds.len()])
+}
+
+fn kinds() -> Vec<Kind> {
+    // 300 rows: every 10th noisy, every 10th (offset 5) borderline.
+    (0..300)
+        .map(|i| {
+            if i % 10 == 0 {
+                Kind::Noisy
+            } else if i % 10 == 5 {
+                Kind::Borderline
+            } else {
+                Kind::Clean
+            }
+        })
+        .collect()
+}
+
+fn rows_where(kinds: &[Kind], pred: impl Fn(Kind) -> bool) -> Vec<usize> {
+    kinds
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| pred(**k))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn flagged(p: &SplitPredictions, rule: Rule) -> Vec<usize> {
+    fired(p, &[rule], Combine::Any)
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.is_some())
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn cfg(yaml: &str) -> FilterConfig {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+#[test]
+fn each_rule_flags_what_it_must_and_nothing_it_must_not() {
+    let k = kinds();
+    let p = planted(&k);
+    let noisy = rows_where(&k, |x| x == Kind::Noisy);
+    let doubtful = rows_where(&k, |x| x != Kind::Clean);
+    assert_eq!(flagged(&p, Rule::PredNeqLabel), noisy);
+    assert_eq!(flagged(&p, Rule::LossAbove(2.0)), noisy); // -ln(0.05) = 3.0; -ln(0.45) = 0.8
+    assert_eq!(flagged(&p, Rule::SelfConfidenceBelow(0.5)), doubtful);
+    assert_eq!(flagged(&p, Rule::MarginBelow(0.1)), doubtful);
+    // Confident learning on clean + noisy rows: exactly the noisy ones.
+    let k2: Vec<Kind> = (0..300)
+        .map(|i| {
+            if i % 10 == 0 {
+                Kind::Noisy
+            } else {
+                Kind::Clean
+            }
+        })
+        .collect();
+    let p2 = planted(&k2);
+    for m in [
+        ClMethod::PruneByNoiseRate,
+        ClMethod::PruneByClass,
+        ClMethod::Both,
+    ] {
+        let f: Vec<usize> = confident_learning(&p2, m)
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| **x)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(f, noisy, "{m:?}");
+    }
+    // With hesitant rows, which are confident in no class, cleanlab's calibration scales each
+    // class's 10 confidently-wrong rows up to its 100 rows (10 * 100 / 90 -> 11 per cell): the
+    // extra row per cell is the one with the largest margin, a borderline row.
+    let cl: Vec<usize> = confident_learning(&p, ClMethod::PruneByNoiseRate)
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| **x)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(cl.len(), noisy.len() + 3);
+    assert!(noisy.iter().all(|r| cl.contains(r)));
+    // `all` needs every rule.
+    let both: Vec<usize> = fired(
+        &p,
+        &[Rule::SelfConfidenceBelow(0.5), Rule::LossAbove(2.0)],
+        Combine::All,
+    )
+    .iter()
+    .enumerate()
+    .filter(|(_, f)| f.is_some())
+    .map(|(i, _)| i)
+    .collect();
+    assert_eq!(both, noisy);
+}
+
+#[test]
+fn the_budget_is_exact_and_keeps_the_most_suspicious() {
+    let k = kinds();
+    let p = planted(&k);
+    // 60 rows fire self_confidence_below 0.5; 5% of 300 = 15 may be flagged.
+    let c = cfg("rules: [{self_confidence_below: 0.5}]\nmax_fraction: 0.05\n");
+    let chosen = filter(&[("train", &p)], &c);
+    assert_eq!(chosen.len(), 15);
+    // Ranked by self-confidence: the noisy rows (p = 0.05) come before the borderline ones.
+    assert!(chosen.iter().all(|c| k[c.row] == Kind::Noisy));
+    let c = cfg("rules: [{self_confidence_below: 0.5}]\nmax_fraction: 0.5\n");
+    assert_eq!(
+        filter(&[("train", &p)], &c).len(),
+        60,
+        "never more than the rules flagged"
+    );
+}
+
+#[test]
+fn per_class_caps_and_minimums() {
+    let k = kinds();
+    let p = planted(&k);
+    let capped = filter(&[("train", &p)], &cfg("rules: [{self_confidence_below: 0.5}]\nmax_fraction: 1.0\nper_class_max_fraction: 0.05\n"));
+    for class in 0..3 {
+        assert_eq!(
+            capped.iter().filter(|c| c.class == class).count(),
+            5,
+            "5% of 100 rows of class {class}"
+        );
+    }
+    // With a budget of 3 and a minimum of 1 per class, each class gets one.
+    let min = filter(
+        &[("train", &p)],
+        &cfg("rules: [{self_confidence_below: 0.5}]\nmax_fraction: 0.01\nper_class_min: 1\n"),
+    );
+    let mut classes: Vec<usize> = min.iter().map(|c| c.class).collect();
+    classes.sort();
+    assert_eq!(classes, vec![0, 1, 2]);
+}
+
+#[test]
+fn ties_are_ordered_by_split_then_row_whatever_the_input_order() {
+    let k = vec![Kind::Noisy; 40];
+    let p = planted(&k);
+    let c = cfg("max_fraction: 0.25\n");
+    let a = filter(&[("train", &p), ("dev", &p)], &c);
+    let b = filter(&[("train", &p), ("dev", &p)], &c);
+    let order: Vec<(usize, usize)> = a.iter().map(|c| (c.split, c.row)).collect();
+    assert_eq!(
+        order,
+        b.iter().map(|c| (c.split, c.row)).collect::<Vec<_>>()
+    );
+    assert_eq!(order.len(), 20);
+    assert_eq!(
+        order,
+        (0..20).map(|r| (0, r)).collect::<Vec<_>>(),
+        "equal scores: train first, by row"
+    );
+}
+
+#[test]
+fn all_rows_mode_flags_every_row() {
+    let k = kinds();
+    let p = planted(&k);
+    let all = filter(
+        &[("train", &p)],
+        &cfg("all_rows: true\nmax_fraction: 1.0\n"),
+    );
+    assert_eq!(all.len(), 300);
+    assert!(all.iter().all(|c| c.rule == "all_rows"));
+}
+
+#[test]
+fn the_node_writes_flags_with_two_different_candidates() {
+    use relabel_plugins::data::{Dataset, LabelSpec, Split};
+    let k = kinds();
+    let p = planted(&k);
+    let dir = tempfile::tempdir().unwrap();
+    let split = Split {
+        ids: (0..300).map(|i| format!("r{i}")).collect(),
+        texts: (0..300).map(|i| format!("text {i}")).collect(),
+        labels: p.label.clone(),
+    };
+    let ds = Dataset {
+        labels: LabelSpec::from_names(["a", "b", "c"].map(String::from)),
+        splits: [("train".to_string(), split)].into(),
+    };
+    ds.write(&dir.path().join("ds")).unwrap();
+    std::fs::create_dir_all(dir.path().join("pred")).unwrap();
+    p.write(&dir.path().join("pred/train.bin")).unwrap();
+    let out = dir.path().join("flags.jsonl");
+    let c = cfg("rules: [{margin_below: 0.1}]\nmax_fraction: 0.2\n");
+    let m = relabel_plugins::disagreement_filter::run_filter_for_tests(
+        &c,
+        &dir.path().join("pred"),
+        &dir.path().join("ds"),
+        &out,
+    )
+    .unwrap();
+    let flags = relabel_plugins::flags::read(&out).unwrap();
+    assert_eq!(flags.len(), 60);
+    assert_eq!(m["flags"], 60);
+    for f in &flags {
+        assert_ne!(f.label, f.candidate, "{f:?}");
+        // A borderline row's label is the prediction: its candidate is the runner-up.
+        if k[f.row] == Kind::Borderline {
+            assert!((f.label_prob - 0.45).abs() < 1e-6 && (f.candidate_prob - 0.40).abs() < 1e-6);
+        }
+    }
+    assert_eq!(flags[0].id, format!("r{}", flags[0].row));
+}

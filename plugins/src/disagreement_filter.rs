@@ -210,9 +210,8 @@ pub fn confident_learning(p: &SplitPredictions, method: ClMethod) -> Vec<bool> {
     }
     let noise_rate = || {
         let mut out = vec![false; n];
-        for i in 0..c {
-            for j in 0..c {
-                let k = cj[i][j];
+        for (i, cj_row) in cj.iter().enumerate() {
+            for (j, &k) in cj_row.iter().enumerate() {
                 if i == j || k == 0 {
                     continue;
                 }

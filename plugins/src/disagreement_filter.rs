@@ -155,35 +155,57 @@ pub fn thresholds(p: &SplitPredictions) -> Vec<f32> {
 /// The confident joint, calibrated to the label counts and rounded keeping row totals:
 /// `cj[i][j]` estimates how many rows labelled i truly belong to j.
 pub fn confident_joint(p: &SplitPredictions) -> Vec<Vec<usize>> {
+    use rayon::prelude::*;
     let c = p.classes;
-    let t = thresholds(p);
-    let mut raw = vec![vec![0f64; c]; c];
-    let mut counts = vec![0f64; c];
-    for i in 0..p.rows() {
-        let row = p.row(i);
-        let given = p.label[i] as usize;
-        counts[given] += 1.0;
-        let mut best: Option<usize> = None;
-        for j in 0..c {
-            if row[j] >= t[j] - 1e-6 && best.is_none_or(|b| row[j] > row[b]) {
-                best = Some(j);
+    let t: Vec<f32> = thresholds(p).iter().map(|x| x - 1e-6).collect();
+    let chunk = 16_384;
+    // Counts per row chunk, in parallel, then summed: (raw joint, label counts).
+    let (raw, counts) = (0..p.rows())
+        .collect::<Vec<_>>()
+        .par_chunks(chunk)
+        .map(|rows| {
+            let mut raw = vec![0f64; c * c];
+            let mut counts = vec![0f64; c];
+            for &i in rows {
+                let row = p.row(i);
+                let given = p.label[i] as usize;
+                counts[given] += 1.0;
+                // Branch-free over classes: below-threshold entries count as -1.
+                let mut best = usize::MAX;
+                let mut best_p = -1.0f32;
+                for (j, (&x, &tj)) in row.iter().zip(&t).enumerate() {
+                    let v = if x >= tj { x } else { -1.0 };
+                    if v > best_p {
+                        best = j;
+                        best_p = v;
+                    }
+                }
+                if best != usize::MAX {
+                    raw[given * c + best] += 1.0;
+                }
             }
-        }
-        if let Some(j) = best {
-            raw[given][j] += 1.0;
-        }
-    }
+            (raw, counts)
+        })
+        .reduce(
+            || (vec![0f64; c * c], vec![0f64; c]),
+            |(mut a, mut ac), (b, bc)| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                ac.iter_mut().zip(bc).for_each(|(x, y)| *x += y);
+                (a, ac)
+            },
+        );
     let mut cj = vec![vec![0usize; c]; c];
     for i in 0..c {
-        let total: f64 = raw[i].iter().sum();
+        let raw_i = &raw[i * c..(i + 1) * c];
+        let total: f64 = raw_i.iter().sum();
         if total == 0.0 {
             cj[i][i] = counts[i] as usize;
             continue;
         }
         // Scale row i to the number of rows labelled i; round keeping the row total.
-        let scaled: Vec<f64> = raw[i].iter().map(|x| x / total * counts[i]).collect();
+        let scaled: Vec<f64> = raw_i.iter().map(|x| x / total * counts[i]).collect();
         let mut floors: Vec<usize> = scaled.iter().map(|x| x.floor() as usize).collect();
-        let missing = counts[i] as usize - floors.iter().sum::<usize>();
+        let missing = (counts[i] as usize).saturating_sub(floors.iter().sum::<usize>());
         let mut order: Vec<usize> = (0..c).collect();
         order.sort_by(|&a, &b| {
             (scaled[b] - scaled[b].floor())
@@ -199,63 +221,146 @@ pub fn confident_joint(p: &SplitPredictions) -> Vec<Vec<usize>> {
     cj
 }
 
+/// The `k` (value, row) pairs with the largest values, ties to the lower row; unordered.
+fn largest(mut xs: Vec<(f32, u32)>, k: usize) -> Vec<(f32, u32)> {
+    let k = k.min(xs.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let cmp =
+        |a: &(f32, u32), b: &(f32, u32)| b.0.partial_cmp(&a.0).expect("finite").then(a.1.cmp(&b.1));
+    if k < xs.len() {
+        xs.select_nth_unstable_by(k - 1, cmp);
+        xs.truncate(k);
+    }
+    xs
+}
+
+/// A heap entry ordered so that the heap's top is the weakest kept margin (smallest margin,
+/// then the larger row: ties keep the lower row).
+#[derive(PartialEq)]
+struct Kept(f32, u32);
+
+impl Eq for Kept {}
+
+impl PartialOrd for Kept {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Kept {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
+    }
+}
+
+/// Positions of the `k` largest `other[q] - own[q]` (ties to the lower position), in one pass
+/// with a bounded heap: O(m log k) and no copies.
+fn top_margins(other: &[f32], own: &[f32], k: usize) -> Vec<u32> {
+    let k = k.min(other.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
+    for (q, (&o, &w)) in other.iter().zip(own).enumerate() {
+        let margin = o - w;
+        if heap.len() < k {
+            heap.push(Kept(margin, q as u32));
+        } else if margin > heap.peek().map(|t: &Kept| t.0).unwrap_or(f32::MIN) {
+            heap.pop();
+            heap.push(Kept(margin, q as u32));
+        }
+    }
+    heap.into_iter().map(|Kept(_, q)| q).collect()
+}
+
 /// Rows confident learning selects as label issues.
+///
+/// Per class (in parallel) the class's rows are copied once into a column-major block, so
+/// each off-diagonal cell reads two contiguous columns instead of striding over all rows.
 pub fn confident_learning(p: &SplitPredictions, method: ClMethod) -> Vec<bool> {
+    use rayon::prelude::*;
     let c = p.classes;
     let n = p.rows();
     let cj = confident_joint(p);
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); c];
+    let mut by_class: Vec<Vec<u32>> = vec![Vec::new(); c];
     for i in 0..n {
-        by_class[p.label[i] as usize].push(i);
+        by_class[p.label[i] as usize].push(i as u32);
     }
-    let noise_rate = || {
-        let mut out = vec![false; n];
-        for (i, cj_row) in cj.iter().enumerate() {
-            for (j, &k) in cj_row.iter().enumerate() {
-                if i == j || k == 0 {
-                    continue;
+    let chosen: Vec<Vec<u32>> = (0..c)
+        .into_par_iter()
+        .map(|i| {
+            let rows = &by_class[i];
+            let m = rows.len();
+            if m == 0 {
+                return Vec::new();
+            }
+            // Only prune_by_noise_rate needs other classes' columns.
+            let need_all = method != ClMethod::PruneByClass;
+            let mut cols = vec![0f32; if need_all { c * m } else { m }];
+            if need_all {
+                // Blocked transpose: 64 rows at a time stay in L1 while their columns are written.
+                for (b, block) in rows.chunks(64).enumerate() {
+                    let base = b * 64;
+                    for j in 0..c {
+                        let dst = &mut cols[j * m + base..j * m + base + block.len()];
+                        for (d, &r) in dst.iter_mut().zip(block) {
+                            *d = p.probs[r as usize * c + j];
+                        }
+                    }
                 }
-                let mut rows = by_class[i].clone();
-                let margin = |r: usize| p.row(r)[j] - p.row(r)[i];
-                rows.sort_by(|&a, &b| {
-                    margin(b)
-                        .partial_cmp(&margin(a))
-                        .expect("finite")
-                        .then(a.cmp(&b))
-                });
-                for &r in rows.iter().take(k) {
-                    out[r] = true;
+            } else {
+                for (d, &r) in cols.iter_mut().zip(rows) {
+                    *d = p.probs[r as usize * c + i];
                 }
             }
+            let own: &[f32] = if need_all { &cols[i * m..(i + 1) * m] } else { &cols };
+            let noise_rate = || {
+                let mut mark = vec![false; m];
+                for (j, &k) in cj[i].iter().enumerate() {
+                    if j == i || k == 0 {
+                        continue;
+                    }
+                    let other = &cols[j * m..(j + 1) * m];
+                    for q in top_margins(other, own, k) {
+                        mark[q as usize] = true;
+                    }
+                }
+                mark
+            };
+            let by_class_rule = || {
+                let k: usize = (0..c).filter(|&j| j != i).map(|j| cj[i][j]).sum();
+                let mut mark = vec![false; m];
+                let neg: Vec<(f32, u32)> = (0..m).map(|q| (-own[q], q as u32)).collect();
+                for (_, q) in largest(neg, k) {
+                    mark[q as usize] = true;
+                }
+                mark
+            };
+            let mark: Vec<bool> = match method {
+                ClMethod::PruneByNoiseRate => noise_rate(),
+                ClMethod::PruneByClass => by_class_rule(),
+                ClMethod::Both => noise_rate()
+                    .into_iter()
+                    .zip(by_class_rule())
+                    .map(|(a, b)| a && b)
+                    .collect(),
+            };
+            mark.iter()
+                .enumerate()
+                .filter(|(_, x)| **x)
+                .map(|(q, _)| rows[q])
+                .collect()
+        })
+        .collect();
+    let mut out = vec![false; n];
+    for rows in chosen {
+        for r in rows {
+            out[r as usize] = true;
         }
-        out
-    };
-    let by_class_rule = || {
-        let mut out = vec![false; n];
-        for i in 0..c {
-            let k: usize = (0..c).filter(|&j| j != i).map(|j| cj[i][j]).sum();
-            let mut rows = by_class[i].clone();
-            rows.sort_by(|&a, &b| {
-                p.row(a)[i]
-                    .partial_cmp(&p.row(b)[i])
-                    .expect("finite")
-                    .then(a.cmp(&b))
-            });
-            for &r in rows.iter().take(k) {
-                out[r] = true;
-            }
-        }
-        out
-    };
-    match method {
-        ClMethod::PruneByNoiseRate => noise_rate(),
-        ClMethod::PruneByClass => by_class_rule(),
-        ClMethod::Both => noise_rate()
-            .iter()
-            .zip(by_class_rule())
-            .map(|(a, b)| *a && b)
-            .collect(),
     }
+    out
 }
 
 /// The best label other than the given one, and its probability.
@@ -314,7 +419,7 @@ pub struct Candidate {
     pub row: usize,
     pub class: usize,
     pub score: f64,
-    pub rule: String,
+    pub rule: std::sync::Arc<str>,
 }
 
 /// Keeps the top candidates under the budget: `per_class_min` first for each class, then by
@@ -376,6 +481,9 @@ pub fn select(
 /// Flags rows of `splits` (name, predictions) under `cfg`; returns the chosen candidates in rank order.
 pub fn filter(splits: &[(&str, &SplitPredictions)], cfg: &FilterConfig) -> Vec<Candidate> {
     let classes = splits.first().map(|(_, p)| p.classes).unwrap_or(0);
+    let rule_names: Vec<std::sync::Arc<str>> = cfg.rules.iter().map(|r| r.name().into()).collect();
+    let all_rows_name: std::sync::Arc<str> = "all_rows".into();
+    let all_name: std::sync::Arc<str> = "all".into();
     let mut cands = Vec::new();
     let mut class_rows = vec![0usize; classes];
     let mut total = 0;
@@ -392,9 +500,9 @@ pub fn filter(splits: &[(&str, &SplitPredictions)], cfg: &FilterConfig) -> Vec<C
         for (i, f) in fired.into_iter().enumerate() {
             if let Some(r) = f {
                 let rule = match (cfg.all_rows, cfg.combine) {
-                    (true, _) => "all_rows".to_string(),
-                    (false, Combine::All) => "all".to_string(),
-                    (false, Combine::Any) => cfg.rules[r].name(),
+                    (true, _) => all_rows_name.clone(),
+                    (false, Combine::All) => all_name.clone(),
+                    (false, Combine::Any) => rule_names[r].clone(),
                 };
                 cands.push(Candidate {
                     split: s,
@@ -543,7 +651,7 @@ fn run_filter(
             label_prob: row[given],
             candidate_prob: row[other],
             score: cand.score,
-            rule: cand.rule.clone(),
+            rule: cand.rule.to_string(),
         });
     }
     flags::write(out, &flags).map_err(|e| e.to_string())?;

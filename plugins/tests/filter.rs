@@ -213,7 +213,7 @@ fn all_rows_mode_flags_every_row() {
         &cfg("all_rows: true\nmax_fraction: 1.0\n"),
     );
     assert_eq!(all.len(), 300);
-    assert!(all.iter().all(|c| c.rule == "all_rows"));
+    assert!(all.iter().all(|c| &*c.rule == "all_rows"));
 }
 
 #[test]

@@ -13,7 +13,8 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
     let figures = match name {
         "engine" => engine(root, args)?,
         "train" => crate::bench_train::train(root, args)?,
-        other => bail!("unknown benchmark \"{other}\"; known: engine, train"),
+        "flag" => crate::bench_flag::flag(root, args)?,
+        other => bail!("unknown benchmark \"{other}\"; known: engine, train, flag"),
     };
     let out = json!({
         "benchmark": name,

@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask setup | demo | test | schema [--check] | bench NAME`.
 
 mod bench;
+mod bench_flag;
 mod bench_train;
 
 use std::path::{Path, PathBuf};

@@ -27,10 +27,15 @@ fn main() {
     let mut logits = vec![0f64; c];
     for _ in 0..n {
         let truth = (next() % c as u64) as usize;
-        let given = if unit(next()) < 0.2 { (truth + 1 + (next() % (c as u64 - 1)) as usize) % c } else { truth };
+        let given = if unit(next()) < 0.2 {
+            (truth + 1 + (next() % (c as u64 - 1)) as usize) % c
+        } else {
+            truth
+        };
         for (j, l) in logits.iter_mut().enumerate() {
             let (u, v) = (unit(next()).max(1e-12), unit(next()));
-            *l = (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos() + if j == truth { 4.0 } else { 0.0 };
+            *l = (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+                + if j == truth { 4.0 } else { 0.0 };
         }
         let m = logits.iter().cloned().fold(f64::MIN, f64::max);
         let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
@@ -39,12 +44,23 @@ fn main() {
     }
     let p = SplitPredictions::from_probs(c, probs, labels, vec![-1; n]);
     std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(dir.join("probs.f32"), bytemuck::cast_slice::<f32, u8>(&p.probs)).expect("write");
+    std::fs::write(
+        dir.join("probs.f32"),
+        bytemuck::cast_slice::<f32, u8>(&p.probs),
+    )
+    .expect("write");
     let l64: Vec<i64> = p.label.iter().map(|&l| l as i64).collect();
-    std::fs::write(dir.join("labels.i64"), bytemuck::cast_slice::<i64, u8>(&l64)).expect("write");
+    std::fs::write(
+        dir.join("labels.i64"),
+        bytemuck::cast_slice::<i64, u8>(&l64),
+    )
+    .expect("write");
     let mut out = serde_json::Map::new();
     for method in ["prune_by_noise_rate", "prune_by_class"] {
-        let cfg: FilterConfig = serde_yaml::from_str(&format!("rules: [{{confident_learning: {method}}}]\nmax_fraction: 1.0\nsplits: [train]\n")).expect("config");
+        let cfg: FilterConfig = serde_yaml::from_str(&format!(
+            "rules: [{{confident_learning: {method}}}]\nmax_fraction: 1.0\nsplits: [train]\n"
+        ))
+        .expect("config");
         let mut times = Vec::new();
         let mut rows = Vec::new();
         for _ in 0..5 {
@@ -54,8 +70,15 @@ fn main() {
             rows = flagged.iter().map(|f| f.row as u32).collect::<Vec<_>>();
         }
         times.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-        std::fs::write(dir.join(format!("relabel_{method}.u32")), bytemuck::cast_slice::<u32, u8>(&rows)).expect("write");
-        out.insert(method.into(), serde_json::json!({"seconds": times[times.len() / 2], "issues": rows.len()}));
+        std::fs::write(
+            dir.join(format!("relabel_{method}.u32")),
+            bytemuck::cast_slice::<u32, u8>(&rows),
+        )
+        .expect("write");
+        out.insert(
+            method.into(),
+            serde_json::json!({"seconds": times[times.len() / 2], "issues": rows.len()}),
+        );
     }
     println!("{}", serde_json::Value::Object(out));
 }

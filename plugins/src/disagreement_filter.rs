@@ -315,7 +315,11 @@ pub fn confident_learning(p: &SplitPredictions, method: ClMethod) -> Vec<bool> {
                     *d = p.probs[r as usize * c + i];
                 }
             }
-            let own: &[f32] = if need_all { &cols[i * m..(i + 1) * m] } else { &cols };
+            let own: &[f32] = if need_all {
+                &cols[i * m..(i + 1) * m]
+            } else {
+                &cols
+            };
             let noise_rate = || {
                 let mut mark = vec![false; m];
                 for (j, &k) in cj[i].iter().enumerate() {

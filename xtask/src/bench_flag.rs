@@ -82,7 +82,16 @@ print(json.dumps(out))
 fn speed(work: &Path, n: usize, c: usize) -> Result<Value> {
     // Ours runs as a release-built example (xtask itself is a debug build).
     let out = Command::new("cargo")
-        .args(["run", "--release", "--quiet", "-p", "relabel-plugins", "--example", "flag_speed", "--"])
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "relabel-plugins",
+            "--example",
+            "flag_speed",
+            "--",
+        ])
         .arg(work)
         .arg(n.to_string())
         .arg(c.to_string())
@@ -90,14 +99,31 @@ fn speed(work: &Path, n: usize, c: usize) -> Result<Value> {
     if !out.status.success() {
         bail!("flag_speed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let ours: Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').rfind(|l| !l.is_empty()).unwrap_or(b"{}"))?;
+    let ours: Value = serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .unwrap_or(b"{}"),
+    )?;
     let py = cleanlab_python()?;
-    let out = Command::new(&py).args(["-c", CLEANLAB_SPEED]).arg(work).arg(n.to_string()).arg(c.to_string()).arg("1").output()?;
+    let out = Command::new(&py)
+        .args(["-c", CLEANLAB_SPEED])
+        .arg(work)
+        .arg(n.to_string())
+        .arg(c.to_string())
+        .arg("1")
+        .output()?;
     if !out.status.success() {
         bail!("cleanlab: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let theirs: Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').rfind(|l| !l.is_empty()).unwrap_or(b"{}"))?;
-    let mut figures = json!({"rows": n, "classes": c, "cleanlab_version": theirs["version"], "threads": 2});
+    let theirs: Value = serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .unwrap_or(b"{}"),
+    )?;
+    let mut figures =
+        json!({"rows": n, "classes": c, "cleanlab_version": theirs["version"], "threads": 2});
     for name in ["prune_by_noise_rate", "prune_by_class"] {
         let ours_rows: HashSet<usize> = std::fs::read(work.join(format!("relabel_{name}.u32")))?
             .chunks(4)
@@ -105,10 +131,16 @@ fn speed(work: &Path, n: usize, c: usize) -> Result<Value> {
             .collect();
         let npy = std::fs::read(work.join(format!("cleanlab_{name}.npy")))?;
         let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize + 10;
-        let theirs_rows: HashSet<usize> = npy[header_len..].chunks(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as usize).collect();
+        let theirs_rows: HashSet<usize> = npy[header_len..]
+            .chunks(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+            .collect();
         let inter = ours_rows.intersection(&theirs_rows).count();
         let union = ours_rows.union(&theirs_rows).count();
-        let (secs, t) = (ours[name]["seconds"].as_f64().unwrap_or(f64::NAN), theirs[name]["seconds"].as_f64().unwrap_or(f64::NAN));
+        let (secs, t) = (
+            ours[name]["seconds"].as_f64().unwrap_or(f64::NAN),
+            theirs[name]["seconds"].as_f64().unwrap_or(f64::NAN),
+        );
         println!("{name}: relabel {secs:.3} s ({} issues), cleanlab {t:.2} s ({} issues): {:.1}x, Jaccard {:.4}", ours_rows.len(), theirs_rows.len(), t / secs, inter as f64 / union.max(1) as f64);
         figures[name] = json!({
             "relabel_seconds": secs,

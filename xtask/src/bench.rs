@@ -220,23 +220,31 @@ fn dir_size(p: &Path) -> u64 {
     }
 }
 
-fn dvc_bin() -> Result<PathBuf> {
-    let venv = home_cache().join("bench/dvc-venv");
-    let bin = venv.join("bin/dvc");
-    if !bin.exists() {
+/// A throwaway venv for a benchmark's peer, `~/.cache/relabel/bench/NAME-venv`, with
+/// `packages` installed the first time; returns the venv's folder.
+pub fn bench_venv(name: &str, packages: &[&str]) -> Result<PathBuf> {
+    let venv = home_cache().join(format!("bench/{name}-venv"));
+    let marker = venv.join("relabel-installed.txt");
+    let want = packages.join(" ");
+    if std::fs::read_to_string(&marker)
+        .map(|m| m != want)
+        .unwrap_or(true)
+    {
         eprintln!(
-            "bench: installing dvc into a throwaway venv at {}",
+            "bench: installing {want} into a throwaway venv at {}",
             venv.display()
         );
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-        run(Command::new(venv.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "dvc==3.67.1",
-        ]))?;
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(packages))?;
+        std::fs::write(&marker, &want)?;
     }
-    Ok(bin)
+    Ok(venv)
+}
+
+fn dvc_bin() -> Result<PathBuf> {
+    Ok(bench_venv("dvc", &["dvc==3.67.1"])?.join("bin/dvc"))
 }
 
 fn dvc(work: &Path, mb: usize) -> Result<Value> {

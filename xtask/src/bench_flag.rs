@@ -29,22 +29,7 @@ impl Rng {
 }
 
 fn cleanlab_python() -> Result<PathBuf> {
-    let venv = home_cache().join("bench/cleanlab-venv");
-    let py = venv.join("bin/python");
-    if !py.exists() {
-        eprintln!(
-            "bench: installing cleanlab into a throwaway venv at {}",
-            venv.display()
-        );
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-        run(Command::new(venv.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "cleanlab==2.9.0",
-        ]))?;
-    }
-    Ok(py)
+    Ok(crate::bench::bench_venv("cleanlab", &["cleanlab==2.9.0"])?.join("bin/python"))
 }
 
 fn write_arrays(dir: &Path, p: &SplitPredictions) -> Result<()> {
@@ -371,16 +356,7 @@ pub fn flag(root: &Path, args: &[String]) -> Result<Value> {
         .first()
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    run(Command::new("cargo").args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "relabel",
-        "-p",
-        "relabel-ml",
-        "--bins",
-    ]))?;
+    crate::relabel_bin(root)?;
     let work = root.join("target/bench-flag");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;

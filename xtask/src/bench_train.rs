@@ -134,16 +134,7 @@ pub fn train(root: &Path, args: &[String]) -> Result<Value> {
         .first()
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    run(Command::new("cargo").args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "relabel",
-        "-p",
-        "relabel-ml",
-        "--bins",
-    ]))?;
+    crate::relabel_bin(root)?;
     let b77 = banking77()?;
     let work = root.join("target/bench-train");
     let _ = std::fs::remove_dir_all(&work);
@@ -252,10 +243,7 @@ pub fn train(root: &Path, args: &[String]) -> Result<Value> {
 }
 
 fn pytorch(data: &Path, threads: usize) -> Result<Value> {
-    let py = home_cache().join("bench/torch-venv/bin/python");
-    if !py.exists() {
-        bail!("no PyTorch venv at {} (create it: python3 -m venv DIR && DIR/bin/pip install torch==2.13.0)", py.display());
-    }
+    let py = torch_python()?;
     let out = Command::new(&py)
         .args([
             "-c",
@@ -295,18 +283,7 @@ print(json.dumps({"texts": len(texts), "max_abs_diff": float(np.abs(ref - ours).
 /// Embeds 200 Banking77 test texts with our encoder (the worker's `embed` task) and with
 /// transformers' BertModel, and compares them.
 fn encoder_reference(root: &Path, b77: &Path) -> Result<Value> {
-    let py = home_cache().join("bench/torch-venv/bin/python");
-    let ok = Command::new(&py)
-        .args(["-c", "import transformers"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        bail!(
-            "no transformers in {} (pip install transformers there)",
-            py.display()
-        );
-    }
+    let py = torch_python()?;
     let work = root.join("target/bench-train/reference");
     std::fs::create_dir_all(&work)?;
     let text = std::fs::read_to_string(b77.join("test.tsv"))?;
@@ -340,4 +317,12 @@ fn encoder_reference(root: &Path, b77: &Path) -> Result<Value> {
 
 fn relabel_plugins_default_encoder() -> PathBuf {
     home_cache().join("models/all-MiniLM-L6-v2")
+}
+
+/// Python with torch 2.13.0 (the version tch binds) and transformers, for the peers.
+fn torch_python() -> Result<PathBuf> {
+    Ok(
+        crate::bench::bench_venv("torch", &["torch==2.13.0", "numpy", "transformers"])?
+            .join("bin/python"),
+    )
 }

@@ -206,7 +206,8 @@ fn fetch_encoder(cache: &Path) -> Result<()> {
     )
 }
 
-fn relabel_bin(root: &Path) -> Result<PathBuf> {
+/// Builds `relabel` and `relabel-ml` in release; returns the `relabel` binary.
+pub fn relabel_bin(root: &Path) -> Result<PathBuf> {
     run(Command::new("cargo").args([
         "build",
         "--release",

@@ -170,16 +170,32 @@ pub fn confident_joint(p: &SplitPredictions) -> Vec<Vec<usize>> {
                 let row = p.row(i);
                 let given = p.label[i] as usize;
                 counts[given] += 1.0;
-                // Branch-free over classes: below-threshold entries count as -1.
-                let mut best = usize::MAX;
-                let mut best_p = -1.0f32;
-                for (j, (&x, &tj)) in row.iter().zip(&t).enumerate() {
-                    let v = if x >= tj { x } else { -1.0 };
-                    if v > best_p {
-                        best = j;
-                        best_p = v;
+                // Max over above-threshold entries in 8 lanes (vectorises), then its first position.
+                let mut lanes = [-1.0f32; 8];
+                let mut chunks = row.chunks_exact(8).zip(t.chunks_exact(8));
+                for (xs, ts) in &mut chunks {
+                    for l in 0..8 {
+                        let v = if xs[l] >= ts[l] { xs[l] } else { -1.0 };
+                        lanes[l] = if v > lanes[l] { v } else { lanes[l] };
                     }
                 }
+                let tail = row.len() - row.len() % 8;
+                let mut best_p = lanes
+                    .iter()
+                    .fold(-1.0f32, |a, &b| if b > a { b } else { a });
+                for (&x, &tj) in row[tail..].iter().zip(&t[tail..]) {
+                    if x >= tj && x > best_p {
+                        best_p = x;
+                    }
+                }
+                let best = if best_p < 0.0 {
+                    usize::MAX
+                } else {
+                    row.iter()
+                        .zip(&t)
+                        .position(|(&x, &tj)| x >= tj && x == best_p)
+                        .unwrap_or(usize::MAX)
+                };
                 if best != usize::MAX {
                     raw[given * c + best] += 1.0;
                 }
@@ -255,26 +271,6 @@ impl Ord for Kept {
     }
 }
 
-/// Positions of the `k` largest `other[q] - own[q]` (ties to the lower position), in one pass
-/// with a bounded heap: O(m log k) and no copies.
-fn top_margins(other: &[f32], own: &[f32], k: usize) -> Vec<u32> {
-    let k = k.min(other.len());
-    if k == 0 {
-        return Vec::new();
-    }
-    let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
-    for (q, (&o, &w)) in other.iter().zip(own).enumerate() {
-        let margin = o - w;
-        if heap.len() < k {
-            heap.push(Kept(margin, q as u32));
-        } else if margin > heap.peek().map(|t: &Kept| t.0).unwrap_or(f32::MIN) {
-            heap.pop();
-            heap.push(Kept(margin, q as u32));
-        }
-    }
-    heap.into_iter().map(|Kept(_, q)| q).collect()
-}
-
 /// Rows confident learning selects as label issues.
 ///
 /// Per class (in parallel) the class's rows are copied once into a column-major block, so
@@ -296,38 +292,61 @@ pub fn confident_learning(p: &SplitPredictions, method: ClMethod) -> Vec<bool> {
             if m == 0 {
                 return Vec::new();
             }
-            // Only prune_by_noise_rate needs other classes' columns.
-            let need_all = method != ClMethod::PruneByClass;
-            let mut cols = vec![0f32; if need_all { c * m } else { m }];
-            if need_all {
-                // Blocked transpose: 64 rows at a time stay in L1 while their columns are written.
-                for (b, block) in rows.chunks(64).enumerate() {
-                    let base = b * 64;
-                    for j in 0..c {
-                        let dst = &mut cols[j * m + base..j * m + base + block.len()];
-                        for (d, &r) in dst.iter_mut().zip(block) {
-                            *d = p.probs[r as usize * c + j];
+            let own: Vec<f32> = rows.iter().map(|&r| p.probs[r as usize * c + i]).collect();
+            // One pass over the class's rows, keeping for every other class j a bounded heap of
+            // the largest margins p_j - p_i; `mins[j]` is the margin a row must beat to enter.
+            let noise_rate = || {
+                let mut heaps: Vec<std::collections::BinaryHeap<Kept>> = cj[i]
+                    .iter()
+                    .map(|&k| std::collections::BinaryHeap::with_capacity(k + 1))
+                    .collect();
+                let mut mins: Vec<f32> = cj[i]
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &k)| {
+                        if j == i || k == 0 {
+                            f32::INFINITY
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                    .collect();
+                for (q, &r) in rows.iter().enumerate() {
+                    let row = p.row(r as usize);
+                    let o = own[q];
+                    // Most rows enter no heap: a vectorisable test first, in 8 lanes.
+                    let mut hit = [false; 8];
+                    for (xs, ms) in row.chunks_exact(8).zip(mins.chunks_exact(8)) {
+                        for l in 0..8 {
+                            hit[l] |= xs[l] - o > ms[l];
+                        }
+                    }
+                    let tail = row.len() - row.len() % 8;
+                    let any = hit.iter().any(|h| *h)
+                        || row[tail..]
+                            .iter()
+                            .zip(&mins[tail..])
+                            .any(|(&x, &m)| x - o > m);
+                    if !any {
+                        continue;
+                    }
+                    for (j, (&x, min)) in row.iter().zip(mins.iter_mut()).enumerate() {
+                        let margin = x - o;
+                        if margin > *min {
+                            let heap = &mut heaps[j];
+                            heap.push(Kept(margin, q as u32));
+                            if heap.len() > cj[i][j] {
+                                heap.pop();
+                            }
+                            if heap.len() == cj[i][j] {
+                                *min = heap.peek().map(|t| t.0).unwrap_or(f32::NEG_INFINITY);
+                            }
                         }
                     }
                 }
-            } else {
-                for (d, &r) in cols.iter_mut().zip(rows) {
-                    *d = p.probs[r as usize * c + i];
-                }
-            }
-            let own: &[f32] = if need_all {
-                &cols[i * m..(i + 1) * m]
-            } else {
-                &cols
-            };
-            let noise_rate = || {
                 let mut mark = vec![false; m];
-                for (j, &k) in cj[i].iter().enumerate() {
-                    if j == i || k == 0 {
-                        continue;
-                    }
-                    let other = &cols[j * m..(j + 1) * m];
-                    for q in top_margins(other, own, k) {
+                for heap in heaps {
+                    for Kept(_, q) in heap {
                         mark[q as usize] = true;
                     }
                 }
@@ -434,7 +453,7 @@ pub fn select(
     class_rows: &[usize],
     cfg: &FilterConfig,
 ) -> Vec<Candidate> {
-    cands.sort_by(|a, b| {
+    cands.sort_unstable_by(|a, b| {
         b.score
             .partial_cmp(&a.score)
             .expect("finite scores")

@@ -694,3 +694,26 @@ fn classification_example_learns_and_predicts_every_row() {
         );
     }
 }
+
+#[test]
+fn a_relative_cache_folder_works_when_the_manifest_is_elsewhere() {
+    // The default cache is `./.relabel`; commands run in the manifest's folder.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+    std::fs::write(dir.path().join("pipelines/p.yaml"), DIAMOND).unwrap();
+    std::fs::write(dir.path().join("pipelines/b.sh"), "cat \"$1\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_relabel"))
+        .args(["run", "pipelines/p.yaml"])
+        .current_dir(dir.path())
+        .env_remove("RELABEL_CACHE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join(".relabel/objects").is_dir());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("5 ran"));
+}

@@ -346,6 +346,8 @@ impl Cache {
     /// Opens (creating) the cache at `root`, taking its lock; leftovers of killed runs are removed.
     pub fn open(root: &Path, wait: LockWait) -> Result<Cache, CacheError> {
         fs::create_dir_all(root).map_err(|e| io_err(root, e))?;
+        // Absolute, so artifact and work-folder paths stay valid for commands that run elsewhere.
+        let root = &fs::canonicalize(root).map_err(|e| io_err(root, e))?;
         let lock_path = root.join("lock");
         let lock = File::options()
             .create(true)

@@ -593,11 +593,11 @@ impl NodeKind for DisagreementFilter {
                 ));
             }
         }
-        for need in ["predictions", "dataset"] {
-            if !inputs.iter().any(|i| i == need) {
-                p.push(ConfigProblem::new(r.clone(), format!("needs an input named \"{need}\" (inputs: {{predictions: predict.predictions, dataset: data.dataset}})")));
-            }
-        }
+        p.extend(crate::require_inputs(
+            inputs,
+            &["predictions", "dataset"],
+            "{predictions: predict.predictions, dataset: data.dataset}",
+        ));
         p
     }
 

@@ -24,3 +24,21 @@ pub fn registry() -> Registry {
     ])
     .with_endpoints(endpoint::check, endpoint::schema)
 }
+
+/// Problems for each input in `needed` that a node does not have; `example` shows the form.
+pub(crate) fn require_inputs(
+    inputs: &[String],
+    needed: &[&str],
+    example: &str,
+) -> Vec<relabel_engine::plugin::ConfigProblem> {
+    needed
+        .iter()
+        .filter(|need| !inputs.iter().any(|i| i == *need))
+        .map(|need| {
+            relabel_engine::plugin::ConfigProblem::new(
+                relabel_engine::span::Path::root(),
+                format!("needs an input named \"{need}\" (inputs: {example})"),
+            )
+        })
+        .collect()
+}

@@ -44,11 +44,11 @@ impl NodeKind for SelfPredictor {
                 ));
             }
         }
-        for need in ["model", "dataset"] {
-            if !inputs.iter().any(|i| i == need) {
-                p.push(ConfigProblem::new(Path::root(), format!("needs an input named \"{need}\" (inputs: {{model: train.model, dataset: data.dataset}})")));
-            }
-        }
+        p.extend(crate::require_inputs(
+            inputs,
+            &["model", "dataset"],
+            "{model: train.model, dataset: data.dataset}",
+        ));
         p
     }
 

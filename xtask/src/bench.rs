@@ -32,6 +32,20 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` (a peer or helper that prints JSON last) and parses its last non-empty line.
+pub fn json_output(cmd: &mut Command, what: &str) -> Result<Value> {
+    let out = cmd.output().with_context(|| format!("starting {what}"))?;
+    if !out.status.success() {
+        bail!("{what}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let last = out
+        .stdout
+        .split(|b| *b == b'\n')
+        .rfind(|l| !l.is_empty())
+        .unwrap_or(b"{}");
+    serde_json::from_slice(last).with_context(|| format!("{what} printed no JSON"))
+}
+
 pub fn sh(cmd: &str) -> String {
     Command::new("sh")
         .args(["-c", cmd])

@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use relabel_plugins::dataset::{build, DatasetConfig};
 use relabel_plugins::disagreement_filter::{filter, FilterConfig};
 use relabel_plugins::predictions::SplitPredictions;
 use serde_json::{json, Value};
 
+use crate::bench::json_output;
 use crate::bench_train::banking77;
 use crate::{home_cache, run};
 
@@ -66,46 +67,32 @@ print(json.dumps(out))
 
 fn speed(work: &Path, n: usize, c: usize) -> Result<Value> {
     // Ours runs as a release-built example (xtask itself is a debug build).
-    let out = Command::new("cargo")
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "relabel-plugins",
-            "--example",
-            "flag_speed",
-            "--",
-        ])
-        .arg(work)
-        .arg(n.to_string())
-        .arg(c.to_string())
-        .output()?;
-    if !out.status.success() {
-        bail!("flag_speed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let ours: Value = serde_json::from_slice(
-        out.stdout
-            .split(|b| *b == b'\n')
-            .rfind(|l| !l.is_empty())
-            .unwrap_or(b"{}"),
+    let ours = json_output(
+        Command::new("cargo")
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "relabel-plugins",
+                "--example",
+                "flag_speed",
+                "--",
+            ])
+            .arg(work)
+            .arg(n.to_string())
+            .arg(c.to_string()),
+        "flag_speed",
     )?;
     let py = cleanlab_python()?;
-    let out = Command::new(&py)
-        .args(["-c", CLEANLAB_SPEED])
-        .arg(work)
-        .arg(n.to_string())
-        .arg(c.to_string())
-        .arg("1")
-        .output()?;
-    if !out.status.success() {
-        bail!("cleanlab: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let theirs: Value = serde_json::from_slice(
-        out.stdout
-            .split(|b| *b == b'\n')
-            .rfind(|l| !l.is_empty())
-            .unwrap_or(b"{}"),
+    let theirs = json_output(
+        Command::new(&py)
+            .args(["-c", CLEANLAB_SPEED])
+            .arg(work)
+            .arg(n.to_string())
+            .arg(c.to_string())
+            .arg("1"),
+        "cleanlab",
     )?;
     let mut figures =
         json!({"rows": n, "classes": c, "cleanlab_version": theirs["version"], "threads": 2});
@@ -269,21 +256,14 @@ fn quality(root: &Path, work: &Path) -> Result<Value> {
         let dir = work.join(format!("{kind}-arrays"));
         std::fs::create_dir_all(&dir)?;
         write_arrays(&dir, &p)?;
-        let res = Command::new(&py)
-            .args(["-c", CLEANLAB_RANKED])
-            .arg(&dir)
-            .arg(p.rows().to_string())
-            .arg(c.to_string())
-            .output()?;
-        if !res.status.success() {
-            bail!("cleanlab: {}", String::from_utf8_lossy(&res.stderr));
-        }
-        let ranked: BTreeMap<String, Vec<usize>> = serde_json::from_slice(
-            res.stdout
-                .split(|b| *b == b'\n')
-                .rfind(|l| !l.is_empty())
-                .unwrap_or(b"{}"),
-        )?;
+        let ranked: BTreeMap<String, Vec<usize>> = serde_json::from_value(json_output(
+            Command::new(&py)
+                .args(["-c", CLEANLAB_RANKED])
+                .arg(&dir)
+                .arg(p.rows().to_string())
+                .arg(c.to_string()),
+            "cleanlab",
+        )?)?;
         let rules = [
             ("pred_neq_label", "[pred_neq_label]", "self_confidence"),
             (

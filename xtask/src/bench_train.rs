@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use crate::bench::time;
@@ -244,24 +244,21 @@ pub fn train(root: &Path, args: &[String]) -> Result<Value> {
 
 fn pytorch(data: &Path, threads: usize) -> Result<Value> {
     let py = torch_python()?;
-    let out = Command::new(&py)
-        .args([
-            "-c",
-            PYTORCH,
-            &threads.to_string(),
-            "64",
-            &(1 << 18).to_string(),
-            "32",
-            "0.2",
-            "2",
-        ])
-        .arg(data)
-        .output()
-        .context("starting python")?;
-    if !out.status.success() {
-        bail!("{}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
+    crate::bench::json_output(
+        Command::new(&py)
+            .args([
+                "-c",
+                PYTORCH,
+                &threads.to_string(),
+                "64",
+                &(1 << 18).to_string(),
+                "32",
+                "0.2",
+                "2",
+            ])
+            .arg(data),
+        "pytorch",
+    )
 }
 
 const REFERENCE: &str = r#"
@@ -302,17 +299,14 @@ fn encoder_reference(root: &Path, b77: &Path) -> Result<Value> {
         .arg(work.join("request.json"))
         .stdout(std::process::Stdio::null()))?;
     let model = relabel_plugins_default_encoder();
-    let out = Command::new(&py)
-        .args(["-c", REFERENCE])
-        .arg(&model)
-        .arg(work.join("texts.json"))
-        .arg(work.join("ours.f32"))
-        .output()?;
-    if !out.status.success() {
-        bail!("{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let line = String::from_utf8_lossy(&out.stdout);
-    Ok(serde_json::from_str(line.lines().last().unwrap_or("{}"))?)
+    crate::bench::json_output(
+        Command::new(&py)
+            .args(["-c", REFERENCE])
+            .arg(&model)
+            .arg(work.join("texts.json"))
+            .arg(work.join("ours.f32")),
+        "transformers reference",
+    )
 }
 
 fn relabel_plugins_default_encoder() -> PathBuf {

@@ -90,6 +90,24 @@ enum Cmd {
     Schema,
     /// Print what this machine offers relabel (libtorch, CUDA, threads), as JSON
     Env,
+    /// Summarise label changes between two dataset versions (per class, counts and examples)
+    Diff {
+        /// A dataset folder, or NODE[@ROUND][.OUTPUT] from the last run of --manifest
+        a: String,
+        /// A dataset folder, or NODE[@ROUND][.OUTPUT] from the last run of --manifest
+        b: String,
+        /// The manifest whose node outputs A and B name
+        #[arg(long, short)]
+        manifest: Option<PathBuf>,
+        /// Example texts per change
+        #[arg(long, default_value_t = 3)]
+        examples: usize,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
     /// Inspect and maintain the cache
     Cache {
         #[command(subcommand)]
@@ -148,6 +166,76 @@ fn open_cache(args: &CacheArgs) -> Result<Cache, ExitCode> {
             _ => ExitCode::from(code::FAILED),
         }
     })
+}
+
+/// A dataset folder given as a path, or as NODE[@ROUND][.OUTPUT] of the manifest's last run.
+fn dataset_ref(
+    r: &str,
+    manifest: Option<&Path>,
+    cache: &CacheArgs,
+    registry: &Registry,
+) -> Result<PathBuf, ExitCode> {
+    let as_path = PathBuf::from(r);
+    if as_path.is_dir() {
+        return Ok(as_path);
+    }
+    let Some(manifest) = manifest else {
+        eprintln!("relabel: {r} is not a folder; to name a node's output (NODE.OUTPUT), give --manifest FILE");
+        return Err(ExitCode::from(code::INVALID));
+    };
+    let p = load(manifest, registry)?;
+    let (instance, output) = r.split_once('.').unwrap_or((r, "dataset"));
+    let c = open_cache(cache)?;
+    let missing = |why: String| {
+        eprintln!("relabel: {r}: {why}");
+        ExitCode::from(code::FAILED)
+    };
+    let last = c
+        .store()
+        .last(&format!("{}/{instance}", p.name))
+        .map_err(|e| missing(e.to_string()))?
+        .ok_or_else(|| {
+            missing(format!(
+                "no run of {instance} in this cache (run `relabel run {}` first)",
+                manifest.display()
+            ))
+        })?;
+    let entry = c
+        .store()
+        .get(&last.key)
+        .map_err(|e| missing(e.to_string()))?
+        .ok_or_else(|| missing("its cache entry is gone (gc?); rerun the pipeline".into()))?;
+    let digest = entry.outputs.get(output).ok_or_else(|| {
+        missing(format!(
+            "{instance} has no output \"{output}\" (it has: {})",
+            entry.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    Ok(c.object_path(digest))
+}
+
+fn diff_text(a: &str, b: &str, d: &serde_json::Value) -> String {
+    let mut s = format!("{a} -> {b}: {} labels changed\n", d["changed"]);
+    if let Some(splits) = d["splits"].as_object() {
+        for (name, sp) in splits {
+            s.push_str(&format!(
+                "\n{name}: {} of {} rows changed\n",
+                sp["changed"], sp["rows"]
+            ));
+            for ch in sp["changes"].as_array().into_iter().flatten() {
+                s.push_str(&format!(
+                    "  {:>5}  {} -> {}\n",
+                    ch["rows"],
+                    ch["from"].as_str().unwrap_or(""),
+                    ch["to"].as_str().unwrap_or("")
+                ));
+                for e in ch["examples"].as_array().into_iter().flatten() {
+                    s.push_str(&format!("         e.g. {}\n", e.as_str().unwrap_or("")));
+                }
+            }
+        }
+    }
+    s
 }
 
 fn load(file: &Path, registry: &Registry) -> Result<Pipeline, ExitCode> {
@@ -336,6 +424,33 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
                 "cancelled" => code::CANCELLED,
                 _ => code::FAILED,
             }))
+        }
+        Cmd::Diff {
+            a,
+            b,
+            manifest,
+            examples,
+            json,
+            cache,
+        } => {
+            let pa = dataset_ref(&a, manifest.as_deref(), &cache, registry)?;
+            let pb = dataset_ref(&b, manifest.as_deref(), &cache, registry)?;
+            let read = |p: &PathBuf| {
+                relabel_plugins::apply_labels::read_dataset(p).map_err(|e| {
+                    eprintln!("relabel: {e}");
+                    ExitCode::from(code::INVALID)
+                })
+            };
+            let d = relabel_plugins::apply_labels::diff(&read(&pa)?, &read(&pb)?, examples);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&d).expect("diff serializes")
+                );
+            } else {
+                print!("{}", diff_text(&a, &b, &d));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Cache { action, cache } => {
             let c = open_cache(&cache)?;

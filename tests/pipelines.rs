@@ -1,119 +1,14 @@
 //! End-to-end runs of the `relabel` binary: caching, invalidation, loops, failures, kills and locking.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    runs: usize,
-}
-
-impl Fixture {
-    fn new(manifest: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("p.yaml"), manifest).unwrap();
-        Fixture { dir, runs: 0 }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn write(&self, name: &str, text: &str) {
-        std::fs::write(self.path().join(name), text).unwrap();
-    }
-
-    fn cache(&self) -> PathBuf {
-        self.path().join("cache")
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_relabel"));
-        c.args(args)
-            .arg("--cache")
-            .arg(self.cache())
-            .current_dir(self.path())
-            .env("RELABEL_LOG", "warn");
-        c
-    }
-
-    /// Runs the pipeline; returns (exit code, report).
-    fn run(&mut self, extra: &[&str]) -> (i32, Value) {
-        self.runs += 1;
-        let report = self.path().join(format!("report-{}.json", self.runs));
-        let out = self
-            .cmd(&["run", "p.yaml", "--report", report.to_str().unwrap()])
-            .args(extra)
-            .output()
-            .unwrap();
-        let code = out.status.code().unwrap_or(-1);
-        let text = std::fs::read_to_string(&report).unwrap_or_else(|_| {
-            panic!(
-                "no report; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (code, serde_json::from_str(&text).unwrap())
-    }
-
-    fn spawn(&self, extra: &[&str]) -> Child {
-        self.cmd(&["run", "p.yaml"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-
-    fn output(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-}
-
-/// instance -> status
-fn statuses(report: &Value) -> BTreeMap<String, String> {
-    report["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            (
-                n["instance"].as_str().unwrap().to_string(),
-                n["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn with_status(report: &Value, status: &str) -> Vec<String> {
-    statuses(report)
-        .into_iter()
-        .filter(|(_, s)| s == status)
-        .map(|(k, _)| k)
-        .collect()
-}
-
-/// instance -> {output -> digest}
-fn artifacts(report: &Value) -> BTreeMap<String, BTreeMap<String, String>> {
-    report["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            let outs = n["outputs"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), v["digest"].as_str().unwrap().to_string()))
-                .collect();
-            (n["instance"].as_str().unwrap().to_string(), outs)
-        })
-        .collect()
-}
+mod common;
+use common::*;
 
 const DIAMOND: &str = r#"
 version: 1

@@ -102,6 +102,9 @@ pub struct NodeContext {
     pub progress: Progress,
     /// Cached LLM request/response pairs shared by all runs on this cache.
     pub llm_cache: LlmCache,
+    /// For kinds that use an LLM: the endpoint's name and its declaration from the manifest's
+    /// `llm:` section (`None`: the manifest declares none; the kind picks its default).
+    pub llm: Option<(String, serde_json::Value)>,
     /// The tracing span the node runs in.
     pub span: tracing::Span,
 }
@@ -137,6 +140,11 @@ pub trait NodeKind: Send + Sync + 'static {
     /// The names of the outputs this config produces; the first is the default output.
     fn outputs(config: &Self::Config) -> Vec<String>;
 
+    /// Kinds that call an LLM set this: their config's `llm` field names an endpoint of the
+    /// manifest's `llm:` section (optional when it declares exactly one), which the engine checks,
+    /// adds to the cache key and hands to the node in [`NodeContext::llm`].
+    const USES_LLM: bool = false;
+
     /// Files the config refers to, relative to the manifest's folder: their contents join the cache key.
     fn files(_config: &Self::Config) -> Vec<PathBuf> {
         Vec::new()
@@ -169,6 +177,8 @@ pub trait Plugin: Send + Sync {
     fn version(&self) -> &'static str;
     fn about(&self) -> &'static str;
     fn config_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema;
+    /// Whether the kind calls an LLM (see [`NodeKind::USES_LLM`]).
+    fn uses_llm(&self) -> bool;
     /// Types and checks a config; problems carry paths relative to `config`.
     fn check(
         &self,
@@ -246,6 +256,10 @@ impl<K: NodeKind> Plugin for Typed<K> {
         K::ABOUT
     }
 
+    fn uses_llm(&self) -> bool {
+        K::USES_LLM
+    }
+
     fn config_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         generator.subschema_for::<K::Config>()
     }
@@ -292,7 +306,11 @@ pub struct Registry {
     plugins: Vec<Arc<dyn Plugin>>,
     endpoint_check: Option<EndpointCheck>,
     endpoint_schema: Option<fn(&mut schemars::SchemaGenerator) -> schemars::Schema>,
+    endpoint_key: Option<EndpointKey>,
 }
+
+/// The part of an endpoint's declaration that can change answers (it joins cache keys).
+pub type EndpointKey = fn(&serde_json::Value) -> serde_json::Value;
 
 impl Registry {
     pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Self {
@@ -300,6 +318,7 @@ impl Registry {
             plugins,
             endpoint_check: None,
             endpoint_schema: None,
+            endpoint_key: None,
         }
     }
 
@@ -312,6 +331,20 @@ impl Registry {
         self.endpoint_check = Some(check);
         self.endpoint_schema = Some(schema);
         self
+    }
+
+    /// Sets which part of an endpoint joins the cache keys of the nodes using it.
+    pub fn with_endpoint_key(mut self, key: EndpointKey) -> Self {
+        self.endpoint_key = Some(key);
+        self
+    }
+
+    /// What of `endpoint` joins cache keys (all of it unless narrowed by [`Self::with_endpoint_key`]).
+    pub fn endpoint_key(&self, endpoint: &serde_json::Value) -> serde_json::Value {
+        match self.endpoint_key {
+            Some(f) => f(endpoint),
+            None => endpoint.clone(),
+        }
     }
 
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn Plugin>> {

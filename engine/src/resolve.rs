@@ -41,6 +41,16 @@ pub struct NodeSpec {
     pub files: Vec<PathBuf>,
     pub loop_id: Option<String>,
     pub loc: Location,
+    /// For kinds that use an LLM: the endpoint's name, its declaration, and the part of it
+    /// that joins the cache key.
+    pub llm: Option<NodeLlm>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeLlm {
+    pub name: String,
+    pub endpoint: serde_json::Value,
+    pub key: serde_json::Value,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +211,11 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
             Ok(c) => Checked {
                 outputs: Some(c.outputs.clone()),
                 spec: Some(NodeSpec {
+                    llm: if plugin.uses_llm() {
+                        node_llm(r, raw, registry, n, &c.canonical)
+                    } else {
+                        None
+                    },
                     id: n.id.clone(),
                     plugin: plugin.clone(),
                     config: c.canonical,
@@ -665,6 +680,64 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
         units,
         dag: dag.expect("no diagnostics means the DAG was built"),
         llm,
+    })
+}
+
+/// The endpoint a node that uses an LLM talks to: the one its `llm` field names, else the
+/// manifest's only endpoint, else none (the kind's default). Unknown names are reported.
+fn node_llm(
+    r: &mut Reporter,
+    raw: &RawManifest,
+    registry: &Registry,
+    n: &RawNode,
+    canonical: &serde_json::Value,
+) -> Option<NodeLlm> {
+    let declared: Vec<&str> = raw.llm.iter().map(|(name, _, _)| name.as_str()).collect();
+    let named = canonical.get("llm").and_then(|v| v.as_str());
+    let name = match named {
+        Some(name) => {
+            if !declared.contains(&name) {
+                let hint = if declared.is_empty() {
+                    "declare it under the manifest's top-level `llm:` section, or leave `llm` out to use the local model".to_string()
+                } else {
+                    did_you_mean(name, declared.iter().copied())
+                        .map(|h| format!("{h} declared: {}", declared.join(", ")))
+                        .unwrap_or_else(|| format!("declared: {}", declared.join(", ")))
+                };
+                r.value(
+                    &n.path.key("config").key("llm"),
+                    format!(
+                        "node \"{}\" ({}): unknown LLM endpoint \"{name}\"",
+                        n.id, n.kind
+                    ),
+                    Some(hint),
+                );
+                return None;
+            }
+            name
+        }
+        None if declared.len() == 1 => declared[0],
+        None if declared.is_empty() => return None,
+        None => {
+            r.key(
+                &n.path.key("kind"),
+                format!(
+                    "node \"{}\" ({}): the manifest declares several LLM endpoints ({}); name one",
+                    n.id,
+                    n.kind,
+                    declared.join(", ")
+                ),
+                Some("add `llm: NAME` to the node's config".into()),
+            );
+            return None;
+        }
+    };
+    let (_, v, _) = raw.llm.iter().find(|(n, _, _)| n == name)?;
+    let endpoint = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+    Some(NodeLlm {
+        name: name.to_string(),
+        key: registry.endpoint_key(&endpoint),
+        endpoint,
     })
 }
 

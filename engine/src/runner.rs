@@ -203,9 +203,16 @@ fn key_parts(
     Ok(KeyParts {
         kind: spec.plugin.kind().to_string(),
         version: spec.plugin.version().to_string(),
-        config: blake3::hash(canonical_json(&spec.config).as_bytes())
-            .to_hex()
-            .to_string(),
+        config: match &spec.llm {
+            // The endpoint's answer-affecting fields join the config's digest.
+            Some(llm) => blake3::hash(
+                canonical_json(&serde_json::json!({"config": spec.config, "llm": llm.key}))
+                    .as_bytes(),
+            ),
+            None => blake3::hash(canonical_json(&spec.config).as_bytes()),
+        }
+        .to_hex()
+        .to_string(),
         inputs: inputs.clone(),
         files,
         round,
@@ -695,6 +702,10 @@ async fn run_node_inner(
         cancel: shared.cancel.child_token(),
         progress: progress.clone(),
         llm_cache: cache.llm_cache(),
+        llm: spec
+            .llm
+            .as_ref()
+            .map(|l| (l.name.clone(), l.endpoint.clone())),
         span: span.clone(),
     };
     let t0 = Instant::now();

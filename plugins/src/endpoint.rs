@@ -48,6 +48,90 @@ pub struct Endpoint {
     /// Prices per million tokens, for cost reports: `{input: 0.15, output: 0.6}`.
     #[serde(default)]
     pub price_per_million: BTreeMap<String, f64>,
+    /// `provider: local` only: the GGUF weights to serve (default: the model `cargo xtask setup` fetched).
+    #[serde(default)]
+    pub model_path: Option<std::path::PathBuf>,
+    /// `provider: local` only: CPU threads for llama-server (default: all cores).
+    #[serde(default)]
+    pub threads: Option<u32>,
+}
+
+impl Endpoint {
+    /// The endpoint a node uses when the manifest declares none: the local Qwen2.5 0.5B server.
+    pub fn default_local() -> Endpoint {
+        Endpoint {
+            provider: Provider::Local,
+            base_url: None,
+            model: LOCAL_MODEL_ALIAS.into(),
+            api_key_env: None,
+            max_concurrency: 1,
+            requests_per_minute: None,
+            timeout: default_timeout(),
+            max_retries: default_retries(),
+            temperature: 0.0,
+            token_budget: None,
+            price_per_million: BTreeMap::new(),
+            model_path: None,
+            threads: None,
+        }
+    }
+
+    /// Price of `tokens` of `kind` (`input` / `output`), when prices are configured.
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Option<f64> {
+        if self.price_per_million.is_empty() {
+            return None;
+        }
+        let p = |k: &str| self.price_per_million.get(k).copied().unwrap_or(0.0);
+        Some((prompt_tokens as f64 * p("input") + completion_tokens as f64 * p("output")) / 1e6)
+    }
+}
+
+/// The name llama-server is asked to serve the local model under.
+pub const LOCAL_MODEL_ALIAS: &str = "qwen2.5-0.5b";
+
+/// The folder `cargo xtask setup` fills: `$RELABEL_HOME`, else `~/.cache/relabel`.
+pub fn relabel_home() -> std::path::PathBuf {
+    std::env::var_os("RELABEL_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| std::path::PathBuf::from("/tmp"))
+                .join(".cache/relabel")
+        })
+}
+
+/// llama-server as built by `cargo xtask setup` (`$RELABEL_LLAMA_SERVER` overrides).
+pub fn llama_server_path() -> std::path::PathBuf {
+    std::env::var_os("RELABEL_LLAMA_SERVER")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| relabel_home().join("llama-server-11434/llama-server"))
+}
+
+/// The local model's weights as fetched by `cargo xtask setup`.
+pub fn local_model_path() -> std::path::PathBuf {
+    relabel_home().join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+}
+
+/// The fields of an endpoint that can change its answers: they join the cache key of the nodes
+/// using it. Concurrency, rate limits, timeouts, retries, key names and prices do not.
+pub fn cache_key(endpoint: &serde_json::Value) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    if let Some(m) = endpoint.as_object() {
+        for k in [
+            "provider",
+            "base_url",
+            "model",
+            "temperature",
+            "token_budget",
+            "model_path",
+        ] {
+            if let Some(v) = m.get(k) {
+                out.insert(k.into(), v.clone());
+            }
+        }
+    }
+    serde_json::Value::Object(out)
 }
 
 fn default_concurrency() -> u32 {

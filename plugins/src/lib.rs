@@ -1,12 +1,18 @@
 //! relabel-plugins: the built-in node kinds, listed in one place by [`registry`].
 
+pub mod apply_labels;
+pub mod binary_relabeler;
 pub mod command;
 pub mod data;
 pub mod dataset;
 pub mod disagreement_filter;
 pub mod endpoint;
 pub mod flags;
+pub mod human;
+pub mod llm;
+pub mod local_llm;
 pub mod predictions;
+pub mod scripted;
 pub mod self_predictor;
 pub mod trainer;
 pub mod worker;
@@ -21,8 +27,11 @@ pub fn registry() -> Registry {
         typed(trainer::Trainer),
         typed(self_predictor::SelfPredictor),
         typed(disagreement_filter::DisagreementFilter),
+        typed(binary_relabeler::BinaryRelabeler),
+        typed(apply_labels::ApplyLabels),
     ])
     .with_endpoints(endpoint::check, endpoint::schema)
+    .with_endpoint_key(endpoint::cache_key)
 }
 
 /// Problems for each input in `needed` that a node does not have; `example` shows the form.

@@ -49,15 +49,7 @@ fn d_max_length() -> usize {
 /// Where `cargo xtask setup` puts the default encoder: `$RELABEL_HOME/models/all-MiniLM-L6-v2`,
 /// else `~/.cache/relabel/models/all-MiniLM-L6-v2`.
 pub fn default_encoder_dir() -> PathBuf {
-    let home = std::env::var_os("RELABEL_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/tmp"))
-                .join(".cache/relabel")
-        });
-    home.join("models/all-MiniLM-L6-v2")
+    crate::endpoint::relabel_home().join("models/all-MiniLM-L6-v2")
 }
 
 /// Where to compute.

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_flag;
 mod bench_train;
+mod setup_llm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -131,6 +132,7 @@ fn setup(root: &Path) -> Result<()> {
         std::fs::remove_dir_all(&stage)?;
     }
     fetch_encoder(&cache)?;
+    setup_llm::setup_llm(&cache)?;
     let link = root.join(".libtorch");
     let current = std::fs::read_link(&link).ok();
     if current.as_deref() != Some(libtorch.as_path()) {

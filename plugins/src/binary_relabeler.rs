@@ -1,0 +1,660 @@
+//! `binary_relabeler`: for each flagged row, an LLM (or a person) chooses between exactly two
+//! labels, the row's current label and the model's candidate. The prompt shows only those two
+//! labels' definitions and a few examples; no answer can ever leave the pair.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use relabel_engine::plugin::{
+    ConfigProblem, Inputs, Metrics, NodeContext, NodeError, NodeKind, NodeOutput,
+};
+use relabel_engine::span::Path as CfgPath;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::data::{Dataset, LabelSpec};
+use crate::endpoint::Endpoint;
+use crate::flags::{self, Flag};
+use crate::human;
+use crate::llm::{CallError, Client, Reply};
+
+/// The prompt used when the config names no template (templates/binary_relabel.j2).
+pub const DEFAULT_TEMPLATE: &str = include_str!("../../templates/binary_relabel.j2");
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// An LLM endpoint decides.
+    #[default]
+    Llm,
+    /// Export the rows for people; import their answers (`answers:`) in a later run.
+    Human,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelabelerConfig {
+    /// The endpoint (a name from the manifest's `llm:` section); optional when it declares one.
+    /// With none declared, the local Qwen2.5 0.5B server is started.
+    #[serde(default)]
+    pub llm: Option<String>,
+    #[serde(default)]
+    pub mode: Mode,
+    /// A minijinja template (relative to the manifest); default: the built-in binary_relabel.j2.
+    #[serde(default)]
+    pub template: Option<PathBuf>,
+    /// Examples shown per candidate label (1-5; the paper found LLMs use no more than 1-5).
+    #[serde(default = "default_examples")]
+    pub examples: usize,
+    /// Seeds the candidate order and the choice of examples.
+    #[serde(default)]
+    pub seed: u64,
+    /// Judge at most this many flags (the first ones: flags come ranked).
+    #[serde(default)]
+    pub max_rows: Option<usize>,
+    /// Ask for token logprobs (to compute a confidence) when the endpoint offers them.
+    #[serde(default = "yes")]
+    pub logprobs: bool,
+    /// Answers below this confidence count as undecided.
+    #[serde(default)]
+    pub min_confidence: Option<f64>,
+    /// Extra tries (at temperature 0.7) after a malformed, refused or out-of-set answer.
+    #[serde(default = "default_answer_retries")]
+    pub answer_retries: u32,
+    /// Human mode: the filled-in file (CSV, JSONL or a Label Studio export) to import.
+    #[serde(default)]
+    pub answers: Option<PathBuf>,
+    /// Human mode: also copy the export files to this folder (relative to the manifest).
+    #[serde(default)]
+    pub export_to: Option<PathBuf>,
+}
+
+fn default_examples() -> usize {
+    3
+}
+
+fn default_answer_retries() -> u32 {
+    2
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What became of one flagged row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The judge chose the current label.
+    Keep,
+    /// The judge chose the candidate.
+    Change,
+    /// No valid answer: the label stays as it is.
+    Undecided,
+}
+
+/// One judged row: the flag, the answer, and where the answer came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    #[serde(flatten)]
+    pub flag: Flag,
+    pub outcome: Outcome,
+    /// The chosen label (one of the two candidates), if any.
+    pub chosen: Option<String>,
+    pub confidence: Option<f64>,
+    /// The judge's raw answer text.
+    pub answer: Option<String>,
+    /// Why the row is undecided: malformed, out_of_set, refusal, low_confidence, timeout, ...
+    pub failure: Option<String>,
+    /// `llm` or `human`.
+    pub source: String,
+    /// The candidate shown first (small models favour the first option).
+    pub first_option: Option<String>,
+    pub endpoint: Option<String>,
+    pub model: Option<String>,
+    pub template_digest: Option<String>,
+    /// When the answer arrived (RFC 3339).
+    pub at: Option<String>,
+    pub attempts: u32,
+}
+
+impl Decision {
+    fn undecided(flag: Flag, source: &str, failure: &str) -> Decision {
+        Decision {
+            flag,
+            outcome: Outcome::Undecided,
+            chosen: None,
+            confidence: None,
+            answer: None,
+            failure: Some(failure.into()),
+            source: source.into(),
+            first_option: None,
+            endpoint: None,
+            model: None,
+            template_digest: None,
+            at: None,
+            attempts: 0,
+        }
+    }
+
+    /// Sets the answer: `chosen` must be one of the two candidates (anything else is undecided).
+    pub fn decide(&mut self, chosen: &str) {
+        if chosen == self.flag.label {
+            self.outcome = Outcome::Keep;
+        } else if chosen == self.flag.candidate {
+            self.outcome = Outcome::Change;
+        } else {
+            self.outcome = Outcome::Undecided;
+            self.failure = Some("out_of_set".into());
+            return;
+        }
+        self.chosen = Some(chosen.to_string());
+        self.failure = None;
+    }
+}
+
+pub fn write_decisions(path: &Path, ds: &[Decision]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for d in ds {
+        serde_json::to_writer(&mut f, d)?;
+        f.write_all(b"\n")?;
+    }
+    f.flush()
+}
+
+pub fn read_decisions(path: &Path) -> Result<Vec<Decision>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// A candidate label as the template sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    pub name: String,
+    pub definition: String,
+    pub examples: Vec<String>,
+}
+
+/// Renders prompts: the template, its digest, and the examples for each label.
+pub struct Prompter {
+    env: minijinja::Environment<'static>,
+    pub digest: String,
+    labels: LabelSpec,
+    examples: HashMap<String, Vec<String>>,
+    seed: u64,
+}
+
+fn mix(seed: u64, s: &str) -> u64 {
+    let h = blake3::hash(format!("{seed}\u{0}{s}").as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+fn clip(s: &str, n: usize) -> String {
+    let s = s.trim();
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(n).collect::<String>())
+    }
+}
+
+impl Prompter {
+    /// `examples` per label: the label spec's own, then training rows with that label that are
+    /// not flagged, chosen by `seed`.
+    pub fn new(
+        template: &str,
+        ds: &Dataset,
+        flagged: &HashSet<String>,
+        examples: usize,
+        seed: u64,
+    ) -> Result<Prompter, String> {
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        env.add_template_owned("prompt", template.to_string())
+            .map_err(|e| format!("template: {e:#}"))?;
+        let mut by_label: HashMap<String, Vec<String>> = HashMap::new();
+        for l in &ds.labels.labels {
+            by_label.insert(
+                l.name.clone(),
+                l.examples
+                    .iter()
+                    .take(examples)
+                    .map(|e| clip(e, 200))
+                    .collect(),
+            );
+        }
+        if let Some(train) = ds.split("train") {
+            let mut pool: HashMap<u32, Vec<(u64, usize)>> = HashMap::new();
+            for i in 0..train.len() {
+                if !flagged.contains(&train.ids[i]) {
+                    pool.entry(train.labels[i])
+                        .or_default()
+                        .push((mix(seed, &train.ids[i]), i));
+                }
+            }
+            for (label, mut rows) in pool {
+                let name = &ds.labels.labels[label as usize].name;
+                let have = by_label.entry(name.clone()).or_default();
+                if have.len() >= examples {
+                    continue;
+                }
+                rows.sort_unstable();
+                for (_, i) in rows.into_iter().take(examples - have.len()) {
+                    have.push(clip(&train.texts[i], 200));
+                }
+            }
+        }
+        Ok(Prompter {
+            env,
+            digest: blake3::hash(template.as_bytes()).to_hex().to_string(),
+            labels: ds.labels.clone(),
+            examples: by_label,
+            seed,
+        })
+    }
+
+    pub fn candidate(&self, name: &str) -> Candidate {
+        let def = self.labels.labels.iter().find(|l| l.name == name);
+        Candidate {
+            name: name.to_string(),
+            definition: def
+                .map(|d| d.definition.trim().to_string())
+                .unwrap_or_default(),
+            examples: self.examples.get(name).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// The two candidates in this row's (seeded, random) order.
+    pub fn order<'a>(&self, flag: &'a Flag) -> [&'a str; 2] {
+        if mix(self.seed, &flag.id) & 1 == 0 {
+            [&flag.label, &flag.candidate]
+        } else {
+            [&flag.candidate, &flag.label]
+        }
+    }
+
+    /// The prompt for `flag`, with the candidates in `order`.
+    pub fn render(&self, flag: &Flag, order: [&str; 2]) -> Result<String, String> {
+        let tmpl = self.env.get_template("prompt").map_err(|e| e.to_string())?;
+        tmpl.render(minijinja::context! {
+            text => flag.text.trim(),
+            candidates => vec![self.candidate(order[0]), self.candidate(order[1])],
+        })
+        .map_err(|e| format!("template: {e:#}"))
+    }
+}
+
+/// The chat request for a prompt; `attempt` > 0 asks again with some temperature.
+pub fn request(
+    prompt: &str,
+    order: [&str; 2],
+    temperature: f64,
+    logprobs: bool,
+    attempt: u32,
+) -> Value {
+    let mut r = json!({
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": if attempt == 0 { temperature } else { temperature.max(0.7) },
+        "max_tokens": 64,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "binary_choice",
+                "strict": true,
+                "schema": {
+                    "type": "object",
+                    "properties": {"label": {"type": "string", "enum": [order[0], order[1]]}},
+                    "required": ["label"],
+                    "additionalProperties": false,
+                },
+            },
+        },
+    });
+    if attempt > 0 {
+        r["seed"] = json!(attempt);
+    }
+    if logprobs {
+        r["logprobs"] = json!(true);
+        r["top_logprobs"] = json!(5);
+    }
+    r
+}
+
+/// The label an answer names, if it names exactly one of the two candidates; else why not.
+pub fn parse_answer(content: &str, pair: [&str; 2]) -> Result<String, &'static str> {
+    let named = match serde_json::from_str::<Value>(content.trim()) {
+        Ok(v) => match v.get("label").and_then(Value::as_str) {
+            Some(s) => s.trim().to_string(),
+            None => return Err("malformed"),
+        },
+        Err(_) => {
+            let t = content.trim().trim_matches('"').trim();
+            if t.is_empty() {
+                return Err("malformed");
+            }
+            t.to_string()
+        }
+    };
+    for c in pair {
+        if named == c {
+            return Ok(c.to_string());
+        }
+    }
+    for c in pair {
+        if named.eq_ignore_ascii_case(c) {
+            return Ok(c.to_string());
+        }
+    }
+    if serde_json::from_str::<Value>(content.trim()).is_ok() {
+        Err("out_of_set")
+    } else {
+        Err("malformed")
+    }
+}
+
+/// The judge's confidence in `chosen` over `other`, from the logprobs of the token where the
+/// two labels' spellings part: p(chosen) / (p(chosen) + p(other)), or p(chosen) alone when the
+/// other's token is not among the alternatives.
+pub fn confidence(reply: &Reply, content: &str, chosen: &str, other: &str) -> Option<f64> {
+    let lps = reply.logprobs();
+    if lps.is_empty() {
+        return None;
+    }
+    let quoted = format!("\"{chosen}\"");
+    let start = content.rfind(&quoted)? + 1;
+    let common = chosen
+        .bytes()
+        .zip(other.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let d = start + common;
+    let other_rest = &other.as_bytes()[common..];
+    let mut pos = 0usize;
+    for (tok, lp, alts) in &lps {
+        let end = pos + tok.len();
+        if d < end || (d == end && end == content.len()) {
+            let p_c = lp.exp();
+            let shared = content.as_bytes().get(pos..d)?;
+            let p_o: f64 = alts
+                .iter()
+                .filter(|(t, _)| {
+                    let t = t.as_bytes();
+                    t.len() > shared.len()
+                        && t.starts_with(shared)
+                        && other_rest.starts_with(&t[shared.len()..])
+                })
+                .map(|(_, l)| l.exp())
+                .sum();
+            return Some(if p_o > 0.0 { p_c / (p_c + p_o) } else { p_c });
+        }
+        pos = end;
+    }
+    None
+}
+
+pub struct BinaryRelabeler;
+
+impl NodeKind for BinaryRelabeler {
+    type Config = RelabelerConfig;
+    const KIND: &'static str = "binary_relabeler";
+    const VERSION: &'static str = "1";
+    const ABOUT: &'static str = "For each flagged row, an LLM or a person chooses between its current label and the model's candidate";
+    const USES_LLM: bool = true;
+
+    fn outputs(c: &RelabelerConfig) -> Vec<String> {
+        match c.mode {
+            Mode::Llm => vec!["decisions".into()],
+            Mode::Human => vec!["decisions".into(), "export".into()],
+        }
+    }
+
+    fn files(c: &RelabelerConfig) -> Vec<PathBuf> {
+        c.template.iter().chain(c.answers.iter()).cloned().collect()
+    }
+
+    fn check(c: &RelabelerConfig, inputs: &[String]) -> Vec<ConfigProblem> {
+        let mut p = Vec::new();
+        if !(1..=5).contains(&c.examples) {
+            p.push(ConfigProblem::new(
+                CfgPath::root().key("examples"),
+                format!(
+                    "must be 1 to 5 (the paper found LLMs use no more than 1-5 examples); found {}",
+                    c.examples
+                ),
+            ));
+        }
+        if c.mode == Mode::Llm && c.answers.is_some() {
+            p.push(ConfigProblem::new(
+                CfgPath::root().key("answers"),
+                "`answers` imports people's answers: it needs `mode: human`",
+            ));
+        }
+        if let Some(m) = c.min_confidence {
+            if !(0.0..=1.0).contains(&m) {
+                p.push(ConfigProblem::new(
+                    CfgPath::root().key("min_confidence"),
+                    format!("must be between 0 and 1; found {m}"),
+                ));
+            }
+        }
+        p.extend(crate::require_inputs(
+            inputs,
+            &["flags", "dataset"],
+            "{flags: FILTER.flags, dataset: DATA.dataset}",
+        ));
+        p
+    }
+
+    async fn run(
+        &self,
+        ctx: NodeContext,
+        c: RelabelerConfig,
+        inputs: Inputs,
+    ) -> Result<NodeOutput, NodeError> {
+        let fail = NodeError::Failed;
+        let ds =
+            Dataset::read(&inputs["dataset"].path).map_err(|e| fail(format!("dataset: {e}")))?;
+        let mut flags =
+            flags::read(&inputs["flags"].path).map_err(|e| fail(format!("flags: {e}")))?;
+        if let Some(n) = c.max_rows {
+            flags.truncate(n);
+        }
+        if let Some(f) = flags.iter().find(|f| f.split == "test") {
+            return Err(fail(format!(
+                "flag for row {} ({}) is in the test split: the fixed test set is never relabelled",
+                f.row, f.id
+            )));
+        }
+        let template = match &c.template {
+            Some(p) => std::fs::read_to_string(ctx.resolve(p))
+                .map_err(|e| fail(format!("template {}: {e}", p.display())))?,
+            None => DEFAULT_TEMPLATE.to_string(),
+        };
+        let flagged: HashSet<String> = flags.iter().map(|f| f.id.clone()).collect();
+        let prompter = Prompter::new(&template, &ds, &flagged, c.examples, c.seed).map_err(fail)?;
+        let out = ctx.output_path("decisions");
+        let (decisions, mut metrics) = match c.mode {
+            Mode::Human => {
+                let export = ctx.output_path("export");
+                let m = human::run(&ctx, &c, &prompter, flags, &export)?;
+                (m.0, m.1)
+            }
+            Mode::Llm => judge_all(&ctx, &c, &prompter, flags).await?,
+        };
+        write_decisions(&out, &decisions).map_err(|e| NodeError::io("writing decisions", e))?;
+        summarise(&decisions, &mut metrics);
+        let mut outputs: BTreeMap<String, PathBuf> = [("decisions".to_string(), out)].into();
+        if c.mode == Mode::Human {
+            outputs.insert("export".into(), ctx.output_path("export"));
+        }
+        Ok(NodeOutput { outputs, metrics })
+    }
+}
+
+/// Counts of outcomes, failures and first-option choices.
+fn summarise(ds: &[Decision], m: &mut Metrics) {
+    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut keep, mut change, mut undecided, mut first) = (0, 0, 0, 0);
+    for d in ds {
+        match d.outcome {
+            Outcome::Keep => keep += 1,
+            Outcome::Change => change += 1,
+            Outcome::Undecided => undecided += 1,
+        }
+        if let Some(f) = &d.failure {
+            *failures.entry(f.clone()).or_default() += 1;
+        }
+        if d.chosen.is_some() && d.chosen == d.first_option {
+            first += 1;
+        }
+    }
+    let decided = keep + change;
+    m.insert("rows".into(), json!(ds.len()));
+    m.insert("keep".into(), json!(keep));
+    m.insert("change".into(), json!(change));
+    m.insert("undecided".into(), json!(undecided));
+    m.insert("failures".into(), json!(failures));
+    if decided > 0 {
+        m.insert("change_rate".into(), json!(change as f64 / decided as f64));
+        m.insert(
+            "chose_first_option".into(),
+            json!(first as f64 / decided as f64),
+        );
+    }
+}
+
+async fn judge_all(
+    ctx: &NodeContext,
+    c: &RelabelerConfig,
+    prompter: &Prompter,
+    flags: Vec<Flag>,
+) -> Result<(Vec<Decision>, Metrics), NodeError> {
+    let (name, endpoint) = match &ctx.llm {
+        Some((name, v)) => (
+            name.clone(),
+            serde_json::from_value::<Endpoint>(v.clone())
+                .map_err(|e| NodeError::Failed(format!("llm endpoint \"{name}\": {e}")))?,
+        ),
+        None => ("local".to_string(), Endpoint::default_local()),
+    };
+    let client = Arc::new(
+        Client::new(
+            &name,
+            endpoint,
+            ctx.llm_cache.clone(),
+            Some(ctx.work_dir.join("llama-server.log")),
+        )
+        .map_err(NodeError::Failed)?,
+    );
+    ctx.progress.set_length(flags.len() as u64);
+    ctx.progress
+        .set_message(format!("asking {}", client.describe()));
+    let concurrency = client.endpoint.max_concurrency.max(1) as usize;
+    // Stops at the first fatal error (unreachable endpoint, refused key); every answer received
+    // so far is already in the LLM cache, so a rerun resumes where this one stopped.
+    let mut results: Vec<(usize, Decision)> = futures::stream::iter(flags.into_iter().enumerate())
+        .map(|(i, flag)| {
+            let client = client.clone();
+            async move {
+                let d = judge(&client, c, prompter, flag).await?;
+                ctx.progress.inc(1);
+                Ok::<_, CallError>((i, d))
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await
+        .map_err(|e| NodeError::Failed(e.to_string()))?;
+    results.sort_by_key(|(i, _)| *i);
+    let decisions: Vec<Decision> = results.into_iter().map(|(_, d)| d).collect();
+    let mut m = client.metrics();
+    m.insert(
+        "local_server_started".into(),
+        json!(client.server_started().await),
+    );
+    m.insert("template_digest".into(), json!(prompter.digest));
+    Ok((decisions, m))
+}
+
+/// One row: ask, check the answer is one of the pair, ask again (warmer) when it is not.
+async fn judge(
+    client: &Client,
+    c: &RelabelerConfig,
+    prompter: &Prompter,
+    flag: Flag,
+) -> Result<Decision, CallError> {
+    let order = prompter.order(&flag);
+    let (first, order_owned) = (
+        order[0].to_string(),
+        [order[0].to_string(), order[1].to_string()],
+    );
+    let prompt = match prompter.render(&flag, order) {
+        Ok(p) => p,
+        Err(e) => return Err(CallError::Rejected(e)),
+    };
+    let pair = [order_owned[0].as_str(), order_owned[1].as_str()];
+    let mut d = Decision::undecided(flag, "llm", "malformed");
+    d.first_option = Some(first);
+    d.endpoint = Some(client.describe());
+    d.model = Some(client.endpoint.model.clone());
+    d.template_digest = Some(prompter.digest.clone());
+    for attempt in 0..=c.answer_retries {
+        d.attempts = attempt + 1;
+        let req = request(
+            &prompt,
+            pair,
+            client.endpoint.temperature,
+            c.logprobs,
+            attempt,
+        );
+        let reply = match client.chat(req).await {
+            Ok(r) => r,
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(CallError::BadResponse(_)) => {
+                d.failure = Some("bad_response".into());
+                continue;
+            }
+            Err(e) => {
+                d.failure = Some(e.kind().to_string());
+                return Ok(d);
+            }
+        };
+        d.at = Some(reply.at.clone());
+        if reply
+            .body
+            .pointer("/choices/0/message/refusal")
+            .is_some_and(|r| !r.is_null())
+        {
+            d.failure = Some("refusal".into());
+            continue;
+        }
+        let content = reply.content().unwrap_or("").to_string();
+        d.answer = Some(clip(&content, 500));
+        match parse_answer(&content, pair) {
+            Ok(chosen) => {
+                let other = if chosen == pair[0] { pair[1] } else { pair[0] };
+                d.confidence = confidence(&reply, &content, &chosen, other);
+                d.decide(&chosen);
+                if let (Some(min), Some(conf)) = (c.min_confidence, d.confidence) {
+                    if conf < min {
+                        d.outcome = Outcome::Undecided;
+                        d.failure = Some("low_confidence".into());
+                    }
+                }
+                return Ok(d);
+            }
+            Err(kind) => d.failure = Some(kind.to_string()),
+        }
+    }
+    Ok(d)
+}

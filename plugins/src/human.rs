@@ -1,0 +1,295 @@
+//! The human path of the binary relabeler: export the flagged rows with their two candidates
+//! (CSV, JSONL, Label Studio tasks) and import the filled-in answers, refusing any answer that is
+//! not one of the row's two candidates.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use relabel_engine::plugin::{Metrics, NodeContext, NodeError};
+use serde_json::{json, Value};
+
+use crate::binary_relabeler::{Decision, Outcome, Prompter, RelabelerConfig};
+use crate::flags::Flag;
+
+const CSV_NAME: &str = "relabel.csv";
+const JSONL_NAME: &str = "relabel.jsonl";
+const LS_TASKS: &str = "label_studio_tasks.json";
+const LS_CONFIG: &str = "label_studio_config.xml";
+
+/// The Label Studio labelling interface: the text and a choice between the task's two options.
+const LABEL_STUDIO_CONFIG: &str = r#"<View>
+  <Text name="text" value="$text"/>
+  <Header value="Current label: $current_label"/>
+  <Header value="Model's candidate: $model_prediction"/>
+  <Choices name="answer" toName="text" choice="single" required="true" value="$options"/>
+</View>
+"#;
+
+/// Writes the export; imports `answers` when given. Returns the decisions and metrics.
+pub fn run(
+    ctx: &NodeContext,
+    c: &RelabelerConfig,
+    prompter: &Prompter,
+    flags: Vec<Flag>,
+    export: &Path,
+) -> Result<(Vec<Decision>, Metrics), NodeError> {
+    write_export(prompter, &flags, export).map_err(|e| NodeError::io("writing the export", e))?;
+    let mut m = Metrics::new();
+    if let Some(to) = &c.export_to {
+        let to = ctx.resolve(to);
+        std::fs::create_dir_all(&to).map_err(|e| NodeError::io(format!("{}", to.display()), e))?;
+        for f in [CSV_NAME, JSONL_NAME, LS_TASKS, LS_CONFIG] {
+            std::fs::copy(export.join(f), to.join(f))
+                .map_err(|e| NodeError::io(format!("copying {f} to {}", to.display()), e))?;
+        }
+        m.insert("exported_to".into(), json!(to.display().to_string()));
+    }
+    let Some(answers) = &c.answers else {
+        let n = flags.len();
+        tracing::warn!(
+            node = %ctx.instance,
+            "exported {n} rows for people to judge; fill in the `answer` column and set `answers:` to import it"
+        );
+        m.insert("awaiting_human".into(), json!(n));
+        let ds = flags
+            .into_iter()
+            .map(|f| pending(f, &prompter.digest))
+            .collect();
+        return Ok((ds, m));
+    };
+    let path = ctx.resolve(answers);
+    let given = read_answers(&path).map_err(NodeError::Failed)?;
+    let decisions =
+        apply_answers(&path, flags, given, &prompter.digest).map_err(NodeError::Failed)?;
+    m.insert("imported_from".into(), json!(answers.display().to_string()));
+    Ok((decisions, m))
+}
+
+fn pending(flag: Flag, digest: &str) -> Decision {
+    Decision {
+        flag,
+        outcome: Outcome::Undecided,
+        chosen: None,
+        confidence: None,
+        answer: None,
+        failure: Some("awaiting_human".into()),
+        source: "human".into(),
+        first_option: None,
+        endpoint: None,
+        model: None,
+        template_digest: Some(digest.to_string()),
+        at: None,
+        attempts: 0,
+    }
+}
+
+fn write_export(prompter: &Prompter, flags: &[Flag], dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut csv = csv::Writer::from_path(dir.join(CSV_NAME))?;
+    csv.write_record([
+        "id",
+        "split",
+        "text",
+        "current_label",
+        "model_prediction",
+        "current_definition",
+        "prediction_definition",
+        "answer",
+    ])?;
+    let mut jsonl = String::new();
+    let mut tasks = Vec::new();
+    for f in flags {
+        let (a, b) = (
+            prompter.candidate(&f.label),
+            prompter.candidate(&f.candidate),
+        );
+        csv.write_record([
+            &f.id,
+            &f.split,
+            &f.text,
+            &f.label,
+            &f.candidate,
+            &a.definition,
+            &b.definition,
+            "",
+        ])?;
+        let row = json!({
+            "id": f.id, "split": f.split, "text": f.text,
+            "current_label": f.label, "model_prediction": f.candidate,
+            "current_definition": a.definition, "prediction_definition": b.definition,
+            "current_examples": a.examples, "prediction_examples": b.examples,
+            "answer": null,
+        });
+        jsonl.push_str(&row.to_string());
+        jsonl.push('\n');
+        tasks.push(json!({"data": {
+            "id": f.id, "text": f.text,
+            "current_label": f.label, "model_prediction": f.candidate,
+            "options": [{"value": f.label}, {"value": f.candidate}],
+        }}));
+    }
+    csv.flush()?;
+    std::fs::write(dir.join(JSONL_NAME), jsonl)?;
+    std::fs::write(dir.join(LS_TASKS), serde_json::to_string_pretty(&tasks)?)?;
+    std::fs::write(dir.join(LS_CONFIG), LABEL_STUDIO_CONFIG)
+}
+
+/// An answer as read: where it was (for errors), the row id, and the answer (empty: skipped).
+#[derive(Debug, Clone)]
+pub struct Given {
+    pub line: usize,
+    pub id: String,
+    pub answer: String,
+}
+
+/// Reads a filled-in CSV, JSONL, or Label Studio export (JSON array of annotated tasks).
+pub fn read_answers(path: &Path) -> Result<Vec<Given>, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("answers {shown}: {e}"))?;
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    let mut out = Vec::new();
+    if name.ends_with(".csv") {
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let headers = r.headers().map_err(|e| format!("{shown}: {e}"))?.clone();
+        let col = |n: &str| headers.iter().position(|h| h.trim() == n);
+        let (Some(id), Some(ans)) = (col("id"), col("answer")) else {
+            return Err(format!(
+                "{shown}:1: the header needs `id` and `answer` columns (found: {})",
+                headers.iter().collect::<Vec<_>>().join(", ")
+            ));
+        };
+        for (i, rec) in r.records().enumerate() {
+            let line = i + 2;
+            let rec = rec.map_err(|e| format!("{shown}:{line}: {e}"))?;
+            out.push(Given {
+                line,
+                id: rec.get(id).unwrap_or("").to_string(),
+                answer: rec.get(ans).unwrap_or("").trim().to_string(),
+            });
+        }
+    } else if name.ends_with(".jsonl") {
+        for (i, l) in text.lines().enumerate() {
+            if l.trim().is_empty() {
+                continue;
+            }
+            let v: Value =
+                serde_json::from_str(l).map_err(|e| format!("{shown}:{}: {e}", i + 1))?;
+            out.push(Given {
+                line: i + 1,
+                id: scalar(&v["id"]),
+                answer: v["answer"].as_str().unwrap_or("").trim().to_string(),
+            });
+        }
+    } else if name.ends_with(".json") {
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("{shown}: {e}"))?;
+        let tasks = v.as_array().ok_or_else(|| {
+            format!("{shown}: expected a Label Studio export (a JSON array of tasks)")
+        })?;
+        for (i, t) in tasks.iter().enumerate() {
+            let answer = t
+                .get("annotations")
+                .and_then(Value::as_array)
+                .and_then(|a| {
+                    a.iter()
+                        .rev()
+                        .find(|x| !x["was_cancelled"].as_bool().unwrap_or(false))
+                })
+                .and_then(|a| a["result"].as_array())
+                .and_then(|r| {
+                    r.iter()
+                        .find_map(|x| x.pointer("/value/choices/0").and_then(Value::as_str))
+                })
+                .unwrap_or("")
+                .to_string();
+            out.push(Given {
+                line: i + 1,
+                id: scalar(&t["data"]["id"]),
+                answer,
+            });
+        }
+    } else {
+        return Err(format!(
+            "answers {shown}: expected a .csv, .jsonl or Label Studio .json file"
+        ));
+    }
+    Ok(out)
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Checks every answer against its row's two candidates; all problems are reported at once.
+pub fn apply_answers(
+    path: &Path,
+    flags: Vec<Flag>,
+    given: Vec<Given>,
+    digest: &str,
+) -> Result<Vec<Decision>, String> {
+    let shown = path.display();
+    let index: HashMap<&str, usize> = flags
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.id.as_str(), i))
+        .collect();
+    let mut answers: Vec<Option<(usize, String)>> = vec![None; flags.len()];
+    let mut problems = Vec::new();
+    for g in &given {
+        let Some(&i) = index.get(g.id.as_str()) else {
+            problems.push(format!(
+                "{shown}:{}: row id \"{}\" is not one of the flagged rows",
+                g.line, g.id
+            ));
+            continue;
+        };
+        if let Some((first, _)) = &answers[i] {
+            problems.push(format!(
+                "{shown}:{}: row \"{}\" is answered twice (first at line {first})",
+                g.line, g.id
+            ));
+            continue;
+        }
+        let a = g.answer.as_str();
+        let f = &flags[i];
+        let skip =
+            a.is_empty() || a.eq_ignore_ascii_case("skip") || a.eq_ignore_ascii_case("undecided");
+        if !skip && a != f.label && a != f.candidate {
+            problems.push(format!(
+                "{shown}:{}: row \"{}\": answer \"{a}\" is not one of its two candidates \"{}\" / \"{}\" (or empty to skip)",
+                g.line, g.id, f.label, f.candidate
+            ));
+            continue;
+        }
+        answers[i] = Some((g.line, if skip { String::new() } else { a.to_string() }));
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        problems.truncate(20);
+        return Err(format!(
+            "{n} problem(s) in the answers; nothing was imported:\n  {}",
+            problems.join("\n  ")
+        ));
+    }
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    Ok(flags
+        .into_iter()
+        .zip(answers)
+        .map(|(f, a)| {
+            let mut d = pending(f, digest);
+            match a {
+                Some((_, ans)) if !ans.is_empty() => {
+                    d.answer = Some(ans.clone());
+                    d.at = Some(now.clone());
+                    d.decide(&ans);
+                }
+                Some(_) => d.failure = Some("skipped".into()),
+                None => {}
+            }
+            d
+        })
+        .collect())
+}

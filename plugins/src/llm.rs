@@ -1,0 +1,520 @@
+//! The LLM client: async-openai over HTTP with bounded concurrency, a request rate limit,
+//! retries (429 honouring Retry-After, 5xx, timeouts, refused connections), a token budget,
+//! the engine's request cache in front, and counters for every kind of failure.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::middleware::HttpRequestFactory;
+use relabel_engine::cache::LlmCache;
+use serde_json::{json, Value};
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::endpoint::{Endpoint, Provider};
+use crate::local_llm::LocalServer;
+
+/// Counters of what happened on the wire and in the answers; reported as node metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// HTTP requests sent (every attempt, retries included).
+    pub http_requests: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub server_errors: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub connect_errors: AtomicU64,
+    /// A 200 whose body is not a chat completion.
+    pub bad_responses: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+}
+
+impl Stats {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a request produced no usable response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// Nothing listens at the endpoint (after retries).
+    Unreachable(String),
+    /// The key variable is missing, or the server refused the key (401/403).
+    Auth(String),
+    /// Retries ran out on 429 / 5xx / timeouts; the row stays undecided.
+    GaveUp { kind: &'static str, detail: String },
+    /// The body of a 200 was not a chat completion.
+    BadResponse(String),
+    /// The endpoint's token budget is spent.
+    Budget,
+    /// Any other 4xx: the request itself is wrong (a bug or an unsupported option).
+    Rejected(String),
+}
+
+impl CallError {
+    /// The failure's kind as reported in metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::Unreachable(_) => "unreachable",
+            CallError::Auth(_) => "auth",
+            CallError::GaveUp { kind, .. } => kind,
+            CallError::BadResponse(_) => "bad_response",
+            CallError::Budget => "token_budget",
+            CallError::Rejected(_) => "rejected",
+        }
+    }
+
+    /// Whether the whole node should stop (every further request would fail the same way).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, CallError::Unreachable(_) | CallError::Auth(_))
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Unreachable(s) | CallError::Auth(s) | CallError::Rejected(s) => {
+                f.write_str(s)
+            }
+            CallError::GaveUp { kind, detail } => {
+                write!(f, "gave up after retries ({kind}): {detail}")
+            }
+            CallError::BadResponse(s) => write!(f, "malformed response: {s}"),
+            CallError::Budget => f.write_str("the endpoint's token budget is spent"),
+        }
+    }
+}
+
+/// A response as cached: the server's JSON and when it arrived.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub body: Value,
+    /// RFC 3339 time the response arrived (for cached replies: when it first arrived).
+    pub at: String,
+    pub cached: bool,
+}
+
+impl Reply {
+    /// The first choice's message text.
+    pub fn content(&self) -> Option<&str> {
+        self.body
+            .pointer("/choices/0/message/content")
+            .and_then(Value::as_str)
+    }
+
+    /// The first choice's token logprobs: `[(token, logprob, [(alt token, alt logprob)])]`.
+    pub fn logprobs(&self) -> Vec<(String, f64, Vec<(String, f64)>)> {
+        let Some(items) = self
+            .body
+            .pointer("/choices/0/logprobs/content")
+            .and_then(Value::as_array)
+        else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .filter_map(|t| {
+                let tok = t.get("token")?.as_str()?.to_string();
+                let lp = t.get("logprob")?.as_f64()?;
+                let alts = t
+                    .get("top_logprobs")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| {
+                                Some((
+                                    x.get("token")?.as_str()?.to_string(),
+                                    x.get("logprob")?.as_f64()?,
+                                ))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Some((tok, lp, alts))
+            })
+            .collect()
+    }
+
+    pub fn usage(&self) -> (u64, u64) {
+        let g = |k: &str| {
+            self.body
+                .pointer(&format!("/usage/{k}"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
+        (g("prompt_tokens"), g("completion_tokens"))
+    }
+}
+
+/// A client for one endpoint, shared by all of a node's requests.
+pub struct Client {
+    pub name: String,
+    pub endpoint: Endpoint,
+    cache: LlmCache,
+    pub stats: Arc<Stats>,
+    permits: Arc<Semaphore>,
+    pace: Option<Mutex<Instant>>,
+    api_key: String,
+    /// The HTTP client, made on first use (for `provider: local`, once the server is up).
+    http: Mutex<Option<async_openai::Client<OpenAIConfig>>>,
+    /// The server relabel started, for `provider: local`; stopped when the client is dropped.
+    server: Mutex<Option<LocalServer>>,
+    server_log: Option<std::path::PathBuf>,
+}
+
+impl Client {
+    /// A client for `endpoint`. The API key is read from the environment now (a missing
+    /// variable is a clear error) and never stored anywhere but in memory.
+    pub fn new(
+        name: &str,
+        endpoint: Endpoint,
+        cache: LlmCache,
+        server_log: Option<std::path::PathBuf>,
+    ) -> Result<Client, String> {
+        let api_key = match &endpoint.api_key_env {
+            Some(var) => match std::env::var(var) {
+                Ok(k) if !k.trim().is_empty() => k,
+                _ => {
+                    return Err(format!(
+                        "LLM endpoint \"{name}\": the environment variable {var} (its `api_key_env`) is not set; export it before the run"
+                    ))
+                }
+            },
+            None => "none".to_string(),
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Ok(Client {
+            name: name.to_string(),
+            permits: Arc::new(Semaphore::new(endpoint.max_concurrency.max(1) as usize)),
+            pace: endpoint
+                .requests_per_minute
+                .map(|_| Mutex::new(Instant::now())),
+            endpoint,
+            cache,
+            stats: Arc::default(),
+            api_key,
+            http: Mutex::new(None),
+            server: Mutex::new(None),
+            server_log,
+        })
+    }
+
+    /// What a report says about the endpoint: name, provider, model (never the key).
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({}, model {})",
+            self.name,
+            match self.endpoint.provider {
+                Provider::Openai => self.endpoint.base_url.clone().unwrap_or_default(),
+                Provider::Local => "local llama-server".into(),
+            },
+            self.endpoint.model
+        )
+    }
+
+    /// Whether a local server was started (it is started only when a request misses the cache).
+    pub async fn server_started(&self) -> bool {
+        self.server.lock().await.is_some()
+    }
+
+    async fn http(&self) -> Result<async_openai::Client<OpenAIConfig>, CallError> {
+        let mut slot = self.http.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let base = match self.endpoint.provider {
+            Provider::Openai => self.endpoint.base_url.clone().unwrap_or_default(),
+            Provider::Local => {
+                let server = LocalServer::start(&self.endpoint, self.server_log.as_deref())
+                    .await
+                    .map_err(CallError::Unreachable)?;
+                let url = server.base_url();
+                *self.server.lock().await = Some(server);
+                url
+            }
+        };
+        let reqwest = reqwest::Client::builder()
+            .timeout(Duration::from_secs_f64(self.endpoint.timeout.max(0.001)))
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(self.endpoint.max_concurrency as usize)
+            .build()
+            .map_err(|e| CallError::Rejected(format!("building the HTTP client: {e}")))?;
+        let service = retrying(
+            reqwest.clone(),
+            self.endpoint.max_retries,
+            self.stats.clone(),
+        );
+        let config = OpenAIConfig::new()
+            .with_api_base(base.trim_end_matches('/'))
+            .with_api_key(self.api_key.clone());
+        let client = async_openai::Client::with_config(config)
+            .with_http_client(reqwest)
+            .with_http_service(service);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Sends a chat completion `request` (without `model`, which the endpoint sets), or answers
+    /// it from the cache. Only complete, well-formed responses are cached.
+    pub async fn chat(&self, mut request: Value) -> Result<Reply, CallError> {
+        request["model"] = json!(self.endpoint.model);
+        if let Some(hit) = self.cache.get(&request).ok().flatten() {
+            if let Some(body) = hit.get("response") {
+                Stats::add(&self.stats.cache_hits, 1);
+                return Ok(Reply {
+                    body: body.clone(),
+                    at: hit
+                        .get("at")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    cached: true,
+                });
+            }
+        }
+        if let Some(budget) = self.endpoint.token_budget {
+            let used =
+                Stats::get(&self.stats.prompt_tokens) + Stats::get(&self.stats.completion_tokens);
+            if used >= budget {
+                return Err(CallError::Budget);
+            }
+        }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        if let (Some(pace), Some(rpm)) = (&self.pace, self.endpoint.requests_per_minute) {
+            let gap = Duration::from_secs_f64(60.0 / rpm.max(1) as f64);
+            let wait = {
+                let mut next = pace.lock().await;
+                let now = Instant::now();
+                let at = (*next).max(now);
+                *next = at + gap;
+                at - now
+            };
+            tokio::time::sleep(wait).await;
+        }
+        let client = self.http().await?;
+        let result: Result<Value, OpenAIError> = client.chat().create_byot(request.clone()).await;
+        let body = match result {
+            Ok(b) => b,
+            Err(e) => return Err(self.classify(e)),
+        };
+        if body.pointer("/choices/0/message").is_none() {
+            Stats::add(&self.stats.bad_responses, 1);
+            return Err(CallError::BadResponse(truncate(&body.to_string(), 200)));
+        }
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let reply = Reply {
+            body,
+            at,
+            cached: false,
+        };
+        let (p, c) = reply.usage();
+        Stats::add(&self.stats.prompt_tokens, p);
+        Stats::add(&self.stats.completion_tokens, c);
+        // Durable before we use it: a run killed after this point never pays for it again.
+        let _ = self
+            .cache
+            .put(&request, &json!({"response": reply.body, "at": reply.at}));
+        Ok(reply)
+    }
+
+    fn classify(&self, e: OpenAIError) -> CallError {
+        let where_ = || {
+            format!(
+                "LLM endpoint \"{}\" ({})",
+                self.name,
+                self.endpoint.base_url.as_deref().unwrap_or("local")
+            )
+        };
+        match e {
+            OpenAIError::ApiError(api) => {
+                let status = api.status_code.as_u16();
+                let detail = format!("{} {}", status, truncate(&api.api_error.message, 200));
+                match status {
+                    401 | 403 => CallError::Auth(format!(
+                        "{}: the server refused the API key ({detail}); check {}",
+                        where_(),
+                        self.endpoint
+                            .api_key_env
+                            .as_deref()
+                            .unwrap_or("`api_key_env`")
+                    )),
+                    429 => CallError::GaveUp {
+                        kind: "rate_limited",
+                        detail,
+                    },
+                    s if s >= 500 => CallError::GaveUp {
+                        kind: "server_error",
+                        detail,
+                    },
+                    _ => CallError::Rejected(format!("{}: request rejected: {detail}", where_())),
+                }
+            }
+            OpenAIError::Reqwest(r) if r.is_timeout() => CallError::GaveUp {
+                kind: "timeout",
+                detail: format!("no answer within {} s", self.endpoint.timeout),
+            },
+            OpenAIError::Reqwest(r) if r.is_connect() => CallError::Unreachable(format!(
+                "{} is unreachable: {}; is the server running?",
+                where_(),
+                error_chain(&r)
+            )),
+            OpenAIError::JSONDeserialize(err, body) => {
+                Stats::add(&self.stats.bad_responses, 1);
+                CallError::BadResponse(format!("{err}: {}", truncate(&body, 200)))
+            }
+            other => {
+                let text = other.to_string();
+                if text.contains("timed out") || text.contains("timeout") {
+                    Stats::add(&self.stats.timeouts, 1);
+                    CallError::GaveUp {
+                        kind: "timeout",
+                        detail: text,
+                    }
+                } else {
+                    Stats::add(&self.stats.bad_responses, 1);
+                    CallError::BadResponse(truncate(&text, 200))
+                }
+            }
+        }
+    }
+
+    /// Counters as metrics: requests, cache hits, retried failures by kind, tokens and cost.
+    pub fn metrics(&self) -> serde_json::Map<String, Value> {
+        let s = &self.stats;
+        let g = Stats::get;
+        let (p, c) = (g(&s.prompt_tokens), g(&s.completion_tokens));
+        let mut m = serde_json::Map::new();
+        m.insert("endpoint".into(), json!(self.describe()));
+        m.insert("http_requests".into(), json!(g(&s.http_requests)));
+        m.insert("cache_hits".into(), json!(g(&s.cache_hits)));
+        let retried: BTreeMap<&str, u64> = [
+            ("rate_limited", g(&s.rate_limited)),
+            ("server_error", g(&s.server_errors)),
+            ("timeout", g(&s.timeouts)),
+            ("connect_error", g(&s.connect_errors)),
+            ("bad_response", g(&s.bad_responses)),
+        ]
+        .into();
+        m.insert("http_failures".into(), json!(retried));
+        m.insert("prompt_tokens".into(), json!(p));
+        m.insert("completion_tokens".into(), json!(c));
+        if let Some(cost) = self.endpoint.cost(p, c) {
+            m.insert("cost".into(), json!(cost));
+        }
+        m
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(n).collect::<String>())
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// The wait before retry `attempt` (0-based): exponential from 0.5 s, capped at 20 s, with jitter.
+fn backoff(attempt: u32) -> Duration {
+    let base = 0.5 * 2f64.powi(attempt.min(10) as i32);
+    let jitter = rand::random::<f64>() * 0.25 * base;
+    Duration::from_secs_f64((base + jitter).min(20.0))
+}
+
+/// Retry-After in seconds (the HTTP-date form falls back to the exponential wait).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let secs: f64 = v.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(300.0)))
+}
+
+/// The HTTP layer under async-openai: sends a request, retrying 429 (after Retry-After when the
+/// server gives one), 5xx, timeouts and refused connections up to `max_retries` times, and
+/// counting each kind. The final failed response goes up for async-openai to turn into an error.
+fn retrying(
+    client: reqwest::Client,
+    max_retries: u32,
+    stats: Arc<Stats>,
+) -> impl tower::Service<
+    HttpRequestFactory,
+    Response = reqwest::Response,
+    Error = OpenAIError,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    tower::service_fn(move |factory: HttpRequestFactory| {
+        let client = client.clone();
+        let stats = stats.clone();
+        async move {
+            let mut attempt = 0u32;
+            loop {
+                let request = factory.build().await?;
+                Stats::add(&stats.http_requests, 1);
+                let last = attempt >= max_retries;
+                let wait = match client.execute(request).await {
+                    Ok(resp) if resp.status().as_u16() == 429 => {
+                        Stats::add(&stats.rate_limited, 1);
+                        if last {
+                            return Ok(resp);
+                        }
+                        retry_after(resp.headers()).unwrap_or_else(|| backoff(attempt))
+                    }
+                    Ok(resp) if resp.status().is_server_error() => {
+                        Stats::add(&stats.server_errors, 1);
+                        if last {
+                            return Ok(resp);
+                        }
+                        backoff(attempt)
+                    }
+                    Ok(resp) => return Ok(resp),
+                    Err(e) if e.is_timeout() => {
+                        Stats::add(&stats.timeouts, 1);
+                        if last {
+                            return Err(OpenAIError::Reqwest(e));
+                        }
+                        backoff(attempt)
+                    }
+                    Err(e) if e.is_connect() => {
+                        Stats::add(&stats.connect_errors, 1);
+                        // A refused connection rarely heals: two quick retries, then report it.
+                        if last || attempt >= 2 {
+                            return Err(OpenAIError::Reqwest(e));
+                        }
+                        backoff(attempt)
+                    }
+                    Err(e) => return Err(OpenAIError::Reqwest(e)),
+                };
+                tracing::debug!(attempt, ?wait, "retrying an LLM request");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+        }
+    })
+}

@@ -1,0 +1,358 @@
+//! A scripted OpenAI-compatible HTTP server for fault tests and benchmarks (never for real
+//! answers): each request gets the reply a handler scripts (a status, headers, a body, a delay,
+//! or a hang), or is forwarded to a real server while being counted.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One HTTP request as the server read it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// 1-based arrival number.
+    pub seq: u64,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// What to answer.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Send {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+        delay: Duration,
+    },
+    /// Never answer (the client must time out).
+    Hang,
+}
+
+impl Reply {
+    pub fn ok(body: String) -> Reply {
+        Reply::Send {
+            status: 200,
+            headers: Vec::new(),
+            body,
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn status(status: u16, body: &str) -> Reply {
+        Reply::Send {
+            status,
+            headers: Vec::new(),
+            body: body.to_string(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn delayed(self, d: Duration) -> Reply {
+        match self {
+            Reply::Send {
+                status,
+                headers,
+                body,
+                ..
+            } => Reply::Send {
+                status,
+                headers,
+                body,
+                delay: d,
+            },
+            Reply::Hang => Reply::Hang,
+        }
+    }
+
+    pub fn header(self, k: &str, v: &str) -> Reply {
+        match self {
+            Reply::Send {
+                status,
+                mut headers,
+                body,
+                delay,
+            } => {
+                headers.push((k.into(), v.into()));
+                Reply::Send {
+                    status,
+                    headers,
+                    body,
+                    delay,
+                }
+            }
+            Reply::Hang => Reply::Hang,
+        }
+    }
+}
+
+pub type Handler = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
+
+enum Mode {
+    Script(Handler),
+    Forward(SocketAddr),
+}
+
+/// A running server on its own small runtime; stops when dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    requests: Arc<AtomicU64>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Server {
+    /// Serves `handler`'s replies on a free loopback port.
+    pub fn start(handler: Handler) -> io::Result<Server> {
+        Self::spawn(Mode::Script(handler))
+    }
+
+    /// Forwards every request to `upstream`, counting them: proof of how many requests a run sent.
+    pub fn proxy(upstream: SocketAddr) -> io::Result<Server> {
+        Self::spawn(Mode::Forward(upstream))
+    }
+
+    fn spawn(mode: Mode) -> io::Result<Server> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0"))?;
+        let addr = listener.local_addr()?;
+        let requests = Arc::new(AtomicU64::new(0));
+        let mode = Arc::new(mode);
+        let counter = requests.clone();
+        runtime.spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let mode = mode.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let _ = serve(sock, &mode, &counter).await;
+                });
+            }
+        });
+        Ok(Server {
+            addr,
+            requests,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT/v1`, for an endpoint's `base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn count(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// One request read off a connection.
+struct Raw {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// The request's bytes as received (for forwarding).
+    bytes: Vec<u8>,
+}
+
+async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Raw>> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let mut lines = head.split("\r\n");
+            let first = lines.next().unwrap_or("");
+            let mut parts = first.split_whitespace();
+            let method = parts.next().unwrap_or("").to_string();
+            let path = parts.next().unwrap_or("").to_string();
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let mut chunk = [0u8; 8192];
+                let n = sock.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let bytes = buf[..end + 4 + len].to_vec();
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return Ok(Some(Raw {
+                method,
+                path,
+                headers,
+                body,
+                bytes,
+            }));
+        }
+        let mut chunk = [0u8; 8192];
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn serve(mut sock: TcpStream, mode: &Mode, counter: &AtomicU64) -> io::Result<()> {
+    let mut buf = Vec::new();
+    while let Some(Raw {
+        method,
+        path,
+        headers,
+        body,
+        bytes: raw,
+    }) = read_request(&mut sock, &mut buf).await?
+    {
+        let seq = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        match mode {
+            Mode::Forward(up) => {
+                let mut upstream = TcpStream::connect(up).await?;
+                // One request per upstream connection: ask it to close when done.
+                let text = String::from_utf8_lossy(&raw);
+                let (head, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+                let head: Vec<&str> = head
+                    .split("\r\n")
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .collect();
+                let mut out = head.join("\r\n").into_bytes();
+                out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+                out.extend_from_slice(&body);
+                upstream.write_all(&out).await?;
+                let mut resp = Vec::new();
+                upstream.read_to_end(&mut resp).await?;
+                sock.write_all(&resp).await?;
+                return Ok(()); // the response said `Connection: close`
+            }
+            Mode::Script(handler) => {
+                let req = Request {
+                    method,
+                    path,
+                    headers,
+                    body,
+                    seq,
+                };
+                match handler(&req) {
+                    Reply::Hang => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return Ok(());
+                    }
+                    Reply::Send {
+                        status,
+                        headers,
+                        body,
+                        delay,
+                    } => {
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        let mut out = format!(
+                            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+                            reason(status),
+                            body.len()
+                        );
+                        for (k, v) in headers {
+                            out.push_str(&format!("{k}: {v}\r\n"));
+                        }
+                        out.push_str("\r\n");
+                        out.push_str(&body);
+                        sock.write_all(out.as_bytes()).await?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+/// An OpenAI chat completion body whose message is `content`.
+pub fn chat_completion(content: &str) -> String {
+    json!({
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "scripted",
+        "choices": [{
+            "index": 0,
+            "finish_reason": "stop",
+            "message": {"role": "assistant", "content": content},
+        }],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 8, "total_tokens": 108},
+    })
+    .to_string()
+}
+
+/// The two candidate labels a binary-relabel request offers (its JSON schema's enum).
+pub fn offered(request: &Value) -> Vec<String> {
+    request
+        .pointer("/response_format/json_schema/schema/properties/label/enum")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The text of the request's last user message.
+pub fn user_message(request: &Value) -> String {
+    request
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.iter().rev().find(|x| x["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_string()
+}

@@ -658,3 +658,225 @@ async fn judge(
     }
     Ok(d)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{LabelDef, Split};
+
+    const NAMES: [&str; 6] = [
+        "card_lost",
+        "top_up",
+        "refund",
+        "exchange_rate",
+        "pin_blocked",
+        "transfer_failed",
+    ];
+
+    fn dataset() -> Dataset {
+        let labels = LabelSpec {
+            labels: NAMES
+                .iter()
+                .map(|n| LabelDef {
+                    name: n.to_string(),
+                    definition: format!("Definition of {n}: the customer talks about {n}."),
+                    examples: vec![],
+                })
+                .collect(),
+        };
+        let mut train = Split::default();
+        for i in 0..60 {
+            train.ids.push(format!("t{i}"));
+            train
+                .texts
+                .push(format!("training text {i} about {}", NAMES[i % 6]));
+            train.labels.push((i % 6) as u32);
+        }
+        Dataset {
+            labels,
+            splits: [("train".to_string(), train)].into(),
+        }
+    }
+
+    fn flag(id: &str, label: &str, candidate: &str) -> Flag {
+        Flag {
+            split: "train".into(),
+            row: 0,
+            id: id.into(),
+            text: "where is my money, the transfer to my friend did not arrive".into(),
+            label: label.into(),
+            candidate: candidate.into(),
+            label_prob: 0.2,
+            candidate_prob: 0.7,
+            score: 0.8,
+            rule: "pred_neq_label".into(),
+        }
+    }
+
+    #[test]
+    fn prompts_show_only_the_two_candidates() {
+        let ds = dataset();
+        let flags = [
+            flag("t0", "card_lost", "transfer_failed"),
+            flag("t7", "top_up", "refund"),
+        ];
+        let flagged: HashSet<String> = flags.iter().map(|f| f.id.clone()).collect();
+        let p = Prompter::new(DEFAULT_TEMPLATE, &ds, &flagged, 3, 7).unwrap();
+        let mut orders = HashSet::new();
+        for f in &flags {
+            let order = p.order(f);
+            orders.insert(order[0] == f.label);
+            let prompt = p.render(f, order).unwrap();
+            for n in NAMES {
+                let shown = prompt.contains(n);
+                let allowed = n == f.label || n == f.candidate;
+                assert_eq!(
+                    shown, allowed,
+                    "label {n} in the prompt for {}:\n{prompt}",
+                    f.id
+                );
+                assert_eq!(prompt.contains(&format!("Definition of {n}")), allowed);
+            }
+            // Examples never include a flagged row, and there are 3 per candidate.
+            assert!(!prompt.contains("training text 0 "), "{prompt}");
+            assert_eq!(prompt.matches("\n- training text").count(), 6, "{prompt}");
+            insta::assert_snapshot!(format!("prompt_{}", f.id), prompt);
+        }
+        // The seeded order differs between rows here: both orders occur.
+        assert_eq!(orders.len(), 2);
+    }
+
+    #[test]
+    fn a_strict_template_fails_on_unknown_variables() {
+        let ds = dataset();
+        let p = Prompter::new(
+            "{{ text }} {{ not_a_variable }}",
+            &ds,
+            &HashSet::new(),
+            1,
+            0,
+        )
+        .unwrap();
+        let f = flag("t1", "top_up", "refund");
+        assert!(p.render(&f, p.order(&f)).is_err());
+    }
+
+    #[test]
+    fn answers_outside_the_pair_are_never_accepted() {
+        let pair = ["top_up", "refund"];
+        assert_eq!(
+            parse_answer(r#"{"label": "refund"}"#, pair),
+            Ok("refund".into())
+        );
+        assert_eq!(
+            parse_answer(r#"{"label":"TOP_UP"}"#, pair),
+            Ok("top_up".into())
+        );
+        assert_eq!(parse_answer("refund", pair), Ok("refund".into()));
+        assert_eq!(
+            parse_answer(r#"{"label": "card_lost"}"#, pair),
+            Err("out_of_set")
+        );
+        assert_eq!(
+            parse_answer(r#"{"answer": "refund"}"#, pair),
+            Err("malformed")
+        );
+        assert_eq!(
+            parse_answer("I would say refund or top_up", pair),
+            Err("malformed")
+        );
+        assert_eq!(parse_answer("", pair), Err("malformed"));
+        let mut d = Decision::undecided(flag("t1", "top_up", "refund"), "llm", "x");
+        d.decide("card_lost");
+        assert_eq!((d.outcome, d.chosen.clone()), (Outcome::Undecided, None));
+        d.decide("refund");
+        assert_eq!(d.outcome, Outcome::Change);
+        d.decide("top_up");
+        assert_eq!(d.outcome, Outcome::Keep);
+    }
+
+    #[test]
+    fn confidence_compares_the_two_labels_where_their_spellings_part() {
+        // "card_lost" vs "card_arrival": they part after "card_".
+        let content = r#"{"label": "card_lost"}"#;
+        let body = json!({"choices": [{"message": {"content": content}, "logprobs": {"content": [
+            {"token": "{\"label\": \"", "logprob": 0.0, "top_logprobs": []},
+            {"token": "card", "logprob": 0.0, "top_logprobs": []},
+            {"token": "_l", "logprob": (0.6f64).ln(), "top_logprobs": [
+                {"token": "_l", "logprob": (0.6f64).ln()},
+                {"token": "_a", "logprob": (0.2f64).ln()},
+                {"token": "_x", "logprob": (0.1f64).ln()}]},
+            {"token": "ost\"}", "logprob": 0.0, "top_logprobs": []}]}}]});
+        let reply = Reply {
+            body,
+            at: String::new(),
+            cached: false,
+        };
+        let c = confidence(&reply, content, "card_lost", "card_arrival").unwrap();
+        assert!((c - 0.75).abs() < 1e-9, "{c}");
+        // Without logprobs there is no confidence.
+        let bare = Reply {
+            body: json!({"choices": [{"message": {"content": content}}]}),
+            at: String::new(),
+            cached: false,
+        };
+        assert_eq!(
+            confidence(&bare, content, "card_lost", "card_arrival"),
+            None
+        );
+    }
+
+    #[test]
+    fn human_answers_must_be_one_of_the_rows_two_candidates() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = vec![
+            flag("a", "top_up", "refund"),
+            flag("b", "card_lost", "pin_blocked"),
+            flag("c", "refund", "exchange_rate"),
+        ];
+        let ds = dataset();
+        let p = Prompter::new(DEFAULT_TEMPLATE, &ds, &HashSet::new(), 2, 0).unwrap();
+        // A good file: one change, one keep, one skipped.
+        let good = dir.path().join("good.csv");
+        std::fs::write(&good, "id,answer\na,refund\nb,card_lost\nc,\n").unwrap();
+        let given = crate::human::read_answers(&good, &good).unwrap();
+        let ds_ = crate::human::apply_answers(&good, flags.clone(), given, &p.digest).unwrap();
+        let outcomes: Vec<Outcome> = ds_.iter().map(|d| d.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [Outcome::Change, Outcome::Keep, Outcome::Undecided]
+        );
+        assert!(ds_.iter().all(|d| d.source == "human"));
+        // A bad file: every problem with its line number; nothing imported.
+        let bad = dir.path().join("bad.csv");
+        std::fs::write(
+            &bad,
+            "id,answer\na,card_lost\nzz,refund\nb,pin_blocked\nb,card_lost\n",
+        )
+        .unwrap();
+        let given = crate::human::read_answers(&bad, &bad).unwrap();
+        let err = crate::human::apply_answers(&bad, flags.clone(), given, &p.digest).unwrap_err();
+        assert!(
+            err.contains(
+                "bad.csv:2: row \"a\": answer \"card_lost\" is not one of its two candidates"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("bad.csv:3: row id \"zz\""), "{err}");
+        assert!(
+            err.contains("bad.csv:5: row \"b\" is answered twice (first at line 4)"),
+            "{err}"
+        );
+        // Label Studio's export format is read too.
+        let ls = dir.path().join("export.json");
+        std::fs::write(
+            &ls,
+            json!([{"data": {"id": "a"}, "annotations": [{"result": [{"value": {"choices": ["refund"]}}]}]}]).to_string(),
+        )
+        .unwrap();
+        let given = crate::human::read_answers(&ls, &ls).unwrap();
+        let ds_ = crate::human::apply_answers(&ls, flags, given, &p.digest).unwrap();
+        assert_eq!(ds_[0].outcome, Outcome::Change);
+        assert_eq!(ds_[1].failure.as_deref(), Some("awaiting_human"));
+    }
+}

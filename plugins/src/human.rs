@@ -58,9 +58,9 @@ pub fn run(
         return Ok((ds, m));
     };
     let path = ctx.resolve(answers);
-    let given = read_answers(&path).map_err(NodeError::Failed)?;
+    let given = read_answers(&path, answers).map_err(NodeError::Failed)?;
     let decisions =
-        apply_answers(&path, flags, given, &prompter.digest).map_err(NodeError::Failed)?;
+        apply_answers(answers, flags, given, &prompter.digest).map_err(NodeError::Failed)?;
     m.insert("imported_from".into(), json!(answers.display().to_string()));
     Ok((decisions, m))
 }
@@ -142,9 +142,10 @@ pub struct Given {
     pub answer: String,
 }
 
-/// Reads a filled-in CSV, JSONL, or Label Studio export (JSON array of annotated tasks).
-pub fn read_answers(path: &Path) -> Result<Vec<Given>, String> {
-    let shown = path.display();
+/// Reads a filled-in CSV, JSONL, or Label Studio export (JSON array of annotated tasks);
+/// errors name the file as `shown`.
+pub fn read_answers(path: &Path, shown: &Path) -> Result<Vec<Given>, String> {
+    let shown = shown.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("answers {shown}: {e}"))?;
     let name = path.to_string_lossy().to_ascii_lowercase();
     let mut out = Vec::new();

@@ -14,7 +14,8 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
         "engine" => engine(root, args)?,
         "train" => crate::bench_train::train(root, args)?,
         "flag" => crate::bench_flag::flag(root, args)?,
-        other => bail!("unknown benchmark \"{other}\"; known: engine, train, flag"),
+        "llm" => crate::bench_llm::llm(root, args)?,
+        other => bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm"),
     };
     let out = json!({
         "benchmark": name,

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_flag;
+mod bench_llm;
 mod bench_train;
 mod setup_llm;
 

@@ -1,6 +1,7 @@
-//! The binary relabeler against a scripted OpenAI-compatible server that injects faults: 429 with
-//! Retry-After, 500s, a hang past the timeout, malformed and out-of-set answers, a prompt
-//! injection, an unreachable endpoint and a missing key. No label may ever leave its pair.
+//! The binary relabeler and apply_labels end to end: against a scripted OpenAI-compatible server
+//! that injects faults (429 with Retry-After, 500s, a hang past the timeout, malformed and
+//! out-of-set answers, a prompt injection, an unreachable endpoint, a missing key), and through
+//! the human path (export, fill in, import). No label may ever leave its pair.
 
 mod common;
 
@@ -319,4 +320,122 @@ fn an_unreachable_endpoint_and_a_missing_key_fail_with_a_clear_error() {
         err.contains("RELABEL_TEST_NO_SUCH_KEY") && err.contains("not set"),
         "{err}"
     );
+}
+
+const HUMAN: &str = r#"
+version: 1
+name: human
+nodes:
+  - id: data
+    kind: dataset
+    config: {train: train.jsonl, dev: dev.jsonl, labels: labels.yaml, id_column: id}
+  - id: flags
+    kind: command
+    config:
+      run: cp flags.jsonl ${outputs.flags}
+      files: [flags.jsonl]
+      outputs: [flags]
+  - id: relabel
+    kind: binary_relabeler
+    inputs: {flags: flags.flags, dataset: data.dataset}
+    config: {mode: human, export_to: to_label ANSWERS}
+  - id: apply
+    kind: apply_labels
+    inputs: {dataset: data.dataset, decisions: relabel.decisions}
+    config: {}
+"#;
+
+#[test]
+fn people_judge_the_exported_pairs_and_bad_answers_are_refused_with_row_numbers() {
+    let mut f = Fixture::new(&HUMAN.replace(" ANSWERS", ""));
+    write_inputs(&f);
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(
+        node(&report, "relabel")["metrics"]["awaiting_human"],
+        ROWS.len()
+    );
+    assert_eq!(node(&report, "apply")["metrics"]["changed"], 0);
+    // The export shows each row's two candidates and their definitions, and nothing else.
+    let csv = std::fs::read_to_string(f.path().join("to_label/relabel.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "id,split,text,current_label,model_prediction,current_definition,prediction_definition,answer"
+    );
+    assert_eq!(csv.lines().count(), ROWS.len() + 1);
+    let tasks: Value = serde_json::from_str(
+        &std::fs::read_to_string(f.path().join("to_label/label_studio_tasks.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        tasks[3]["data"]["options"],
+        json!([{"value": ROWS[3].1}, {"value": ROWS[3].2}])
+    );
+
+    // A person fills in the file: candidate for even rows, current label for odd, one left empty,
+    // and one answer that is neither candidate.
+    let mut filled = String::from("id,answer\n");
+    for (i, (_, label, cand)) in ROWS.iter().enumerate() {
+        let a = match i {
+            0 => "",
+            5 => "exchange_rate",
+            _ if i % 2 == 0 => cand,
+            _ => label,
+        };
+        filled.push_str(&format!("r{i},{a}\n"));
+    }
+    f.write("filled.csv", &filled);
+    let manifest = HUMAN.replace(" ANSWERS", ", answers: filled.csv");
+    f.write("p.yaml", &manifest);
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 1);
+    let err = node(&report, "relabel")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("filled.csv:7: row \"r5\": answer \"exchange_rate\" is not one of its two candidates \"pin_blocked\" / \"refund\""),
+        "{err}"
+    );
+    // Fixed, the import goes through and the changes land with a human audit trail.
+    f.write(
+        "filled.csv",
+        &filled.replace("r5,exchange_rate", "r5,refund"),
+    );
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    let m = &node(&report, "relabel")["metrics"];
+    assert_eq!(m["undecided"], 1);
+    let audit = read_jsonl(&output_path(&report, "apply", "audit"));
+    let expect: Vec<String> = (0..ROWS.len())
+        .filter(|i| *i != 0 && (i % 2 == 0 || *i == 5))
+        .map(|i| format!("r{i}"))
+        .collect();
+    let got: Vec<String> = audit
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, expect);
+    for a in &audit {
+        assert_eq!(a["source"], "human");
+        let i: usize = a["id"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(a["old_label"], ROWS[i].1);
+        assert_eq!(a["new_label"], ROWS[i].2);
+    }
+    // relabel diff over the two dataset folders agrees.
+    let out = f.output(&[
+        "diff",
+        output_path(&report, "data", "dataset").to_str().unwrap(),
+        output_path(&report, "apply", "dataset").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["changed"], expect.len());
+    assert_eq!(d["splits"]["train"]["changed"], expect.len());
 }

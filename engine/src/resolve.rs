@@ -43,7 +43,7 @@ pub struct NodeSpec {
     pub loc: Location,
     /// For kinds that use an LLM: the endpoint's name, its declaration, and the part of it
     /// that joins the cache key.
-    pub llm: Option<NodeLlm>,
+    pub llm: Option<Box<NodeLlm>>,
 }
 
 #[derive(Debug, Clone)]
@@ -691,7 +691,7 @@ fn node_llm(
     registry: &Registry,
     n: &RawNode,
     canonical: &serde_json::Value,
-) -> Option<NodeLlm> {
+) -> Option<Box<NodeLlm>> {
     let declared: Vec<&str> = raw.llm.iter().map(|(name, _, _)| name.as_str()).collect();
     let named = canonical.get("llm").and_then(|v| v.as_str());
     let name = match named {
@@ -734,11 +734,11 @@ fn node_llm(
     };
     let (_, v, _) = raw.llm.iter().find(|(n, _, _)| n == name)?;
     let endpoint = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
-    Some(NodeLlm {
+    Some(Box::new(NodeLlm {
         name: name.to_string(),
         key: registry.endpoint_key(&endpoint),
         endpoint,
-    })
+    }))
 }
 
 fn list_or_none(xs: &[&str]) -> String {

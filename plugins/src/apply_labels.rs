@@ -2,7 +2,6 @@
 //! of every change (row, old and new label, who decided, on what evidence, when).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use relabel_engine::plugin::{
     ConfigProblem, Inputs, Metrics, NodeContext, NodeError, NodeKind, NodeOutput,
@@ -275,8 +274,8 @@ pub fn diff(a: &Dataset, b: &Dataset, examples: usize) -> serde_json::Value {
     json!({"changed": total, "splits": splits})
 }
 
-/// Paths of datasets for `relabel diff`: a dataset folder.
-pub fn read_dataset(p: &PathBuf) -> Result<Dataset, String> {
+/// A dataset folder for `relabel diff`, with an error that says what was expected.
+pub fn read_dataset(p: &std::path::Path) -> Result<Dataset, String> {
     Dataset::read(p).map_err(|e| {
         format!(
             "{}: {e} (expected a dataset folder, as written by a dataset or apply_labels node)",

@@ -380,7 +380,8 @@ pub fn confidence(reply: &Reply, content: &str, chosen: &str, other: &str) -> Op
     let d = start + common;
     let other_rest = &other.as_bytes()[common..];
     let mut pos = 0usize;
-    for (tok, lp, alts) in &lps {
+    for t in &lps {
+        let (tok, lp, alts) = (&t.token, t.logprob, &t.top);
         let end = pos + tok.len();
         if d < end || (d == end && end == content.len()) {
             let p_c = lp.exp();

@@ -94,6 +94,14 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// One generated token, its logprob, and the alternatives the server reported.
+#[derive(Debug, Clone)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f64,
+    pub top: Vec<(String, f64)>,
+}
+
 /// A response as cached: the server's JSON and when it arrived.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -111,8 +119,8 @@ impl Reply {
             .and_then(Value::as_str)
     }
 
-    /// The first choice's token logprobs: `[(token, logprob, [(alt token, alt logprob)])]`.
-    pub fn logprobs(&self) -> Vec<(String, f64, Vec<(String, f64)>)> {
+    /// The first choice's token logprobs.
+    pub fn logprobs(&self) -> Vec<TokenLogprob> {
         let Some(items) = self
             .body
             .pointer("/choices/0/logprobs/content")
@@ -139,7 +147,11 @@ impl Reply {
                             .collect()
                     })
                     .unwrap_or_default();
-                Some((tok, lp, alts))
+                Some(TokenLogprob {
+                    token: tok,
+                    logprob: lp,
+                    top: alts,
+                })
             })
             .collect()
     }

@@ -73,13 +73,15 @@ nodes:
     Ok(())
 }
 
+/// A run: wall seconds, the relabel node's report entry, and (seconds, RSS kB) samples.
+struct Sampled {
+    wall: f64,
+    node: Value,
+    samples: Vec<(f64, u64)>,
+}
+
 /// Runs the pipeline, sampling the process's resident memory every 50 ms.
-fn run_sampled(
-    bin: &Path,
-    dir: &Path,
-    cache: &Path,
-    force: bool,
-) -> Result<(f64, Value, Vec<(f64, u64)>)> {
+fn run_sampled(bin: &Path, dir: &Path, cache: &Path, force: bool) -> Result<Sampled> {
     let report = dir.join("report.json");
     let mut cmd = Command::new(bin);
     cmd.args(["run", "p.yaml", "--cache"])
@@ -121,7 +123,11 @@ fn run_sampled(
         .and_then(|ns| ns.iter().find(|n| n["instance"] == "relabel"))
         .cloned()
         .context("no relabel node in the report")?;
-    Ok((wall, node, samples))
+    Ok(Sampled {
+        wall,
+        node,
+        samples,
+    })
 }
 
 const PEER: &str = r#"
@@ -165,7 +171,11 @@ pub fn llm(root: &Path, _args: &[String]) -> Result<Value> {
     let ideal = CONCURRENCY as f64 / (DELAY_MS as f64 / 1000.0);
 
     let sent0 = server.count();
-    let (wall, node, samples) = run_sampled(&bin, &work, &cache, false)?;
+    let Sampled {
+        wall,
+        node,
+        samples,
+    } = run_sampled(&bin, &work, &cache, false)?;
     let sent = server.count() - sent0;
     let secs = node["seconds"].as_f64().unwrap_or(wall);
     let throughput = ROWS as f64 / secs;
@@ -189,7 +199,7 @@ pub fn llm(root: &Path, _args: &[String]) -> Result<Value> {
 
     // The same rows again, forced: every answer comes from the LLM cache.
     let sent1 = server.count();
-    let (_, cached_node, _) = run_sampled(&bin, &work, &cache, true)?;
+    let cached_node = run_sampled(&bin, &work, &cache, true)?.node;
     let cached_secs = cached_node["seconds"].as_f64().unwrap_or(0.0);
     let resent = server.count() - sent1;
     println!("relabel, rerun from the LLM cache: {cached_secs:.2} s, {resent} requests sent");

@@ -46,7 +46,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask COMMAND\n\n  setup            fetch libtorch (CPU) and all-MiniLM-L6-v2 into ~/.cache/relabel (idempotent)\n  demo             setup, then run the demo pipeline\n  test             setup, then run every test\n  schema [--check] regenerate (or check) manifests/relabel.schema.json\n  bench NAME       run a benchmark (engine) and write docs/bench/NAME.json"
+                "usage: cargo xtask COMMAND\n\n  setup            fetch libtorch (CPU), all-MiniLM-L6-v2, llama-server and Qwen2.5 0.5B into ~/.cache/relabel (idempotent)\n  demo             setup, then run the demo pipeline\n  test             setup, then run every test\n  schema [--check] regenerate (or check) manifests/relabel.schema.json\n  bench NAME       run a benchmark (engine, train, flag, llm) and write docs/bench/NAME.json"
             );
             bail!("unknown or missing command")
         }
@@ -226,7 +226,11 @@ pub fn relabel_bin(root: &Path) -> Result<PathBuf> {
 
 fn demo(root: &Path, extra: &[String]) -> Result<()> {
     let bin = relabel_bin(root)?;
-    for manifest in ["manifests/demo.yaml", "manifests/classification.yaml"] {
+    for manifest in [
+        "manifests/demo.yaml",
+        "manifests/classification.yaml",
+        "manifests/relabel_classification.yaml",
+    ] {
         run(Command::new(&bin).args(["run", manifest]).args(extra))?;
     }
     Ok(())

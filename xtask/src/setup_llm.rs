@@ -46,12 +46,18 @@ fn cmake(cache: &Path) -> Result<PathBuf> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false);
-    if root
-        && Command::new("apt-get")
-            .args(["install", "-y", "-qq", "cmake"])
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(std::process::Stdio::null())
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
+    };
+    if root
+        && (apt(&["install", "-y", "-qq", "cmake"])
+            || (apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "cmake"])))
         && have("cmake")
     {
         return Ok(PathBuf::from("cmake"));

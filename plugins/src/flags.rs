@@ -17,12 +17,20 @@ pub struct Flag {
     pub label: String,
     /// The model's best label other than the current one (candidate B).
     pub candidate: String,
+    /// The model's probabilities of the two (NaN, written as null, when no model scored them,
+    /// as for rows mined by similarity).
+    #[serde(deserialize_with = "null_as_nan")]
     pub label_prob: f32,
+    #[serde(deserialize_with = "null_as_nan")]
     pub candidate_prob: f32,
     /// How suspicious the row is under the ranking in use (higher: more suspicious).
     pub score: f64,
     /// The rule that flagged it (the first that fired, in config order), or `all_rows`.
     pub rule: String,
+}
+
+pub(crate) fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
 }
 
 impl Flag {

@@ -7,6 +7,7 @@ pub mod data;
 pub mod dataset;
 pub mod disagreement_filter;
 pub mod endpoint;
+pub mod evaluator;
 pub mod flags;
 pub mod human;
 pub mod llm;
@@ -14,6 +15,7 @@ pub mod local_llm;
 pub mod predictions;
 pub mod scripted;
 pub mod self_predictor;
+pub mod similarity_miner;
 pub mod trainer;
 pub mod worker;
 
@@ -29,6 +31,9 @@ pub fn registry() -> Registry {
         typed(disagreement_filter::DisagreementFilter),
         typed(binary_relabeler::BinaryRelabeler),
         typed(apply_labels::ApplyLabels),
+        typed(evaluator::Evaluator),
+        typed(similarity_miner::Embedder),
+        typed(similarity_miner::SimilarityMiner),
     ])
     .with_endpoints(endpoint::check, endpoint::schema)
     .with_endpoint_key(endpoint::cache_key)

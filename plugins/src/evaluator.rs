@@ -1,0 +1,344 @@
+//! `evaluator`: accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix on dev
+//! and on the FIXED human test split; the test badcases (prediction != human label); and, when
+//! given, people's right/wrong judgements of model outputs with a 95% Wilson interval.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use relabel_engine::plugin::{
+    ConfigProblem, Inputs, Metrics, NodeContext, NodeError, NodeKind, NodeOutput,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::data::Dataset;
+use crate::predictions::SplitPredictions;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluatorConfig {
+    /// Splits to score (those present): dev labels change during relabelling, test's never do.
+    #[serde(default = "default_splits")]
+    pub splits: Vec<String>,
+    /// The split whose wrong predictions are the badcases.
+    #[serde(default = "default_badcase_split")]
+    pub badcase_split: String,
+    /// A file of people's judgements of model outputs: CSV or JSONL with `id` and
+    /// `correct` (right/wrong, true/false, 1/0).
+    #[serde(default)]
+    pub human_judgements: Option<PathBuf>,
+}
+
+fn default_splits() -> Vec<String> {
+    vec!["dev".into(), "test".into()]
+}
+
+fn default_badcase_split() -> String {
+    "test".into()
+}
+
+/// Scores of one split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitScores {
+    pub rows: usize,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    /// label -> {precision, recall, f1, support}
+    pub per_class: BTreeMap<String, ClassScores>,
+    /// confusion[given][predicted], in label order.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassScores {
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: u64,
+}
+
+/// Scores `predicted` against `label` over `names.len()` classes.
+pub fn score(names: &[&str], label: &[u32], predicted: &[u32]) -> SplitScores {
+    let c = names.len();
+    let mut confusion = vec![vec![0u64; c]; c];
+    for (&y, &p) in label.iter().zip(predicted) {
+        confusion[y as usize][p as usize] += 1;
+    }
+    let n = label.len();
+    let correct: u64 = (0..c).map(|k| confusion[k][k]).sum();
+    let mut per_class = BTreeMap::new();
+    let mut f1_sum = 0.0;
+    let mut present = 0usize;
+    for k in 0..c {
+        let tp = confusion[k][k] as f64;
+        let support: u64 = confusion[k].iter().sum();
+        let predicted_k: u64 = (0..c).map(|j| confusion[j][k]).sum();
+        let precision = if predicted_k == 0 {
+            0.0
+        } else {
+            tp / predicted_k as f64
+        };
+        let recall = if support == 0 {
+            0.0
+        } else {
+            tp / support as f64
+        };
+        let f1 = if precision + recall == 0.0 {
+            0.0
+        } else {
+            2.0 * precision * recall / (precision + recall)
+        };
+        // Macro-F1 over the classes that occur (in the labels or the predictions), as sklearn
+        // does with labels=None.
+        if support > 0 || predicted_k > 0 {
+            f1_sum += f1;
+            present += 1;
+        }
+        per_class.insert(
+            names[k].to_string(),
+            ClassScores {
+                precision,
+                recall,
+                f1,
+                support,
+            },
+        );
+    }
+    SplitScores {
+        rows: n,
+        accuracy: if n == 0 {
+            0.0
+        } else {
+            correct as f64 / n as f64
+        },
+        macro_f1: if present == 0 {
+            0.0
+        } else {
+            f1_sum / present as f64
+        },
+        per_class,
+        confusion,
+    }
+}
+
+/// The 95% Wilson score interval of `k` successes in `n` trials.
+pub fn wilson(k: u64, n: u64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let z = 1.959_963_984_540_054f64;
+    let (n, p) = (n as f64, k as f64 / n as f64);
+    let denom = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denom;
+    let half = z * ((p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt()) / denom;
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// Reads people's judgements: `(line, id, correct)`; errors name the file and line.
+pub fn read_judgements(
+    path: &std::path::Path,
+    shown: &std::path::Path,
+) -> Result<Vec<(usize, String, bool)>, String> {
+    let shown = shown.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    let parse = |line: usize, v: &str| -> Result<bool, String> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "right" | "correct" | "true" | "1" | "yes" => Ok(true),
+            "wrong" | "incorrect" | "false" | "0" | "no" => Ok(false),
+            other => Err(format!("{shown}:{line}: `correct` must be right/wrong (or true/false, 1/0); found \"{other}\"")),
+        }
+    };
+    let mut out = Vec::new();
+    if path
+        .to_string_lossy()
+        .to_ascii_lowercase()
+        .ends_with(".jsonl")
+    {
+        for (i, l) in text.lines().enumerate() {
+            if l.trim().is_empty() {
+                continue;
+            }
+            let v: Value =
+                serde_json::from_str(l).map_err(|e| format!("{shown}:{}: {e}", i + 1))?;
+            let c = match &v["correct"] {
+                Value::Bool(b) => *b,
+                Value::String(s) => parse(i + 1, s)?,
+                Value::Number(n) => parse(i + 1, &n.to_string())?,
+                _ => return Err(format!("{shown}:{}: missing `correct`", i + 1)),
+            };
+            let id = match &v["id"] {
+                Value::String(s) => s.clone(),
+                Value::Null => return Err(format!("{shown}:{}: missing `id`", i + 1)),
+                other => other.to_string(),
+            };
+            out.push((i + 1, id, c));
+        }
+    } else {
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let h = r.headers().map_err(|e| format!("{shown}: {e}"))?.clone();
+        let col = |n: &str| h.iter().position(|x| x.trim() == n);
+        let (Some(id), Some(c)) = (col("id"), col("correct")) else {
+            return Err(format!(
+                "{shown}:1: the header needs `id` and `correct` columns"
+            ));
+        };
+        for (i, rec) in r.records().enumerate() {
+            let line = i + 2;
+            let rec = rec.map_err(|e| format!("{shown}:{line}: {e}"))?;
+            out.push((
+                line,
+                rec.get(id).unwrap_or("").to_string(),
+                parse(line, rec.get(c).unwrap_or(""))?,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+pub struct Evaluator;
+
+impl NodeKind for Evaluator {
+    type Config = EvaluatorConfig;
+    const KIND: &'static str = "evaluator";
+    const VERSION: &'static str = "1";
+    const ABOUT: &'static str =
+        "Scores predictions on dev and the fixed test split; lists the test badcases";
+
+    fn outputs(_: &EvaluatorConfig) -> Vec<String> {
+        vec!["evaluation".into(), "badcases".into()]
+    }
+
+    fn files(c: &EvaluatorConfig) -> Vec<PathBuf> {
+        c.human_judgements.iter().cloned().collect()
+    }
+
+    fn check(_: &EvaluatorConfig, inputs: &[String]) -> Vec<ConfigProblem> {
+        crate::require_inputs(
+            inputs,
+            &["predictions", "dataset"],
+            "{predictions: PREDICT.predictions, dataset: DATA.dataset}",
+        )
+    }
+
+    async fn run(
+        &self,
+        ctx: NodeContext,
+        c: EvaluatorConfig,
+        inputs: Inputs,
+    ) -> Result<NodeOutput, NodeError> {
+        let fail = NodeError::Failed;
+        let ds =
+            Dataset::read(&inputs["dataset"].path).map_err(|e| fail(format!("dataset: {e}")))?;
+        let names = ds.labels.names();
+        let pred_dir = inputs["predictions"].path.clone();
+        let mut m = Metrics::new();
+        let mut evaluation = serde_json::Map::new();
+        let mut badcases = String::new();
+        let mut by_id: HashMap<String, (String, u32, u32)> = HashMap::new();
+        for split in &c.splits {
+            let Some(rows) = ds.split(split) else {
+                continue;
+            };
+            let p = SplitPredictions::read(&pred_dir.join(format!("{split}.bin")))
+                .map_err(|e| fail(format!("predictions for {split}: {e}")))?;
+            if p.rows() != rows.len() || p.classes != names.len() {
+                return Err(fail(format!(
+                    "predictions for {split} have {} rows x {} classes; the dataset has {} x {} (made from another dataset version?)",
+                    p.rows(), p.classes, rows.len(), names.len()
+                )));
+            }
+            // Score against the dataset's labels (the fixed human labels for test).
+            let s = score(&names, &rows.labels, &p.predicted);
+            m.insert(format!("{split}_accuracy"), json!(s.accuracy));
+            m.insert(format!("{split}_macro_f1"), json!(s.macro_f1));
+            for i in 0..rows.len() {
+                by_id.insert(
+                    rows.ids[i].clone(),
+                    (split.clone(), rows.labels[i], p.predicted[i]),
+                );
+            }
+            if *split == c.badcase_split {
+                let mut n = 0usize;
+                for i in 0..rows.len() {
+                    if p.predicted[i] != rows.labels[i] {
+                        n += 1;
+                        let (y, q) = (rows.labels[i] as usize, p.predicted[i] as usize);
+                        badcases.push_str(
+                            &json!({"split": split, "row": i, "id": rows.ids[i], "text": rows.texts[i],
+                                "label": names[y], "predicted": names[q],
+                                "label_prob": p.row(i)[y], "predicted_prob": p.row(i)[q]})
+                            .to_string(),
+                        );
+                        badcases.push('\n');
+                    }
+                }
+                m.insert("badcases".into(), json!(n));
+                m.insert(
+                    "badcase_rate".into(),
+                    json!(if rows.is_empty() {
+                        0.0
+                    } else {
+                        n as f64 / rows.len() as f64
+                    }),
+                );
+            }
+            evaluation.insert(
+                split.clone(),
+                serde_json::to_value(&s).expect("scores serialise"),
+            );
+        }
+        if evaluation.is_empty() {
+            return Err(fail(format!(
+                "none of the splits {:?} is in the dataset (it has: {})",
+                c.splits,
+                ds.splits.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if ds.split("dev").is_some() && c.splits.iter().any(|s| s == "dev") {
+            evaluation.insert("note".into(), json!("dev labels change during relabelling, so dev gains are inflated; judge by the fixed test split"));
+        }
+        if let Some(j) = &c.human_judgements {
+            let rows = read_judgements(&ctx.resolve(j), j).map_err(fail)?;
+            let mut problems = Vec::new();
+            let mut right = 0u64;
+            for (line, id, ok) in &rows {
+                if !by_id.contains_key(id) {
+                    problems.push(format!(
+                        "{}:{line}: row id \"{id}\" is not in the scored splits",
+                        j.display()
+                    ));
+                } else if *ok {
+                    right += 1;
+                }
+            }
+            if !problems.is_empty() {
+                problems.truncate(20);
+                return Err(fail(problems.join("\n")));
+            }
+            let n = rows.len() as u64;
+            let (lo, hi) = wilson(right, n);
+            let h = json!({"judged": n, "right": right, "accuracy": if n == 0 { 0.0 } else { right as f64 / n as f64 }, "wilson95": [lo, hi]});
+            m.insert("human_accuracy".into(), h["accuracy"].clone());
+            m.insert("human_accuracy_wilson95".into(), h["wilson95"].clone());
+            evaluation.insert("human".into(), h);
+        }
+        evaluation.insert("labels".into(), json!(names));
+        let out = ctx.output_path("evaluation");
+        std::fs::write(
+            &out,
+            serde_json::to_vec_pretty(&Value::Object(evaluation)).expect("json"),
+        )
+        .map_err(|e| NodeError::io("writing the evaluation", e))?;
+        let bad = ctx.output_path("badcases");
+        std::fs::write(&bad, badcases).map_err(|e| NodeError::io("writing badcases", e))?;
+        Ok(NodeOutput {
+            outputs: [
+                ("evaluation".to_string(), out),
+                ("badcases".to_string(), bad),
+            ]
+            .into(),
+            metrics: m,
+        })
+    }
+}

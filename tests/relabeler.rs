@@ -493,3 +493,62 @@ fn asking_in_both_orders_leaves_position_followers_undecided() {
         }
     }
 }
+
+#[test]
+fn the_miner_flags_similar_rows_and_never_proposes_equal_candidates() {
+    let f = Fixture::new(
+        r#"
+version: 1
+name: mine
+nodes:
+  - id: data
+    kind: dataset
+    config: {train: train.jsonl, dev: dev.jsonl, test: test.jsonl, labels: labels.yaml, id_column: id}
+  - id: bad
+    kind: command
+    config: {run: "cp badcases.jsonl ${outputs.badcases}", files: [badcases.jsonl], outputs: [badcases]}
+  - id: mine
+    kind: similarity_miner
+    inputs: {badcases: bad.badcases, dataset: data.dataset}
+    config: {top_k: 4, threshold: 0.2}
+"#,
+    );
+    write_inputs(&f);
+    f.write(
+        "test.jsonl",
+        &(json!({"id": "x0", "text": "lost debit card", "label": "card_lost"}).to_string()
+            + "\n"
+            + &json!({"id": "x1", "text": "the euro rate", "label": "exchange_rate"}).to_string()
+            + "\n"),
+    );
+    f.write(
+        "badcases.jsonl",
+        &(json!({"split": "test", "row": 0, "id": "x0", "text": "lost debit card", "label": "card_lost", "predicted": "top_up"}).to_string()
+            + "\n"
+            + &json!({"split": "test", "row": 1, "id": "x1", "text": "the euro rate", "label": "exchange_rate", "predicted": "refund"}).to_string()
+            + "\n"),
+    );
+    let mut f = f;
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    let m = &node(&report, "mine")["metrics"];
+    let flags = read_jsonl(&output_path(&report, "mine", "flags"));
+    assert!(!flags.is_empty(), "{m:#}");
+    assert!(
+        m["skipped_same_label"].as_u64().unwrap() >= 1,
+        "rows already labelled like the badcase are skipped: {m:#}"
+    );
+    for fl in &flags {
+        assert_ne!(fl["label"], fl["candidate"], "{fl}");
+        assert_eq!(fl["split"], "train");
+        assert!(fl["rule"].as_str().unwrap().starts_with("similar_to:x"));
+        assert!(fl["score"].as_f64().unwrap() >= 0.2);
+    }
+    // "fault-malformed lost debit card" (labelled exchange_rate) is the nearest row to x0.
+    assert!(
+        flags
+            .iter()
+            .any(|fl| fl["id"] == "r6" && fl["candidate"] == "card_lost"),
+        "{flags:?}"
+    );
+}

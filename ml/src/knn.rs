@@ -65,7 +65,7 @@ pub fn run(req: KnnRequest) -> Result<serde_json::Map<String, serde_json::Value>
     }
     let qbytes = std::fs::read(&req.queries)
         .with_context(|| format!("reading {}", req.queries.display()))?;
-    if qbytes.len() % (4 * d) != 0 {
+    if !qbytes.len().is_multiple_of(4 * d) {
         bail!(
             "{}: {} bytes is not a whole number of {d}-dim f32 rows",
             req.queries.display(),
@@ -79,7 +79,7 @@ pub fn run(req: KnnRequest) -> Result<serde_json::Map<String, serde_json::Value>
         q = normalise(q);
     }
     let size = std::fs::metadata(&req.corpus)?.len() as usize;
-    if size % (4 * d) != 0 {
+    if !size.is_multiple_of(4 * d) {
         bail!(
             "{}: {size} bytes is not a whole number of {d}-dim f32 rows",
             req.corpus.display()

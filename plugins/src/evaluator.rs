@@ -342,3 +342,59 @@ impl NodeKind for Evaluator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_match_a_hand_count() {
+        // labels a a a b b c, predicted a b a b c c
+        let s = score(&["a", "b", "c"], &[0, 0, 0, 1, 1, 2], &[0, 1, 0, 1, 2, 2]);
+        assert!((s.accuracy - 4.0 / 6.0).abs() < 1e-12);
+        assert_eq!(
+            s.confusion,
+            vec![vec![2, 1, 0], vec![0, 1, 1], vec![0, 0, 1]]
+        );
+        let a = &s.per_class["a"];
+        assert_eq!((a.precision, a.recall, a.support), (1.0, 2.0 / 3.0, 3));
+        let b = &s.per_class["b"];
+        assert_eq!((b.precision, b.recall), (0.5, 0.5));
+        let c = &s.per_class["c"];
+        assert_eq!((c.precision, c.recall), (0.5, 1.0));
+        let f1 = |p: f64, r: f64| 2.0 * p * r / (p + r);
+        let macro_f1 = (f1(1.0, 2.0 / 3.0) + 0.5 + f1(0.5, 1.0)) / 3.0;
+        assert!((s.macro_f1 - macro_f1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn wilson_interval_matches_known_values() {
+        // 81 of 263 (a textbook example): 0.2553 .. 0.3662
+        let (lo, hi) = wilson(81, 263);
+        assert!(
+            (lo - 0.2553).abs() < 5e-4 && (hi - 0.3662).abs() < 5e-4,
+            "{lo} {hi}"
+        );
+        let (lo, hi) = wilson(10, 10);
+        assert!(
+            (hi - 1.0).abs() < 1e-9 && (lo - 0.7225).abs() < 5e-4,
+            "{lo} {hi}"
+        );
+        assert_eq!(wilson(0, 0), (0.0, 1.0));
+    }
+
+    #[test]
+    fn judgements_name_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.csv");
+        std::fs::write(&p, "id,correct\nt1,right\nt2,wrong\nt3,maybe\n").unwrap();
+        let err = read_judgements(&p, std::path::Path::new("j.csv")).unwrap_err();
+        assert!(
+            err.starts_with("j.csv:4: `correct` must be right/wrong"),
+            "{err}"
+        );
+        std::fs::write(&p, "id,correct\nt1,right\nt2,0\n").unwrap();
+        let rows = read_judgements(&p, &p).unwrap();
+        assert_eq!(rows.iter().map(|r| r.2).collect::<Vec<_>>(), [true, false]);
+    }
+}

@@ -474,3 +474,67 @@ pub fn read_knn(path: &Path, q: usize, k: usize) -> Result<Vec<Vec<(usize, f32)>
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tfidf_knn_equals_a_brute_force_cosine() {
+        let corpus: Vec<String> = [
+            "my card was stolen",
+            "card lost yesterday",
+            "refund my order please",
+            "i want a refund",
+            "exchange rate for euros",
+            "what is the euro rate",
+            "my pin is blocked",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let queries = vec!["stolen card".to_string(), "euro exchange".to_string()];
+        let got = tfidf_knn(&corpus, &queries, 3);
+        // Brute force with the same weighting, dense.
+        let tok = |t: &str| -> Vec<String> { t.split_whitespace().map(String::from).collect() };
+        let mut vocab: Vec<String> = corpus.iter().flat_map(|t| tok(t)).collect();
+        vocab.sort();
+        vocab.dedup();
+        let n = corpus.len() as f32;
+        let idf: Vec<f32> = vocab
+            .iter()
+            .map(|w| {
+                let df = corpus.iter().filter(|t| tok(t).contains(w)).count() as f32;
+                ((1.0 + n) / (1.0 + df)).ln() + 1.0
+            })
+            .collect();
+        let vec = |t: &str| -> Vec<f32> {
+            let toks = tok(t);
+            let v: Vec<f32> = vocab
+                .iter()
+                .zip(&idf)
+                .map(|(w, i)| toks.iter().filter(|x| *x == w).count() as f32 * i)
+                .collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            v.into_iter().map(|x| x / norm).collect()
+        };
+        for (qi, q) in queries.iter().enumerate() {
+            let qv = vec(q);
+            let mut all: Vec<(usize, f32)> = corpus
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (i, vec(t).iter().zip(&qv).map(|(a, b)| a * b).sum()))
+                .filter(|(_, s)| *s > 0.0)
+                .collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            all.truncate(3);
+            assert_eq!(
+                got[qi].iter().map(|x| x.0).collect::<Vec<_>>(),
+                all.iter().map(|x| x.0).collect::<Vec<_>>()
+            );
+            for (g, w) in got[qi].iter().zip(&all) {
+                assert!((g.1 - w.1).abs() < 1e-5);
+            }
+        }
+    }
+}

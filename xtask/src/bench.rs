@@ -15,7 +15,8 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
         "train" => crate::bench_train::train(root, args)?,
         "flag" => crate::bench_flag::flag(root, args)?,
         "llm" => crate::bench_llm::llm(root, args)?,
-        other => bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm"),
+        "knn" => crate::bench_knn::knn(root, args)?,
+        other => bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, knn"),
     };
     let out = json!({
         "benchmark": name,

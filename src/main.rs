@@ -1,5 +1,7 @@
 //! The relabel command line: parses arguments and wires the engine to the built-in plugins.
 
+mod html_report;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -105,6 +107,17 @@ enum Cmd {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Render a run as a static HTML page (charts, no network) and a Markdown summary
+    Report {
+        /// A run id (a folder under CACHE/runs), `latest`, or a report.json path
+        #[arg(default_value = "latest")]
+        run: String,
+        /// Write report.html and summary.md here [default: the run's folder]
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -450,6 +463,39 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
             } else {
                 print!("{}", diff_text(&a, &b, &d));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Report { run, out, cache } => {
+            let fail = |msg: String| {
+                eprintln!("relabel: {msg}");
+                ExitCode::from(code::FAILED)
+            };
+            let path = if run.ends_with(".json") {
+                PathBuf::from(&run)
+            } else {
+                let runs = cache_dir(&cache).join("runs");
+                let id = if run == "latest" {
+                    let mut ids: Vec<String> = std::fs::read_dir(&runs)
+                        .map_err(|e| fail(format!("{}: {e}", runs.display())))?
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().to_string())
+                        .collect();
+                    ids.sort();
+                    ids.pop()
+                        .ok_or_else(|| fail(format!("no runs in {}", runs.display())))?
+                } else {
+                    run.clone()
+                };
+                runs.join(id).join("report.json")
+            };
+            let report: serde_json::Value = std::fs::read(&path)
+                .map_err(|e| fail(format!("{}: {e}", path.display())))
+                .and_then(|b| {
+                    serde_json::from_slice(&b).map_err(|e| fail(format!("{}: {e}", path.display())))
+                })?;
+            let dir = out.unwrap_or_else(|| path.parent().map(PathBuf::from).unwrap_or_default());
+            let page = html_report::write(&report, &dir).map_err(fail)?;
+            println!("{}", page.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cache { action, cache } => {

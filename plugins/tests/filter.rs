@@ -255,3 +255,78 @@ fn the_node_writes_flags_with_two_different_candidates() {
     }
     assert_eq!(flags[0].id, format!("r{}", flags[0].row));
 }
+
+/// Confident learning's prune-by-noise-rate written the plain way: for every class i and every
+/// other class j, the cj[i][j] rows labelled i with the largest margin p_j - p_i (ties: lower row).
+fn reference_noise_rate(p: &SplitPredictions) -> Vec<bool> {
+    let c = p.classes;
+    let cj = relabel_plugins::disagreement_filter::confident_joint(p);
+    let mut out = vec![false; p.rows()];
+    for i in 0..c {
+        let rows: Vec<usize> = (0..p.rows())
+            .filter(|&r| p.label[r] as usize == i)
+            .collect();
+        for j in (0..c).filter(|&j| j != i) {
+            let mut m: Vec<(f32, usize)> = rows
+                .iter()
+                .map(|&r| (p.row(r)[j] - p.row(r)[i], r))
+                .collect();
+            m.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            for &(_, r) in m.iter().take(cj_i[j]) {
+                out[r] = true;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn noise_rate_pruning_equals_the_plain_reference_on_random_probabilities() {
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    for (n, c, coarse) in [
+        (5000usize, 7usize, false),
+        (3000, 13, true),
+        (20_000, 37, false),
+        (500, 2, true),
+    ] {
+        let mut probs = Vec::with_capacity(n * c);
+        let mut labels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let truth = (next() % c as u64) as usize;
+            let given = if next() % 5 == 0 {
+                (next() % c as u64) as usize
+            } else {
+                truth
+            };
+            // Coarse values (multiples of 1/8) make many exact ties.
+            let mut row: Vec<f32> = (0..c)
+                .map(|j| {
+                    let u = (next() >> 40) as f32 / (1u64 << 24) as f32;
+                    let u = if coarse { (u * 8.0).floor() / 8.0 } else { u };
+                    u + if j == truth { 2.0 } else { 0.0 }
+                })
+                .collect();
+            let z: f32 = row.iter().sum();
+            row.iter_mut().for_each(|x| *x /= z);
+            probs.extend(row);
+            labels.push(given as u32);
+        }
+        let p = SplitPredictions::from_probs(c, probs, labels, vec![-1; n]);
+        let want = reference_noise_rate(&p);
+        let got = confident_learning(&p, ClMethod::PruneByNoiseRate);
+        let diff: Vec<usize> = (0..n).filter(|&r| want[r] != got[r]).collect();
+        assert!(
+            diff.is_empty(),
+            "n={n} c={c}: {} rows differ, e.g. {:?}",
+            diff.len(),
+            &diff[..diff.len().min(5)]
+        );
+        assert!(want.iter().any(|x| *x));
+    }
+}

@@ -262,7 +262,7 @@ fn reference_noise_rate(p: &SplitPredictions) -> Vec<bool> {
     let c = p.classes;
     let cj = relabel_plugins::disagreement_filter::confident_joint(p);
     let mut out = vec![false; p.rows()];
-    for i in 0..c {
+    for (i, cj_i) in cj.iter().enumerate() {
         let rows: Vec<usize> = (0..p.rows())
             .filter(|&r| p.label[r] as usize == i)
             .collect();

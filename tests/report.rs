@@ -1,4 +1,4 @@
-//! The badcase loop end to end (trainer, evaluator, TF-IDF similarity miner, relabeler against a
+//! The badcase loop end to end (trainer, evaluator, the model's own embeddings, similarity miner, relabeler against a
 //! scripted judge, apply) and its HTML report, loaded in a real headless Chromium: it renders
 //! without console errors and shows its charts.
 
@@ -48,9 +48,13 @@ nodes:
         kind: evaluator
         inputs: {{predictions: predict.predictions, dataset: rounds.dataset}}
         config: {{}}
+      - id: rep
+        kind: embedder
+        inputs: {{dataset: rounds.dataset, model: train.model}}
+        config: {{source: model}}
       - id: mine
         kind: similarity_miner
-        inputs: {{badcases: evaluate.badcases, dataset: rounds.dataset}}
+        inputs: {{badcases: evaluate.badcases, dataset: rounds.dataset, embeddings: rep.embeddings}}
         config: {{top_k: 3, threshold: 0.3}}
       - id: relabel
         kind: binary_relabeler
@@ -96,7 +100,12 @@ fn the_badcase_loop_runs_and_its_report_renders_in_headless_chromium() {
         "a 3-epoch model on 30% noise makes mistakes: {e1}"
     );
     let flags = read_jsonl(&output_path(&report, "mine@1", "flags"));
+    assert!(!flags.is_empty());
     assert!(flags.iter().all(|fl| fl["label"] != fl["candidate"]));
+    // Mined through the trained model's own representation and the worker's kNN.
+    assert_eq!(node(&report, "mine@1")["metrics"]["by"], "embeddings");
+    // fastText's hidden size (the trainer's default `fasttext.dim`).
+    assert_eq!(node(&report, "rep@1")["metrics"]["dim"], 64);
 
     let out = f.output(&["report", "latest", "--out", "html"]);
     assert!(

@@ -317,6 +317,11 @@ impl Classifier for Encoder {
         tch::no_grad(|| self.head.forward(&self.embed(&ids, &mask, false)))
     }
 
+    fn hidden(&self, enc: &Tokens, rows: &[usize]) -> Tensor {
+        let (ids, mask) = self.batch(enc, rows);
+        tch::no_grad(|| self.embed(&ids, &mask, false))
+    }
+
     fn save(&self, path: &Path) -> Result<()> {
         self.vs
             .save(path)

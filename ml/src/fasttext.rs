@@ -198,6 +198,13 @@ impl Classifier for FastText {
         self.logits_of(&idx, &offs)
     }
 
+    fn hidden(&self, enc: &Encoded, rows: &[usize]) -> Tensor {
+        let (idx, offs) = enc.batch(rows, self.vs.device());
+        tch::no_grad(|| {
+            Tensor::embedding_bag::<Tensor>(&self.emb, &idx, &offs, false, 1, false, None, false).0
+        })
+    }
+
     fn save(&self, path: &Path) -> Result<()> {
         FastText::save(self, path)
     }

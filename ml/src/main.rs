@@ -172,11 +172,12 @@ fn main() -> Result<()> {
                 "predict" => predict::run(serde_json::from_slice(&text)?)?,
                 "embed" => embed_task(serde_json::from_slice(&text)?)?,
                 "knn" => knn::run(serde_json::from_slice(&text)?)?,
-                other => bail!("unknown task \"{other}\" (known: train, predict, embed, knn)"),
+                "represent" => predict::represent(serde_json::from_slice(&text)?)?,
+                other => bail!("unknown task \"{other}\" (known: train, predict, embed, knn, represent)"),
             };
             progress::metrics(metrics);
             Ok(())
         }
-        _ => bail!("usage: relabel-ml env | relabel-ml task train|predict|embed|knn REQUEST.json"),
+        _ => bail!("usage: relabel-ml env | relabel-ml task train|predict|embed|knn|represent REQUEST.json"),
     }
 }

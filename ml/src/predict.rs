@@ -148,3 +148,55 @@ fn run_with<M: Classifier + 'static>(
     metrics.insert("mode".into(), json!(pm.mode));
     Ok(metrics)
 }
+
+/// `represent`: the trained model's own representation of a dataset's texts (what its output
+/// layer reads), written as `SPLIT.f32` + `meta.json` like the embedder's.
+#[derive(Deserialize)]
+pub struct RepresentRequest {
+    pub model: PathBuf,
+    pub dataset: PathBuf,
+    pub splits: Vec<String>,
+    pub out: PathBuf,
+}
+
+pub fn represent(req: RepresentRequest) -> Result<Map<String, Value>> {
+    let meta: ModelMeta = serde_json::from_slice(
+        &std::fs::read(req.model.join("model.json")).context("reading model.json")?,
+    )?;
+    let ds = Dataset::read(&req.dataset).context("reading the dataset")?;
+    match crate::fresh(&meta.config, meta.labels.len())? {
+        AnyModel::FastText(m) => represent_with(m, &req, &ds),
+        AnyModel::Encoder(m) => represent_with(*m, &req, &ds),
+    }
+}
+
+fn represent_with<M: Classifier>(
+    mut model: M,
+    req: &RepresentRequest,
+    ds: &Dataset,
+) -> Result<Map<String, Value>> {
+    model.reload(&checkpoint_path(&req.model))?;
+    std::fs::create_dir_all(&req.out)?;
+    let mut rows_per = serde_json::Map::new();
+    let mut dim = 0i64;
+    for s in &req.splits {
+        let Some(split) = ds.split(s) else { continue };
+        let enc = model.encode(&split.texts)?;
+        let rows: Vec<usize> = (0..split.len()).collect();
+        let mut bytes = Vec::new();
+        for chunk in rows.chunks(model.eval_batch()) {
+            let h = model.hidden(&enc, chunk).to(tch::Device::Cpu).contiguous();
+            dim = h.size()[1];
+            let v: Vec<f32> = Vec::<f32>::try_from(h.flatten(0, -1))?;
+            bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        }
+        std::fs::write(req.out.join(format!("{s}.f32")), bytes)?;
+        rows_per.insert(s.clone(), json!(split.len()));
+    }
+    let meta = json!({"dim": dim, "rows": rows_per, "model": req.model.display().to_string()});
+    std::fs::write(req.out.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
+    let mut m = Map::new();
+    m.insert("dim".into(), json!(dim));
+    m.insert("rows".into(), Value::Object(rows_per));
+    Ok(m)
+}

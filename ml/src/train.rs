@@ -27,6 +27,8 @@ pub trait Classifier {
     ) -> Result<f64>;
     /// Class logits of `rows`, without gradients or dropout.
     fn logits(&self, enc: &Self::Encoded, rows: &[usize]) -> Tensor;
+    /// The representation the output layer reads (for similarity search), without gradients.
+    fn hidden(&self, enc: &Self::Encoded, rows: &[usize]) -> Tensor;
     fn save(&self, path: &Path) -> Result<()>;
     fn reload(&mut self, path: &Path) -> Result<()>;
     fn device(&self) -> Device;

@@ -19,9 +19,22 @@ use crate::data::Dataset;
 use crate::flags::{self, Flag};
 use crate::trainer::EncoderConfig;
 
+/// Where embeddings come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbeddingSource {
+    /// The pretrained sentence encoder (all-MiniLM-L6-v2), mean-pooled.
+    #[default]
+    Pretrained,
+    /// The trained model's own representation (input `model`): what its output layer reads.
+    Model,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedderConfig {
+    #[serde(default)]
+    pub source: EmbeddingSource,
     /// The pretrained encoder (default: all-MiniLM-L6-v2 as fetched by set-up).
     #[serde(default)]
     pub encoder: EncoderConfig,
@@ -50,14 +63,23 @@ impl NodeKind for Embedder {
     const KIND: &'static str = "embedder";
     const VERSION: &'static str = "1";
     const ABOUT: &'static str =
-        "Sentence embeddings of a dataset's texts (pretrained MiniLM), for similarity mining";
+        "Embeddings of a dataset's texts (pretrained MiniLM, or the trained model's own), for similarity mining";
 
     fn outputs(_: &EmbedderConfig) -> Vec<String> {
         vec!["embeddings".into()]
     }
 
-    fn check(_: &EmbedderConfig, inputs: &[String]) -> Vec<ConfigProblem> {
-        crate::require_inputs(inputs, &["dataset"], "{dataset: DATA.dataset}")
+    fn check(c: &EmbedderConfig, inputs: &[String]) -> Vec<ConfigProblem> {
+        match c.source {
+            EmbeddingSource::Pretrained => {
+                crate::require_inputs(inputs, &["dataset"], "{dataset: DATA.dataset}")
+            }
+            EmbeddingSource::Model => crate::require_inputs(
+                inputs,
+                &["dataset", "model"],
+                "{dataset: DATA.dataset, model: TRAIN.model}",
+            ),
+        }
     }
 
     async fn run(
@@ -69,6 +91,17 @@ impl NodeKind for Embedder {
         let ds = Dataset::read(&inputs["dataset"].path)
             .map_err(|e| NodeError::Failed(format!("dataset: {e}")))?;
         let out = ctx.output_path("embeddings");
+        if c.source == EmbeddingSource::Model {
+            let request = json!({
+                "model": inputs["model"].path, "dataset": inputs["dataset"].path,
+                "splits": c.splits, "out": out,
+            });
+            let metrics = crate::worker::run_task(&ctx, "represent", &request).await?;
+            return Ok(NodeOutput {
+                outputs: [("embeddings".to_string(), out)].into(),
+                metrics,
+            });
+        }
         std::fs::create_dir_all(&out).map_err(|e| NodeError::io("embeddings folder", e))?;
         let mut meta = EmbeddingsMeta {
             dim: 0,

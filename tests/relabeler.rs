@@ -552,3 +552,77 @@ nodes:
         "{flags:?}"
     );
 }
+
+#[test]
+fn embeddings_from_an_endpoint_feed_the_miner_and_are_cached() {
+    // A scripted embeddings endpoint: letter counts of each text (26 dimensions).
+    let server = Server::start(Arc::new(|req| {
+        let body = req.json().unwrap_or(Value::Null);
+        assert!(req.path.ends_with("/embeddings"), "{}", req.path);
+        let data: Vec<Value> = body["input"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut v = vec![0f32; 26];
+                for ch in t.as_str().unwrap().to_lowercase().chars().filter(|c| c.is_ascii_lowercase()) {
+                    v[(ch as u8 - b'a') as usize] += 1.0;
+                }
+                json!({"object": "embedding", "index": i, "embedding": v})
+            })
+            .collect();
+        Reply::ok(json!({"object": "list", "data": data, "model": "letters", "usage": {"prompt_tokens": 10, "total_tokens": 10}}).to_string())
+    }))
+    .unwrap();
+    let mut f = Fixture::new(&format!(
+        r#"
+version: 1
+name: emb
+llm:
+  emb: {{base_url: "{}", model: letters}}
+nodes:
+  - id: data
+    kind: dataset
+    config: {{train: train.jsonl, dev: dev.jsonl, test: test.jsonl, labels: labels.yaml, id_column: id}}
+  - id: embed
+    kind: embedder
+    inputs: {{dataset: data.dataset}}
+    config: {{source: endpoint, llm: emb, batch: 4}}
+  - id: bad
+    kind: command
+    config: {{run: "cp badcases.jsonl ${{outputs.badcases}}", files: [badcases.jsonl], outputs: [badcases]}}
+  - id: mine
+    kind: similarity_miner
+    inputs: {{badcases: bad.badcases, dataset: data.dataset, embeddings: embed.embeddings}}
+    config: {{top_k: 3, threshold: 0.5}}
+"#,
+        server.base_url()
+    ));
+    write_inputs(&f);
+    f.write(
+        "test.jsonl",
+        &(json!({"id": "x0", "text": "lost debit card", "label": "card_lost"}).to_string() + "\n"),
+    );
+    f.write(
+        "badcases.jsonl",
+        &(json!({"split": "test", "row": 0, "id": "x0", "text": "lost debit card", "label": "card_lost", "predicted": "top_up"}).to_string() + "\n"),
+    );
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    // train 16 rows, dev 5, test 1: 4 + 2 + 1 requests of at most 4 texts.
+    assert_eq!(server.count(), 7);
+    assert_eq!(node(&report, "embed")["metrics"]["dim"], 26);
+    let m = &node(&report, "mine")["metrics"];
+    assert_eq!(m["by"], "embeddings");
+    let flags = read_jsonl(&output_path(&report, "mine", "flags"));
+    assert!(
+        flags.iter().any(|fl| fl["id"] == "r6"),
+        "the row with the same words is mined: {flags:?}"
+    );
+    assert!(flags.iter().all(|fl| fl["label"] != fl["candidate"]));
+    // Forced again: every batch comes from the cache.
+    let (code, _) = f.run(&["--force", "embed"]);
+    assert_eq!(code, 0);
+    assert_eq!(server.count(), 7, "the rerun sent requests");
+}

@@ -140,10 +140,13 @@ pub trait NodeKind: Send + Sync + 'static {
     /// The names of the outputs this config produces; the first is the default output.
     fn outputs(config: &Self::Config) -> Vec<String>;
 
-    /// Kinds that call an LLM set this: their config's `llm` field names an endpoint of the
-    /// manifest's `llm:` section (optional when it declares exactly one), which the engine checks,
-    /// adds to the cache key and hands to the node in [`NodeContext::llm`].
-    const USES_LLM: bool = false;
+    /// Whether a node with this config calls an LLM endpoint. If so, its config's `llm` field
+    /// names an endpoint of the manifest's `llm:` section (optional when it declares exactly
+    /// one), which the engine checks, adds to the cache key and hands to the node in
+    /// [`NodeContext::llm`].
+    fn uses_llm(_config: &Self::Config) -> bool {
+        false
+    }
 
     /// Files the config refers to, relative to the manifest's folder: their contents join the cache key.
     fn files(_config: &Self::Config) -> Vec<PathBuf> {
@@ -169,6 +172,8 @@ pub struct CheckedConfig {
     pub canonical: serde_json::Value,
     pub outputs: Vec<String>,
     pub files: Vec<PathBuf>,
+    /// See [`NodeKind::uses_llm`].
+    pub uses_llm: bool,
 }
 
 /// The object-safe face of a node kind, as the engine sees it.
@@ -177,8 +182,6 @@ pub trait Plugin: Send + Sync {
     fn version(&self) -> &'static str;
     fn about(&self) -> &'static str;
     fn config_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema;
-    /// Whether the kind calls an LLM (see [`NodeKind::USES_LLM`]).
-    fn uses_llm(&self) -> bool;
     /// Types and checks a config; problems carry paths relative to `config`.
     fn check(
         &self,
@@ -256,10 +259,6 @@ impl<K: NodeKind> Plugin for Typed<K> {
         K::ABOUT
     }
 
-    fn uses_llm(&self) -> bool {
-        K::USES_LLM
-    }
-
     fn config_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         generator.subschema_for::<K::Config>()
     }
@@ -280,6 +279,7 @@ impl<K: NodeKind> Plugin for Typed<K> {
             canonical,
             outputs: K::outputs(&typed),
             files: K::files(&typed),
+            uses_llm: K::uses_llm(&typed),
         })
     }
 

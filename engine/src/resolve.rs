@@ -211,7 +211,7 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
             Ok(c) => Checked {
                 outputs: Some(c.outputs.clone()),
                 spec: Some(NodeSpec {
-                    llm: if plugin.uses_llm() {
+                    llm: if c.uses_llm {
                         node_llm(r, raw, registry, n, &c.canonical)
                     } else {
                         None

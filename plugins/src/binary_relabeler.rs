@@ -414,7 +414,10 @@ impl NodeKind for BinaryRelabeler {
     const KIND: &'static str = "binary_relabeler";
     const VERSION: &'static str = "1";
     const ABOUT: &'static str = "For each flagged row, an LLM or a person chooses between its current label and the model's candidate";
-    const USES_LLM: bool = true;
+
+    fn uses_llm(c: &RelabelerConfig) -> bool {
+        c.mode == Mode::Llm
+    }
 
     fn outputs(c: &RelabelerConfig) -> Vec<String> {
         match c.mode {

@@ -342,6 +342,77 @@ impl Client {
         Ok(reply)
     }
 
+    /// Embeddings of `texts` from the endpoint's `/embeddings`, one request per call, answered
+    /// from the LLM cache when the same request was answered before.
+    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, CallError> {
+        let request =
+            json!({"model": self.endpoint.model, "input": texts, "encoding_format": "float"});
+        let key = json!({"embeddings": request});
+        let body = match self.cache.get(&key).ok().flatten() {
+            Some(hit) => {
+                Stats::add(&self.stats.cache_hits, 1);
+                hit
+            }
+            None => {
+                let _permit = self
+                    .permits
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
+                let client = self.http().await?;
+                let body: Value = client
+                    .embeddings()
+                    .create_byot(request.clone())
+                    .await
+                    .map_err(|e| self.classify(e))?;
+                let (p, _) = (
+                    body.pointer("/usage/prompt_tokens")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0),
+                    0,
+                );
+                Stats::add(&self.stats.prompt_tokens, p);
+                body
+            }
+        };
+        let data = body
+            .get("data")
+            .and_then(Value::as_array)
+            .ok_or_else(|| CallError::BadResponse(truncate(&body.to_string(), 200)))?;
+        let mut out = vec![Vec::new(); texts.len()];
+        for (pos, d) in data.iter().enumerate() {
+            let i = d
+                .get("index")
+                .and_then(Value::as_u64)
+                .map(|i| i as usize)
+                .unwrap_or(pos);
+            let v: Option<Vec<f32>> = d.get("embedding").and_then(Value::as_array).map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_f64().map(|x| x as f32))
+                    .collect()
+            });
+            match (out.get_mut(i), v) {
+                (Some(slot), Some(v)) => *slot = v,
+                _ => {
+                    return Err(CallError::BadResponse(format!(
+                        "embedding {pos} is malformed"
+                    )))
+                }
+            }
+        }
+        let dim = out.first().map(Vec::len).unwrap_or(0);
+        if dim == 0 || out.iter().any(|v| v.len() != dim) {
+            Stats::add(&self.stats.bad_responses, 1);
+            return Err(CallError::BadResponse(format!(
+                "expected {} embeddings of one dimension; got {:?}",
+                texts.len(),
+                out.iter().map(Vec::len).collect::<Vec<_>>()
+            )));
+        }
+        let _ = self.cache.put(&key, &body);
+        Ok(out)
+    }
+
     fn classify(&self, e: OpenAIError) -> CallError {
         let where_ = || {
             format!(

@@ -28,6 +28,8 @@ pub enum EmbeddingSource {
     Pretrained,
     /// The trained model's own representation (input `model`): what its output layer reads.
     Model,
+    /// An OpenAI-compatible `/v1/embeddings` endpoint (named by `llm`).
+    Endpoint,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -35,6 +37,12 @@ pub enum EmbeddingSource {
 pub struct EmbedderConfig {
     #[serde(default)]
     pub source: EmbeddingSource,
+    /// `source: endpoint`: the endpoint (a name from the manifest's `llm:` section).
+    #[serde(default)]
+    pub llm: Option<String>,
+    /// `source: endpoint`: texts per request.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
     /// The pretrained encoder (default: all-MiniLM-L6-v2 as fetched by set-up).
     #[serde(default)]
     pub encoder: EncoderConfig,
@@ -42,6 +50,10 @@ pub struct EmbedderConfig {
     pub splits: Vec<String>,
     #[serde(default)]
     pub threads: Option<i32>,
+}
+
+fn default_batch() -> usize {
+    64
 }
 
 fn all_splits() -> Vec<String> {
@@ -69,9 +81,13 @@ impl NodeKind for Embedder {
         vec!["embeddings".into()]
     }
 
+    fn uses_llm(c: &EmbedderConfig) -> bool {
+        c.source == EmbeddingSource::Endpoint
+    }
+
     fn check(c: &EmbedderConfig, inputs: &[String]) -> Vec<ConfigProblem> {
         match c.source {
-            EmbeddingSource::Pretrained => {
+            EmbeddingSource::Pretrained | EmbeddingSource::Endpoint => {
                 crate::require_inputs(inputs, &["dataset"], "{dataset: DATA.dataset}")
             }
             EmbeddingSource::Model => crate::require_inputs(
@@ -103,6 +119,9 @@ impl NodeKind for Embedder {
             });
         }
         std::fs::create_dir_all(&out).map_err(|e| NodeError::io("embeddings folder", e))?;
+        if c.source == EmbeddingSource::Endpoint {
+            return embed_by_endpoint(&ctx, &c, &ds, &out).await;
+        }
         let mut meta = EmbeddingsMeta {
             dim: 0,
             rows: BTreeMap::new(),
@@ -139,6 +158,71 @@ impl NodeKind for Embedder {
             metrics,
         })
     }
+}
+
+/// Embeds every split's texts through the node's endpoint, `batch` texts per request.
+async fn embed_by_endpoint(
+    ctx: &NodeContext,
+    c: &EmbedderConfig,
+    ds: &Dataset,
+    out: &Path,
+) -> Result<NodeOutput, NodeError> {
+    let (name, endpoint) = match &ctx.llm {
+        Some((name, v)) => (
+            name.clone(),
+            serde_json::from_value::<crate::endpoint::Endpoint>(v.clone())
+                .map_err(|e| NodeError::Failed(format!("llm endpoint \"{name}\": {e}")))?,
+        ),
+        None => {
+            return Err(NodeError::Failed(
+                "source: endpoint needs an endpoint: declare one under the manifest's `llm:` and name it in `llm`".into(),
+            ))
+        }
+    };
+    let client = crate::llm::Client::new(&name, endpoint, ctx.llm_cache.clone(), None)
+        .map_err(NodeError::Failed)?;
+    let mut meta = EmbeddingsMeta {
+        dim: 0,
+        rows: BTreeMap::new(),
+        model: client.describe(),
+    };
+    for s in &c.splits {
+        let Some(split) = ds.split(s) else { continue };
+        let mut bytes = Vec::with_capacity(split.len() * 4 * 384);
+        for chunk in split.texts.chunks(c.batch.max(1)) {
+            let vs = client
+                .embed(chunk)
+                .await
+                .map_err(|e| NodeError::Failed(format!("embedding {s}: {e}")))?;
+            for v in vs {
+                if meta.dim == 0 {
+                    meta.dim = v.len();
+                } else if v.len() != meta.dim {
+                    return Err(NodeError::Failed(format!(
+                        "the endpoint returned embeddings of {} and {} dimensions",
+                        meta.dim,
+                        v.len()
+                    )));
+                }
+                bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+            }
+        }
+        std::fs::write(out.join(format!("{s}.f32")), bytes)
+            .map_err(|e| NodeError::io("writing embeddings", e))?;
+        meta.rows.insert(s.clone(), split.len());
+    }
+    std::fs::write(
+        out.join("meta.json"),
+        serde_json::to_vec_pretty(&meta).expect("json"),
+    )
+    .map_err(|e| NodeError::io("embeddings meta", e))?;
+    let mut m = client.metrics();
+    m.insert("dim".into(), json!(meta.dim));
+    m.insert("rows".into(), json!(meta.rows));
+    Ok(NodeOutput {
+        outputs: [("embeddings".to_string(), out.to_path_buf())].into(),
+        metrics: m,
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -125,7 +125,7 @@ pub fn knn(root: &Path, _args: &[String]) -> Result<Value> {
         ours_kb / 1024
     );
 
-    let py = crate::bench::bench_venv("numpy", &["numpy==2.5.5"])?.join("bin/python");
+    let py = crate::bench::bench_venv("numpy", &["numpy==2.4.6"])?.join("bin/python");
     let peer_out = dir.join("numpy.bin");
     let (np_s, np_kb) = timed(
         Command::new("/usr/bin/time")

@@ -142,7 +142,7 @@ pub fn thresholds(p: &SplitPredictions) -> Vec<f32> {
             || (vec![0f64; c], vec![0usize; c]),
             |(mut sum, mut n), i| {
                 let l = p.label[i] as usize;
-                sum[l] += p.probs[i * c + l] as f64;
+                sum[l] += p.label_prob[i] as f64;
                 n[l] += 1;
                 (sum, n)
             },
@@ -438,7 +438,7 @@ pub fn confident_learning(p: &SplitPredictions, method: ClMethod) -> Vec<bool> {
                 let k: usize = (0..c).filter(|&j| j != i).map(|j| cj[i][j]).sum();
                 let neg: Vec<(f32, u32)> = rows
                     .iter()
-                    .map(|&r| (-p.probs[r as usize * c + i], r))
+                    .map(|&r| (-p.label_prob[r as usize], r))
                     .collect();
                 largest(neg, k).into_iter().map(|(_, r)| r).collect()
             })
@@ -478,7 +478,7 @@ pub fn score(p: &SplitPredictions, i: usize, rank: RankBy) -> f64 {
     let given = p.label[i] as usize;
     let row = p.row(i);
     match rank {
-        RankBy::SelfConfidence => 1.0 - row[given] as f64,
+        RankBy::SelfConfidence => 1.0 - p.label_prob[i] as f64,
         RankBy::NormalizedMargin => (1.0 - (row[given] - best_other(row, given).1) as f64) / 2.0,
         RankBy::Loss => p.loss[i] as f64,
     }
@@ -600,26 +600,26 @@ pub fn filter(splits: &[(&str, &SplitPredictions)], cfg: &FilterConfig) -> Vec<C
         };
         {
             use rayon::prelude::*;
-            let made: Vec<Candidate> = fired
+            // Scores in parallel; the rule names (shared, reference-counted) attached after, on
+            // one thread, so the count is not contended.
+            let made: Vec<(usize, usize, f64)> = fired
                 .into_par_iter()
                 .enumerate()
                 .with_min_len(1 << 14)
-                .filter_map(|(i, f)| {
-                    let r = f?;
-                    let rule = match (cfg.all_rows, cfg.combine) {
-                        (true, _) => all_rows_name.clone(),
-                        (false, Combine::All) => all_name.clone(),
-                        (false, Combine::Any) => rule_names[r].clone(),
-                    };
-                    Some(Candidate {
-                        split: s,
-                        row: i,
-                        class: p.label[i] as usize,
-                        score: score(p, i, cfg.rank_by),
-                        rule,
-                    })
-                })
+                .filter_map(|(i, f)| f.map(|r| (i, r, score(p, i, cfg.rank_by))))
                 .collect();
+            cands.reserve(made.len());
+            let made = made.into_iter().map(|(i, r, score)| Candidate {
+                split: s,
+                row: i,
+                class: p.label[i] as usize,
+                score,
+                rule: match (cfg.all_rows, cfg.combine) {
+                    (true, _) => all_rows_name.clone(),
+                    (false, Combine::All) => all_name.clone(),
+                    (false, Combine::Any) => rule_names[r].clone(),
+                },
+            });
             cands.extend(made);
         }
     }

@@ -107,6 +107,12 @@ fn the_badcase_loop_runs_and_its_report_renders_in_headless_chromium() {
     // fastText's hidden size (the trainer's default `fasttext.dim`).
     assert_eq!(node(&report, "rep@1")["metrics"]["dim"], 64);
 
+    let loops = report["loops"].as_array().unwrap();
+    assert_eq!(
+        (loops[0]["rounds"].as_u64(), loops[0]["stopped_by"].as_str()),
+        (Some(2), Some("max_rounds"))
+    );
+
     let out = f.output(&["report", "latest", "--out", "html"]);
     assert!(
         out.status.success(),
@@ -184,4 +190,18 @@ fn the_badcase_loop_runs_and_its_report_renders_in_headless_chromium() {
         std::fs::metadata(&shot).unwrap().len() > 20_000,
         "the screenshot looks blank"
     );
+
+    // With a target the first round already meets, the loop stops after it (round 1 is cached).
+    f.write(
+        "p.yaml",
+        &manifest(&server.base_url()).replace("badcase_rate < 0.0", "badcase_rate < 1.0"),
+    );
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0);
+    let loops = report["loops"].as_array().unwrap();
+    assert_eq!(
+        (loops[0]["rounds"].as_u64(), loops[0]["stopped_by"].as_str()),
+        (Some(1), Some("until"))
+    );
+    assert_eq!(node(&report, "evaluate@1")["status"], "cached");
 }

@@ -68,6 +68,38 @@ nodes:
     )
 }
 
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Runs headless Chromium on `page` with `extra` flags; panics (with its log) if it fails.
+fn headless(
+    profile: &std::path::Path,
+    page: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let run = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .args(extra)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    run
+}
+
 #[test]
 fn the_badcase_loop_runs_and_its_report_renders_in_headless_chromium() {
     let chromium = std::path::Path::new("/usr/bin/chromium");
@@ -124,29 +156,15 @@ fn the_badcase_loop_runs_and_its_report_renders_in_headless_chromium() {
     assert!(summary.contains("| 2 |"), "{summary}");
 
     let profile = f.path().join("chromium-profile");
-    let run = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+    let run = headless(
+        &profile,
+        &page,
+        &[
             "--enable-logging=stderr",
             "--v=0",
             "--virtual-time-budget=2000",
             "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+        ],
     );
     let dom = String::from_utf8_lossy(&run.stdout);
     let log = String::from_utf8_lossy(&run.stderr);
@@ -166,25 +184,11 @@ fn the_badcase_loop_runs_and_its_report_renders_in_headless_chromium() {
 
     // A screenshot is a picture with content (not a blank page).
     let shot = f.path().join("shot.png");
-    let run = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--hide-scrollbars",
-            "--window-size=1000,1400",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    let screenshot = format!("--screenshot={}", shot.display());
+    headless(
+        &profile,
+        &page,
+        &["--hide-scrollbars", "--window-size=1000,1400", &screenshot],
     );
     assert!(
         std::fs::metadata(&shot).unwrap().len() > 20_000,

@@ -126,7 +126,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn undecided(flag: Flag, source: &str, failure: &str) -> Decision {
+    pub(crate) fn undecided(flag: Flag, source: &str, failure: &str) -> Decision {
         Decision {
             flag,
             outcome: Outcome::Undecided,

@@ -8,7 +8,7 @@ use std::path::Path;
 use relabel_engine::plugin::{Metrics, NodeContext, NodeError};
 use serde_json::{json, Value};
 
-use crate::binary_relabeler::{Decision, Outcome, Prompter, RelabelerConfig};
+use crate::binary_relabeler::{Decision, Prompter, RelabelerConfig};
 use crate::flags::Flag;
 
 const CSV_NAME: &str = "relabel.csv";
@@ -66,21 +66,9 @@ pub fn run(
 }
 
 fn pending(flag: Flag, digest: &str) -> Decision {
-    Decision {
-        flag,
-        outcome: Outcome::Undecided,
-        chosen: None,
-        confidence: None,
-        answer: None,
-        failure: Some("awaiting_human".into()),
-        source: "human".into(),
-        first_option: None,
-        endpoint: None,
-        model: None,
-        template_digest: Some(digest.to_string()),
-        at: None,
-        attempts: 0,
-    }
+    let mut d = Decision::undecided(flag, "human", "awaiting_human");
+    d.template_digest = Some(digest.to_string());
+    d
 }
 
 fn write_export(prompter: &Prompter, flags: &[Flag], dir: &Path) -> std::io::Result<()> {

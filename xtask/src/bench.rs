@@ -16,7 +16,10 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
         "flag" => crate::bench_flag::flag(root, args)?,
         "llm" => crate::bench_llm::llm(root, args)?,
         "knn" => crate::bench_knn::knn(root, args)?,
-        other => bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, knn"),
+        "votes" => crate::bench_votes::votes(root, args)?,
+        other => {
+            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, knn, votes")
+        }
     };
     let out = json!({
         "benchmark": name,

@@ -253,3 +253,63 @@ fn ctrl_c_stops_the_local_server() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn the_llm_annotator_labels_only_within_the_label_set_and_debugs_its_prompt() {
+    let _serial = require_local_llm();
+    let mut f = Fixture::new(
+        r#"
+version: 1
+name: annotate
+nodes:
+  - id: make_data
+    kind: command
+    config:
+      run: python3 scripts/make_intents.py ${outputs.data} 60 0.0
+      files: [scripts/make_intents.py]
+      outputs: [data]
+  - id: annotate
+    kind: command
+    inputs: [make_data.data]
+    config:
+      run: "head -n 8 ${inputs.data}/train.jsonl > unlabelled.jsonl && head -n 8 ${inputs.data}/test.jsonl > test.jsonl && cp ${inputs.data}/labels.yaml labels.yaml && touch ${outputs.done}"
+      outputs: [done]
+  - id: label
+    kind: llm_annotator
+    inputs: [annotate.done]
+    config: {labels: labels.yaml, unlabelled: unlabelled.jsonl, test: test.jsonl, id_column: id, max_rows: 8}
+"#,
+    );
+    std::fs::create_dir_all(f.path().join("scripts")).unwrap();
+    std::fs::copy(
+        "manifests/scripts/make_intents.py",
+        f.path().join("scripts/make_intents.py"),
+    )
+    .unwrap();
+    // The annotator reads files the command wrote next to the manifest: run that first.
+    let (code, report) = f.run(&["--target", "annotate"]);
+    assert_eq!(code, 0, "{report:#}");
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    let m = &node(&report, "label")["metrics"];
+    assert_eq!(
+        m["labelled"].as_u64().unwrap() + m["left_unlabelled"].as_u64().unwrap(),
+        8,
+        "{m:#}"
+    );
+    assert!(m["labelled"].as_u64().unwrap() >= 6, "{m:#}");
+    let acc = m["test_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    let debug: Value =
+        serde_json::from_slice(&std::fs::read(output_path(&report, "label", "debug")).unwrap())
+            .unwrap();
+    let confusion = debug["test"]["confusion"].as_array().unwrap();
+    assert_eq!(confusion.len(), 6);
+    let total: u64 = confusion
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|x| x.as_u64().unwrap())
+        .sum();
+    assert_eq!(total + debug["test"]["unanswered"].as_u64().unwrap(), 8);
+    assert_eq!(debug["template_digest"].as_str().unwrap().len(), 64);
+}

@@ -626,3 +626,56 @@ nodes:
     assert_eq!(code, 0);
     assert_eq!(server.count(), 7, "the rerun sent requests");
 }
+
+#[test]
+fn the_llm_annotator_never_labels_outside_the_set_under_faults() {
+    // Misbehaving annotator: out-of-set labels, malformed text, 500s; the rest answered right.
+    let server = Server::start(Arc::new(|req| {
+        let body = req.json().unwrap_or(Value::Null);
+        let msg = user_message(&body);
+        let item = msg.split("\nItem: \"").nth(1).unwrap_or("").to_string();
+        if item.starts_with("fault-outside") || item.starts_with("inject") {
+            return Reply::ok(chat_completion(r#"{"label": "definitely_not_a_label"}"#));
+        }
+        if item.starts_with("fault-malformed") {
+            return Reply::ok(chat_completion("the first one, probably"));
+        }
+        if item.starts_with("fault-always500") {
+            return Reply::status(500, "down");
+        }
+        let allowed = body
+            .pointer("/response_format/json_schema/schema/properties/label/enum")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            allowed.len(),
+            LABELS.len(),
+            "the whole label set is offered"
+        );
+        Reply::ok(chat_completion(&json!({"label": "refund"}).to_string()))
+    }))
+    .unwrap();
+    let mut f = Fixture::new(&format!(
+        r#"
+version: 1
+name: annotate
+llm:
+  judge: {{base_url: "{}", model: scripted, max_retries: 1, timeout: 2}}
+nodes:
+  - id: label
+    kind: llm_annotator
+    config: {{labels: labels.yaml, unlabelled: train.jsonl, id_column: id}}
+"#,
+        server.base_url()
+    ));
+    write_inputs(&f);
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    let m = &node(&report, "label")["metrics"];
+    // 16 rows: outside, injection, malformed and always-500 rows stay unlabelled.
+    assert_eq!(m["left_unlabelled"], 4, "{m:#}");
+    assert_eq!(m["labelled"], 12, "{m:#}");
+    assert_eq!(m["per_label"], json!({"refund": 12}));
+}

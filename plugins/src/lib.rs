@@ -11,6 +11,7 @@ pub mod evaluator;
 pub mod flags;
 pub mod human;
 pub mod llm;
+pub mod llm_annotator;
 pub mod local_llm;
 pub mod predictions;
 pub mod scripted;
@@ -28,6 +29,7 @@ pub fn registry() -> Registry {
         typed(command::Command),
         typed(dataset::DatasetNode),
         typed(votes::Votes),
+        typed(llm_annotator::LlmAnnotator),
         typed(trainer::Trainer),
         typed(self_predictor::SelfPredictor),
         typed(disagreement_filter::DisagreementFilter),

@@ -1,6 +1,7 @@
 //! relabel-plugins: the built-in node kinds, listed in one place by [`registry`].
 
 pub mod apply_labels;
+pub mod behavior_log;
 pub mod binary_relabeler;
 pub mod command;
 pub mod data;
@@ -30,6 +31,7 @@ pub fn registry() -> Registry {
         typed(dataset::DatasetNode),
         typed(votes::Votes),
         typed(llm_annotator::LlmAnnotator),
+        typed(behavior_log::BehaviorLog),
         typed(trainer::Trainer),
         typed(self_predictor::SelfPredictor),
         typed(disagreement_filter::DisagreementFilter),

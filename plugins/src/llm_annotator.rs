@@ -244,48 +244,48 @@ impl NodeKind for LlmAnnotator {
             let label_refs = &label_refs;
             async move {
                 let conc = client.endpoint.max_concurrency.max(1) as usize;
-                let mut got: Vec<(usize, Option<String>)> = futures::stream::iter(
-                    texts.into_iter().enumerate(),
-                )
-                .map(|(i, text)| {
-                    let client = client.clone();
-                    async move {
-                        let prompt = env
-                            .get_template("prompt")
-                            .and_then(|t| {
-                                t.render(
+                let mut got: Vec<(usize, Option<String>)> =
+                    futures::stream::iter(texts.into_iter().enumerate())
+                        .map(|(i, text)| {
+                            let client = client.clone();
+                            async move {
+                                let prompt = env
+                                    .get_template("prompt")
+                                    .and_then(|t| {
+                                        t.render(
                                     minijinja::context! {text => text.trim(), labels => labels_ctx},
                                 )
-                            })
-                            .map_err(|e| CallError::Rejected(format!("template: {e:#}")))?;
-                        let mut answer = None;
-                        for attempt in 0..2u32 {
-                            let t = if attempt == 0 {
-                                client.endpoint.temperature
-                            } else {
-                                0.7
-                            };
-                            let mut req = request(&prompt, label_refs, t);
-                            if attempt > 0 {
-                                req["seed"] = json!(attempt);
-                            }
-                            match client.chat(req).await {
-                                Ok(r) => {
-                                    answer = parse_label(r.content().unwrap_or(""), label_refs);
-                                    if answer.is_some() {
-                                        break;
+                                    })
+                                    .map_err(|e| CallError::Rejected(format!("template: {e:#}")))?;
+                                let mut answer = None;
+                                for attempt in 0..2u32 {
+                                    let t = if attempt == 0 {
+                                        client.endpoint.temperature
+                                    } else {
+                                        0.7
+                                    };
+                                    let mut req = request(&prompt, label_refs, t);
+                                    if attempt > 0 {
+                                        req["seed"] = json!(attempt);
+                                    }
+                                    match client.chat(req).await {
+                                        Ok(r) => {
+                                            answer =
+                                                parse_label(r.content().unwrap_or(""), label_refs);
+                                            if answer.is_some() {
+                                                break;
+                                            }
+                                        }
+                                        Err(e) if e.is_fatal() => return Err(e),
+                                        Err(_) => break,
                                     }
                                 }
-                                Err(e) if e.is_fatal() => return Err(e),
-                                Err(_) => break,
+                                Ok::<_, CallError>((i, answer))
                             }
-                        }
-                        Ok::<_, CallError>((i, answer))
-                    }
-                })
-                .buffer_unordered(conc)
-                .try_collect()
-                .await?;
+                        })
+                        .buffer_unordered(conc)
+                        .try_collect()
+                        .await?;
                 got.sort_by_key(|x| x.0);
                 Ok::<_, CallError>(got.into_iter().map(|x| x.1).collect::<Vec<_>>())
             }

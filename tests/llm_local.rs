@@ -268,16 +268,16 @@ nodes:
       run: python3 scripts/make_intents.py ${outputs.data} 60 0.0
       files: [scripts/make_intents.py]
       outputs: [data]
-  - id: annotate
+  - id: subset
     kind: command
     inputs: [make_data.data]
     config:
-      run: "head -n 8 ${inputs.data}/train.jsonl > unlabelled.jsonl && head -n 8 ${inputs.data}/test.jsonl > test.jsonl && cp ${inputs.data}/labels.yaml labels.yaml && touch ${outputs.done}"
-      outputs: [done]
+      run: "mkdir -p ${outputs.data} && head -n 8 ${inputs.data}/train.jsonl > ${outputs.data}/unlabelled.jsonl && head -n 8 ${inputs.data}/test.jsonl > ${outputs.data}/test.jsonl && cp ${inputs.data}/labels.yaml ${outputs.data}/"
+      outputs: [data]
   - id: label
     kind: llm_annotator
-    inputs: [annotate.done]
-    config: {labels: labels.yaml, unlabelled: unlabelled.jsonl, test: test.jsonl, id_column: id, max_rows: 8}
+    inputs: {data: subset.data}
+    config: {in_input: true, labels: labels.yaml, unlabelled: unlabelled.jsonl, test: test.jsonl, id_column: id, max_rows: 8}
 "#,
     );
     std::fs::create_dir_all(f.path().join("scripts")).unwrap();
@@ -286,9 +286,6 @@ nodes:
         f.path().join("scripts/make_intents.py"),
     )
     .unwrap();
-    // The annotator reads files the command wrote next to the manifest: run that first.
-    let (code, report) = f.run(&["--target", "annotate"]);
-    assert_eq!(code, 0, "{report:#}");
     let (code, report) = f.run(&[]);
     assert_eq!(code, 0, "{report:#}");
     let m = &node(&report, "label")["metrics"];

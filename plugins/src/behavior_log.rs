@@ -53,8 +53,11 @@ pub enum OnConflict {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BehaviorConfig {
-    /// The events: CSV or JSONL (relative to the manifest).
+    /// The events: CSV or JSONL (relative to the manifest, or to the input folder `data` with
+    /// `in_input: true`).
     pub file: PathBuf,
+    #[serde(default)]
+    pub in_input: bool,
     /// Columns that identify a labelled row (e.g. `[query, item]`).
     pub key_columns: Vec<String>,
     /// Columns joined (with " | ") into the row's text; default: the key columns.
@@ -291,11 +294,22 @@ impl NodeKind for BehaviorLog {
     }
 
     fn files(c: &BehaviorConfig) -> Vec<PathBuf> {
-        vec![c.file.clone()]
+        if c.in_input {
+            Vec::new()
+        } else {
+            vec![c.file.clone()]
+        }
     }
 
-    fn check(c: &BehaviorConfig, _: &[String]) -> Vec<ConfigProblem> {
+    fn check(c: &BehaviorConfig, inputs: &[String]) -> Vec<ConfigProblem> {
         let mut p = Vec::new();
+        if c.in_input {
+            p.extend(crate::require_inputs(
+                inputs,
+                &["data"],
+                "{data: MAKE.data}",
+            ));
+        }
         if c.key_columns.is_empty() {
             p.push(ConfigProblem::new(
                 CfgPath::root().key("key_columns"),
@@ -332,9 +346,10 @@ impl NodeKind for BehaviorLog {
         &self,
         ctx: NodeContext,
         c: BehaviorConfig,
-        _: Inputs,
+        inputs: Inputs,
     ) -> Result<NodeOutput, NodeError> {
-        let events = read_events(&ctx.resolve(&c.file), &c.file, &c).map_err(NodeError::Failed)?;
+        let path = crate::config_path(&ctx, &inputs, c.in_input, &c.file);
+        let events = read_events(&path, &c.file, &c).map_err(NodeError::Failed)?;
         let (rows, st) = label_events(&events, &c);
         let mut names: Vec<String> = c.rules.iter().map(|r| r.label.clone()).collect();
         names.sort();

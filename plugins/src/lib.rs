@@ -62,3 +62,17 @@ pub(crate) fn require_inputs(
         })
         .collect()
 }
+
+/// A path from a config: inside the input folder `data` when `in_input` is set (files a
+/// command node produced), else relative to the manifest's folder.
+pub(crate) fn config_path(
+    ctx: &relabel_engine::plugin::NodeContext,
+    inputs: &relabel_engine::plugin::Inputs,
+    in_input: bool,
+    p: &std::path::Path,
+) -> std::path::PathBuf {
+    match inputs.get("data").filter(|_| in_input) {
+        Some(a) => a.path.join(p),
+        None => ctx.resolve(p),
+    }
+}

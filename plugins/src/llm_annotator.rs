@@ -54,6 +54,10 @@ pub struct AnnotatorConfig {
     /// Only debug the prompt on `test`; label nothing else.
     #[serde(default)]
     pub debug_only: bool,
+    /// The files are inside the folder given as input `data` (e.g. a command's output),
+    /// not next to the manifest.
+    #[serde(default)]
+    pub in_input: bool,
 }
 
 fn d_text() -> String {
@@ -160,6 +164,9 @@ impl NodeKind for LlmAnnotator {
     }
 
     fn files(c: &AnnotatorConfig) -> Vec<PathBuf> {
+        if c.in_input {
+            return c.template.iter().cloned().collect();
+        }
         [
             Some(c.labels.clone()),
             c.unlabelled.clone(),
@@ -171,8 +178,15 @@ impl NodeKind for LlmAnnotator {
         .collect()
     }
 
-    fn check(c: &AnnotatorConfig, _: &[String]) -> Vec<ConfigProblem> {
+    fn check(c: &AnnotatorConfig, inputs: &[String]) -> Vec<ConfigProblem> {
         let mut p = Vec::new();
+        if c.in_input {
+            p.extend(crate::require_inputs(
+                inputs,
+                &["data"],
+                "{data: MAKE.data}",
+            ));
+        }
         if c.unlabelled.is_none() && !c.debug_only {
             p.push(ConfigProblem::new(
                 CfgPath::root(),
@@ -198,10 +212,11 @@ impl NodeKind for LlmAnnotator {
         &self,
         ctx: NodeContext,
         c: AnnotatorConfig,
-        _: Inputs,
+        inputs: Inputs,
     ) -> Result<NodeOutput, NodeError> {
         let fail = NodeError::Failed;
-        let spec = LabelSpec::load(&ctx.resolve(&c.labels)).map_err(fail)?;
+        let at = |p: &std::path::Path| crate::config_path(&ctx, &inputs, c.in_input, p);
+        let spec = LabelSpec::load(&at(&c.labels)).map_err(fail)?;
         let names: Vec<String> = spec.names().iter().map(|s| s.to_string()).collect();
         let template = match &c.template {
             Some(p) => std::fs::read_to_string(ctx.resolve(p))
@@ -294,7 +309,7 @@ impl NodeKind for LlmAnnotator {
         let mut splits = BTreeMap::new();
         let mut debug = json!({"template_digest": digest, "labels": names});
         if let Some(test) = &c.test {
-            let rows = load(&ctx.resolve(test), &c, test).map_err(fail)?;
+            let rows = load(&at(test), &c, test).map_err(fail)?;
             let human: Vec<u32> = rows
                 .labels
                 .iter()
@@ -346,7 +361,7 @@ impl NodeKind for LlmAnnotator {
         }
         if !c.debug_only {
             let path = c.unlabelled.as_ref().expect("checked");
-            let mut rows = load(&ctx.resolve(path), &c, path).map_err(fail)?;
+            let mut rows = load(&at(path), &c, path).map_err(fail)?;
             if let Some(n) = c.max_rows {
                 rows.ids.truncate(n);
                 rows.texts.truncate(n);

@@ -38,8 +38,11 @@ pub enum Aggregation {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VotesConfig {
-    /// The votes: CSV, TSV or whitespace-separated text (relative to the manifest).
+    /// The votes: CSV, TSV or whitespace-separated text (relative to the manifest, or to the
+    /// input folder `data` with `in_input: true`).
     pub file: PathBuf,
+    #[serde(default)]
+    pub in_input: bool,
     #[serde(default)]
     pub format: VoteFormat,
     #[serde(default = "d_item")]
@@ -441,13 +444,23 @@ impl NodeKind for Votes {
     }
 
     fn files(c: &VotesConfig) -> Vec<PathBuf> {
+        if c.in_input {
+            return Vec::new();
+        }
         std::iter::once(c.file.clone())
             .chain(c.labels.iter().cloned())
             .collect()
     }
 
-    fn check(c: &VotesConfig, _inputs: &[String]) -> Vec<ConfigProblem> {
+    fn check(c: &VotesConfig, inputs: &[String]) -> Vec<ConfigProblem> {
         let mut p = Vec::new();
+        if c.in_input {
+            p.extend(crate::require_inputs(
+                inputs,
+                &["data"],
+                "{data: MAKE.data}",
+            ));
+        }
         if !(0.0..=1.0).contains(&c.min_margin) {
             p.push(ConfigProblem::new(
                 CfgPath::root().key("min_margin"),
@@ -467,10 +480,11 @@ impl NodeKind for Votes {
         &self,
         ctx: NodeContext,
         c: VotesConfig,
-        _inputs: Inputs,
+        inputs: Inputs,
     ) -> Result<NodeOutput, NodeError> {
         let fail = NodeError::Failed;
-        let t = read_votes(&ctx.resolve(&c.file), &c.file, &c).map_err(fail)?;
+        let at = |p: &Path| crate::config_path(&ctx, &inputs, c.in_input, p);
+        let t = read_votes(&at(&c.file), &c.file, &c).map_err(fail)?;
         let t0 = std::time::Instant::now();
         let agg = match c.method {
             Aggregation::Majority => majority(&t),
@@ -479,7 +493,7 @@ impl NodeKind for Votes {
         let seconds = t0.elapsed().as_secs_f64();
         // The label set: the spec's order when given (every voted label must be in it).
         let spec = match &c.labels {
-            Some(p) => LabelSpec::load(&ctx.resolve(p)).map_err(fail)?,
+            Some(p) => LabelSpec::load(&at(p)).map_err(fail)?,
             None => {
                 let mut names = t.labels.clone();
                 names.sort();

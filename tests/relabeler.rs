@@ -679,3 +679,48 @@ nodes:
     assert_eq!(m["labelled"], 12, "{m:#}");
     assert_eq!(m["per_label"], json!({"refund": 12}));
 }
+
+#[test]
+fn votes_aggregate_and_flag_unclear_rows_with_their_two_leading_labels() {
+    let mut f = Fixture::new(
+        r#"
+version: 1
+name: votes
+nodes:
+  - id: votes
+    kind: votes
+    config: {file: votes.csv, method: majority, min_margin: 0.2, text_column: text}
+"#,
+    );
+    f.write(
+        "votes.csv",
+        "item,text,annotator,label\nq1,lost card,a,card_lost\nq1,lost card,b,card_lost\nq1,lost card,c,card_lost\nq2,refund please,a,refund\nq2,refund please,b,top_up\nq3,top up,a,top_up\nq3,top up,b,top_up\nq3,top up,c,refund\n",
+    );
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    let agreement = read_jsonl(&output_path(&report, "votes", "agreement"));
+    let by_id: std::collections::HashMap<&str, &Value> = agreement
+        .iter()
+        .map(|a| (a["id"].as_str().unwrap(), a))
+        .collect();
+    assert_eq!(by_id["q1"]["agreement"], 1.0);
+    assert_eq!(by_id["q3"]["agreeing"], 2);
+    // q2 is a 1-1 tie: flagged with its two labels as the candidates.
+    let flags = read_jsonl(&output_path(&report, "votes", "flags"));
+    assert_eq!(flags.len(), 1);
+    let pair = [
+        flags[0]["label"].as_str().unwrap(),
+        flags[0]["candidate"].as_str().unwrap(),
+    ];
+    assert_eq!(flags[0]["id"], "q2");
+    assert!(
+        pair.contains(&"refund") && pair.contains(&"top_up"),
+        "{pair:?}"
+    );
+    assert_eq!(
+        node(&report, "votes")["metrics"]["unanimous_fraction"]
+            .as_f64()
+            .unwrap(),
+        1.0 / 3.0
+    );
+}

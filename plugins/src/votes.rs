@@ -440,7 +440,7 @@ impl NodeKind for Votes {
     const ABOUT: &'static str = "Aggregates several annotators' votes (majority or Dawid-Skene); unclear rows become two-candidate flags";
 
     fn outputs(_: &VotesConfig) -> Vec<String> {
-        vec!["dataset".into(), "flags".into()]
+        vec!["dataset".into(), "flags".into(), "agreement".into()]
     }
 
     fn files(c: &VotesConfig) -> Vec<PathBuf> {
@@ -517,6 +517,7 @@ impl NodeKind for Votes {
         let mut out_flags = Vec::new();
         let mut agreement_sum = 0f64;
         let mut unanimous = 0usize;
+        let mut per_row = String::new();
         for (i, p) in agg.posterior.iter().enumerate() {
             let mut order: Vec<usize> = (0..p.len()).collect();
             order.sort_by(|a, b| p[*b].total_cmp(&p[*a]).then(a.cmp(b)));
@@ -533,6 +534,13 @@ impl NodeKind for Votes {
                 agreement_sum += agree as f64 / n as f64;
                 unanimous += usize::from(agree == n);
             }
+            per_row.push_str(
+                &json!({"id": t.items[i], "label": t.labels[best], "votes": n, "agreeing": agree,
+                    "agreement": if n == 0 { 0.0 } else { agree as f64 / n as f64 },
+                    "probability": p[best], "runner_up": t.labels[second], "runner_up_probability": p[second]})
+                .to_string(),
+            );
+            per_row.push('\n');
             if p[best] - p[second] < c.min_margin {
                 out_flags.push(Flag {
                     split: "train".into(),
@@ -558,6 +566,8 @@ impl NodeKind for Votes {
             .map_err(|e| NodeError::io("writing the dataset", e))?;
         let fl = ctx.output_path("flags");
         flags::write(&fl, &out_flags).map_err(|e| NodeError::io("writing flags", e))?;
+        let ag = ctx.output_path("agreement");
+        std::fs::write(&ag, per_row).map_err(|e| NodeError::io("writing agreement", e))?;
         let items = t.items.len().max(1) as f64;
         let acc: BTreeMap<String, f64> = t
             .annotators
@@ -580,7 +590,12 @@ impl NodeKind for Votes {
         m.insert("unanimous_fraction".into(), json!(unanimous as f64 / items));
         m.insert("flags".into(), json!(out_flags.len()));
         Ok(NodeOutput {
-            outputs: [("dataset".to_string(), out), ("flags".to_string(), fl)].into(),
+            outputs: [
+                ("dataset".to_string(), out),
+                ("flags".to_string(), fl),
+                ("agreement".to_string(), ag),
+            ]
+            .into(),
             metrics: m,
         })
     }

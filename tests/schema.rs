@@ -24,6 +24,11 @@ fn example_manifests_conform_and_reference_the_schema() {
         .map(|e| e.unwrap().path())
         .collect();
     files.extend(
+        std::fs::read_dir("manifests/demo")
+            .unwrap()
+            .map(|e| e.unwrap().path()),
+    );
+    files.extend(
         std::fs::read_dir("tests/cases/valid")
             .unwrap()
             .map(|e| e.unwrap().path()),
@@ -41,8 +46,13 @@ fn example_manifests_conform_and_reference_the_schema() {
         let errors: Vec<&String> = errors.iter().filter(|e| !e.contains("${params.")).collect();
         assert!(errors.is_empty(), "{}: {errors:?}", f.display());
         if f.starts_with("manifests") {
+            let depth = f.components().count() - 2;
+            let want = format!(
+                "# yaml-language-server: $schema={}relabel.schema.json",
+                "../".repeat(depth)
+            );
             assert!(
-                text.starts_with("# yaml-language-server: $schema=relabel.schema.json"),
+                text.starts_with(&want),
                 "{} should reference the schema",
                 f.display()
             );

@@ -495,7 +495,7 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
                 })?;
             let dir = out.unwrap_or_else(|| path.parent().map(PathBuf::from).unwrap_or_default());
             let page = html_report::write(&report, &dir).map_err(fail)?;
-            println!("{}", page.display());
+            println!("{}", std::fs::canonicalize(&page).unwrap_or(page).display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cache { action, cache } => {

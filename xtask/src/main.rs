@@ -274,9 +274,10 @@ fn demo(root: &Path, extra: &[String]) -> Result<()> {
         .env("RELABEL_BANKING77", &data))?;
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
     print!("{}", demo_table(&r));
+    // The HTML page goes next to the run's own report, in the cache's runs folder.
+    let run_id = r["run_id"].as_str().unwrap_or("latest").to_string();
     let out = Command::new(&bin)
-        .args(["report"])
-        .arg(&report)
+        .args(["report", &run_id])
         .args(extra)
         .output()?;
     println!(

@@ -16,7 +16,8 @@ pub struct Summary {
     pub pipeline: String,
     pub run_id: String,
     pub status: String,
-    /// (round or 0 outside loops, dev accuracy, test accuracy) per evaluator instance.
+    /// (round, or outside loops the evaluator's position in the run: 1, 2, ...; dev accuracy,
+    /// test accuracy) per evaluator instance.
     pub accuracy: Vec<(u32, Option<f64>, Option<f64>)>,
     /// label -> number of flags (all filters and miners of the run).
     pub flags_per_class: BTreeMap<String, u64>,
@@ -53,11 +54,14 @@ pub fn summarise(report: &Value) -> Summary {
     };
     for n in &nodes {
         let m = &n["metrics"];
-        let round = n["round"].as_u64().unwrap_or(0) as u32;
         match n["kind"].as_str().unwrap_or("") {
             "evaluator" => {
+                let step = n["round"]
+                    .as_u64()
+                    .map(|r| r as u32)
+                    .unwrap_or(s.accuracy.len() as u32 + 1);
                 s.accuracy.push((
-                    round,
+                    step,
                     m["dev_accuracy"].as_f64(),
                     m["test_accuracy"].as_f64(),
                 ));
@@ -307,7 +311,7 @@ pub fn html(s: &Summary) -> Result<String, String> {
     if s.accuracy.is_empty() {
         h.push_str("<p>No evaluator ran in this run.</p>");
     } else {
-        h.push_str("<table><tr><th>round</th><th>dev</th><th>fixed test</th></tr>");
+        h.push_str("<table><tr><th>round (or evaluation)</th><th>dev</th><th>fixed test</th></tr>");
         let f = |x: Option<f64>| {
             x.map(|v| format!("{:.2}%", 100.0 * v))
                 .unwrap_or("-".into())

@@ -155,8 +155,13 @@ fn the_checkpoint_reloads_to_identical_predictions() {
     assert_eq!(a, b);
 }
 
+/// Tests whose results depend on libtorch's thread settings (process-wide for BLAS) run one at
+/// a time with respect to each other.
+static TORCH_THREADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn the_same_seed_on_cpu_gives_the_same_model() {
+    let _serial = TORCH_THREADS.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = Rng::new(6);
     let (tr, _) = split(400, 0.1, &mut rng, "tr");
     let (dev, _) = split(100, 0.0, &mut rng, "dev");
@@ -383,6 +388,7 @@ fn encoder_batches_pad_without_changing_embeddings() {
 
 #[test]
 fn blocked_knn_equals_brute_force() {
+    let _serial = TORCH_THREADS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (n, q, d, k) = (3001usize, 37usize, 16usize, 7usize);
     let mut rng = Rng::new(5);
@@ -399,7 +405,7 @@ fn blocked_knn_equals_brute_force() {
     let out = dir.path().join("out.bin");
     let req: crate::knn::KnnRequest = serde_json::from_value(serde_json::json!({
         "corpus": dir.path().join("c.f32"), "queries": dir.path().join("q.f32"), "dim": d, "k": k,
-        "normalize": true, "block_rows": 700, "query_batch": 10, "out": out,
+        "normalize": true, "block_rows": 700, "query_batch": 10, "threads": 1, "out": out,
     }))
     .unwrap();
     crate::knn::run(req).unwrap();

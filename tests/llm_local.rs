@@ -41,12 +41,7 @@ fn project(rows: usize, llm: Option<&str>) -> Fixture {
         );
     }
     let f = Fixture::new(&text);
-    std::fs::create_dir_all(f.path().join("scripts")).unwrap();
-    std::fs::copy(
-        "manifests/scripts/make_intents.py",
-        f.path().join("scripts/make_intents.py"),
-    )
-    .unwrap();
+    f.add_script("make_intents.py");
     f
 }
 
@@ -280,12 +275,7 @@ nodes:
     config: {in_input: true, labels: labels.yaml, unlabelled: unlabelled.jsonl, test: test.jsonl, id_column: id, max_rows: 8}
 "#,
     );
-    std::fs::create_dir_all(f.path().join("scripts")).unwrap();
-    std::fs::copy(
-        "manifests/scripts/make_intents.py",
-        f.path().join("scripts/make_intents.py"),
-    )
-    .unwrap();
+    f.add_script("make_intents.py");
     let (code, report) = f.run(&[]);
     assert_eq!(code, 0, "{report:#}");
     let m = &node(&report, "label")["metrics"];

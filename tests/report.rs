@@ -115,12 +115,7 @@ fn the_badcase_loop_runs_and_its_report_renders_in_headless_chromium() {
     }))
     .unwrap();
     let mut f = Fixture::new(&manifest(&server.base_url()));
-    std::fs::create_dir_all(f.path().join("scripts")).unwrap();
-    std::fs::copy(
-        "manifests/scripts/make_intents.py",
-        f.path().join("scripts/make_intents.py"),
-    )
-    .unwrap();
+    f.add_script("make_intents.py");
     let (code, report) = f.run(&[]);
     assert_eq!(code, 0, "{report:#}");
     // The loop ran both rounds (the until condition never holds), each evaluated on the same test rows.

@@ -15,8 +15,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::data::{Dataset, LabelSpec, Split};
-use crate::flags::{self, Flag};
+use crate::data::{LabelSpec, Split};
+use crate::flags::Flag;
 
 /// One rule: events with `action` give `label` with `strength` (higher wins conflicts).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -303,13 +303,7 @@ impl NodeKind for BehaviorLog {
 
     fn check(c: &BehaviorConfig, inputs: &[String]) -> Vec<ConfigProblem> {
         let mut p = Vec::new();
-        if c.in_input {
-            p.extend(crate::require_inputs(
-                inputs,
-                &["data"],
-                "{data: MAKE.data}",
-            ));
-        }
+        p.extend(crate::require_data_input(c.in_input, inputs));
         if c.key_columns.is_empty() {
             p.push(ConfigProblem::new(
                 CfgPath::root().key("key_columns"),
@@ -381,15 +375,7 @@ impl NodeKind for BehaviorLog {
                 });
             }
         }
-        let ds = Dataset {
-            labels: spec,
-            splits: [("train".to_string(), split)].into(),
-        };
-        let out = ctx.output_path("dataset");
-        ds.write(&out)
-            .map_err(|e| NodeError::io("writing the dataset", e))?;
-        let fl = ctx.output_path("flags");
-        flags::write(&fl, &out_flags).map_err(|e| NodeError::io("writing flags", e))?;
+        let (out, fl) = crate::write_train_and_flags(&ctx, spec, split, &out_flags)?;
         let mut m = match serde_json::to_value(&st).expect("stats serialise") {
             serde_json::Value::Object(m) => m,
             _ => Metrics::new(),

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::data::{Dataset, LabelSpec};
-use crate::endpoint::Endpoint;
 use crate::flags::{self, Flag};
 use crate::human;
 use crate::llm::{CallError, Client, Reply};
@@ -222,10 +221,7 @@ impl Prompter {
         examples: usize,
         seed: u64,
     ) -> Result<Prompter, String> {
-        let mut env = minijinja::Environment::new();
-        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-        env.add_template_owned("prompt", template.to_string())
-            .map_err(|e| format!("template: {e:#}"))?;
+        let (env, digest) = crate::strict_template(template)?;
         let mut by_label: HashMap<String, Vec<String>> = HashMap::new();
         for l in &ds.labels.labels {
             by_label.insert(
@@ -260,7 +256,7 @@ impl Prompter {
         }
         Ok(Prompter {
             env,
-            digest: blake3::hash(template.as_bytes()).to_hex().to_string(),
+            digest,
             labels: ds.labels.clone(),
             examples: by_label,
             seed,
@@ -483,11 +479,8 @@ impl NodeKind for BinaryRelabeler {
                 f.row, f.id
             )));
         }
-        let template = match &c.template {
-            Some(p) => std::fs::read_to_string(ctx.resolve(p))
-                .map_err(|e| fail(format!("template {}: {e}", p.display())))?,
-            None => DEFAULT_TEMPLATE.to_string(),
-        };
+        let template =
+            crate::template_text(&ctx, c.template.as_deref(), DEFAULT_TEMPLATE).map_err(fail)?;
         let flagged: HashSet<String> = flags.iter().map(|f| f.id.clone()).collect();
         let prompter = Prompter::new(&template, &ds, &flagged, c.examples, c.seed).map_err(fail)?;
         let out = ctx.output_path("decisions");
@@ -547,23 +540,7 @@ async fn judge_all(
     prompter: &Prompter,
     flags: Vec<Flag>,
 ) -> Result<(Vec<Decision>, Metrics), NodeError> {
-    let (name, endpoint) = match &ctx.llm {
-        Some((name, v)) => (
-            name.clone(),
-            serde_json::from_value::<Endpoint>(v.clone())
-                .map_err(|e| NodeError::Failed(format!("llm endpoint \"{name}\": {e}")))?,
-        ),
-        None => ("local".to_string(), Endpoint::default_local()),
-    };
-    let client = Arc::new(
-        Client::new(
-            &name,
-            endpoint,
-            ctx.llm_cache.clone(),
-            Some(ctx.work_dir.join("llama-server.log")),
-        )
-        .map_err(NodeError::Failed)?,
-    );
+    let client = Arc::new(Client::for_node(ctx).map_err(NodeError::Failed)?);
     ctx.progress.set_length(flags.len() as u64);
     ctx.progress
         .set_message(format!("asking {}", client.describe()));

@@ -76,3 +76,60 @@ pub(crate) fn config_path(
         None => ctx.resolve(p),
     }
 }
+
+/// The problem (if any) of a node reading its files from the input folder `data`.
+pub(crate) fn require_data_input(
+    in_input: bool,
+    inputs: &[String],
+) -> Vec<relabel_engine::plugin::ConfigProblem> {
+    if in_input {
+        require_inputs(inputs, &["data"], "{data: MAKE.data}")
+    } else {
+        Vec::new()
+    }
+}
+
+/// A prompt template: the file a config names (relative to the manifest), else `default`.
+pub(crate) fn template_text(
+    ctx: &relabel_engine::plugin::NodeContext,
+    path: Option<&std::path::Path>,
+    default: &str,
+) -> Result<String, String> {
+    match path {
+        Some(p) => std::fs::read_to_string(ctx.resolve(p))
+            .map_err(|e| format!("template {}: {e}", p.display())),
+        None => Ok(default.to_string()),
+    }
+}
+
+/// A minijinja environment holding `template` as "prompt" (undefined variables are errors),
+/// and the template's digest (reports and audits name the prompt version by it).
+pub(crate) fn strict_template(
+    template: &str,
+) -> Result<(minijinja::Environment<'static>, String), String> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.add_template_owned("prompt", template.to_string())
+        .map_err(|e| format!("template: {e:#}"))?;
+    Ok((env, blake3::hash(template.as_bytes()).to_hex().to_string()))
+}
+
+/// Writes a train-only dataset and its flags as the outputs `dataset` and `flags`.
+pub(crate) fn write_train_and_flags(
+    ctx: &relabel_engine::plugin::NodeContext,
+    labels: data::LabelSpec,
+    train: data::Split,
+    flags: &[flags::Flag],
+) -> Result<(std::path::PathBuf, std::path::PathBuf), relabel_engine::plugin::NodeError> {
+    use relabel_engine::plugin::NodeError;
+    let ds = data::Dataset {
+        labels,
+        splits: [("train".to_string(), train)].into(),
+    };
+    let out = ctx.output_path("dataset");
+    ds.write(&out)
+        .map_err(|e| NodeError::io("writing the dataset", e))?;
+    let fl = ctx.output_path("flags");
+    flags::write(&fl, flags).map_err(|e| NodeError::io("writing flags", e))?;
+    Ok((out, fl))
+}

@@ -220,6 +220,25 @@ impl Client {
         })
     }
 
+    /// The client for a node's endpoint (`NodeContext::llm`), or the local model when the
+    /// manifest declares none; a local server logs into the node's work folder.
+    pub fn for_node(ctx: &relabel_engine::plugin::NodeContext) -> Result<Client, String> {
+        let (name, endpoint) = match &ctx.llm {
+            Some((name, v)) => (
+                name.clone(),
+                serde_json::from_value::<Endpoint>(v.clone())
+                    .map_err(|e| format!("llm endpoint \"{name}\": {e}"))?,
+            ),
+            None => ("local".to_string(), Endpoint::default_local()),
+        };
+        Client::new(
+            &name,
+            endpoint,
+            ctx.llm_cache.clone(),
+            Some(ctx.work_dir.join("llama-server.log")),
+        )
+    }
+
     /// What a report says about the endpoint: name, provider, model (never the key).
     pub fn describe(&self) -> String {
         format!(

@@ -18,7 +18,6 @@ use serde_json::{json, Value};
 
 use crate::data::{content_id, Dataset, LabelSpec, Split};
 use crate::dataset::{read_rows, DatasetConfig, Format};
-use crate::endpoint::Endpoint;
 use crate::llm::{CallError, Client};
 
 /// The prompt used when the config names no template (templates/llm_annotate.j2).
@@ -180,13 +179,7 @@ impl NodeKind for LlmAnnotator {
 
     fn check(c: &AnnotatorConfig, inputs: &[String]) -> Vec<ConfigProblem> {
         let mut p = Vec::new();
-        if c.in_input {
-            p.extend(crate::require_inputs(
-                inputs,
-                &["data"],
-                "{data: MAKE.data}",
-            ));
-        }
+        p.extend(crate::require_data_input(c.in_input, inputs));
         if c.unlabelled.is_none() && !c.debug_only {
             p.push(ConfigProblem::new(
                 CfgPath::root(),
@@ -218,38 +211,15 @@ impl NodeKind for LlmAnnotator {
         let at = |p: &std::path::Path| crate::config_path(&ctx, &inputs, c.in_input, p);
         let spec = LabelSpec::load(&at(&c.labels)).map_err(fail)?;
         let names: Vec<String> = spec.names().iter().map(|s| s.to_string()).collect();
-        let template = match &c.template {
-            Some(p) => std::fs::read_to_string(ctx.resolve(p))
-                .map_err(|e| fail(format!("template {}: {e}", p.display())))?,
-            None => DEFAULT_TEMPLATE.to_string(),
-        };
-        let digest = blake3::hash(template.as_bytes()).to_hex().to_string();
-        let mut env = minijinja::Environment::new();
-        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-        env.add_template_owned("prompt", template)
-            .map_err(|e| fail(format!("template: {e:#}")))?;
+        let template =
+            crate::template_text(&ctx, c.template.as_deref(), DEFAULT_TEMPLATE).map_err(fail)?;
+        let (env, digest) = crate::strict_template(&template).map_err(fail)?;
         let labels_ctx: Vec<Value> = spec
             .labels
             .iter()
             .map(|l| json!({"name": l.name, "definition": l.definition.trim(), "examples": l.examples.iter().take(c.examples).collect::<Vec<_>>()}))
             .collect();
-        let (name, endpoint) = match &ctx.llm {
-            Some((n, v)) => (
-                n.clone(),
-                serde_json::from_value::<Endpoint>(v.clone())
-                    .map_err(|e| fail(format!("llm endpoint \"{n}\": {e}")))?,
-            ),
-            None => ("local".to_string(), Endpoint::default_local()),
-        };
-        let client = Arc::new(
-            Client::new(
-                &name,
-                endpoint,
-                ctx.llm_cache.clone(),
-                Some(ctx.work_dir.join("llama-server.log")),
-            )
-            .map_err(fail)?,
-        );
+        let client = Arc::new(Client::for_node(&ctx).map_err(fail)?);
         let label_refs: Vec<&str> = names.iter().map(String::as_str).collect();
         // Labels every text; None where no valid label came back.
         let annotate = |texts: Vec<String>| {

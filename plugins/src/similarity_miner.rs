@@ -5,7 +5,7 @@
 //! the row's current label}, for the binary relabeler.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use relabel_engine::plugin::{
     ConfigProblem, Inputs, Metrics, NodeContext, NodeError, NodeKind, NodeOutput,
@@ -167,20 +167,12 @@ async fn embed_by_endpoint(
     ds: &Dataset,
     out: &Path,
 ) -> Result<NodeOutput, NodeError> {
-    let (name, endpoint) = match &ctx.llm {
-        Some((name, v)) => (
-            name.clone(),
-            serde_json::from_value::<crate::endpoint::Endpoint>(v.clone())
-                .map_err(|e| NodeError::Failed(format!("llm endpoint \"{name}\": {e}")))?,
-        ),
-        None => {
-            return Err(NodeError::Failed(
-                "source: endpoint needs an endpoint: declare one under the manifest's `llm:` and name it in `llm`".into(),
-            ))
-        }
-    };
-    let client = crate::llm::Client::new(&name, endpoint, ctx.llm_cache.clone(), None)
-        .map_err(NodeError::Failed)?;
+    if ctx.llm.is_none() {
+        return Err(NodeError::Failed(
+            "source: endpoint needs an endpoint: declare one under the manifest's `llm:` and name it in `llm`".into(),
+        ));
+    }
+    let client = crate::llm::Client::for_node(ctx).map_err(NodeError::Failed)?;
     let mut meta = EmbeddingsMeta {
         dim: 0,
         rows: BTreeMap::new(),
@@ -519,23 +511,47 @@ async fn embedding_knn(
         std::fs::read(dir.join(format!("{s}.f32")))
             .map_err(|e| fail(format!("the embeddings have no split {s}: {e}")))
     };
-    // The corpus file: the mined splits' embeddings, concatenated in corpus order.
-    let mut corpus_bytes = Vec::with_capacity(corpus.len() * d * 4);
+    // The corpus: the mined splits' embedding files in corpus order. One split (the usual
+    // case) is read by the worker where it lies; several are concatenated into the work folder.
     let mut splits_seen: Vec<&str> = Vec::new();
     for (s, _) in corpus {
         if !splits_seen.contains(&s.as_str()) {
             splits_seen.push(s);
-            corpus_bytes.extend(load(s)?);
         }
     }
-    if corpus_bytes.len() != corpus.len() * d * 4 {
+    let files: Vec<PathBuf> = splits_seen
+        .iter()
+        .map(|s| dir.join(format!("{s}.f32")))
+        .collect();
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()))
+        .sum::<std::io::Result<u64>>()
+        .map_err(|e| {
+            fail(format!(
+                "the embeddings lack a split of {splits_seen:?}: {e}"
+            ))
+        })?;
+    if bytes != (corpus.len() * d * 4) as u64 {
         return Err(fail(format!(
             "the embeddings hold {} rows for {:?}; the dataset has {} (made from another dataset?)",
-            corpus_bytes.len() / (d * 4).max(1),
+            bytes / (d * 4).max(1) as u64,
             splits_seen,
             corpus.len()
         )));
     }
+    let corpus_path = match files.as_slice() {
+        [one] => one.clone(),
+        _ => {
+            let joined = ctx.work_dir.join("corpus.f32");
+            let mut all = Vec::with_capacity(bytes as usize);
+            for s in &splits_seen {
+                all.extend(load(s)?);
+            }
+            std::fs::write(&joined, all).map_err(|e| NodeError::io("corpus", e))?;
+            joined
+        }
+    };
     // Queries: each badcase's row in its split's embeddings.
     let mut by_split: HashMap<String, Vec<u8>> = HashMap::new();
     let mut q = Vec::with_capacity(badcases.len() * d * 4);
@@ -552,10 +568,8 @@ async fn embedding_knn(
         };
         q.extend_from_slice(v);
     }
-    let corpus_path = ctx.work_dir.join("corpus.f32");
     let queries_path = ctx.work_dir.join("queries.f32");
     let out = ctx.work_dir.join("knn.bin");
-    std::fs::write(&corpus_path, corpus_bytes).map_err(|e| NodeError::io("corpus", e))?;
     std::fs::write(&queries_path, q).map_err(|e| NodeError::io("queries", e))?;
     let request = json!({
         "corpus": corpus_path, "queries": queries_path, "dim": d, "k": c.top_k,

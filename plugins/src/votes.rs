@@ -14,8 +14,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::data::{Dataset, LabelSpec, Split};
-use crate::flags::{self, Flag};
+use crate::data::{LabelSpec, Split};
+use crate::flags::Flag;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -454,13 +454,7 @@ impl NodeKind for Votes {
 
     fn check(c: &VotesConfig, inputs: &[String]) -> Vec<ConfigProblem> {
         let mut p = Vec::new();
-        if c.in_input {
-            p.extend(crate::require_inputs(
-                inputs,
-                &["data"],
-                "{data: MAKE.data}",
-            ));
-        }
+        p.extend(crate::require_data_input(c.in_input, inputs));
         if !(0.0..=1.0).contains(&c.min_margin) {
             p.push(ConfigProblem::new(
                 CfgPath::root().key("min_margin"),
@@ -557,15 +551,7 @@ impl NodeKind for Votes {
             }
         }
         out_flags.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
-        let ds = Dataset {
-            labels: spec,
-            splits: [("train".to_string(), split)].into(),
-        };
-        let out = ctx.output_path("dataset");
-        ds.write(&out)
-            .map_err(|e| NodeError::io("writing the dataset", e))?;
-        let fl = ctx.output_path("flags");
-        flags::write(&fl, &out_flags).map_err(|e| NodeError::io("writing flags", e))?;
+        let (out, fl) = crate::write_train_and_flags(&ctx, spec, split, &out_flags)?;
         let ag = ctx.output_path("agreement");
         std::fs::write(&ag, per_row).map_err(|e| NodeError::io("writing agreement", e))?;
         let items = t.items.len().max(1) as f64;

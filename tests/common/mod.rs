@@ -30,6 +30,16 @@ impl Fixture {
         self.dir.path()
     }
 
+    /// Copies `manifests/scripts/NAME` into the fixture's `scripts/`, as example manifests expect.
+    pub fn add_script(&self, name: &str) {
+        std::fs::create_dir_all(self.path().join("scripts")).unwrap();
+        std::fs::copy(
+            Path::new("manifests/scripts").join(name),
+            self.path().join("scripts").join(name),
+        )
+        .unwrap();
+    }
+
     pub fn write(&self, name: &str, text: &str) {
         std::fs::write(self.path().join(name), text).unwrap();
     }

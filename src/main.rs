@@ -62,6 +62,9 @@ enum Cmd {
         /// Also write the run report (JSON) here
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Override a declared param: NAME=VALUE (VALUE read as YAML); repeatable
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
+        sets: Vec<(String, String)>,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -74,6 +77,9 @@ enum Cmd {
         /// Plan as if these nodes were forced
         #[arg(long)]
         force: Vec<String>,
+        /// Override a declared param: NAME=VALUE (VALUE read as YAML); repeatable
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
+        sets: Vec<(String, String)>,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -251,11 +257,28 @@ fn diff_text(a: &str, b: &str, d: &serde_json::Value) -> String {
     s
 }
 
+/// `NAME=VALUE` of `--set`.
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=VALUE, found \"{s}\"")),
+    }
+}
+
 fn load(file: &Path, registry: &Registry) -> Result<Pipeline, ExitCode> {
-    let source = Source::read(file).map_err(|e| {
+    load_with(file, registry, &[])
+}
+
+fn load_with(
+    file: &Path,
+    registry: &Registry,
+    sets: &[(String, String)],
+) -> Result<Pipeline, ExitCode> {
+    let mut source = Source::read(file).map_err(|e| {
         eprintln!("relabel: cannot read {}: {e}", file.display());
         ExitCode::from(code::INVALID)
     })?;
+    source.overrides = sets.to_vec();
     load_pipeline(source, registry).map_err(|d| {
         eprintln!("{d}");
         eprintln!(
@@ -352,9 +375,10 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
             file,
             json,
             force,
+            sets,
             cache,
         } => {
-            let p = load(&file, registry)?;
+            let p = load_with(&file, registry, &sets)?;
             let c = open_cache(&cache)?;
             let steps = runner::plan(&p, &c, &force);
             if json {
@@ -381,9 +405,10 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
             force,
             jobs,
             report: report_path,
+            sets,
             cache,
         } => {
-            let p = Arc::new(load(&file, registry)?);
+            let p = Arc::new(load_with(&file, registry, &sets)?);
             let c = Arc::new(open_cache(&cache)?);
             let mut opts = RunOptions {
                 targets,

@@ -118,6 +118,43 @@ fn changing_one_config_reruns_exactly_that_node_and_its_descendants() {
 }
 
 #[test]
+fn set_overrides_a_declared_param_and_reruns_only_what_it_reaches() {
+    let manifest = r#"
+version: 1
+name: params
+params: {n: 3, word: hi}
+nodes:
+  - id: a
+    kind: command
+    config: {run: "echo ${params.word} > ${outputs.out}", outputs: [out]}
+  - id: b
+    kind: command
+    config: {run: "seq ${params.n} > ${outputs.out}", outputs: [out]}
+"#;
+    let mut f = Fixture::new(manifest);
+    let (code, r) = f.run(&["--set", "n=5"]);
+    assert_eq!(code, 0);
+    let lines = std::fs::read_to_string(output_path(&r, "b", "out")).unwrap();
+    assert_eq!(lines.lines().count(), 5);
+    // The same override again: all cached; back to the manifest's value: only b reruns.
+    let (_, r) = f.run(&["--set", "n=5"]);
+    assert_eq!(with_status(&r, "ran"), Vec::<String>::new());
+    let (_, r) = f.run(&[]);
+    assert_eq!(with_status(&r, "ran"), vec!["b"]);
+    // An undeclared param is refused with where and what is declared.
+    let out = f.output(&["run", "p.yaml", "--set", "nn=2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("p.yaml:4:") && err.contains("no param \"nn\"") && err.contains("\"n\""),
+        "{err}"
+    );
+    let out = f.output(&["plan", "p.yaml", "--set", "n"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=VALUE"));
+}
+
+#[test]
 fn changing_a_referenced_file_reruns_its_node_and_descendants() {
     let mut f = Fixture::new(DIAMOND);
     f.write("b.sh", "cat \"$1\"; echo b1\n");

@@ -35,6 +35,8 @@ pub struct Source {
     /// The folder relative paths in the manifest are resolved against.
     pub dir: PathBuf,
     pub text: String,
+    /// `--set NAME=VALUE` overrides of declared params (VALUE read as a YAML scalar).
+    pub overrides: Vec<(String, String)>,
 }
 
 impl Source {
@@ -55,6 +57,7 @@ impl Source {
             name: path.display().to_string(),
             dir,
             text,
+            overrides: Vec::new(),
         })
     }
 
@@ -63,6 +66,7 @@ impl Source {
             name: name.to_string(),
             dir: PathBuf::from("."),
             text: text.to_string(),
+            overrides: Vec::new(),
         }
     }
 }
@@ -291,6 +295,22 @@ pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
             ),
             None,
         ),
+    }
+
+    for (k, v) in &source.overrides {
+        let key = Value::String(k.clone());
+        if params.contains_key(&key) {
+            let value = serde_yaml::from_str(v).unwrap_or_else(|_| Value::String(v.clone()));
+            params.insert(key, value);
+        } else {
+            let names: Vec<&str> = params.keys().filter_map(Value::as_str).collect();
+            r.value(
+                &top.key("params"),
+                format!("--set {k}={v}: the manifest declares no param \"{k}\""),
+                did_you_mean(k, names.iter().copied())
+                    .or_else(|| Some(format!("declared params: {}", names.join(", ")))),
+            );
+        }
     }
 
     let mut llm = Vec::new();

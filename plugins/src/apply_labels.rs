@@ -1,5 +1,7 @@
 //! `apply_labels`: the next dataset version from the relabeler's decisions, with an audit trail
-//! of every change (row, old and new label, who decided, on what evidence, when).
+//! of every change (row, old and new label, who decided, on what evidence, when); or, as the
+//! baselines relabelling is measured against, every flagged row flipped to the model's candidate
+//! or dropped.
 
 use std::collections::BTreeMap;
 
@@ -13,14 +15,131 @@ use serde_json::json;
 
 use crate::binary_relabeler::{read_decisions, Decision, Outcome};
 use crate::data::Dataset;
+use crate::flags::Flag;
+
+/// What `apply_labels` makes the next dataset version from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// The relabeler's (an LLM's or people's) `decisions`.
+    #[default]
+    Decisions,
+    /// A baseline with no judge: every row in `flags` takes its candidate (the model's
+    /// prediction).
+    Flip,
+    /// A baseline with no judge (cleanlab's prune): every row in `flags` is left out.
+    Drop,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyConfig {
+    /// `decisions` (default; input `decisions`), or a judge-free baseline over input `flags`:
+    /// `flip` (to the model's candidate) or `drop`. With a baseline, an input `decisions` is
+    /// not read.
+    #[serde(default)]
+    pub action: Action,
     /// Changes whose judge's confidence is known and below this are not applied.
     #[serde(default)]
     pub min_confidence: Option<f64>,
 }
+
+/// The row a flag or decision refers to (by id, the row number being a hint), checked to still
+/// carry the label it was flagged or judged with; never a test row.
+fn locate(ds: &Dataset, f: &Flag, line: usize, what: &str) -> Result<usize, String> {
+    if f.split == "test" {
+        return Err(format!(
+            "{what} line {line}: row {} is in the test split, which is never relabelled",
+            f.id
+        ));
+    }
+    let split = ds.splits.get(&f.split).ok_or_else(|| {
+        format!(
+            "{what} line {line}: the dataset has no split \"{}\"",
+            f.split
+        )
+    })?;
+    let row = if split.ids.get(f.row) == Some(&f.id) {
+        f.row
+    } else {
+        split.ids.iter().position(|x| x == &f.id).ok_or_else(|| {
+            format!(
+                "{what} line {line}: split {} has no row with id \"{}\"",
+                f.split, f.id
+            )
+        })?
+    };
+    if Some(split.labels[row]) != ds.labels.index(&f.label) {
+        return Err(format!(
+            "{what} line {line}: row {} is labelled \"{}\" in this dataset, but was {what_verb} as \"{}\" ({what} from another dataset version?)",
+            f.id,
+            ds.labels.labels[split.labels[row] as usize].name,
+            f.label,
+            what_verb = if what == "flags" { "flagged" } else { "judged" },
+        ));
+    }
+    Ok(row)
+}
+
+/// The `flip` baseline's decisions: every flagged row changes to its candidate, unjudged.
+pub fn flip_decisions(flags: &[Flag]) -> Vec<Decision> {
+    flags
+        .iter()
+        .map(|f| {
+            let mut d = Decision::undecided(f.clone(), "flip", "");
+            d.outcome = Outcome::Change;
+            d.failure = None;
+            d.chosen = Some(f.candidate.clone());
+            d
+        })
+        .collect()
+}
+
+/// The `drop` baseline: leaves every flagged row out of `ds`; returns the audit trail (new label
+/// `(dropped)`). A row flagged twice is dropped once.
+pub fn drop_flagged(ds: &mut Dataset, flags: &[Flag]) -> Result<Vec<AuditRecord>, String> {
+    let mut gone: BTreeMap<String, std::collections::BTreeSet<usize>> = BTreeMap::new();
+    let mut audit = Vec::new();
+    for (n, f) in flags.iter().enumerate() {
+        let row = locate(ds, f, n + 1, "flags")?;
+        if !gone.entry(f.split.clone()).or_default().insert(row) {
+            continue;
+        }
+        audit.push(AuditRecord {
+            split: f.split.clone(),
+            row,
+            id: f.id.clone(),
+            old_label: f.label.clone(),
+            new_label: DROPPED.to_string(),
+            source: "drop".into(),
+            old_prob: f.label_prob,
+            new_prob: f.candidate_prob,
+            answer: None,
+            confidence: None,
+            template_digest: None,
+            endpoint: None,
+            model: None,
+            at: None,
+        });
+    }
+    for (name, rows) in gone {
+        let s = ds
+            .splits
+            .get_mut(&name)
+            .expect("located rows are in the dataset");
+        let keep = |i: &usize| !rows.contains(i);
+        let mut i = 0;
+        s.ids.retain(|_| (keep(&i), i += 1).0);
+        i = 0;
+        s.texts.retain(|_| (keep(&i), i += 1).0);
+        i = 0;
+        s.labels.retain(|_| (keep(&i), i += 1).0);
+    }
+    Ok(audit)
+}
+
+/// The audit's new label for a dropped row.
+pub const DROPPED: &str = "(dropped)";
 
 /// One line of the audit trail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,29 +204,8 @@ pub fn apply(
                 f.id
             ));
         };
-        let old_idx = ds.labels.index(&f.label);
-        let split = ds.splits.get_mut(&f.split).ok_or_else(|| {
-            format!(
-                "decisions line {line}: the dataset has no split \"{}\"",
-                f.split
-            )
-        })?;
-        let row = if split.ids.get(f.row) == Some(&f.id) {
-            f.row
-        } else {
-            split.ids.iter().position(|x| x == &f.id).ok_or_else(|| {
-                format!(
-                    "decisions line {line}: split {} has no row with id \"{}\"",
-                    f.split, f.id
-                )
-            })?
-        };
-        if Some(split.labels[row]) != old_idx {
-            return Err(format!(
-                "decisions line {line}: row {} is labelled \"{}\" in this dataset, but was judged as \"{}\" (decisions from another dataset version?)",
-                f.id, ds.labels.labels[split.labels[row] as usize].name, f.label
-            ));
-        }
+        let row = locate(ds, f, line, "decisions")?;
+        let split = ds.splits.get_mut(&f.split).expect("located");
         split.labels[row] = new_idx;
         audit.push(AuditRecord {
             split: f.split.clone(),
@@ -141,11 +239,18 @@ impl NodeKind for ApplyLabels {
     }
 
     fn check(c: &ApplyConfig, inputs: &[String]) -> Vec<ConfigProblem> {
-        let mut p = crate::require_inputs(
-            inputs,
-            &["dataset", "decisions"],
-            "{dataset: DATA.dataset, decisions: RELABEL.decisions}",
-        );
+        let mut p = match c.action {
+            Action::Decisions => crate::require_inputs(
+                inputs,
+                &["dataset", "decisions"],
+                "{dataset: DATA.dataset, decisions: RELABEL.decisions}",
+            ),
+            Action::Flip | Action::Drop => crate::require_inputs(
+                inputs,
+                &["dataset", "flags"],
+                "{dataset: DATA.dataset, flags: FILTER.flags}",
+            ),
+        };
         if let Some(m) = c.min_confidence {
             if !(0.0..=1.0).contains(&m) {
                 p.push(ConfigProblem::new(
@@ -166,8 +271,24 @@ impl NodeKind for ApplyLabels {
         let fail = NodeError::Failed;
         let mut ds =
             Dataset::read(&inputs["dataset"].path).map_err(|e| fail(format!("dataset: {e}")))?;
-        let decisions = read_decisions(&inputs["decisions"].path).map_err(fail)?;
-        let audit = apply(&mut ds, &decisions, c.min_confidence).map_err(fail)?;
+        let read_flags =
+            || crate::flags::read(&inputs["flags"].path).map_err(|e| fail(format!("flags: {e}")));
+        let (decisions, audit) = match c.action {
+            Action::Decisions => {
+                let decisions = read_decisions(&inputs["decisions"].path).map_err(fail)?;
+                let audit = apply(&mut ds, &decisions, c.min_confidence).map_err(fail)?;
+                (decisions.len(), audit)
+            }
+            Action::Flip => {
+                let decisions = flip_decisions(&read_flags()?);
+                let audit = apply(&mut ds, &decisions, None).map_err(fail)?;
+                (decisions.len(), audit)
+            }
+            Action::Drop => {
+                let flags = read_flags()?;
+                (flags.len(), drop_flagged(&mut ds, &flags).map_err(fail)?)
+            }
+        };
         let out = ctx.output_path("dataset");
         ds.write(&out)
             .map_err(|e| NodeError::io("writing the dataset", e))?;
@@ -195,7 +316,7 @@ impl NodeKind for ApplyLabels {
             .sum();
         let mut m = Metrics::new();
         m.insert("changed".into(), json!(audit.len()));
-        m.insert("decisions".into(), json!(decisions.len()));
+        m.insert("decisions".into(), json!(decisions));
         m.insert(
             "changed_fraction".into(),
             json!(if rows == 0 {
@@ -284,4 +405,97 @@ pub fn read_dataset(p: &std::path::Path) -> Result<Dataset, String> {
             p.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{LabelSpec, Split};
+
+    fn dataset() -> Dataset {
+        let split = |p: &str, labels: Vec<u32>| Split {
+            ids: (0..labels.len()).map(|i| format!("{p}{i}")).collect(),
+            texts: (0..labels.len()).map(|i| format!("text {p}{i}")).collect(),
+            labels,
+        };
+        Dataset {
+            labels: LabelSpec::from_names(["a", "b", "c"].map(String::from)),
+            splits: [
+                ("train".to_string(), split("t", vec![0, 1, 2, 0, 1])),
+                ("test".to_string(), split("x", vec![0, 1])),
+            ]
+            .into(),
+        }
+    }
+
+    fn flag(split: &str, row: usize, id: &str, label: &str, candidate: &str) -> Flag {
+        Flag {
+            split: split.into(),
+            row,
+            id: id.into(),
+            text: String::new(),
+            label: label.into(),
+            candidate: candidate.into(),
+            label_prob: 0.2,
+            candidate_prob: 0.7,
+            score: 1.0,
+            rule: "pred_neq_label".into(),
+        }
+    }
+
+    #[test]
+    fn flip_moves_each_flagged_row_to_its_candidate_and_nothing_else() {
+        let mut ds = dataset();
+        // Row 3 is found by id although its row hint is stale.
+        let flags = [
+            flag("train", 1, "t1", "b", "c"),
+            flag("train", 0, "t3", "a", "b"),
+        ];
+        let audit = apply(&mut ds, &flip_decisions(&flags), None).unwrap();
+        assert_eq!(ds.splits["train"].labels, vec![0, 2, 2, 1, 1]);
+        assert_eq!(audit.len(), 2);
+        assert!(audit.iter().all(|a| a.source == "flip"));
+        assert_eq!((audit[1].row, audit[1].new_label.as_str()), (3, "b"));
+    }
+
+    #[test]
+    fn drop_leaves_flagged_rows_out_once_and_keeps_the_rest_in_order() {
+        let mut ds = dataset();
+        let flags = [
+            flag("train", 1, "t1", "b", "c"),
+            flag("train", 4, "t4", "b", "a"),
+            flag("train", 1, "t1", "b", "a"),
+        ];
+        let audit = drop_flagged(&mut ds, &flags).unwrap();
+        let t = &ds.splits["train"];
+        assert_eq!(t.ids, vec!["t0", "t2", "t3"]);
+        assert_eq!(t.texts, vec!["text t0", "text t2", "text t3"]);
+        assert_eq!(t.labels, vec![0, 2, 0]);
+        assert_eq!(audit.len(), 2);
+        assert!(audit.iter().all(|a| a.new_label == DROPPED));
+        assert_eq!(ds.splits["test"].len(), 2);
+    }
+
+    #[test]
+    fn baselines_refuse_test_rows_and_stale_flags_with_the_line() {
+        let mut ds = dataset();
+        let e = drop_flagged(&mut ds, &[flag("test", 0, "x0", "a", "b")]).unwrap_err();
+        assert!(
+            e.contains("flags line 1") && e.contains("test split"),
+            "{e}"
+        );
+        let stale = [
+            flag("train", 0, "t0", "a", "b"),
+            flag("train", 2, "t2", "a", "b"),
+        ];
+        let e = drop_flagged(&mut ds, &stale).unwrap_err();
+        assert!(
+            e.contains("flags line 2") && e.contains("labelled \"c\""),
+            "{e}"
+        );
+        // Nothing was dropped by the failed call.
+        assert_eq!(ds.splits["train"].len(), 5);
+        let e = apply(&mut ds, &flip_decisions(&stale), None).unwrap_err();
+        assert!(e.contains("decisions line 2"), "{e}");
+    }
 }

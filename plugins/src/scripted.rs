@@ -124,20 +124,26 @@ pub struct Server {
 impl Server {
     /// Serves `handler`'s replies on a free loopback port.
     pub fn start(handler: Handler) -> io::Result<Server> {
-        Self::spawn(Mode::Script(handler))
+        Self::spawn(Mode::Script(handler), 0)
+    }
+
+    /// Serves `handler` on loopback port `port` (a fixed port keeps an endpoint's `base_url`, and
+    /// so the relabeler's cache keys, the same from one benchmark run to the next).
+    pub fn start_on(port: u16, handler: Handler) -> io::Result<Server> {
+        Self::spawn(Mode::Script(handler), port)
     }
 
     /// Forwards every request to `upstream`, counting them: proof of how many requests a run sent.
     pub fn proxy(upstream: SocketAddr) -> io::Result<Server> {
-        Self::spawn(Mode::Forward(upstream))
+        Self::spawn(Mode::Forward(upstream), 0)
     }
 
-    fn spawn(mode: Mode) -> io::Result<Server> {
+    fn spawn(mode: Mode, port: u16) -> io::Result<Server> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0"))?;
+        let listener = runtime.block_on(TcpListener::bind(("127.0.0.1", port)))?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicU64::new(0));
         let mode = Arc::new(mode);
@@ -355,4 +361,144 @@ pub fn user_message(request: &Value) -> String {
         .and_then(|m| m["content"].as_str())
         .unwrap_or("")
         .to_string()
+}
+
+/// The item text of a binary-relabel prompt rendered from templates/binary_relabel.j2 (the text
+/// between `Item: "` and the closing `"` before `Label:`).
+pub fn prompt_item(prompt: &str) -> Option<&str> {
+    prompt
+        .rsplit_once("Item: \"")
+        .and_then(|(_, rest)| rest.rsplit_once("\"\nLabel:"))
+        .map(|(item, _)| item)
+}
+
+/// A simulated annotator of known accuracy, for measurement only (never a node kind): it answers
+/// a two-candidate relabel request with the item's true label with probability `p` and with the
+/// other candidate otherwise; when neither candidate is the true label it picks one at random.
+/// `p` comes from the request's model name, `sim-p0.9`, so one server serves several judges
+/// (and each judge's answers are cached apart). Draws are a hash of (seed, item, candidates):
+/// the same question always gets the same answer, and a row a judge of accuracy p answers right
+/// is answered right by every judge of higher p.
+pub struct Annotator {
+    truth: std::collections::HashMap<String, String>,
+    seed: u64,
+    latency: Duration,
+    /// Requests whose item has no known true label (answered with HTTP 400).
+    pub unknown: AtomicU64,
+}
+
+impl Annotator {
+    /// `truth`: item text -> true label.
+    pub fn new(
+        truth: std::collections::HashMap<String, String>,
+        seed: u64,
+        latency: Duration,
+    ) -> Arc<Annotator> {
+        Arc::new(Annotator {
+            truth,
+            seed,
+            latency,
+            unknown: AtomicU64::new(0),
+        })
+    }
+
+    /// The judge's name for accuracy `p`: the endpoint's `model`.
+    pub fn model_name(p: f64) -> String {
+        format!("sim-p{p}")
+    }
+
+    fn draw(&self, item: &str, pair: &[String], salt: &str) -> f64 {
+        let mut sorted = pair.to_vec();
+        sorted.sort();
+        let mut h = blake3::Hasher::new();
+        h.update(&self.seed.to_le_bytes());
+        h.update(salt.as_bytes());
+        h.update(item.as_bytes());
+        for c in &sorted {
+            h.update(&[0]);
+            h.update(c.as_bytes());
+        }
+        let b = h.finalize();
+        let x = u64::from_le_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"));
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The label the judge of accuracy `p` gives `item` offered `pair`; None for an unknown item.
+    pub fn answer(&self, p: f64, item: &str, pair: &[String]) -> Option<String> {
+        let truth = self.truth.get(item)?;
+        let pick = if let Some(i) = pair.iter().position(|c| c == truth) {
+            if self.draw(item, pair, "right") < p {
+                i
+            } else {
+                1 - i
+            }
+        } else {
+            usize::from(self.draw(item, pair, "neither") < 0.5)
+        };
+        Some(pair[pick].clone())
+    }
+
+    /// The server's handler.
+    pub fn handler(self: &Arc<Self>) -> Handler {
+        let me = self.clone();
+        Arc::new(move |req| {
+            let body = req.json().unwrap_or(Value::Null);
+            let pair = offered(&body);
+            let p = body["model"]
+                .as_str()
+                .and_then(|m| m.strip_prefix("sim-p"))
+                .and_then(|p| p.parse::<f64>().ok());
+            let (Some(p), 2) = (p, pair.len()) else {
+                return Reply::status(400, "expected model sim-pP and two offered labels");
+            };
+            let msg = user_message(&body);
+            match prompt_item(&msg).and_then(|item| me.answer(p, item, &pair)) {
+                Some(label) => Reply::ok(chat_completion(&json!({ "label": label }).to_string()))
+                    .delayed(me.latency),
+                None => {
+                    me.unknown.fetch_add(1, Ordering::Relaxed);
+                    Reply::status(400, "unknown item")
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_simulated_annotator_is_right_with_probability_p_and_stable() {
+        let pair = vec!["a".to_string(), "b".to_string()];
+        let truth = (0..4000)
+            .map(|i| (format!("item {i}"), pair[i % 2].clone()))
+            .collect();
+        let ann = Annotator::new(truth, 7, Duration::ZERO);
+        for p in [0.8, 0.9, 1.0] {
+            let right = (0..4000)
+                .filter(|i| {
+                    let item = format!("item {i}");
+                    ann.answer(p, &item, &pair).unwrap() == pair[i % 2]
+                })
+                .count() as f64
+                / 4000.0;
+            // 4000 draws: the standard error is <= 0.008.
+            assert!((right - p).abs() < 0.03, "p {p}: right {right}");
+        }
+        // Coupled: a row answered right at 0.8 is answered right at 0.9; order does not matter.
+        let flipped = vec!["b".to_string(), "a".to_string()];
+        for i in 0..500 {
+            let item = format!("item {i}");
+            let t = &pair[i % 2];
+            let a8 = ann.answer(0.8, &item, &pair).unwrap();
+            if &a8 == t {
+                assert_eq!(&ann.answer(0.9, &item, &pair).unwrap(), t);
+            }
+            assert_eq!(a8, ann.answer(0.8, &item, &flipped).unwrap());
+        }
+        assert_eq!(ann.answer(0.9, "never seen", &pair), None);
+        let item = "Classify.\nItem: \"say \"hi\"\"\nLabel:";
+        assert_eq!(prompt_item(item), Some("say \"hi\""));
+    }
 }

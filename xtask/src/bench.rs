@@ -17,8 +17,9 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
         "llm" => crate::bench_llm::llm(root, args)?,
         "knn" => crate::bench_knn::knn(root, args)?,
         "votes" => crate::bench_votes::votes(root, args)?,
+        "quality" => crate::bench_quality::quality(root, args)?,
         other => {
-            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, knn, votes")
+            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, knn, votes, quality")
         }
     };
     let out = json!({

@@ -4,6 +4,7 @@ mod bench;
 mod bench_flag;
 mod bench_knn;
 mod bench_llm;
+mod bench_quality;
 mod bench_train;
 mod bench_votes;
 mod setup_llm;
@@ -49,7 +50,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask COMMAND\n\n  setup            fetch libtorch (CPU), all-MiniLM-L6-v2, llama-server and Qwen2.5 0.5B into ~/.cache/relabel (idempotent)\n  demo             setup, then run the demo pipeline\n  test             setup, then run every test\n  schema [--check] regenerate (or check) manifests/relabel.schema.json\n  bench NAME       run a benchmark (engine, train, flag, llm, knn, votes) and write docs/bench/NAME.json"
+                "usage: cargo xtask COMMAND\n\n  setup            fetch libtorch (CPU), all-MiniLM-L6-v2, llama-server and Qwen2.5 0.5B into ~/.cache/relabel (idempotent)\n  demo             setup, then run the demo pipeline\n  test             setup, then run every test\n  schema [--check] regenerate (or check) manifests/relabel.schema.json\n  bench NAME       run a benchmark (engine, train, flag, llm, knn, votes, quality) and write docs/bench/NAME.json"
             );
             bail!("unknown or missing command")
         }
@@ -265,21 +266,28 @@ pub fn relabel_bin(root: &Path) -> Result<PathBuf> {
 
 fn demo(root: &Path, extra: &[String]) -> Result<()> {
     let bin = relabel_bin(root)?;
+    // `--set NAME=VALUE` goes to the Banking77 run only; other arguments (`--cache DIR`) to all.
+    let (mut sets, mut rest) = (Vec::new(), Vec::new());
+    let mut it = extra.iter();
+    while let Some(a) = it.next() {
+        if a == "--set" {
+            sets.push(a.clone());
+            sets.extend(it.next().cloned());
+        } else {
+            rest.push(a.clone());
+        }
+    }
     // The main demo: Banking77 (real data) with planted noise, relabelled by the local LLM.
     let data = bench_train::banking77()?;
     let report = root.join("target/demo-banking77.json");
-    run(Command::new(&bin)
-        .args(["run", "manifests/demo/banking77.yaml", "--report"])
-        .arg(&report)
-        .args(extra)
-        .env("RELABEL_BANKING77", &data))?;
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
-    print!("{}", demo_table(&r));
+    let args: Vec<String> = sets.into_iter().chain(rest.iter().cloned()).collect();
+    let (r, table) = demo_banking77(root, &bin, &data, &report, &args)?;
+    print!("{table}");
     // The HTML page goes next to the run's own report, in the cache's runs folder.
     let run_id = r["run_id"].as_str().unwrap_or("latest").to_string();
     let out = Command::new(&bin)
         .args(["report", &run_id])
-        .args(extra)
+        .args(&rest)
         .output()?;
     println!(
         "HTML report: {}",
@@ -291,9 +299,30 @@ fn demo(root: &Path, extra: &[String]) -> Result<()> {
         "manifests/classification.yaml",
         "manifests/relabel_classification.yaml",
     ] {
-        run(Command::new(&bin).args(["run", manifest]).args(extra))?;
+        run(Command::new(&bin).args(["run", manifest]).args(&rest))?;
     }
     Ok(())
+}
+
+/// Runs manifests/demo/banking77.yaml on the Banking77 files in `data` (`args`: more `relabel run`
+/// arguments, e.g. `--set train_rows=1500`); returns the run report and the summary table.
+pub fn demo_banking77(
+    root: &Path,
+    bin: &Path,
+    data: &Path,
+    report: &Path,
+    args: &[String],
+) -> Result<(serde_json::Value, String)> {
+    run(Command::new(bin)
+        .arg("run")
+        .arg(root.join("manifests/demo/banking77.yaml"))
+        .arg("--report")
+        .arg(report)
+        .args(args)
+        .env("RELABEL_BANKING77", data))?;
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(report)?)?;
+    let table = demo_table(&r);
+    Ok((r, table))
 }
 
 /// The demo's summary, computed from the run report (every figure comes from a node's metrics).
@@ -311,8 +340,12 @@ pub fn demo_table(r: &serde_json::Value) -> String {
             .unwrap_or("-".into())
     };
     let num = |v: serde_json::Value| v.as_u64().map(|x| x.to_string()).unwrap_or("-".into());
+    let wrong = metric("score", "label_accuracy_before")
+        .as_f64()
+        .map(|a| format!("{:.1}%", 100.0 * (1.0 - a)))
+        .unwrap_or("-".into());
     format!(
-        "\nBanking77, 15% planted train-label noise, relabelled by the local LLM:\n\
+        "\nBanking77 with planted noise ({wrong} of train labels wrong), relabelled by the local LLM:\n\
          | flagged | relabel asked | changed | correct changes | train-label accuracy before -> after | fixed-test accuracy before -> after |\n\
          |---:|---:|---:|---:|---|---|\n\
          | {} | {} | {} | {} | {} -> {} | {} -> {} |\n",
@@ -348,4 +381,159 @@ fn schema(root: &Path, check: bool) -> Result<()> {
     std::fs::write(&path, &out.stdout)?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The demo as a CI test, on a reduced size: its table must hold figures recomputed here
+    //! from the run's own artifacts, and a second invocation must run nothing.
+    use super::*;
+    use relabel_plugins::data::Dataset;
+    use relabel_plugins::predictions::SplitPredictions;
+    use serde_json::Value;
+    use std::collections::HashMap;
+
+    fn output(r: &Value, node: &str, name: &str) -> PathBuf {
+        let n = r["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["instance"] == node)
+            .unwrap_or_else(|| panic!("no node {node}"));
+        PathBuf::from(n["outputs"][name]["path"].as_str().unwrap())
+    }
+
+    fn jsonl(p: &Path) -> Vec<Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn label_accuracy(ds: &Dataset, truth: &HashMap<String, String>) -> f64 {
+        let t = &ds.splits["train"];
+        let names = ds.labels.names();
+        let right = t
+            .ids
+            .iter()
+            .zip(&t.labels)
+            .filter(|(id, l)| truth[*id] == names[**l as usize])
+            .count();
+        right as f64 / t.len() as f64
+    }
+
+    fn test_accuracy(predictions: &Path) -> f64 {
+        let p = SplitPredictions::read(&predictions.join("test.bin")).unwrap();
+        let right = p
+            .predicted
+            .iter()
+            .zip(&p.label)
+            .filter(|(a, b)| a == b)
+            .count();
+        right as f64 / p.rows() as f64
+    }
+
+    #[test]
+    fn the_demo_on_a_reduced_size_prints_figures_from_its_run_and_reruns_nothing() {
+        let root = repo_root();
+        let bin = root.join("target/debug/relabel");
+        assert!(
+            bin.exists(),
+            "build the binaries first (`cargo xtask test` does)"
+        );
+        let data = bench_train::banking77().unwrap();
+        let dir = std::env::temp_dir().join(format!("relabel-demo-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let args: Vec<String> = [
+            "--set",
+            "train_rows=1500",
+            "--set",
+            "relabel_rows=12",
+            "--cache",
+            dir.join("cache").to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec();
+        let (r, table) =
+            demo_banking77(&root, &bin, &data, &dir.join("first.json"), &args).unwrap();
+
+        // Every figure, recomputed from the artifacts.
+        let noisy = jsonl(&output(&r, "noisy", "data").join("train.jsonl"));
+        assert_eq!(noisy.len(), 1500);
+        let truth: HashMap<String, String> = noisy
+            .iter()
+            .map(|x| {
+                (
+                    x["id"].as_str().unwrap().to_string(),
+                    x["true_label"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let flags = jsonl(&output(&r, "flag", "flags"));
+        let decisions = jsonl(&output(&r, "relabel", "decisions"));
+        let audit = jsonl(&output(&r, "apply", "audit"));
+        let correct = audit
+            .iter()
+            .filter(|a| truth[a["id"].as_str().unwrap()] == a["new_label"].as_str().unwrap())
+            .count();
+        let before = label_accuracy(
+            &Dataset::read(&output(&r, "data", "dataset")).unwrap(),
+            &truth,
+        );
+        let after = label_accuracy(
+            &Dataset::read(&output(&r, "apply", "dataset")).unwrap(),
+            &truth,
+        );
+        let test_before = test_accuracy(&output(&r, "predict", "predictions"));
+        let test_after = test_accuracy(&output(&r, "repredict", "predictions"));
+        assert!(
+            !flags.is_empty() && flags.len() <= 75,
+            "5% of 1500 at most: {}",
+            flags.len()
+        );
+        assert_eq!(decisions.len(), 12.min(flags.len()));
+        let pct = |x: f64| format!("{:.2}%", 100.0 * x);
+        let expected = format!(
+            "| {} | {} | {} | {} | {} -> {} | {} -> {} |",
+            flags.len(),
+            decisions.len(),
+            audit.len(),
+            correct,
+            pct(before),
+            pct(after),
+            pct(test_before),
+            pct(test_after)
+        );
+        assert!(
+            table.contains(&expected),
+            "table:\n{table}\nexpected row:\n{expected}"
+        );
+        assert!(
+            table.contains(&format!(
+                "({:.1}% of train labels wrong)",
+                100.0 * (1.0 - before)
+            )),
+            "{table}"
+        );
+        // The planted noise is about 15%.
+        assert!((0.10..0.20).contains(&(1.0 - before)), "{before}");
+
+        // The second invocation runs nothing and prints the same table.
+        let t = std::time::Instant::now();
+        let (r2, table2) =
+            demo_banking77(&root, &bin, &data, &dir.join("second.json"), &args).unwrap();
+        let ran: Vec<&Value> = r2["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["status"] != "cached")
+            .collect();
+        assert!(ran.is_empty(), "reran: {ran:?}");
+        assert_eq!(table2, table);
+        assert!(t.elapsed().as_secs_f64() < 10.0, "{:?}", t.elapsed());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

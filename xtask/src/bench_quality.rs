@@ -1,0 +1,451 @@
+//! `cargo xtask bench quality`: does relabelling really help? Banking77 with planted train-label
+//! noise (10/20/30%, uniform or confusable), cleaned in rounds by manifests/bench/quality.yaml
+//! with a simulated judge of known accuracy p (a scripted server, for measurement only), the real
+//! local Qwen2.5 0.5B on a subset, and the judge-free baselines (flip to the prediction, drop the
+//! flagged rows); every figure is scored against the planted truth and the untouched test split.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use relabel_plugins::data::Dataset;
+use relabel_plugins::scripted::{Annotator, Server};
+use serde_json::{json, Value};
+
+/// The simulated judge's port: fixed, so its endpoint (and the relabeler's cache keys) stay the
+/// same from one benchmark run to the next.
+const SIM_PORT: u16 = 18077;
+
+/// One benchmark setting: a noise and a way of fixing flagged rows.
+struct Setting {
+    kind: &'static str,
+    noise: f64,
+    /// `flip`, `drop`, `sim-pP` or `qwen`.
+    method: String,
+    rounds: usize,
+    relabel_rows: usize,
+}
+
+impl Setting {
+    fn name(&self) -> String {
+        format!("{}-{}-{}", self.kind, self.noise, self.method)
+    }
+
+    fn sets(&self) -> Vec<String> {
+        let mut s = vec![
+            format!("noise={}", self.noise),
+            format!("noise_kind={}", self.kind),
+            format!("rounds={}", self.rounds),
+        ];
+        match self.method.as_str() {
+            "flip" | "drop" => {
+                s.push(format!("action={}", self.method));
+                s.push("relabel_rows=0".into());
+            }
+            "qwen" => {
+                s.push("judge=local".into());
+                s.push(format!("relabel_rows={}", self.relabel_rows));
+            }
+            sim => {
+                s.push(format!("judge_model={sim}"));
+                s.push(format!("judge_url=http://127.0.0.1:{SIM_PORT}/v1"));
+            }
+        }
+        s
+    }
+}
+
+/// Item text -> clean label, from Banking77's train split (what the simulated judge knows).
+fn truth_by_text(data: &Path) -> Result<(HashMap<String, String>, usize)> {
+    let text = std::fs::read_to_string(data.join("train.tsv"))?;
+    let mut truth = HashMap::new();
+    let mut conflicts = 0;
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        if fields.len() < 2 {
+            continue;
+        }
+        let (t, l) = (fields[0].to_string(), fields[fields.len() - 1].to_string());
+        match truth.get(&t) {
+            Some(old) if old != &l => conflicts += 1,
+            Some(_) => {}
+            None => {
+                truth.insert(t, l);
+            }
+        }
+    }
+    Ok((truth, conflicts))
+}
+
+fn node<'a>(r: &'a Value, instance: &str) -> Option<&'a Value> {
+    r["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["instance"] == instance)
+}
+
+fn output(r: &Value, instance: &str, name: &str) -> Result<PathBuf> {
+    node(r, instance)
+        .and_then(|n| n["outputs"][name]["path"].as_str())
+        .map(PathBuf::from)
+        .with_context(|| format!("the run report has no output {instance}.{name}"))
+}
+
+fn metric(r: &Value, instance: &str, key: &str) -> Value {
+    node(r, instance)
+        .map(|n| n["metrics"][key].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// Train rows whose label equals the planted truth, and the rows there are.
+fn label_accuracy(ds: &Dataset, truth: &HashMap<String, String>) -> (f64, usize) {
+    let t = &ds.splits["train"];
+    let right = t
+        .ids
+        .iter()
+        .zip(&t.labels)
+        .filter(|(id, l)| {
+            truth.get(*id).map(String::as_str) == Some(ds.labels.names()[**l as usize])
+        })
+        .count();
+    (right as f64 / t.len().max(1) as f64, t.len())
+}
+
+fn read_jsonl(p: &Path) -> Result<Vec<Value>> {
+    std::fs::read_to_string(p)?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}
+
+/// Scores one run against the planted truth: per round, flag precision/recall, train-label
+/// accuracy after the round, fixed-test accuracy of the model trained after it, judge accuracy,
+/// requests and tokens. Every figure comes from the run's artifacts and metrics.
+fn score(r: &Value, rounds: usize) -> Result<Value> {
+    let noisy = output(r, "noisy", "data")?;
+    let mut truth = HashMap::new();
+    for row in read_jsonl(&noisy.join("train.jsonl"))? {
+        truth.insert(
+            row["id"].as_str().unwrap_or("").to_string(),
+            row["true_label"].as_str().unwrap_or("").to_string(),
+        );
+    }
+    let start = Dataset::read(&output(r, "data", "dataset")?)?;
+    let (acc0, rows0) = label_accuracy(&start, &truth);
+    let mut per_round = Vec::new();
+    let mut current = start;
+    for k in 1..=rounds {
+        let flags = read_jsonl(&output(r, &format!("flag@{k}"), "flags")?)?;
+        let noisy_rows = {
+            let t = &current.splits["train"];
+            let names = current.labels.names();
+            t.ids
+                .iter()
+                .zip(&t.labels)
+                .filter(|(id, l)| truth.get(*id).map(String::as_str) != Some(names[**l as usize]))
+                .count()
+        };
+        let wrong_flagged = flags
+            .iter()
+            .filter(|f| {
+                truth.get(f["id"].as_str().unwrap_or(""))
+                    != f["label"].as_str().map(String::from).as_ref()
+            })
+            .count();
+        let fixable = flags
+            .iter()
+            .filter(|f| {
+                truth.get(f["id"].as_str().unwrap_or(""))
+                    == f["candidate"].as_str().map(String::from).as_ref()
+            })
+            .count();
+        let decisions = read_jsonl(&output(r, &format!("relabel@{k}"), "decisions")?)?;
+        let decided: Vec<&Value> = decisions
+            .iter()
+            .filter(|d| d["chosen"].is_string())
+            .collect();
+        let judge_right = decided
+            .iter()
+            .filter(|d| {
+                truth.get(d["id"].as_str().unwrap_or(""))
+                    == d["chosen"].as_str().map(String::from).as_ref()
+            })
+            .count();
+        let next = Dataset::read(&output(r, &format!("apply@{k}"), "dataset")?)?;
+        let (acc, rows) = label_accuracy(&next, &truth);
+        let test_after = if k < rounds {
+            metric(r, &format!("evaluate@{}", k + 1), "test_accuracy")
+        } else {
+            metric(r, "final_evaluate", "test_accuracy")
+        };
+        let rel = format!("relabel@{k}");
+        per_round.push(json!({
+            "round": k,
+            "flagged": flags.len(),
+            "flag_precision": wrong_flagged as f64 / flags.len().max(1) as f64,
+            "flag_recall": wrong_flagged as f64 / noisy_rows.max(1) as f64,
+            "candidate_is_truth": fixable as f64 / flags.len().max(1) as f64,
+            "judged": decisions.len(),
+            "judge_accuracy": if decided.is_empty() { Value::Null } else { json!(judge_right as f64 / decided.len() as f64) },
+            "undecided": decisions.len() - decided.len(),
+            "changed": metric(r, &format!("apply@{k}"), "changed"),
+            "train_label_accuracy": acc,
+            "train_rows": rows,
+            "test_accuracy": test_after,
+            "requests": metric(r, &rel, "http_requests"),
+            "prompt_tokens": metric(r, &rel, "prompt_tokens"),
+            "completion_tokens": metric(r, &rel, "completion_tokens"),
+        }));
+        current = next;
+    }
+    Ok(json!({
+        "train_label_accuracy_before": acc0,
+        "train_rows_before": rows0,
+        "test_accuracy_before": metric(r, "evaluate@1", "test_accuracy"),
+        "clean_test_accuracy": metric(r, "clean_evaluate", "test_accuracy"),
+        "rounds": per_round,
+    }))
+}
+
+fn pct(v: &Value) -> String {
+    v.as_f64()
+        .map(|x| format!("{:.1}", 100.0 * x))
+        .unwrap_or("-".into())
+}
+
+pub fn quality(root: &Path, args: &[String]) -> Result<Value> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let bin = crate::relabel_bin(root)?;
+    let data = crate::bench_train::banking77()?;
+    let (truth, conflicts) = truth_by_text(&data)?;
+    let latency_ms: u64 = std::env::var("RELABEL_SIM_LATENCY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let annotator = Annotator::new(truth, 2026, Duration::from_millis(latency_ms));
+    let server = Server::start_on(SIM_PORT, annotator.handler())
+        .with_context(|| format!("starting the simulated judge on port {SIM_PORT}"))?;
+    let qwen_rows: usize = std::env::var("RELABEL_QUALITY_QWEN_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+
+    let mut settings = Vec::new();
+    let (kinds, noises, sims): (&[&str], &[f64], &[f64]) = if quick {
+        (&["uniform"], &[0.2], &[0.9])
+    } else {
+        (
+            &["uniform", "confusable"],
+            &[0.1, 0.2, 0.3],
+            &[0.8, 0.9, 1.0],
+        )
+    };
+    for &kind in kinds {
+        for &noise in noises {
+            let mut methods: Vec<String> = vec!["flip".into(), "drop".into()];
+            methods.extend(sims.iter().map(|p| Annotator::model_name(*p)));
+            for method in methods {
+                settings.push(Setting {
+                    kind,
+                    noise,
+                    method,
+                    rounds: 3,
+                    relabel_rows: 100_000,
+                });
+            }
+        }
+    }
+    settings.push(Setting {
+        kind: "uniform",
+        noise: 0.2,
+        method: "qwen".into(),
+        rounds: 1,
+        relabel_rows: qwen_rows,
+    });
+
+    let work = root.join("target/bench-quality");
+    std::fs::create_dir_all(work.join("reports"))?;
+    let cache = work.join("cache");
+    let mut results = BTreeMap::new();
+    let t_all = Instant::now();
+    for s in &settings {
+        let name = s.name();
+        let report = work.join(format!("reports/{name}.json"));
+        let log = std::fs::File::create(work.join(format!("reports/{name}.log")))?;
+        let t = Instant::now();
+        let mut cmd = Command::new(&bin);
+        cmd.args(["run", "manifests/bench/quality.yaml", "--report"])
+            .arg(&report)
+            .arg("--cache")
+            .arg(&cache)
+            .env("RELABEL_BANKING77", &data)
+            .env("RELABEL_JUDGE_KEY", "simulated")
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for set in s.sets() {
+            cmd.args(["--set", &set]);
+        }
+        let status = cmd.status()?;
+        if !status.success() {
+            bail!(
+                "{name}: relabel run failed; see {}",
+                work.join(format!("reports/{name}.log")).display()
+            );
+        }
+        let r: Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+        let mut scored = score(&r, s.rounds).with_context(|| format!("scoring {name}"))?;
+        scored["seconds"] = json!(t.elapsed().as_secs_f64());
+        scored["nodes_ran"] = json!(r["nodes"]
+            .as_array()
+            .map(|ns| ns.iter().filter(|n| n["status"] == "ran").count())
+            .unwrap_or(0));
+        let last = &scored["rounds"][s.rounds - 1];
+        eprintln!(
+            "{name:<28} {:>5.0} s  label acc {} -> {}  test {} -> {}",
+            t.elapsed().as_secs_f64(),
+            pct(&scored["train_label_accuracy_before"]),
+            pct(&last["train_label_accuracy"]),
+            pct(&scored["test_accuracy_before"]),
+            pct(&last["test_accuracy"]),
+        );
+        results.insert(name, scored);
+    }
+    let unknown = annotator.unknown.load(std::sync::atomic::Ordering::Relaxed);
+    let sim_requests = server.count();
+    drop(server);
+
+    let table = tables(&settings, &results);
+    print!("{table}");
+    let checks = targets(&results);
+    println!("{}", serde_json::to_string_pretty(&checks)?);
+    Ok(json!({
+        "settings": results,
+        "targets": checks,
+        "table_markdown": table,
+        "simulated_judge": {"latency_ms": latency_ms, "requests": sim_requests, "unknown_items": unknown, "conflicting_duplicate_texts": conflicts},
+        "seconds": t_all.elapsed().as_secs_f64(),
+        "quick": quick,
+    }))
+}
+
+/// One markdown table per noise setting: a row per method, label and test accuracy per round.
+fn tables(settings: &[Setting], results: &BTreeMap<String, Value>) -> String {
+    let mut out = String::new();
+    let mut seen = Vec::new();
+    for s in settings {
+        let key = (s.kind, s.noise.to_string());
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let group: Vec<&Setting> = settings
+            .iter()
+            .filter(|x| x.kind == s.kind && x.noise == s.noise)
+            .collect();
+        let first = &results[&group[0].name()];
+        out.push_str(&format!(
+            "\n{} noise {:.0}% (train labels {}% right; clean-trained test accuracy {}%)\n\n",
+            s.kind,
+            100.0 * s.noise,
+            pct(&first["train_label_accuracy_before"]),
+            pct(&first["clean_test_accuracy"]),
+        ));
+        out.push_str("| method | flag P / R (round 1) | judge acc. | train-label acc. %: before, r1, r2, r3 | fixed-test acc. %: before, r1, r2, r3 | train rows after | requests | tokens |\n|---|---|---:|---|---|---:|---:|---:|\n");
+        for g in group {
+            let r = &results[&g.name()];
+            let rounds = r["rounds"].as_array().cloned().unwrap_or_default();
+            let series = |key: &str, before: &Value| {
+                std::iter::once(pct(before))
+                    .chain(rounds.iter().map(|x| pct(&x[key])))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let sum = |key: &str| rounds.iter().filter_map(|x| x[key].as_u64()).sum::<u64>();
+            let judged: Vec<f64> = rounds
+                .iter()
+                .filter_map(|x| x["judge_accuracy"].as_f64())
+                .collect();
+            out.push_str(&format!(
+                "| {} | {} / {} | {} | {} | {} | {} | {} | {} |\n",
+                if g.method == "qwen" {
+                    format!("qwen 0.5B ({} rows, 1 round)", g.relabel_rows)
+                } else {
+                    g.method.clone()
+                },
+                pct(&rounds[0]["flag_precision"]),
+                pct(&rounds[0]["flag_recall"]),
+                if judged.is_empty() {
+                    "-".into()
+                } else {
+                    format!(
+                        "{:.1}",
+                        100.0 * judged.iter().sum::<f64>() / judged.len() as f64
+                    )
+                },
+                series("train_label_accuracy", &r["train_label_accuracy_before"]),
+                series("test_accuracy", &r["test_accuracy_before"]),
+                rounds
+                    .last()
+                    .map(|x| x["train_rows"].to_string())
+                    .unwrap_or_default(),
+                sum("requests"),
+                sum("prompt_tokens") + sum("completion_tokens"),
+            ));
+        }
+    }
+    out
+}
+
+/// The targets, each with the measured figures and whether it is met.
+fn targets(results: &BTreeMap<String, Value>) -> Value {
+    let get = |name: &str| results.get(name);
+    let mut out = serde_json::Map::new();
+    if let Some(r) = get("uniform-0.2-sim-p0.9") {
+        let label_r2 = r["rounds"][1]["train_label_accuracy"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let test_r2 = r["rounds"][1]["test_accuracy"].as_f64().unwrap_or(0.0);
+        let clean = r["clean_test_accuracy"].as_f64().unwrap_or(0.0);
+        out.insert(
+            "p0.9_uniform20_label_accuracy_after_2_rounds_ge_95".into(),
+            json!({"value": label_r2, "met": label_r2 >= 0.95}),
+        );
+        out.insert(
+            "p0.9_uniform20_test_within_1pt_of_clean".into(),
+            json!({"value": test_r2, "clean": clean, "gap_points": 100.0 * (clean - test_r2), "met": clean - test_r2 <= 0.01}),
+        );
+    }
+    let mut wins = Vec::new();
+    for (name, r) in results {
+        let Some(prefix) = name
+            .strip_suffix("-sim-p0.9")
+            .or_else(|| name.strip_suffix("-sim-p1"))
+        else {
+            continue;
+        };
+        let last = |r: &Value| {
+            r["rounds"]
+                .as_array()
+                .and_then(|a| a.last())
+                .map(|x| x["test_accuracy"].as_f64().unwrap_or(0.0))
+                .unwrap_or(0.0)
+        };
+        let (Some(flip), Some(drop)) = (
+            get(&format!("{prefix}-flip")),
+            get(&format!("{prefix}-drop")),
+        ) else {
+            continue;
+        };
+        let (a, f, d) = (last(r), last(flip), last(drop));
+        wins.push(json!({"setting": name, "relabel": a, "flip": f, "drop": d, "beats_both": a > f && a > d}));
+    }
+    let all = wins.iter().all(|w| w["beats_both"] == true);
+    out.insert(
+        "relabel_beats_flip_and_drop_at_p_ge_0.9".into(),
+        json!({"met": all, "settings": wins}),
+    );
+    Value::Object(out)
+}

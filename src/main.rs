@@ -93,6 +93,9 @@ enum Cmd {
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Override a declared param: NAME=VALUE (VALUE read as YAML); repeatable
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
+        sets: Vec<(String, String)>,
     },
     /// Print the manifests' JSON Schema
     Schema,
@@ -317,10 +320,10 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
     match cli.command {
-        Cmd::Validate { files } => {
+        Cmd::Validate { files, sets } => {
             let mut bad = 0;
             for f in &files {
-                match load(f, registry) {
+                match load_with(f, registry, &sets) {
                     Ok(p) => println!("{}: ok ({} nodes)", f.display(), p.all_ids().len()),
                     Err(_) => bad += 1,
                 }

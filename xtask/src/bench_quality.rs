@@ -174,6 +174,25 @@ fn score(r: &Value, rounds: usize) -> Result<Value> {
                     == d["chosen"].as_str().map(String::from).as_ref()
             })
             .count();
+        // The judge can only be right where the truth is one of the two candidates.
+        let answerable: Vec<&&Value> = decided
+            .iter()
+            .filter(|d| {
+                let t = truth.get(d["id"].as_str().unwrap_or(""));
+                t.is_some()
+                    && (t.map(String::as_str) == d["label"].as_str()
+                        || t.map(String::as_str) == d["candidate"].as_str())
+            })
+            .collect();
+        let answerable_right = answerable
+            .iter()
+            .filter(|d| {
+                truth
+                    .get(d["id"].as_str().unwrap_or(""))
+                    .map(String::as_str)
+                    == d["chosen"].as_str()
+            })
+            .count();
         let next = Dataset::read(&output(r, &format!("apply@{k}"), "dataset")?)?;
         let (acc, rows) = label_accuracy(&next, &truth);
         let test_after = if k < rounds {
@@ -190,6 +209,9 @@ fn score(r: &Value, rounds: usize) -> Result<Value> {
             "candidate_is_truth": fixable as f64 / flags.len().max(1) as f64,
             "judged": decisions.len(),
             "judge_accuracy": if decided.is_empty() { Value::Null } else { json!(judge_right as f64 / decided.len() as f64) },
+            "judge_accuracy_where_truth_offered": if answerable.is_empty() { Value::Null } else { json!(answerable_right as f64 / answerable.len() as f64) },
+            "truth_offered": answerable.len(),
+            "truth_offered_right": answerable_right,
             "undecided": decisions.len() - decided.len(),
             "changed": metric(r, &format!("apply@{k}"), "changed"),
             "train_label_accuracy": acc,
@@ -353,7 +375,7 @@ fn tables(settings: &[Setting], results: &BTreeMap<String, Value>) -> String {
             pct(&first["train_label_accuracy_before"]),
             pct(&first["clean_test_accuracy"]),
         ));
-        out.push_str("| method | flag P / R (round 1) | judge acc. | train-label acc. %: before, r1, r2, r3 | fixed-test acc. %: before, r1, r2, r3 | train rows after | requests | tokens |\n|---|---|---:|---|---|---:|---:|---:|\n");
+        out.push_str("| method | flag P / R (round 1) | judge acc. (truth offered) | train-label acc. %: before, r1, r2, r3 | fixed-test acc. %: before, r1, r2, r3 | train rows after | requests | tokens |\n|---|---|---:|---|---|---:|---:|---:|\n");
         for g in group {
             let r = &results[&g.name()];
             let rounds = r["rounds"].as_array().cloned().unwrap_or_default();
@@ -364,10 +386,7 @@ fn tables(settings: &[Setting], results: &BTreeMap<String, Value>) -> String {
                     .join(", ")
             };
             let sum = |key: &str| rounds.iter().filter_map(|x| x[key].as_u64()).sum::<u64>();
-            let judged: Vec<f64> = rounds
-                .iter()
-                .filter_map(|x| x["judge_accuracy"].as_f64())
-                .collect();
+            let (offered, right) = (sum("truth_offered"), sum("truth_offered_right"));
             out.push_str(&format!(
                 "| {} | {} / {} | {} | {} | {} | {} | {} | {} |\n",
                 if g.method == "qwen" {
@@ -377,13 +396,10 @@ fn tables(settings: &[Setting], results: &BTreeMap<String, Value>) -> String {
                 },
                 pct(&rounds[0]["flag_precision"]),
                 pct(&rounds[0]["flag_recall"]),
-                if judged.is_empty() {
+                if offered == 0 {
                     "-".into()
                 } else {
-                    format!(
-                        "{:.1}",
-                        100.0 * judged.iter().sum::<f64>() / judged.len() as f64
-                    )
+                    format!("{:.1}", 100.0 * right as f64 / offered as f64)
                 },
                 series("train_label_accuracy", &r["train_label_accuracy_before"]),
                 series("test_accuracy", &r["test_accuracy_before"]),

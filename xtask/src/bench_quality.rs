@@ -26,11 +26,17 @@ struct Setting {
     method: String,
     rounds: usize,
     relabel_rows: usize,
+    /// The flag budget per round, when not the manifest's 10%.
+    flag_fraction: Option<f64>,
 }
 
 impl Setting {
     fn name(&self) -> String {
-        format!("{}-{}-{}", self.kind, self.noise, self.method)
+        let budget = self
+            .flag_fraction
+            .map(|f| format!("-flag{}", (100.0 * f).round()))
+            .unwrap_or_default();
+        format!("{}-{}-{}{budget}", self.kind, self.noise, self.method)
     }
 
     fn sets(&self) -> Vec<String> {
@@ -39,6 +45,9 @@ impl Setting {
             format!("noise_kind={}", self.kind),
             format!("rounds={}", self.rounds),
         ];
+        if let Some(f) = self.flag_fraction {
+            s.push(format!("flag_fraction={f}"));
+        }
         match self.method.as_str() {
             "flip" | "drop" => {
                 s.push(format!("action={}", self.method));
@@ -276,16 +285,27 @@ pub fn quality(root: &Path, args: &[String]) -> Result<Value> {
                     method,
                     rounds: 3,
                     relabel_rows: 100_000,
+                    flag_fraction: None,
                 });
             }
         }
     }
+    // The target setting again with a flag budget matched to the noise (20% a round).
+    settings.push(Setting {
+        kind: "uniform",
+        noise: 0.2,
+        method: Annotator::model_name(0.9),
+        rounds: 3,
+        relabel_rows: 100_000,
+        flag_fraction: Some(0.2),
+    });
     settings.push(Setting {
         kind: "uniform",
         noise: 0.2,
         method: "qwen".into(),
         rounds: 1,
         relabel_rows: qwen_rows,
+        flag_fraction: None,
     });
 
     let work = root.join("target/bench-quality");
@@ -389,10 +409,10 @@ fn tables(settings: &[Setting], results: &BTreeMap<String, Value>) -> String {
             let (offered, right) = (sum("truth_offered"), sum("truth_offered_right"));
             out.push_str(&format!(
                 "| {} | {} / {} | {} | {} | {} | {} | {} | {} |\n",
-                if g.method == "qwen" {
-                    format!("qwen 0.5B ({} rows, 1 round)", g.relabel_rows)
-                } else {
-                    g.method.clone()
+                match (g.method.as_str(), g.flag_fraction) {
+                    ("qwen", _) => format!("qwen 0.5B ({} rows, 1 round)", g.relabel_rows),
+                    (m, Some(f)) => format!("{m}, flag {:.0}%/round", 100.0 * f),
+                    (m, None) => m.to_string(),
                 },
                 pct(&rounds[0]["flag_precision"]),
                 pct(&rounds[0]["flag_recall"]),
@@ -419,18 +439,22 @@ fn tables(settings: &[Setting], results: &BTreeMap<String, Value>) -> String {
 fn targets(results: &BTreeMap<String, Value>) -> Value {
     let get = |name: &str| results.get(name);
     let mut out = serde_json::Map::new();
-    if let Some(r) = get("uniform-0.2-sim-p0.9") {
+    for (name, key) in [
+        ("uniform-0.2-sim-p0.9", "p0.9_uniform20"),
+        ("uniform-0.2-sim-p0.9-flag20", "p0.9_uniform20_flag20"),
+    ] {
+        let Some(r) = get(name) else { continue };
         let label_r2 = r["rounds"][1]["train_label_accuracy"]
             .as_f64()
             .unwrap_or(0.0);
         let test_r2 = r["rounds"][1]["test_accuracy"].as_f64().unwrap_or(0.0);
         let clean = r["clean_test_accuracy"].as_f64().unwrap_or(0.0);
         out.insert(
-            "p0.9_uniform20_label_accuracy_after_2_rounds_ge_95".into(),
+            format!("{key}_label_accuracy_after_2_rounds_ge_95"),
             json!({"value": label_r2, "met": label_r2 >= 0.95}),
         );
         out.insert(
-            "p0.9_uniform20_test_within_1pt_of_clean".into(),
+            format!("{key}_test_after_2_rounds_within_1pt_of_clean"),
             json!({"value": test_r2, "clean": clean, "gap_points": 100.0 * (clean - test_r2), "met": clean - test_r2 <= 0.01}),
         );
     }

@@ -95,7 +95,8 @@ fn node<'a>(r: &'a Value, instance: &str) -> Option<&'a Value> {
         .find(|n| n["instance"] == instance)
 }
 
-fn output(r: &Value, instance: &str, name: &str) -> Result<PathBuf> {
+/// The path of a node's output in a run report.
+pub(crate) fn output(r: &Value, instance: &str, name: &str) -> Result<PathBuf> {
     node(r, instance)
         .and_then(|n| n["outputs"][name]["path"].as_str())
         .map(PathBuf::from)
@@ -109,7 +110,7 @@ fn metric(r: &Value, instance: &str, key: &str) -> Value {
 }
 
 /// Train rows whose label equals the planted truth, and the rows there are.
-fn label_accuracy(ds: &Dataset, truth: &HashMap<String, String>) -> (f64, usize) {
+pub(crate) fn label_accuracy(ds: &Dataset, truth: &HashMap<String, String>) -> (f64, usize) {
     let t = &ds.splits["train"];
     let right = t
         .ids
@@ -122,7 +123,7 @@ fn label_accuracy(ds: &Dataset, truth: &HashMap<String, String>) -> (f64, usize)
     (right as f64 / t.len().max(1) as f64, t.len())
 }
 
-fn read_jsonl(p: &Path) -> Result<Vec<Value>> {
+pub(crate) fn read_jsonl(p: &Path) -> Result<Vec<Value>> {
     std::fs::read_to_string(p)?
         .lines()
         .filter(|l| !l.trim().is_empty())

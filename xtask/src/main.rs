@@ -394,34 +394,15 @@ mod tests {
     use std::collections::HashMap;
 
     fn output(r: &Value, node: &str, name: &str) -> PathBuf {
-        let n = r["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["instance"] == node)
-            .unwrap_or_else(|| panic!("no node {node}"));
-        PathBuf::from(n["outputs"][name]["path"].as_str().unwrap())
+        bench_quality::output(r, node, name).unwrap()
     }
 
     fn jsonl(p: &Path) -> Vec<Value> {
-        std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        bench_quality::read_jsonl(p).unwrap()
     }
 
     fn label_accuracy(ds: &Dataset, truth: &HashMap<String, String>) -> f64 {
-        let t = &ds.splits["train"];
-        let names = ds.labels.names();
-        let right = t
-            .ids
-            .iter()
-            .zip(&t.labels)
-            .filter(|(id, l)| truth[*id] == names[**l as usize])
-            .count();
-        right as f64 / t.len() as f64
+        bench_quality::label_accuracy(ds, truth).0
     }
 
     fn test_accuracy(predictions: &Path) -> f64 {

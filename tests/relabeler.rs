@@ -254,6 +254,16 @@ fn faults_never_move_a_label_outside_its_pair_and_each_kind_is_counted() {
     }
     let a = &node(&report, "apply")["metrics"];
     assert_eq!(a["changed"], 6);
+    // The new dataset version records every decided pair (and no undecided one), so later
+    // rounds' filters do not ask it again.
+    let judged = read_jsonl(&output_path(&report, "apply", "dataset").join("judged.jsonl"));
+    let decided: Vec<&Value> = ds.iter().filter(|d| d["chosen"].is_string()).collect();
+    assert_eq!(judged.len(), decided.len());
+    for (j, d) in judged.iter().zip(&decided) {
+        assert_eq!(j["id"], d["id"]);
+        assert_eq!(j["pair"], json!([d["label"], d["candidate"]]));
+        assert_eq!(j["chosen"], d["chosen"]);
+    }
 
     // The key went out in the header, and nowhere else: not in the cache, logs or reports.
     assert!(auth

@@ -81,6 +81,21 @@ fn locate(ds: &Dataset, f: &Flag, line: usize, what: &str) -> Result<usize, Stri
     Ok(row)
 }
 
+/// The questions a judge decided (undecided rows may be asked again).
+pub fn judged_pairs(decisions: &[Decision]) -> Vec<crate::data::Judged> {
+    decisions
+        .iter()
+        .filter_map(|d| {
+            d.chosen.as_ref().map(|chosen| crate::data::Judged {
+                split: d.flag.split.clone(),
+                id: d.flag.id.clone(),
+                pair: [d.flag.label.clone(), d.flag.candidate.clone()],
+                chosen: chosen.clone(),
+            })
+        })
+        .collect()
+}
+
 /// The `flip` baseline's decisions: every flagged row changes to its candidate, unjudged.
 pub fn flip_decisions(flags: &[Flag]) -> Vec<Decision> {
     flags
@@ -273,10 +288,12 @@ impl NodeKind for ApplyLabels {
             Dataset::read(&inputs["dataset"].path).map_err(|e| fail(format!("dataset: {e}")))?;
         let read_flags =
             || crate::flags::read(&inputs["flags"].path).map_err(|e| fail(format!("flags: {e}")));
+        let mut new_judged = Vec::new();
         let (decisions, audit) = match c.action {
             Action::Decisions => {
                 let decisions = read_decisions(&inputs["decisions"].path).map_err(fail)?;
                 let audit = apply(&mut ds, &decisions, c.min_confidence).map_err(fail)?;
+                new_judged = judged_pairs(&decisions);
                 (decisions.len(), audit)
             }
             Action::Flip => {
@@ -292,6 +309,19 @@ impl NodeKind for ApplyLabels {
         let out = ctx.output_path("dataset");
         ds.write(&out)
             .map_err(|e| NodeError::io("writing the dataset", e))?;
+        // The judged pairs so far, and this round's decided ones, travel with the new version.
+        let mut judged = crate::data::read_judged(&inputs["dataset"].path)
+            .map_err(|e| fail(format!("dataset: {e}")))?;
+        judged.extend(new_judged);
+        if !judged.is_empty() {
+            let mut text = String::new();
+            for j in &judged {
+                text.push_str(&serde_json::to_string(j).expect("judged pairs serialise"));
+                text.push('\n');
+            }
+            std::fs::write(out.join(crate::data::JUDGED_FILE), text)
+                .map_err(|e| NodeError::io("writing the judged pairs", e))?;
+        }
         let audit_path = ctx.output_path("audit");
         let mut text = String::new();
         for a in &audit {

@@ -211,6 +211,37 @@ impl Split {
     }
 }
 
+/// A dataset version's record of the pairs a judge has decided (JSON lines of [`Judged`]),
+/// written by `apply_labels` next to the splits and carried into each later version.
+pub const JUDGED_FILE: &str = "judged.jsonl";
+
+/// One decided question: a row and the two labels it was asked to choose between.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Judged {
+    pub split: String,
+    pub id: String,
+    /// The row's label and the candidate, as asked.
+    pub pair: [String; 2],
+    pub chosen: String,
+}
+
+/// The judged pairs recorded in dataset folder `dir` (none when it has no record).
+pub fn read_judged(dir: &Path) -> io::Result<Vec<Judged>> {
+    let path = dir.join(JUDGED_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| bad(format!("{}:{}: {e}", path.display(), i + 1)))
+        })
+        .collect()
+}
+
 /// The split names a dataset may have, in order.
 pub const SPLITS: [&str; 3] = ["train", "dev", "test"];
 

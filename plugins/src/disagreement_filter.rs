@@ -129,6 +129,15 @@ pub struct FilterConfig {
     /// easy rows, which a judge then sometimes flips.
     #[serde(default)]
     pub all_rows: bool,
+    /// Leave out rows whose pair {label, candidate} a judge has already decided (the judged
+    /// pairs an `apply_labels` records in the dataset version it writes), so the budget goes to
+    /// new questions: a temperature-0 LLM, or a person, answers a repeated question the same way.
+    #[serde(default = "d_true")]
+    pub skip_judged: bool,
+}
+
+fn d_true() -> bool {
+    true
 }
 
 /// Per-class thresholds: the mean predicted probability of class j over rows labelled j.
@@ -581,6 +590,16 @@ pub fn select(
 
 /// Flags rows of `splits` (name, predictions) under `cfg`; returns the chosen candidates in rank order.
 pub fn filter(splits: &[(&str, &SplitPredictions)], cfg: &FilterConfig) -> Vec<Candidate> {
+    filter_skipping(splits, cfg, &[])
+}
+
+/// [`filter`], leaving out the rows marked in `skip` (per split; an empty or short mask skips
+/// nothing there).
+pub fn filter_skipping(
+    splits: &[(&str, &SplitPredictions)],
+    cfg: &FilterConfig,
+    skip: &[Vec<bool>],
+) -> Vec<Candidate> {
     let classes = splits.first().map(|(_, p)| p.classes).unwrap_or(0);
     let rule_names: Vec<std::sync::Arc<str>> = cfg.rules.iter().map(|r| r.name().into()).collect();
     let all_rows_name: std::sync::Arc<str> = "all_rows".into();
@@ -606,7 +625,11 @@ pub fn filter(splits: &[(&str, &SplitPredictions)], cfg: &FilterConfig) -> Vec<C
                 .into_par_iter()
                 .enumerate()
                 .with_min_len(1 << 14)
-                .filter_map(|(i, f)| f.map(|r| (i, r, score(p, i, cfg.rank_by))))
+                .filter_map(|(i, f)| {
+                    let skipped = skip.get(s).and_then(|m| m.get(i)).copied().unwrap_or(false);
+                    f.filter(|_| !skipped)
+                        .map(|r| (i, r, score(p, i, cfg.rank_by)))
+                })
                 .collect();
             cands.reserve(made.len());
             let made = made.into_iter().map(|(i, r, score)| Candidate {
@@ -738,7 +761,43 @@ fn run_filter(
         preds.push((s.as_str(), p));
     }
     let views: Vec<(&str, &SplitPredictions)> = preds.iter().map(|(s, p)| (*s, p)).collect();
-    let chosen = filter(&views, c);
+    // Rows whose current {label, candidate} pair a judge already decided.
+    let judged = if c.skip_judged {
+        crate::data::read_judged(ds_dir).map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
+    let mut skip: Vec<Vec<bool>> = Vec::new();
+    let mut skipped = 0usize;
+    if !judged.is_empty() {
+        let pairs: std::collections::HashSet<(&str, &str, [&str; 2])> = judged
+            .iter()
+            .map(|j| {
+                let mut pair = [j.pair[0].as_str(), j.pair[1].as_str()];
+                pair.sort();
+                (j.split.as_str(), j.id.as_str(), pair)
+            })
+            .collect();
+        for (split_name, p) in &views {
+            let split = ds.split(split_name).expect("split read above");
+            let mask: Vec<bool> = (0..p.rows())
+                .map(|i| {
+                    let given = p.label[i] as usize;
+                    let other = if p.predicted[i] as usize != given {
+                        p.predicted[i] as usize
+                    } else {
+                        best_other(p.row(i), given).0
+                    };
+                    let mut pair = [names[given], names[other]];
+                    pair.sort();
+                    pairs.contains(&(*split_name, split.ids[i].as_str(), pair))
+                })
+                .collect();
+            skipped += mask.iter().filter(|x| **x).count();
+            skip.push(mask);
+        }
+    }
+    let chosen = filter_skipping(&views, c, &skip);
     let mut flags = Vec::with_capacity(chosen.len());
     for cand in &chosen {
         let (split_name, p) = views[cand.split];
@@ -778,6 +837,7 @@ fn run_filter(
     let mut m = Metrics::new();
     m.insert("flags".into(), json!(flags.len()));
     m.insert("rows".into(), json!(total));
+    m.insert("judged_pairs_skipped".into(), json!(skipped));
     m.insert(
         "flag_rate".into(),
         json!(if total == 0 {

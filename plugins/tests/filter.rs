@@ -256,6 +256,74 @@ fn the_node_writes_flags_with_two_different_candidates() {
     assert_eq!(flags[0].id, format!("r{}", flags[0].row));
 }
 
+#[test]
+fn pairs_a_judge_already_decided_are_not_asked_again_and_free_the_budget() {
+    use relabel_plugins::data::{Dataset, Judged, LabelSpec, Split, JUDGED_FILE};
+    let k = kinds();
+    let p = planted(&k);
+    let dir = tempfile::tempdir().unwrap();
+    let ds = Dataset {
+        labels: LabelSpec::from_names(["a", "b", "c"].map(String::from)),
+        splits: [(
+            "train".to_string(),
+            Split {
+                ids: (0..300).map(|i| format!("r{i}")).collect(),
+                texts: (0..300).map(|i| format!("text {i}")).collect(),
+                labels: p.label.clone(),
+            },
+        )]
+        .into(),
+    };
+    ds.write(&dir.path().join("ds")).unwrap();
+    std::fs::create_dir_all(dir.path().join("pred")).unwrap();
+    p.write(&dir.path().join("pred/train.bin")).unwrap();
+    let run = |yaml: &str| {
+        let out = dir.path().join("flags.jsonl");
+        let m = relabel_plugins::disagreement_filter::run_filter_for_tests(
+            &cfg(yaml),
+            &dir.path().join("pred"),
+            &dir.path().join("ds"),
+            &out,
+        )
+        .unwrap();
+        (relabel_plugins::flags::read(&out).unwrap(), m)
+    };
+    let (first, _) = run("max_fraction: 0.05\n");
+    assert_eq!(first.len(), 15);
+    // A judge decided the first five (in either order of the pair); a sixth was asked about a
+    // different pair, which does not count.
+    let mut text = String::new();
+    for (n, f) in first.iter().take(6).enumerate() {
+        let pair = match n {
+            5 => [f.label.clone(), "zzz".to_string()],
+            n if n % 2 == 0 => [f.label.clone(), f.candidate.clone()],
+            _ => [f.candidate.clone(), f.label.clone()],
+        };
+        let j = Judged {
+            split: "train".into(),
+            id: f.id.clone(),
+            pair,
+            chosen: f.label.clone(),
+        };
+        text.push_str(&serde_json::to_string(&j).unwrap());
+        text.push('\n');
+    }
+    std::fs::write(dir.path().join("ds").join(JUDGED_FILE), text).unwrap();
+    let (second, m) = run("max_fraction: 0.05\n");
+    assert_eq!(second.len(), 15, "the budget is spent on other rows");
+    assert_eq!(m["judged_pairs_skipped"], 5);
+    let ids: Vec<&str> = second.iter().map(|f| f.id.as_str()).collect();
+    for f in first.iter().take(5) {
+        assert!(!ids.contains(&f.id.as_str()), "{} asked again", f.id);
+    }
+    assert!(ids.contains(&first[5].id.as_str()));
+    assert_eq!(second[0].id, first[5].id);
+    // Off: the same flags as before.
+    let (again, m) = run("max_fraction: 0.05\nskip_judged: false\n");
+    assert_eq!(again, first);
+    assert_eq!(m["judged_pairs_skipped"], 0);
+}
+
 /// Confident learning's prune-by-noise-rate written the plain way: for every class i and every
 /// other class j, the cj[i][j] rows labelled i with the largest margin p_j - p_i (ties: lower row).
 fn reference_noise_rate(p: &SplitPredictions) -> Vec<bool> {

@@ -28,6 +28,8 @@ struct Setting {
     relabel_rows: usize,
     /// The flag budget per round, when not the manifest's 10%.
     flag_fraction: Option<f64>,
+    /// Ask already-judged pairs again (the filter's `skip_judged: false`).
+    reask: bool,
 }
 
 impl Setting {
@@ -36,7 +38,11 @@ impl Setting {
             .flag_fraction
             .map(|f| format!("-flag{}", (100.0 * f).round()))
             .unwrap_or_default();
-        format!("{}-{}-{}{budget}", self.kind, self.noise, self.method)
+        let reask = if self.reask { "-reask" } else { "" };
+        format!(
+            "{}-{}-{}{budget}{reask}",
+            self.kind, self.noise, self.method
+        )
     }
 
     fn sets(&self) -> Vec<String> {
@@ -47,6 +53,9 @@ impl Setting {
         ];
         if let Some(f) = self.flag_fraction {
             s.push(format!("flag_fraction={f}"));
+        }
+        if self.reask {
+            s.push("skip_judged=false".into());
         }
         match self.method.as_str() {
             "flip" | "drop" => {
@@ -287,6 +296,7 @@ pub fn quality(root: &Path, args: &[String]) -> Result<Value> {
                     rounds: 3,
                     relabel_rows: 100_000,
                     flag_fraction: None,
+                    reask: false,
                 });
             }
         }
@@ -299,7 +309,20 @@ pub fn quality(root: &Path, args: &[String]) -> Result<Value> {
         rounds: 3,
         relabel_rows: 100_000,
         flag_fraction: Some(0.2),
+        reask: false,
     });
+    // And asking judged pairs again, as the filter did before `skip_judged`.
+    for p in [0.9, 1.0] {
+        settings.push(Setting {
+            kind: "uniform",
+            noise: 0.2,
+            method: Annotator::model_name(p),
+            rounds: 3,
+            relabel_rows: 100_000,
+            flag_fraction: None,
+            reask: true,
+        });
+    }
     settings.push(Setting {
         kind: "uniform",
         noise: 0.2,
@@ -307,6 +330,7 @@ pub fn quality(root: &Path, args: &[String]) -> Result<Value> {
         rounds: 1,
         relabel_rows: qwen_rows,
         flag_fraction: None,
+        reask: false,
     });
 
     let work = root.join("target/bench-quality");
@@ -461,10 +485,11 @@ fn tables(settings: &[Setting], results: &BTreeMap<String, Value>) -> String {
             let (offered, right) = (sum("truth_offered"), sum("truth_offered_right"));
             out.push_str(&format!(
                 "| {} | {} / {} | {} | {} | {} | {} | {} | {} |\n",
-                match (g.method.as_str(), g.flag_fraction) {
-                    ("qwen", _) => format!("qwen 0.5B ({} rows, 1 round)", g.relabel_rows),
-                    (m, Some(f)) => format!("{m}, flag {:.0}%/round", 100.0 * f),
-                    (m, None) => m.to_string(),
+                match (g.method.as_str(), g.flag_fraction, g.reask) {
+                    ("qwen", _, _) => format!("qwen 0.5B ({} rows, 1 round)", g.relabel_rows),
+                    (m, Some(f), _) => format!("{m}, flag {:.0}%/round", 100.0 * f),
+                    (m, None, true) => format!("{m}, asking judged pairs again"),
+                    (m, None, false) => m.to_string(),
                 },
                 pct(&rounds[0]["flag_precision"]),
                 pct(&rounds[0]["flag_recall"]),
@@ -505,6 +530,7 @@ fn targets(results: &BTreeMap<String, Value>) -> Value {
     for (name, key) in [
         ("uniform-0.2-sim-p0.9", "p0.9_uniform20"),
         ("uniform-0.2-sim-p0.9-flag20", "p0.9_uniform20_flag20"),
+        ("uniform-0.2-sim-p0.9-reask", "p0.9_uniform20_reask"),
     ] {
         let Some(r) = get(name) else { continue };
         let label_r2 = r["rounds"][1]["train_label_accuracy"]

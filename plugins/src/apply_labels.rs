@@ -245,7 +245,7 @@ pub fn apply(
 impl NodeKind for ApplyLabels {
     type Config = ApplyConfig;
     const KIND: &'static str = "apply_labels";
-    const VERSION: &'static str = "1";
+    const VERSION: &'static str = "2";
     const ABOUT: &'static str =
         "Writes the next dataset version from the relabeler's decisions, with an audit trail";
 

@@ -132,12 +132,10 @@ pub struct FilterConfig {
     /// Leave out rows whose pair {label, candidate} a judge has already decided (the judged
     /// pairs an `apply_labels` records in the dataset version it writes), so the budget goes to
     /// new questions: a temperature-0 LLM, or a person, answers a repeated question the same way.
-    #[serde(default = "d_true")]
+    /// Off by default: on Banking77 the freed budget went mostly to clean rows, which an
+    /// imperfect judge then sometimes corrupted (docs/BENCHMARKS.md, quality).
+    #[serde(default)]
     pub skip_judged: bool,
-}
-
-fn d_true() -> bool {
-    true
 }
 
 /// Per-class thresholds: the mean predicted probability of class j over rows labelled j.

@@ -309,7 +309,7 @@ fn pairs_a_judge_already_decided_are_not_asked_again_and_free_the_budget() {
         text.push('\n');
     }
     std::fs::write(dir.path().join("ds").join(JUDGED_FILE), text).unwrap();
-    let (second, m) = run("max_fraction: 0.05\n");
+    let (second, m) = run("max_fraction: 0.05\nskip_judged: true\n");
     assert_eq!(second.len(), 15, "the budget is spent on other rows");
     assert_eq!(m["judged_pairs_skipped"], 5);
     let ids: Vec<&str> = second.iter().map(|f| f.id.as_str()).collect();
@@ -318,8 +318,8 @@ fn pairs_a_judge_already_decided_are_not_asked_again_and_free_the_budget() {
     }
     assert!(ids.contains(&first[5].id.as_str()));
     assert_eq!(second[0].id, first[5].id);
-    // Off: the same flags as before.
-    let (again, m) = run("max_fraction: 0.05\nskip_judged: false\n");
+    // Off (the default): the same flags as before.
+    let (again, m) = run("max_fraction: 0.05\n");
     assert_eq!(again, first);
     assert_eq!(m["judged_pairs_skipped"], 0);
 }

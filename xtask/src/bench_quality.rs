@@ -28,8 +28,8 @@ struct Setting {
     relabel_rows: usize,
     /// The flag budget per round, when not the manifest's 10%.
     flag_fraction: Option<f64>,
-    /// Ask already-judged pairs again (the filter's `skip_judged: false`).
-    reask: bool,
+    /// Leave already-judged pairs out of later rounds' flags (the filter's `skip_judged`).
+    skip_judged: bool,
 }
 
 impl Setting {
@@ -54,8 +54,8 @@ impl Setting {
         if let Some(f) = self.flag_fraction {
             s.push(format!("flag_fraction={f}"));
         }
-        if self.reask {
-            s.push("skip_judged=false".into());
+        if self.skip_judged {
+            s.push("skip_judged=true".into());
         }
         match self.method.as_str() {
             "flip" | "drop" => {
@@ -296,7 +296,7 @@ pub fn quality(root: &Path, args: &[String]) -> Result<Value> {
                     rounds: 3,
                     relabel_rows: 100_000,
                     flag_fraction: None,
-                    reask: false,
+                    skip_judged: false,
                 });
             }
         }
@@ -309,18 +309,18 @@ pub fn quality(root: &Path, args: &[String]) -> Result<Value> {
         rounds: 3,
         relabel_rows: 100_000,
         flag_fraction: Some(0.2),
-        reask: false,
+        skip_judged: false,
     });
-    // And asking judged pairs again, as the filter did before `skip_judged`.
-    for p in [0.9, 1.0] {
+    // And leaving judged pairs out of later rounds' flags.
+    for (noise, p) in [(0.1, 0.8), (0.1, 0.9), (0.2, 0.9), (0.2, 1.0)] {
         settings.push(Setting {
             kind: "uniform",
-            noise: 0.2,
+            noise,
             method: Annotator::model_name(p),
             rounds: 3,
             relabel_rows: 100_000,
             flag_fraction: None,
-            reask: true,
+            skip_judged: true,
         });
     }
     settings.push(Setting {
@@ -330,7 +330,7 @@ pub fn quality(root: &Path, args: &[String]) -> Result<Value> {
         rounds: 1,
         relabel_rows: qwen_rows,
         flag_fraction: None,
-        reask: false,
+        skip_judged: false,
     });
 
     let work = root.join("target/bench-quality");
@@ -485,10 +485,10 @@ fn tables(settings: &[Setting], results: &BTreeMap<String, Value>) -> String {
             let (offered, right) = (sum("truth_offered"), sum("truth_offered_right"));
             out.push_str(&format!(
                 "| {} | {} / {} | {} | {} | {} | {} | {} | {} |\n",
-                match (g.method.as_str(), g.flag_fraction, g.reask) {
+                match (g.method.as_str(), g.flag_fraction, g.skip_judged) {
                     ("qwen", _, _) => format!("qwen 0.5B ({} rows, 1 round)", g.relabel_rows),
                     (m, Some(f), _) => format!("{m}, flag {:.0}%/round", 100.0 * f),
-                    (m, None, true) => format!("{m}, asking judged pairs again"),
+                    (m, None, true) => format!("{m}, skip judged pairs"),
                     (m, None, false) => m.to_string(),
                 },
                 pct(&rounds[0]["flag_precision"]),
@@ -530,7 +530,10 @@ fn targets(results: &BTreeMap<String, Value>) -> Value {
     for (name, key) in [
         ("uniform-0.2-sim-p0.9", "p0.9_uniform20"),
         ("uniform-0.2-sim-p0.9-flag20", "p0.9_uniform20_flag20"),
-        ("uniform-0.2-sim-p0.9-reask", "p0.9_uniform20_reask"),
+        (
+            "uniform-0.2-sim-p0.9-skipjudged",
+            "p0.9_uniform20_skip_judged",
+        ),
     ] {
         let Some(r) = get(name) else { continue };
         let label_r2 = r["rounds"][1]["train_label_accuracy"]

@@ -38,11 +38,8 @@ impl Setting {
             .flag_fraction
             .map(|f| format!("-flag{}", (100.0 * f).round()))
             .unwrap_or_default();
-        let reask = if self.reask { "-reask" } else { "" };
-        format!(
-            "{}-{}-{}{budget}{reask}",
-            self.kind, self.noise, self.method
-        )
+        let skip = if self.skip_judged { "-skipjudged" } else { "" };
+        format!("{}-{}-{}{budget}{skip}", self.kind, self.noise, self.method)
     }
 
     fn sets(&self) -> Vec<String> {

@@ -233,7 +233,10 @@ fn score(r: &Value, rounds: usize) -> Result<Value> {
             "train_label_accuracy": acc,
             "train_rows": rows,
             "test_accuracy": test_after,
+            // HTTP requests this run sent; the rest of the questions were answered by the LLM
+            // cache (a repeated question, or an earlier run's answer).
             "requests": metric(r, &rel, "http_requests"),
+            "cache_hits": metric(r, &rel, "cache_hits"),
             "prompt_tokens": metric(r, &rel, "prompt_tokens"),
             "completion_tokens": metric(r, &rel, "completion_tokens"),
         }));
@@ -468,7 +471,7 @@ fn tables(settings: &[Setting], results: &BTreeMap<String, Value>) -> String {
             pct(&first["train_label_accuracy_before"]),
             pct(&first["clean_test_accuracy"]),
         ));
-        out.push_str("| method | flag P / R (round 1) | judge acc. where truth offered: r1 / all rounds | train-label acc. %: before, r1, r2, r3 | fixed-test acc. %: before, r1, r2, r3 | train rows after | requests | tokens |\n|---|---|---:|---|---|---:|---:|---:|\n");
+        out.push_str("| method | flag P / R (round 1) | judge acc. where truth offered: r1 / all rounds | train-label acc. %: before, r1, r2, r3 | fixed-test acc. %: before, r1, r2, r3 | train rows after | questions | tokens |\n|---|---|---:|---|---|---:|---:|---:|\n");
         for g in group {
             let r = &results[&g.name()];
             let rounds = r["rounds"].as_array().cloned().unwrap_or_default();
@@ -507,7 +510,7 @@ fn tables(settings: &[Setting], results: &BTreeMap<String, Value>) -> String {
                     .last()
                     .map(|x| x["train_rows"].to_string())
                     .unwrap_or_default(),
-                sum("requests"),
+                sum("judged"),
                 // The simulated judge's usage figures are the scripted server's constants.
                 if g.method.starts_with("sim-") {
                     "n/a".to_string()

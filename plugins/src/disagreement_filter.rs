@@ -470,6 +470,16 @@ pub fn confident_learning(p: &SplitPredictions, method: ClMethod) -> Vec<bool> {
 }
 
 /// The best label other than the given one, and its probability.
+/// A row's candidate label: the prediction, or the runner-up when the prediction is the label.
+fn candidate(p: &SplitPredictions, i: usize) -> usize {
+    let given = p.label[i] as usize;
+    if p.predicted[i] as usize != given {
+        p.predicted[i] as usize
+    } else {
+        best_other(p.row(i), given).0
+    }
+}
+
 fn best_other(row: &[f32], given: usize) -> (usize, f32) {
     let mut best = if given == 0 { 1 } else { 0 };
     for (j, &x) in row.iter().enumerate() {
@@ -780,12 +790,7 @@ fn run_filter(
             let split = ds.split(split_name).expect("split read above");
             let mask: Vec<bool> = (0..p.rows())
                 .map(|i| {
-                    let given = p.label[i] as usize;
-                    let other = if p.predicted[i] as usize != given {
-                        p.predicted[i] as usize
-                    } else {
-                        best_other(p.row(i), given).0
-                    };
+                    let (given, other) = (p.label[i] as usize, candidate(p, i));
                     let mut pair = [names[given], names[other]];
                     pair.sort();
                     pairs.contains(&(*split_name, split.ids[i].as_str(), pair))
@@ -802,11 +807,7 @@ fn run_filter(
         let split = ds.split(split_name).expect("split read above");
         let given = p.label[cand.row] as usize;
         let row = p.row(cand.row);
-        let other = if p.predicted[cand.row] as usize != given {
-            p.predicted[cand.row] as usize
-        } else {
-            best_other(row, given).0
-        };
+        let other = candidate(p, cand.row);
         flags.push(Flag {
             split: split_name.to_string(),
             row: cand.row,

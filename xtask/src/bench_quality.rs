@@ -109,7 +109,8 @@ pub(crate) fn output(r: &Value, instance: &str, name: &str) -> Result<PathBuf> {
         .with_context(|| format!("the run report has no output {instance}.{name}"))
 }
 
-fn metric(r: &Value, instance: &str, key: &str) -> Value {
+/// A node's metric in a run report (null when absent).
+pub(crate) fn metric(r: &Value, instance: &str, key: &str) -> Value {
     node(r, instance)
         .map(|n| n["metrics"][key].clone())
         .unwrap_or(Value::Null)
@@ -164,51 +165,28 @@ fn score(r: &Value, rounds: usize) -> Result<Value> {
                 .filter(|(id, l)| truth.get(*id).map(String::as_str) != Some(names[**l as usize]))
                 .count()
         };
-        let wrong_flagged = flags
-            .iter()
-            .filter(|f| {
-                truth.get(f["id"].as_str().unwrap_or(""))
-                    != f["label"].as_str().map(String::from).as_ref()
-            })
-            .count();
-        let fixable = flags
-            .iter()
-            .filter(|f| {
-                truth.get(f["id"].as_str().unwrap_or(""))
-                    == f["candidate"].as_str().map(String::from).as_ref()
-            })
-            .count();
+        // Whether a flag's or decision's `field` holds its row's true label.
+        let is_truth = |v: &Value, field: &str| {
+            v[field].is_string()
+                && truth
+                    .get(v["id"].as_str().unwrap_or(""))
+                    .map(String::as_str)
+                    == v[field].as_str()
+        };
+        let wrong_flagged = flags.iter().filter(|f| !is_truth(f, "label")).count();
+        let fixable = flags.iter().filter(|f| is_truth(f, "candidate")).count();
         let decisions = read_jsonl(&output(r, &format!("relabel@{k}"), "decisions")?)?;
         let decided: Vec<&Value> = decisions
             .iter()
             .filter(|d| d["chosen"].is_string())
             .collect();
-        let judge_right = decided
-            .iter()
-            .filter(|d| {
-                truth.get(d["id"].as_str().unwrap_or(""))
-                    == d["chosen"].as_str().map(String::from).as_ref()
-            })
-            .count();
+        let judge_right = decided.iter().filter(|d| is_truth(d, "chosen")).count();
         // The judge can only be right where the truth is one of the two candidates.
         let answerable: Vec<&&Value> = decided
             .iter()
-            .filter(|d| {
-                let t = truth.get(d["id"].as_str().unwrap_or(""));
-                t.is_some()
-                    && (t.map(String::as_str) == d["label"].as_str()
-                        || t.map(String::as_str) == d["candidate"].as_str())
-            })
+            .filter(|d| is_truth(d, "label") || is_truth(d, "candidate"))
             .collect();
-        let answerable_right = answerable
-            .iter()
-            .filter(|d| {
-                truth
-                    .get(d["id"].as_str().unwrap_or(""))
-                    .map(String::as_str)
-                    == d["chosen"].as_str()
-            })
-            .count();
+        let answerable_right = answerable.iter().filter(|d| is_truth(d, "chosen")).count();
         let next = Dataset::read(&output(r, &format!("apply@{k}"), "dataset")?)?;
         let (acc, rows) = label_accuracy(&next, &truth);
         let test_after = if k < rounds {

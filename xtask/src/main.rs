@@ -327,13 +327,7 @@ pub fn demo_banking77(
 
 /// The demo's summary, computed from the run report (every figure comes from a node's metrics).
 pub fn demo_table(r: &serde_json::Value) -> String {
-    let metric = |node: &str, key: &str| -> serde_json::Value {
-        r["nodes"]
-            .as_array()
-            .and_then(|ns| ns.iter().find(|n| n["instance"] == node))
-            .map(|n| n["metrics"][key].clone())
-            .unwrap_or(serde_json::Value::Null)
-    };
+    let metric = |node: &str, key: &str| bench_quality::metric(r, node, key);
     let pct = |v: serde_json::Value| {
         v.as_f64()
             .map(|x| format!("{:.2}%", 100.0 * x))

@@ -376,9 +376,12 @@ pub fn html(s: &Summary) -> Result<String, String> {
 
 /// The Markdown summary (for a CI job summary or a pull-request comment).
 pub fn markdown(s: &Summary) -> String {
+    use relabel_engine::report::md_text;
     let mut m = format!(
         "## relabel: {} (run {}, {})\n\n",
-        s.pipeline, s.run_id, s.status
+        md_text(&s.pipeline),
+        md_text(&s.run_id),
+        md_text(&s.status)
     );
     if !s.accuracy.is_empty() {
         m.push_str("| round | dev | fixed test |\n|---:|---:|---:|\n");
@@ -397,7 +400,7 @@ pub fn markdown(s: &Summary) -> String {
     let mut top: Vec<(&String, &u64)> = s.changes.iter().collect();
     top.sort_by(|a, b| b.1.cmp(a.1));
     for (k, v) in top.into_iter().take(10) {
-        let _ = writeln!(m, "- {k}: {v}");
+        let _ = writeln!(m, "- {}: {v}", md_text(k));
     }
     m
 }

@@ -56,6 +56,10 @@ pub struct Entry {
     pub seconds: f64,
     /// RFC 3339 time the entry was written.
     pub created: String,
+    /// Artifact digest -> its [`Cache::shape`] when imported: a cache hit checks it cheaply,
+    /// so a file deleted or truncated inside a cached artifact is noticed without re-hashing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shapes: BTreeMap<Digest, String>,
 }
 
 /// Everything a cache key is made of; kept per node so `plan` can say what changed.
@@ -427,11 +431,23 @@ impl Cache {
         make_read_only(path).map_err(|e| io_err(path, e))?;
         match fs::rename(path, &dest) {
             Ok(()) => {}
+            // Another node produced the same bytes at the same moment: it is stored.
+            Err(_) if self.has_object(&digest) => {
+                remove_all(path).map_err(|e| io_err(path, e))?;
+            }
             Err(e) if e.raw_os_error() == Some(libc_exdev()) => {
                 // Another file system: copy into tmp, then rename.
-                let staged = self.tmp_dir().join(format!("import-{digest}"));
+                let staged = self
+                    .tmp_dir()
+                    .join(format!("import-{digest}-{}", unique_suffix()));
                 copy_all(path, &staged).map_err(|e| io_err(path, e))?;
-                fs::rename(&staged, &dest).map_err(|e| io_err(&dest, e))?;
+                match fs::rename(&staged, &dest) {
+                    Ok(()) => {}
+                    Err(_) if self.has_object(&digest) => {
+                        remove_all(&staged).map_err(|e| io_err(&staged, e))?
+                    }
+                    Err(e) => return Err(io_err(&dest, e)),
+                }
                 remove_all(path).map_err(|e| io_err(path, e))?;
             }
             Err(e) => return Err(io_err(&dest, e)),
@@ -439,9 +455,73 @@ impl Cache {
         Ok(digest)
     }
 
+    /// A cheap fingerprint of a stored artifact: for a folder, its sorted listing of relative
+    /// paths, kinds and file sizes; for a file, its size. No file is read.
+    pub fn shape(&self, digest: &str) -> io::Result<String> {
+        let p = self.object_path(digest);
+        let m = fs::symlink_metadata(&p)?;
+        if !m.is_dir() {
+            return Ok(format!("file {}", m.len()));
+        }
+        let mut rows = Vec::new();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            for e in fs::read_dir(p.join(&rel))? {
+                let e = e?;
+                let r = rel.join(e.file_name());
+                let m = e.metadata()?;
+                let name = r.to_string_lossy().to_string();
+                if m.is_dir() {
+                    rows.push(format!("D {name}"));
+                    stack.push(r);
+                } else {
+                    rows.push(format!("F {name} {}", m.len()));
+                }
+            }
+        }
+        rows.sort();
+        Ok(blake3::hash(rows.join("\n").as_bytes()).to_hex()[..32].to_string())
+    }
+
+    /// Whether every output of `entry` is stored and still has the shape it was imported with.
+    /// An artifact that lost that shape is removed, so the rerun stores it anew.
+    pub fn entry_intact(&self, entry: &Entry) -> bool {
+        self.check_entry(entry, true)
+    }
+
+    /// Like [`Self::entry_intact`], but removes nothing (for `plan`).
+    pub fn entry_looks_intact(&self, entry: &Entry) -> bool {
+        self.check_entry(entry, false)
+    }
+
+    fn check_entry(&self, entry: &Entry, remove_damaged: bool) -> bool {
+        let mut intact = true;
+        for d in entry.outputs.values() {
+            if !self.has_object(d) {
+                intact = false;
+                continue;
+            }
+            if let Some(expected) = entry.shapes.get(d) {
+                if self.shape(d).ok().as_ref() != Some(expected) {
+                    intact = false;
+                    if !remove_damaged {
+                        continue;
+                    }
+                    tracing::warn!(
+                        artifact = %d,
+                        "a cached artifact was damaged (files missing or resized); it is rebuilt"
+                    );
+                    let _ = remove_all(&self.object_path(d));
+                }
+            }
+        }
+        intact
+    }
+
     /// A file's content digest, re-hashed only when its size or mtime changed.
     pub fn file_digest(&self, path: &Path) -> Result<Digest, CacheError> {
         let meta = fs::metadata(path).map_err(|e| io_err(path, e))?;
+        require_regular(path, &meta).map_err(|e| io_err(path, e))?;
         let mtime_ns = meta
             .modified()
             .ok()
@@ -570,6 +650,16 @@ fn libc_exdev() -> i32 {
     18
 }
 
+/// A suffix no other import of this process uses at the same time.
+fn unique_suffix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Total bytes of the files under a path.
 pub fn size_of_path(p: &Path) -> u64 {
     match fs::symlink_metadata(p) {
@@ -629,6 +719,11 @@ fn make_writable(p: &Path) -> io::Result<()> {
 
 fn copy_all(from: &Path, to: &Path) -> io::Result<()> {
     let m = fs::symlink_metadata(from)?;
+    if m.file_type().is_symlink() {
+        // A link is stored as a link (as its digest records it), never followed.
+        return std::os::unix::fs::symlink(fs::read_link(from)?, to);
+    }
+    require_regular(from, &m)?;
     if m.is_dir() {
         fs::create_dir_all(to)?;
         for e in fs::read_dir(from)? {
@@ -641,9 +736,38 @@ fn copy_all(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// Refuses what is not a plain file or folder (a FIFO blocks on open, `/dev/zero` never ends).
+fn require_regular(p: &Path, m: &fs::Metadata) -> io::Result<()> {
+    if m.is_file() || m.is_dir() {
+        return Ok(());
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let ft = m.file_type();
+    let what = if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{} is {what}; expected a regular file or folder",
+            p.display()
+        ),
+    ))
+}
+
 fn hash_file(p: &Path) -> io::Result<blake3::Hash> {
     let mut h = blake3::Hasher::new();
-    let len = fs::metadata(p)?.len();
+    let meta = fs::metadata(p)?;
+    require_regular(p, &meta)?;
+    let len = meta.len();
     if len > 16 * 1024 * 1024 {
         h.update_mmap_rayon(p)?;
     } else {
@@ -709,6 +833,7 @@ mod tests {
             metrics: Metrics::new(),
             seconds: 0.0,
             created: String::new(),
+            shapes: BTreeMap::new(),
         };
         cache.store().put("key1", &entry).unwrap();
         assert_eq!(cache.verify().unwrap().evicted.len(), 0);

@@ -18,14 +18,21 @@ const NODE_KEYS: &[&str] = &["id", "kind", "description", "inputs", "config"];
 const LOOP_ITEM_KEYS: &[&str] = &["id", "description", "loop", "nodes"];
 const LOOP_KEYS: &[&str] = &["max_rounds", "until", "carry"];
 const CARRY_KEYS: &[&str] = &["from", "next"];
-const SECRET_WORDS: &[&str] = &[
-    "KEY",
-    "TOKEN",
-    "SECRET",
-    "PASSWORD",
-    "PASSWD",
-    "CREDENTIALS",
-];
+/// Words that make a variable name look like a secret anywhere in the name (`APIKEY`, `MYTOKEN`).
+const SECRET_SUBSTRINGS: &[&str] = &["KEY", "TOKEN", "SECRET", "PASSW", "CREDENTIAL", "PRIVATE"];
+/// Words that make it look like a secret as a whole `_`-separated part (`DB_PASS`, `GITHUB_PAT`).
+const SECRET_PARTS: &[&str] = &["PASS", "PAT", "AUTH", "PWD_HASH", "DSN"];
+/// Whole names that hold credentials.
+const SECRET_NAMES: &[&str] = &["DATABASE_URL", "REDIS_URL", "MONGODB_URI", "NETRC"];
+
+/// Whether an environment variable's name looks like it holds a secret (an API key, a token,
+/// a password, a connection string with credentials).
+pub fn looks_secret(name: &str) -> bool {
+    let up = name.to_ascii_uppercase();
+    SECRET_SUBSTRINGS.iter().any(|w| up.contains(w))
+        || up.split('_').any(|p| SECRET_PARTS.contains(&p))
+        || SECRET_NAMES.contains(&up.as_str())
+}
 
 /// A manifest's text and where it came from.
 #[derive(Debug, Clone)]
@@ -793,10 +800,7 @@ fn substitute_str(
                 Some((n, d)) => (n, Some(d)),
                 None => (spec, None),
             };
-            if name
-                .split('_')
-                .any(|w| SECRET_WORDS.contains(&w.to_ascii_uppercase().as_str()))
-            {
+            if looks_secret(name) {
                 r.value(
                     path,
                     format!("`${{env.{name}}}` looks like a secret; secrets must not be copied into manifests, caches or reports"),

@@ -48,13 +48,38 @@ pub fn key_figures(metrics: &serde_json::Map<String, serde_json::Value>) -> Stri
         .join(", ")
 }
 
+/// Text safe inside Markdown (a table cell included) and the HTML a Markdown renderer passes
+/// through: `<script>` in a label or pipeline name stays text in a pull-request comment.
+pub fn md_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '\n' | '\r' => out.push(' '),
+            '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '#' | '!' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 pub fn markdown(r: &RunReport) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# relabel run: {} ({})\n", r.pipeline, r.status);
     let _ = writeln!(
         s,
-        "Manifest `{}`, run `{}`, started {}, {:.2} s. Nodes: {} ran, {} cached, {} failed, {} skipped.\n",
-        r.manifest,
+        "# relabel run: {} ({})\n",
+        md_text(&r.pipeline),
+        r.status
+    );
+    let _ = writeln!(
+        s,
+        "Manifest {}, run `{}`, started {}, {:.2} s. Nodes: {} ran, {} cached, {} failed, {} skipped.\n",
+        md_text(&r.manifest),
         r.run_id,
         r.started,
         r.seconds,
@@ -67,17 +92,14 @@ pub fn markdown(r: &RunReport) -> String {
     let _ = writeln!(s, "|---|---|---|---:|---|");
     for n in &r.nodes {
         let figures = match &n.error {
-            Some(e) => format!(
-                "error: {}",
-                e.lines().next().unwrap_or("").replace('|', "\\|")
-            ),
-            None => key_figures(&n.metrics).replace('|', "\\|"),
+            Some(e) => format!("error: {}", md_text(e.lines().next().unwrap_or(""))),
+            None => md_text(&key_figures(&n.metrics)),
         };
         let _ = writeln!(
             s,
             "| {} | {} | {} | {:.2} | {} |",
-            n.instance,
-            n.kind,
+            md_text(&n.instance),
+            md_text(&n.kind),
             serde_json::to_value(n.status)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
@@ -89,8 +111,25 @@ pub fn markdown(r: &RunReport) -> String {
     if !r.loops.is_empty() {
         let _ = writeln!(s, "\n| loop | rounds | stopped by |\n|---|---:|---|");
         for l in &r.loops {
-            let _ = writeln!(s, "| {} | {} | {} |", l.id, l.rounds, l.stopped_by);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} |",
+                md_text(&l.id),
+                l.rounds,
+                md_text(&l.stopped_by)
+            );
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn markdown_text_cannot_open_html_or_break_a_table() {
+        let t = super::md_text("<script>alert(1)</script> a|b *x* [l](u)");
+        assert!(!t.contains('<') && !t.contains('>'), "{t}");
+        assert!(t.contains("&lt;script&gt;"));
+        assert!(t.contains("a\\|b") && t.contains("\\*x\\*") && t.contains("\\[l\\]"));
+    }
 }

@@ -407,6 +407,7 @@ where
     let mut outcome = vec![Outcome::NotStarted; n];
     let mut started = vec![false; n];
     let mut set: JoinSet<(usize, Result<(), Stop>)> = JoinSet::new();
+    let mut member_of_task = std::collections::HashMap::new();
     let mut stop = false;
     loop {
         if !stop && !cancel.is_cancelled() {
@@ -417,7 +418,8 @@ where
                 {
                     started[i] = true;
                     let fut = start(i);
-                    set.spawn(async move { (i, fut.await) });
+                    let handle = set.spawn(async move { (i, fut.await) });
+                    member_of_task.insert(handle.id(), i);
                 }
             }
         }
@@ -431,12 +433,49 @@ where
                 stop = true;
             }
             Err(e) => {
+                // A member whose task itself panicked failed: it must not count as skipped.
                 tracing::error!("a node task panicked: {e}");
+                if let Some(&i) = member_of_task.get(&e.id()) {
+                    outcome[i] = Outcome::Failed;
+                }
                 stop = true;
             }
         }
     }
     outcome
+}
+
+/// Polls a node's future, turning a panic inside it into an error with the panic's message,
+/// so a panicking node kind fails its node (and the run) instead of vanishing.
+struct CatchPanic<F>(F);
+
+impl<F: Future + Unpin> Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::pin::Pin::new(inner).poll(cx)
+        })) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(payload) => std::task::Poll::Ready(Err(panic_message(payload.as_ref()))),
+        }
+    }
+}
+
+/// The text of a panic's payload (`panic!("...")` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
 }
 
 async fn run_loop(shared: Arc<Shared>, l: LoopSpec, top: Table) -> Result<Produced, Stop> {
@@ -678,7 +717,7 @@ async fn run_node_inner(
         .any(|f| f == &spec.id || spec.loop_id.as_deref() == Some(f));
     if !forced {
         if let Ok(Some(entry)) = store.get(&key) {
-            if entry.outputs.values().all(|d| cache.has_object(d)) {
+            if cache.entry_intact(&entry) {
                 let _ = store.set_last(&scope_name, &LastRecord { key, parts });
                 report.status = Status::Cached;
                 return Ok(Produced {
@@ -709,9 +748,9 @@ async fn run_node_inner(
         span: span.clone(),
     };
     let t0 = Instant::now();
-    let fut = spec.plugin.run(ctx, &spec.config, inputs).instrument(span);
+    let fut = CatchPanic(spec.plugin.run(ctx, &spec.config, inputs)).instrument(span);
     let result = tokio::select! {
-        r = fut => r,
+        r = fut => r.unwrap_or_else(|why| Err(NodeError::Failed(format!("the node panicked: {why}")))),
         _ = shared.cancel.cancelled() => Err(NodeError::Cancelled),
     };
     progress.finish();
@@ -747,6 +786,10 @@ async fn run_node_inner(
             .map_err(|e| fail(e.to_string()))?;
         outputs.insert(name.clone(), d);
     }
+    let shapes = outputs
+        .values()
+        .filter_map(|d| cache.shape(d).ok().map(|s| (d.clone(), s)))
+        .collect();
     let entry = Entry {
         node: instance.to_string(),
         kind: spec.plugin.kind().to_string(),
@@ -755,6 +798,7 @@ async fn run_node_inner(
         metrics: output.metrics.clone(),
         seconds,
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        shapes,
     };
     store.put(&key, &entry).map_err(|e| fail(e.to_string()))?;
     store
@@ -942,7 +986,7 @@ fn plan_node(
         .any(|f| f == &spec.id || spec.loop_id.as_deref() == Some(f));
     if !forced {
         if let Ok(Some(entry)) = cache.store().get(&key) {
-            if entry.outputs.values().all(|d| cache.has_object(d)) {
+            if cache.entry_looks_intact(&entry) {
                 step.action = "cached".into();
                 step.reason = "cached".into();
                 steps.push(step);

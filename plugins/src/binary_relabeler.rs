@@ -73,7 +73,27 @@ pub struct RelabelerConfig {
     /// Human mode: also copy the export files to this folder (relative to the manifest).
     #[serde(default)]
     pub export_to: Option<PathBuf>,
+    /// LLM mode: fail the node (nothing is cached, so a rerun asks again) when more than this
+    /// share of the rows got no answer because of the endpoint (429, 5xx, timeouts, transport
+    /// faults, rejected requests): an outage must not become a cached run of undecided rows.
+    #[serde(default = "default_max_failure_rate")]
+    pub max_failure_rate: f64,
 }
+
+fn default_max_failure_rate() -> f64 {
+    0.5
+}
+
+/// Failure kinds that say the endpoint failed, not that the model answered badly.
+pub const ENDPOINT_FAILURES: &[&str] = &[
+    "rate_limited",
+    "server_error",
+    "timeout",
+    "transport_error",
+    "rejected",
+    "cache_write",
+    "bad_response",
+];
 
 fn default_examples() -> usize {
     3
@@ -384,7 +404,12 @@ pub fn confidence(reply: &Reply, content: &str, chosen: &str, other: &str) -> Op
         let (tok, lp, alts) = (&t.token, t.logprob, &t.top);
         let end = pos + tok.len();
         if d < end || (d == end && end == content.len()) {
-            let p_c = lp.exp();
+            // A server's numbers are not trusted: a logprob above 0 or not finite is no
+            // probability (a positive one gave a "confidence" of 148).
+            if !lp.is_finite() {
+                return None;
+            }
+            let p_c = lp.min(0.0).exp();
             let shared = content.as_bytes().get(pos..d)?;
             let p_o: f64 = alts
                 .iter()
@@ -394,9 +419,11 @@ pub fn confidence(reply: &Reply, content: &str, chosen: &str, other: &str) -> Op
                         && t.starts_with(shared)
                         && other_rest.starts_with(&t[shared.len()..])
                 })
-                .map(|(_, l)| l.exp())
+                .filter(|(_, l)| l.is_finite())
+                .map(|(_, l)| l.min(0.0).exp())
                 .sum();
-            return Some(if p_o > 0.0 { p_c / (p_c + p_o) } else { p_c });
+            let conf = if p_o > 0.0 { p_c / (p_c + p_o) } else { p_c };
+            return conf.is_finite().then(|| conf.clamp(0.0, 1.0));
         }
         pos = end;
     }
@@ -441,6 +468,12 @@ impl NodeKind for BinaryRelabeler {
             p.push(ConfigProblem::new(
                 CfgPath::root().key("answers"),
                 "`answers` imports people's answers: it needs `mode: human`",
+            ));
+        }
+        if !(0.0..=1.0).contains(&c.max_failure_rate) {
+            p.push(ConfigProblem::new(
+                CfgPath::root().key("max_failure_rate"),
+                format!("must be between 0 and 1; found {}", c.max_failure_rate),
             ));
         }
         if let Some(m) = c.min_confidence {
@@ -562,6 +595,33 @@ async fn judge_all(
         .map_err(|e| NodeError::Failed(e.to_string()))?;
     results.sort_by_key(|(i, _)| *i);
     let decisions: Vec<Decision> = results.into_iter().map(|(_, d)| d).collect();
+    let failed = decisions
+        .iter()
+        .filter(|d| {
+            d.outcome == Outcome::Undecided
+                && d.failure
+                    .as_deref()
+                    .is_some_and(|f| ENDPOINT_FAILURES.contains(&f))
+        })
+        .count();
+    if !decisions.is_empty() && failed as f64 > c.max_failure_rate * decisions.len() as f64 {
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+        for d in &decisions {
+            if let Some(f) = d
+                .failure
+                .as_deref()
+                .filter(|f| ENDPOINT_FAILURES.contains(f))
+            {
+                *kinds.entry(f).or_default() += 1;
+            }
+        }
+        return Err(NodeError::Failed(format!(
+            "{failed} of {} rows got no answer from {} ({kinds:?}), more than max_failure_rate {}; nothing is recorded, and every answer received is cached, so a rerun asks only the rest",
+            decisions.len(),
+            client.describe(),
+            c.max_failure_rate
+        )));
+    }
     let mut m = client.metrics();
     m.insert(
         "local_server_started".into(),
@@ -885,6 +945,25 @@ mod tests {
             confidence(&bare, content, "card_lost", "card_arrival"),
             None
         );
+    }
+
+    #[test]
+    fn confidence_stays_a_probability_whatever_the_server_sends() {
+        let content = r#"{"label": "card_lost"}"#;
+        let reply = |lp: f64| Reply {
+            body: json!({"choices": [{"message": {"content": content}, "logprobs": {"content": [
+                {"token": "{\"label\": \"card_l", "logprob": lp, "top_logprobs": []},
+                {"token": "ost\"}", "logprob": 0.0, "top_logprobs": []}]}}]}),
+            at: String::new(),
+            cached: false,
+        };
+        // A positive logprob (5.0 gave 148.4 before) is at most certainty.
+        assert_eq!(
+            confidence(&reply(5.0), content, "card_lost", "card_arrival"),
+            Some(1.0)
+        );
+        let c = confidence(&reply(-0.1), content, "card_lost", "card_arrival").unwrap();
+        assert!((0.0..=1.0).contains(&c), "{c}");
     }
 
     #[test]

@@ -33,6 +33,45 @@ pub struct CommandConfig {
     /// Seconds before the command is stopped and the node fails.
     #[serde(default)]
     pub timeout: Option<f64>,
+    /// Secret-looking environment variables (API keys, tokens, passwords) the command may see.
+    /// Others are removed from its environment, so a command never gets an endpoint's key
+    /// unless asked. Only the names join the cache key, never the values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pass_env: Vec<String>,
+}
+
+/// Shell variables a command line reads (`$NAME` and `${NAME}`), with `${inputs.x}`-style
+/// placeholders and `$${` escapes left out.
+fn shell_variables(run: &str) -> Vec<String> {
+    let b = run.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'$' {
+            i += 1;
+            continue;
+        }
+        if b.get(i + 1) == Some(&b'$') {
+            i += 2;
+            continue;
+        }
+        let (start, braced) = if b.get(i + 1) == Some(&b'{') {
+            (i + 2, true)
+        } else {
+            (i + 1, false)
+        };
+        let mut end = start;
+        while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+            end += 1;
+        }
+        let name = &run[start..end];
+        let placeholder = braced && b.get(end) == Some(&b'.');
+        if !name.is_empty() && !placeholder && !name.as_bytes()[0].is_ascii_digit() {
+            out.push(name.to_string());
+        }
+        i = end.max(i + 1);
+    }
+    out
 }
 
 /// The `command` node kind.
@@ -129,6 +168,17 @@ impl NodeKind for Command {
                 ));
             }
         }
+        for name in shell_variables(&config.run) {
+            if relabel_engine::manifest::looks_secret(&name) && !config.pass_env.contains(&name) {
+                problems.push(
+                    ConfigProblem::new(
+                        root.key("run"),
+                        format!("the command reads `${name}`, which looks like a secret; commands do not get secret-looking variables unless asked"),
+                    )
+                    .with_hint(Some(format!("list it in `pass_env: [{name}]` to pass it to this command"))),
+                );
+            }
+        }
         for (_, _, name) in placeholders(&config.run) {
             let known: Vec<&str> = match name.split_once('.') {
                 Some(("inputs", n)) if inputs.iter().any(|i| i == n) => continue,
@@ -201,6 +251,15 @@ impl NodeKind for Command {
             .envs(&config.env)
             .process_group(0)
             .kill_on_drop(true);
+        crate::child::die_with_parent(&mut cmd);
+        for (k, _) in std::env::vars_os() {
+            let name = k.to_string_lossy();
+            if relabel_engine::manifest::looks_secret(&name)
+                && !config.pass_env.iter().any(|p| *p == name)
+            {
+                cmd.env_remove(&k);
+            }
+        }
         if let Some(r) = ctx.round {
             cmd.env("RELABEL_ROUND", r.to_string());
         }
@@ -289,6 +348,25 @@ mod tests {
             Some(format!("<{n}>"))
         });
         assert_eq!(s, "cat <inputs.x> > <outputs.y>; echo ${HOME}");
+    }
+
+    #[test]
+    fn secret_variables_in_a_command_line_need_pass_env() {
+        assert_eq!(
+            shell_variables("echo $OPENAI_API_KEY ${HF_TOKEN} ${inputs.x} $${HOME} $1 $HOME"),
+            vec!["OPENAI_API_KEY", "HF_TOKEN", "HOME"]
+        );
+        let c: CommandConfig =
+            serde_yaml::from_str("run: 'curl -H \"Authorization: Bearer $OPENAI_API_KEY\" x'\n")
+                .unwrap();
+        let problems = Command::check(&c, &[]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("$OPENAI_API_KEY"));
+        let c: CommandConfig = serde_yaml::from_str(
+            "run: 'curl -H \"Authorization: Bearer $OPENAI_API_KEY\" x'\npass_env: [OPENAI_API_KEY]\n",
+        )
+        .unwrap();
+        assert!(Command::check(&c, &[]).is_empty());
     }
 
     #[test]

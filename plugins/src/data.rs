@@ -117,7 +117,7 @@ fn put_strings(out: &mut Vec<u8>, xs: &[String]) {
         at += x.len() as u64;
         offsets.push(at);
     }
-    out.extend_from_slice(bytemuck::cast_slice(&offsets));
+    crate::le::extend(out, &offsets);
     for x in xs {
         out.extend_from_slice(x.as_bytes());
     }
@@ -141,7 +141,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn u64s(&mut self, n: usize) -> io::Result<Vec<u64>> {
-        Ok(bytemuck::pod_collect_to_vec(self.take(
+        Ok(crate::le::collect(self.take(
             n.checked_mul(8).ok_or_else(|| bad("bad length"))?,
         )?))
     }
@@ -181,7 +181,7 @@ impl Split {
             Vec::with_capacity(16 + self.texts.iter().map(|t| t.len() + 24).sum::<usize>());
         out.extend_from_slice(SPLIT_MAGIC);
         out.extend_from_slice(&(self.len() as u64).to_le_bytes());
-        out.extend_from_slice(bytemuck::cast_slice(&self.labels));
+        crate::le::extend(&mut out, &self.labels);
         put_strings(&mut out, &self.ids);
         put_strings(&mut out, &self.texts);
         out
@@ -193,9 +193,8 @@ impl Split {
             return Err(bad("not a relabel split file"));
         }
         let n = u64::from_le_bytes(c.take(8)?.try_into().expect("8 bytes")) as usize;
-        let labels: Vec<u32> = bytemuck::pod_collect_to_vec(
-            c.take(n.checked_mul(4).ok_or_else(|| bad("bad length"))?)?,
-        );
+        let labels: Vec<u32> =
+            crate::le::collect(c.take(n.checked_mul(4).ok_or_else(|| bad("bad length"))?)?);
         let ids = c.strings(n)?;
         let texts = c.strings(n)?;
         Ok(Split { ids, texts, labels })
@@ -242,6 +241,9 @@ pub fn read_judged(dir: &Path) -> io::Result<Vec<Judged>> {
         .collect()
 }
 
+/// The file in a dataset folder that names its splits.
+pub const SPLITS_FILE: &str = "splits.json";
+
 /// The split names a dataset may have, in order.
 pub const SPLITS: [&str; 3] = ["train", "dev", "test"];
 
@@ -262,17 +264,47 @@ impl Dataset {
         for (name, s) in &self.splits {
             s.write(&dir.join(format!("{name}.bin")))?;
         }
+        let names: Vec<&String> = self.splits.keys().collect();
+        std::fs::write(
+            dir.join(SPLITS_FILE),
+            serde_json::to_vec(&serde_json::json!({ "splits": names }))?,
+        )?;
         Ok(())
     }
 
+    /// Reads a dataset folder. Every split its `splits.json` names must be there: a missing one
+    /// is an error, not an empty split (folders written before that record read what they have).
     pub fn read(dir: &Path) -> io::Result<Dataset> {
         let labels: LabelSpec = serde_json::from_slice(&std::fs::read(dir.join("labels.json"))?)
             .map_err(|e| bad(format!("{}/labels.json: {e}", dir.display())))?;
+        let recorded: Option<Vec<String>> = match std::fs::read(dir.join(SPLITS_FILE)) {
+            Ok(b) => {
+                let v: serde_json::Value = serde_json::from_slice(&b)
+                    .map_err(|e| bad(format!("{}/{SPLITS_FILE}: {e}", dir.display())))?;
+                Some(
+                    serde_json::from_value(v["splits"].clone())
+                        .map_err(|e| bad(format!("{}/{SPLITS_FILE}: {e}", dir.display())))?,
+                )
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
         let mut splits = BTreeMap::new();
         for name in SPLITS {
             let p = dir.join(format!("{name}.bin"));
+            let expected = recorded
+                .as_ref()
+                .is_some_and(|r| r.iter().any(|s| s == name));
             if p.exists() {
                 splits.insert(name.to_string(), Split::read(&p)?);
+            } else if expected {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "{}: the dataset has a {name} split but {name}.bin is missing (the artifact is damaged; `relabel cache verify` evicts it)",
+                        dir.display()
+                    ),
+                ));
             }
         }
         Ok(Dataset { labels, splits })
@@ -309,6 +341,29 @@ mod tests {
         let mut truncated = s.to_bytes();
         truncated.truncate(truncated.len() - 3);
         assert!(Split::from_bytes(&truncated).is_err());
+    }
+
+    #[test]
+    fn a_dataset_missing_a_split_it_records_fails_to_read() {
+        let split = Split {
+            ids: vec!["a".into()],
+            texts: vec!["hello".into()],
+            labels: vec![0],
+        };
+        let d = Dataset {
+            labels: LabelSpec::from_names(["x".to_string()]),
+            splits: [
+                ("train".to_string(), split.clone()),
+                ("dev".to_string(), split),
+            ]
+            .into(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        d.write(dir.path()).unwrap();
+        assert_eq!(Dataset::read(dir.path()).unwrap(), d);
+        std::fs::remove_file(dir.path().join("train.bin")).unwrap();
+        let e = Dataset::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("train.bin is missing"), "{e}");
     }
 
     #[test]

@@ -93,6 +93,21 @@ pub struct RawRow {
     pub id: Option<String>,
     pub text: Option<String>,
     pub label: Option<String>,
+    /// Why the row could not be read at all (a truncated or malformed JSON line): a bad row,
+    /// skipped or refused per `on_bad_row` like any other.
+    pub unreadable: Option<String>,
+}
+
+impl RawRow {
+    fn unreadable(row: usize, why: String) -> RawRow {
+        RawRow {
+            row,
+            id: None,
+            text: None,
+            label: None,
+            unreadable: Some(why),
+        }
+    }
 }
 
 fn format_of(path: &Path, f: Format) -> Result<Format, String> {
@@ -136,19 +151,30 @@ pub fn read_rows(path: &Path, format: Format, c: &DatasetConfig) -> Result<Vec<R
     match format_of(path, format)? {
         Format::Jsonl => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
             let mut rows = Vec::new();
             for (i, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let v: serde_json::Value = serde_json::from_str(line)
-                    .map_err(|e| format!("{shown}:{}: not a JSON object: {e}", i + 1))?;
+                let v: serde_json::Value = match serde_json::from_str(line) {
+                    Ok(v @ serde_json::Value::Object(_)) => v,
+                    Ok(_) => {
+                        rows.push(RawRow::unreadable(i + 1, "not a JSON object".into()));
+                        continue;
+                    }
+                    Err(e) => {
+                        rows.push(RawRow::unreadable(i + 1, format!("not a JSON object: {e}")));
+                        continue;
+                    }
+                };
                 let get = |k: &str| v.get(k).and_then(scalar);
                 rows.push(RawRow {
                     row: i + 1,
                     id: c.id_column.as_deref().and_then(get),
                     text: get(&c.text_column),
                     label: get(&c.label_column),
+                    unreadable: None,
                 });
             }
             Ok(rows)
@@ -164,8 +190,8 @@ pub fn read_rows(path: &Path, format: Format, c: &DatasetConfig) -> Result<Vec<R
                 headers.iter().position(|h| h == name).ok_or_else(|| {
                     let have: Vec<&str> = headers.iter().collect();
                     format!(
-                        "{shown}:1: missing column \"{name}\" (the header has: {}){}",
-                        have.join(", "),
+                        "{shown}:1: missing column \"{name}\" ({}){}",
+                        crate::clip::header_shape(&have),
                         did_you_mean(name, have.iter().copied())
                             .map(|h| format!("; {h}"))
                             .unwrap_or_default()
@@ -185,6 +211,7 @@ pub fn read_rows(path: &Path, format: Format, c: &DatasetConfig) -> Result<Vec<R
                     id: ii.and_then(get),
                     text: get(ti),
                     label: get(li),
+                    unreadable: None,
                 });
             }
             Ok(rows)
@@ -232,6 +259,7 @@ fn read_parquet(path: &Path, c: &DatasetConfig) -> Result<Vec<RawRow>, String> {
             id: None,
             text: None,
             label: None,
+            unreadable: None,
         };
         for (name, field) in row.get_column_iter() {
             let v = match field {
@@ -284,6 +312,10 @@ pub fn check_rows(
             row: r.row,
             reason,
         };
+        if let Some(why) = &r.unreadable {
+            bad.push(fail(why.clone()));
+            continue;
+        }
         let Some(text) = r.text.clone() else {
             bad.push(fail(format!("missing column \"{}\"", c.text_column)));
             continue;
@@ -413,6 +445,20 @@ pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String
         }
         splits.insert("train".into(), keep);
         splits.insert("dev".into(), dev);
+    }
+    if splits.get("train").is_none_or(Split::is_empty) {
+        return Err(format!(
+            "{}: the train split has no rows{}; a model cannot be trained on nothing",
+            c.train.display(),
+            if c.dev.is_none() && c.dev_fraction > 0.0 {
+                format!(
+                    " after holding out dev_fraction {} of it for dev",
+                    c.dev_fraction
+                )
+            } else {
+                " (an empty file, or only a header)".into()
+            }
+        ));
     }
     let mut metrics = Metrics::new();
     metrics.insert("labels".into(), spec.len().into());

@@ -135,6 +135,7 @@ pub struct Given {
 pub fn read_answers(path: &Path, shown: &Path) -> Result<Vec<Given>, String> {
     let shown = shown.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("answers {shown}: {e}"))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let name = path.to_string_lossy().to_ascii_lowercase();
     let mut out = Vec::new();
     if name.ends_with(".csv") {
@@ -143,13 +144,14 @@ pub fn read_answers(path: &Path, shown: &Path) -> Result<Vec<Given>, String> {
         let col = |n: &str| headers.iter().position(|h| h.trim() == n);
         let (Some(id), Some(ans)) = (col("id"), col("answer")) else {
             return Err(format!(
-                "{shown}:1: the header needs `id` and `answer` columns (found: {})",
-                headers.iter().collect::<Vec<_>>().join(", ")
+                "{shown}:1: the header needs `id` and `answer` columns ({})",
+                crate::clip::header_shape(&headers.iter().collect::<Vec<_>>())
             ));
         };
         for (i, rec) in r.records().enumerate() {
-            let line = i + 2;
-            let rec = rec.map_err(|e| format!("{shown}:{line}: {e}"))?;
+            let rec = rec.map_err(|e| format!("{shown}:{}: {e}", i + 2))?;
+            // The record's own line: a quoted field may span several lines.
+            let line = rec.position().map_or(i + 2, |p| p.line() as usize);
             out.push(Given {
                 line,
                 id: rec.get(id).unwrap_or("").to_string(),
@@ -157,17 +159,46 @@ pub fn read_answers(path: &Path, shown: &Path) -> Result<Vec<Given>, String> {
             });
         }
     } else if name.ends_with(".jsonl") {
+        let mut problems = Vec::new();
         for (i, l) in text.lines().enumerate() {
             if l.trim().is_empty() {
                 continue;
             }
             let v: Value =
                 serde_json::from_str(l).map_err(|e| format!("{shown}:{}: {e}", i + 1))?;
+            // `"answer": null` (as exported) skips the row; a missing or non-text answer is a
+            // mistake, not a skip: nothing is imported until it is fixed.
+            let answer = match v.get("answer") {
+                Some(Value::String(a)) => a.trim().to_string(),
+                Some(Value::Null) => String::new(),
+                None => {
+                    problems.push(format!(
+                        "{shown}:{}: no `answer` field (expected \"answer\": one of the row's two candidates, or null to skip)",
+                        i + 1
+                    ));
+                    continue;
+                }
+                Some(other) => {
+                    problems.push(format!(
+                        "{shown}:{}: `answer` must be a string (one of the row's two candidates) or null; found {}",
+                        i + 1,
+                        json_type(other)
+                    ));
+                    continue;
+                }
+            };
             out.push(Given {
                 line: i + 1,
                 id: scalar(&v["id"]),
-                answer: v["answer"].as_str().unwrap_or("").trim().to_string(),
+                answer,
             });
+        }
+        if !problems.is_empty() {
+            return Err(format!(
+                "{} problem(s) in the answers; nothing was imported:\n{}",
+                problems.len(),
+                problems.join("\n")
+            ));
         }
     } else if name.ends_with(".json") {
         let v: Value = serde_json::from_str(&text).map_err(|e| format!("{shown}: {e}"))?;
@@ -202,6 +233,17 @@ pub fn read_answers(path: &Path, shown: &Path) -> Result<Vec<Given>, String> {
         ));
     }
     Ok(out)
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 fn scalar(v: &Value) -> String {
@@ -281,4 +323,48 @@ pub fn apply_answers(
             d
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(name: &str, text: &str) -> Result<Vec<Given>, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        read_answers(&p, Path::new(name))
+    }
+
+    #[test]
+    fn jsonl_answers_without_an_answer_field_or_with_a_non_string_are_refused() {
+        let e = read(
+            "a.jsonl",
+            "{\"id\": \"r1\", \"answer\": \"refund\"}\n{\"id\": \"r2\"}\n{\"id\": \"r3\", \"answer\": 3}\n{\"id\": \"r4\", \"answer\": null}\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("a.jsonl:2: no `answer` field"), "{e}");
+        assert!(e.contains("a.jsonl:3: `answer` must be a string"), "{e}");
+        assert!(e.contains("nothing was imported"), "{e}");
+        // null (as exported) skips; a BOM is ignored.
+        let ok = read(
+            "b.jsonl",
+            "\u{feff}{\"id\": \"r1\", \"answer\": \"refund\"}\n{\"id\": \"r4\", \"answer\": null}\n",
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].answer, "refund");
+        assert_eq!(ok[1].answer, "");
+    }
+
+    #[test]
+    fn csv_answer_lines_count_the_lines_of_quoted_fields() {
+        let got = read(
+            "a.csv",
+            "id,text,answer\nr1,\"two\nlines\",refund\nr2,one,top_up\n",
+        )
+        .unwrap();
+        assert_eq!(got[0].line, 2);
+        assert_eq!(got[1].line, 4, "row r2 starts on line 4 of the file");
+    }
 }

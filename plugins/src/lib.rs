@@ -3,6 +3,8 @@
 pub mod apply_labels;
 pub mod behavior_log;
 pub mod binary_relabeler;
+pub mod child;
+pub mod clip;
 pub mod command;
 pub mod data;
 pub mod dataset;
@@ -11,6 +13,7 @@ pub mod endpoint;
 pub mod evaluator;
 pub mod flags;
 pub mod human;
+pub mod le;
 pub mod llm;
 pub mod llm_annotator;
 pub mod local_llm;

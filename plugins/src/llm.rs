@@ -27,15 +27,22 @@ pub struct Stats {
     pub server_errors: AtomicU64,
     pub timeouts: AtomicU64,
     pub connect_errors: AtomicU64,
+    /// A connection reset, or closed before a complete response (retried like timeouts).
+    pub transport_errors: AtomicU64,
     /// A 200 whose body is not a chat completion.
     pub bad_responses: AtomicU64,
+    /// Responses that arrived but could not be stored in the cache (so they were not used).
+    pub cache_write_errors: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
 }
 
 impl Stats {
+    /// Adds `n`, saturating: a server's huge `usage` cannot wrap a counter (and so a budget).
     fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
+        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_add(n))
+        });
     }
 
     pub fn get(c: &AtomicU64) -> u64 {
@@ -58,6 +65,8 @@ pub enum CallError {
     Budget,
     /// Any other 4xx: the request itself is wrong (a bug or an unsupported option).
     Rejected(String),
+    /// The response could not be stored in the cache, so it was not used ("stored before used").
+    CacheWrite(String),
 }
 
 impl CallError {
@@ -70,6 +79,7 @@ impl CallError {
             CallError::BadResponse(_) => "bad_response",
             CallError::Budget => "token_budget",
             CallError::Rejected(_) => "rejected",
+            CallError::CacheWrite(_) => "cache_write",
         }
     }
 
@@ -90,6 +100,10 @@ impl std::fmt::Display for CallError {
             }
             CallError::BadResponse(s) => write!(f, "malformed response: {s}"),
             CallError::Budget => f.write_str("the endpoint's token budget is spent"),
+            CallError::CacheWrite(s) => write!(
+                f,
+                "the response could not be stored in the LLM cache, so it was not used: {s}"
+            ),
         }
     }
 }
@@ -171,6 +185,9 @@ impl Reply {
 pub struct Client {
     pub name: String,
     pub endpoint: Endpoint,
+    /// What answers depend on (provider, base_url, model, the weights' digest): it joins
+    /// every request's cache key, so other weights behind the same alias are asked anew.
+    identity: Value,
     cache: LlmCache,
     pub stats: Arc<Stats>,
     permits: Arc<Semaphore>,
@@ -205,6 +222,7 @@ impl Client {
         };
         let _ = rustls::crypto::ring::default_provider().install_default();
         Ok(Client {
+            identity: identity(&endpoint),
             name: name.to_string(),
             permits: Arc::new(Semaphore::new(endpoint.max_concurrency.max(1) as usize)),
             pace: endpoint
@@ -298,7 +316,8 @@ impl Client {
     /// it from the cache. Only complete, well-formed responses are cached.
     pub async fn chat(&self, mut request: Value) -> Result<Reply, CallError> {
         request["model"] = json!(self.endpoint.model);
-        if let Some(hit) = self.cache.get(&request).ok().flatten() {
+        let key = json!({"endpoint": self.identity, "request": request});
+        if let Some(hit) = self.cache.get(&key).ok().flatten() {
             if let Some(body) = hit.get("response") {
                 Stats::add(&self.stats.cache_hits, 1);
                 return Ok(Reply {
@@ -313,8 +332,8 @@ impl Client {
             }
         }
         if let Some(budget) = self.endpoint.token_budget {
-            let used =
-                Stats::get(&self.stats.prompt_tokens) + Stats::get(&self.stats.completion_tokens);
+            let used = Stats::get(&self.stats.prompt_tokens)
+                .saturating_add(Stats::get(&self.stats.completion_tokens));
             if used >= budget {
                 return Err(CallError::Budget);
             }
@@ -355,9 +374,7 @@ impl Client {
         Stats::add(&self.stats.prompt_tokens, p);
         Stats::add(&self.stats.completion_tokens, c);
         // Durable before we use it: a run killed after this point never pays for it again.
-        let _ = self
-            .cache
-            .put(&request, &json!({"response": reply.body, "at": reply.at}));
+        self.store(&key, &json!({"response": reply.body, "at": reply.at}))?;
         Ok(reply)
     }
 
@@ -366,7 +383,7 @@ impl Client {
     pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, CallError> {
         let request =
             json!({"model": self.endpoint.model, "input": texts, "encoding_format": "float"});
-        let key = json!({"embeddings": request});
+        let key = json!({"embeddings": request, "endpoint": self.identity});
         let body = match self.cache.get(&key).ok().flatten() {
             Some(hit) => {
                 Stats::add(&self.stats.cache_hits, 1);
@@ -428,11 +445,46 @@ impl Client {
                 out.iter().map(Vec::len).collect::<Vec<_>>()
             )));
         }
-        let _ = self.cache.put(&key, &body);
+        self.store(&key, &body)?;
         Ok(out)
     }
 
+    /// Stores a response before it is used; a failed write fails the request (and is counted).
+    fn store(&self, key: &Value, value: &Value) -> Result<(), CallError> {
+        self.cache.put(key, value).map_err(|e| {
+            Stats::add(&self.stats.cache_write_errors, 1);
+            CallError::CacheWrite(e.to_string())
+        })
+    }
+
+    /// Server text with the API key's value and any `Bearer ...` token blanked out: a server
+    /// that echoes the key (as some 401 messages do) must not put it into reports or logs.
+    fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        if self.api_key != "none" && self.api_key.len() >= 4 {
+            out = out.replace(&self.api_key, "[redacted]");
+        }
+        redact_bearer(&out)
+    }
+
     fn classify(&self, e: OpenAIError) -> CallError {
+        let c = self.classify_raw(e);
+        let r = |s: String| self.redact(&s);
+        match c {
+            CallError::Unreachable(s) => CallError::Unreachable(r(s)),
+            CallError::Auth(s) => CallError::Auth(r(s)),
+            CallError::GaveUp { kind, detail } => CallError::GaveUp {
+                kind,
+                detail: r(detail),
+            },
+            CallError::BadResponse(s) => CallError::BadResponse(r(s)),
+            CallError::Rejected(s) => CallError::Rejected(r(s)),
+            CallError::CacheWrite(s) => CallError::CacheWrite(r(s)),
+            CallError::Budget => CallError::Budget,
+        }
+    }
+
+    fn classify_raw(&self, e: OpenAIError) -> CallError {
         let where_ = || {
             format!(
                 "LLM endpoint \"{}\" ({})",
@@ -443,7 +495,11 @@ impl Client {
         match e {
             OpenAIError::ApiError(api) => {
                 let status = api.status_code.as_u16();
-                let detail = format!("{} {}", status, truncate(&api.api_error.message, 200));
+                let detail = format!(
+                    "{} {}",
+                    status,
+                    truncate(&self.redact(&api.api_error.message), 200)
+                );
                 match status {
                     401 | 403 => CallError::Auth(format!(
                         "{}: the server refused the API key ({detail}); check {}",
@@ -473,9 +529,13 @@ impl Client {
                 where_(),
                 error_chain(&r)
             )),
+            OpenAIError::Reqwest(r) => CallError::GaveUp {
+                kind: "transport_error",
+                detail: error_chain(&r),
+            },
             OpenAIError::JSONDeserialize(err, body) => {
                 Stats::add(&self.stats.bad_responses, 1);
-                CallError::BadResponse(format!("{err}: {}", truncate(&body, 200)))
+                CallError::BadResponse(format!("{err}: {}", truncate(&self.redact(&body), 200)))
             }
             other => {
                 let text = other.to_string();
@@ -507,10 +567,12 @@ impl Client {
             ("server_error", g(&s.server_errors)),
             ("timeout", g(&s.timeouts)),
             ("connect_error", g(&s.connect_errors)),
+            ("transport_error", g(&s.transport_errors)),
             ("bad_response", g(&s.bad_responses)),
         ]
         .into();
         m.insert("http_failures".into(), json!(retried));
+        m.insert("cache_write_errors".into(), json!(g(&s.cache_write_errors)));
         m.insert("prompt_tokens".into(), json!(p));
         m.insert("completion_tokens".into(), json!(c));
         if let Some(cost) = self.endpoint.cost(p, c) {
@@ -518,6 +580,75 @@ impl Client {
         }
         m
     }
+}
+
+/// An endpoint's identity for request keys. For `provider: local` the weights' content digest
+/// stands in for the server's address (a new port each start); the alias alone is not enough.
+fn identity(e: &Endpoint) -> Value {
+    match e.provider {
+        Provider::Openai => json!({
+            "provider": "openai",
+            "base_url": e.base_url.as_deref().unwrap_or("").trim_end_matches('/'),
+            "model": e.model,
+        }),
+        Provider::Local => {
+            let path = e
+                .model_path
+                .clone()
+                .unwrap_or_else(crate::endpoint::local_model_path);
+            json!({"provider": "local", "model": e.model, "weights": weights_digest(&path)})
+        }
+    }
+}
+
+/// blake3 of a weights file, remembered per (path, size, mtime) for the life of the process.
+fn weights_digest(path: &std::path::Path) -> String {
+    use std::collections::HashMap;
+    use std::sync::Mutex as StdMutex;
+    static MEMO: std::sync::OnceLock<StdMutex<HashMap<(std::path::PathBuf, u64, u128), String>>> =
+        std::sync::OnceLock::new();
+    let Ok(meta) = std::fs::metadata(path) else {
+        return format!("missing:{}", path.display());
+    };
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let k = (path.to_path_buf(), meta.len(), mtime);
+    let memo = MEMO.get_or_init(Default::default);
+    if let Some(d) = memo.lock().expect("memo lock").get(&k) {
+        return d.clone();
+    }
+    let mut h = blake3::Hasher::new();
+    let d = match h.update_mmap_rayon(path) {
+        Ok(_) => h.finalize().to_hex().to_string(),
+        Err(_) => format!("unreadable:{}", path.display()),
+    };
+    memo.lock().expect("memo lock").insert(k, d.clone());
+    d
+}
+
+/// Replaces the token after every `Bearer ` (any case) with `[redacted]`.
+fn redact_bearer(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    while let Some(i) = lower[at..].find("bearer ") {
+        let start = at + i + "bearer ".len();
+        out.push_str(&text[at..start]);
+        let end = text[start..]
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ',')
+            .map(|j| start + j)
+            .unwrap_or(text.len());
+        if end > start {
+            out.push_str("[redacted]");
+        }
+        at = end;
+    }
+    out.push_str(&text[at..]);
+    out
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -553,6 +684,38 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     let secs: f64 = v.trim().parse().ok()?;
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(300.0)))
+}
+
+/// The largest response body accepted: a chat completion of two labels is a few KB.
+const MAX_BODY: usize = 8 << 20;
+
+/// Reads a response's whole body (at most [`MAX_BODY`]) and hands it on as a complete response.
+/// The outer error is the transport's; the inner one says the body was too large.
+async fn read_capped(
+    mut resp: reqwest::Response,
+) -> Result<Result<reqwest::Response, OpenAIError>, reqwest::Error> {
+    let too_big = || {
+        Err(OpenAIError::InvalidArgument(format!(
+            "the response body is larger than {} MiB; refused",
+            MAX_BODY >> 20
+        )))
+    };
+    if resp.content_length().is_some_and(|n| n as usize > MAX_BODY) {
+        return Ok(too_big());
+    }
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_BODY {
+            return Ok(too_big());
+        }
+    }
+    let mut out = http::Response::new(body);
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    Ok(Ok(reqwest::Response::from(out)))
 }
 
 /// The HTTP layer under async-openai: sends a request, retrying 429 (after Retry-After when the
@@ -595,7 +758,29 @@ fn retrying(
                         }
                         backoff(attempt)
                     }
-                    Ok(resp) => return Ok(resp),
+                    Ok(resp) => {
+                        // Read the body here, so a body slower than the timeout or cut off by
+                        // the connection is retried like any transport fault, and a huge one is
+                        // refused instead of stored.
+                        match read_capped(resp).await {
+                            Ok(Ok(resp)) => return Ok(resp),
+                            Ok(Err(too_big)) => return Err(too_big),
+                            Err(e) if e.is_timeout() => {
+                                Stats::add(&stats.timeouts, 1);
+                                if last {
+                                    return Err(OpenAIError::Reqwest(e));
+                                }
+                                backoff(attempt)
+                            }
+                            Err(e) => {
+                                Stats::add(&stats.transport_errors, 1);
+                                if last {
+                                    return Err(OpenAIError::Reqwest(e));
+                                }
+                                backoff(attempt)
+                            }
+                        }
+                    }
                     Err(e) if e.is_timeout() => {
                         Stats::add(&stats.timeouts, 1);
                         if last {
@@ -611,7 +796,16 @@ fn retrying(
                         }
                         backoff(attempt)
                     }
-                    Err(e) => return Err(OpenAIError::Reqwest(e)),
+                    Err(e) if e.is_builder() => return Err(OpenAIError::Reqwest(e)),
+                    // A reset, or a close without a response: a network blip, asked again here
+                    // (the same request), never as a new request at another temperature.
+                    Err(e) => {
+                        Stats::add(&stats.transport_errors, 1);
+                        if last {
+                            return Err(OpenAIError::Reqwest(e));
+                        }
+                        backoff(attempt)
+                    }
                 };
                 tracing::debug!(attempt, ?wait, "retrying an LLM request");
                 tokio::time::sleep(wait).await;
@@ -619,4 +813,43 @@ fn retrying(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(path: &std::path::Path) -> Endpoint {
+        let mut e = Endpoint::default_local();
+        e.model_path = Some(path.to_path_buf());
+        e
+    }
+
+    #[test]
+    fn a_local_endpoints_identity_is_its_weights_content_not_its_alias() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, a2) = (
+            dir.path().join("a.gguf"),
+            dir.path().join("b.gguf"),
+            dir.path().join("copy-of-a.gguf"),
+        );
+        std::fs::write(&a, b"weights one").unwrap();
+        std::fs::write(&b, b"weights two").unwrap();
+        std::fs::write(&a2, b"weights one").unwrap();
+        // Same alias, other weights: other answers.
+        assert_ne!(identity(&local(&a)), identity(&local(&b)));
+        // The same weights under another file name: the same answers.
+        assert_eq!(identity(&local(&a)), identity(&local(&a2)));
+        assert_eq!(identity(&local(&a))["model"], LOCAL_ALIAS_FOR_TEST);
+    }
+
+    const LOCAL_ALIAS_FOR_TEST: &str = crate::endpoint::LOCAL_MODEL_ALIAS;
+
+    #[test]
+    fn bearer_tokens_are_redacted() {
+        assert_eq!(
+            redact_bearer("Incorrect API key provided: Bearer sk-abc123. bearer xyz, ok"),
+            "Incorrect API key provided: Bearer [redacted] bearer [redacted], ok"
+        );
+    }
 }

@@ -128,6 +128,9 @@ fn load(
     };
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for r in raw {
+        if let Some(why) = &r.unreadable {
+            return Err(format!("{}:{}: {why}", shown.display(), r.row));
+        }
         let Some(text) = r.text else {
             return Err(format!(
                 "{}:{}: no \"{}\" value",

@@ -54,13 +54,7 @@ impl LocalServer {
         }
         // Its own process group (Ctrl-C goes to relabel, which stops it), and SIGKILL if relabel dies.
         cmd.process_group(0);
-        // SAFETY: prctl(2) in the forked child before exec touches no memory of ours.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        crate::child::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;

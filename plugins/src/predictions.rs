@@ -89,12 +89,12 @@ impl SplitPredictions {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(self.rows() as u64).to_le_bytes());
         out.extend_from_slice(&(self.classes as u64).to_le_bytes());
-        out.extend_from_slice(bytemuck::cast_slice(&self.probs));
-        out.extend_from_slice(bytemuck::cast_slice(&self.predicted));
-        out.extend_from_slice(bytemuck::cast_slice(&self.label));
-        out.extend_from_slice(bytemuck::cast_slice(&self.label_prob));
-        out.extend_from_slice(bytemuck::cast_slice(&self.loss));
-        out.extend_from_slice(bytemuck::cast_slice(&self.fold));
+        crate::le::extend(&mut out, &self.probs);
+        crate::le::extend(&mut out, &self.predicted);
+        crate::le::extend(&mut out, &self.label);
+        crate::le::extend(&mut out, &self.label_prob);
+        crate::le::extend(&mut out, &self.loss);
+        crate::le::extend(&mut out, &self.fold);
         std::fs::write(path, out)
     }
 
@@ -125,12 +125,12 @@ impl SplitPredictions {
             at += words * 4;
             s
         };
-        let probs = bytemuck::pod_collect_to_vec(take(n * c));
-        let predicted = bytemuck::pod_collect_to_vec(take(n));
-        let label = bytemuck::pod_collect_to_vec(take(n));
-        let label_prob = bytemuck::pod_collect_to_vec(take(n));
-        let loss = bytemuck::pod_collect_to_vec(take(n));
-        let fold = bytemuck::pod_collect_to_vec(take(n));
+        let probs = crate::le::collect(take(n * c));
+        let predicted = crate::le::collect(take(n));
+        let label = crate::le::collect(take(n));
+        let label_prob = crate::le::collect(take(n));
+        let loss = crate::le::collect(take(n));
+        let fold = crate::le::collect(take(n));
         Ok(SplitPredictions {
             classes: c,
             probs,

@@ -48,6 +48,11 @@ pub enum Reply {
     },
     /// Never answer (the client must time out).
     Hang,
+    /// Close the connection without answering (a reset or a dropped connection).
+    Close,
+    /// Send the status line, headers and the first half of the body, then wait this long
+    /// before the rest (a body slower than the client's timeout).
+    SlowBody { body: String, pause: Duration },
 }
 
 impl Reply {
@@ -82,7 +87,7 @@ impl Reply {
                 body,
                 delay: d,
             },
-            Reply::Hang => Reply::Hang,
+            other => other,
         }
     }
 
@@ -102,7 +107,7 @@ impl Reply {
                     delay,
                 }
             }
-            Reply::Hang => Reply::Hang,
+            other => other,
         }
     }
 }
@@ -143,7 +148,13 @@ impl Server {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let listener = runtime.block_on(TcpListener::bind(("127.0.0.1", port)))?;
+        // Bound without blocking on the runtime, so a server can be started from async code.
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        std_listener.set_nonblocking(true)?;
+        let listener = {
+            let _guard = runtime.enter();
+            TcpListener::from_std(std_listener)?
+        };
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicU64::new(0));
         let mode = Arc::new(mode);
@@ -281,6 +292,19 @@ async fn serve(mut sock: TcpStream, mode: &Mode, counter: &AtomicU64) -> io::Res
                     Reply::Hang => {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         return Ok(());
+                    }
+                    Reply::Close => return Ok(()),
+                    Reply::SlowBody { body, pause } => {
+                        let half = body.len() / 2;
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        sock.write_all(head.as_bytes()).await?;
+                        sock.write_all(&body.as_bytes()[..half]).await?;
+                        sock.flush().await?;
+                        tokio::time::sleep(pause).await;
+                        sock.write_all(&body.as_bytes()[half..]).await?;
                     }
                     Reply::Send {
                         status,

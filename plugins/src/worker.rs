@@ -56,13 +56,16 @@ pub async fn run_task(
     let log_path = ctx.work_dir.join(format!("{task}-worker.log"));
     let log = std::fs::File::create(&log_path).map_err(|e| NodeError::io("worker log", e))?;
     let bin = path();
-    let mut child = tokio::process::Command::new(&bin)
-        .args(["task", task])
+    let mut cmd = tokio::process::Command::new(&bin);
+    cmd.args(["task", task])
         .arg(&req_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    // A SIGKILLed relabel must not leave the worker training on.
+    crate::child::die_with_parent(&mut cmd);
+    let mut child = cmd
         .spawn()
         .map_err(|e| NodeError::Failed(format!("cannot start the ML worker {}: {e} (build it with `cargo build --workspace --bins`, or set RELABEL_ML_BIN)", bin.display())))?;
     let stdout = child.stdout.take().expect("stdout is piped");

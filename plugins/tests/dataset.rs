@@ -25,7 +25,7 @@ fn reads_jsonl_with_a_label_spec_and_keeps_ids() {
         "test.jsonl",
         "{\"id\": \"t1\", \"text\": \"charged twice\", \"label\": \"billing\"}\n",
     );
-    let c = config("train: train.jsonl\ntest: test.jsonl\nlabels: labels.yaml\nid_column: id\ndev_fraction: 0.5\n");
+    let c = config("train: train.jsonl\ntest: test.jsonl\nlabels: labels.yaml\nid_column: id\ndev_fraction: 0.1\n");
     let (ds, m) = build(&c, d.path()).unwrap();
     let all: Vec<&String> = ds
         .split("train")
@@ -108,7 +108,9 @@ fn csv_and_tsv_with_configured_columns_and_a_missing_header() {
     let bad = config("train: train.csv\ntext_column: text\nlabel_column: intent\n");
     let err = build(&bad, d.path()).unwrap_err();
     assert!(
-        err.contains("train.csv:1: missing column \"text\" (the header has: utterance, intent)"),
+        err.contains(
+            "train.csv:1: missing column \"text\" (the header has 2 columns: utterance, intent)"
+        ),
         "{err}"
     );
 }
@@ -178,4 +180,54 @@ fn reads_parquet() {
         vec!["refund", "parcel", "late box"]
     );
     assert_eq!(ds.split("train").unwrap().labels, vec![0, 1, 1]);
+}
+
+#[test]
+fn an_empty_train_split_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "labels.yaml", LABELS);
+    write(d.path(), "header.csv", "text,label\n");
+    let err = build(
+        &config("train: header.csv\nlabels: labels.yaml\n"),
+        d.path(),
+    )
+    .unwrap_err();
+    assert!(err.contains("the train split has no rows"), "{err}");
+    write(
+        d.path(),
+        "two.jsonl",
+        "{\"text\": \"a\", \"label\": \"billing\"}\n{\"text\": \"b\", \"label\": \"shipping\"}\n",
+    );
+    let err = build(
+        &config("train: two.jsonl\nlabels: labels.yaml\ndev_fraction: 0.999\n"),
+        d.path(),
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("after holding out dev_fraction 0.999"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_truncated_jsonl_line_is_a_bad_row_that_skip_leaves_out() {
+    let d = tempfile::tempdir().unwrap();
+    // A byte-order mark, two good rows, one line cut off mid-object.
+    write(
+        d.path(),
+        "train.jsonl",
+        "\u{feff}{\"text\": \"refund please\", \"label\": \"billing\"}\n{\"text\": \"where is my par\n{\"text\": \"where is my parcel\", \"label\": \"shipping\"}\n{\"text\": \"parcel late\", \"label\": \"shipping\"}\n",
+    );
+    let err = build(
+        &config("train: train.jsonl\ndev_fraction: 0.01\n"),
+        d.path(),
+    )
+    .unwrap_err();
+    assert!(err.contains("train.jsonl:2: not a JSON object"), "{err}");
+    let c = config("train: train.jsonl\ndev_fraction: 0.01\non_bad_row: skip\n");
+    assert_eq!(c.on_bad_row, OnBadRow::Skip);
+    let (ds, m) = build(&c, d.path()).unwrap();
+    let rows = ds.split("train").unwrap().len() + ds.split("dev").unwrap().len();
+    assert_eq!(rows, 3);
+    assert_eq!(m["bad_rows"], 1);
 }

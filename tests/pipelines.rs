@@ -649,3 +649,142 @@ fn a_relative_cache_folder_works_when_the_manifest_is_elsewhere() {
     assert!(dir.path().join(".relabel/objects").is_dir());
     assert!(String::from_utf8_lossy(&out.stdout).contains("5 ran"));
 }
+
+/// Live (non-zombie) processes whose command line contains `marker`.
+fn pids_with(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            == Some("Z");
+        if cmd.contains(marker) && !zombie {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+const TINY_DATA: &str = "{\"text\": \"refund my card\", \"label\": \"billing\"}\n{\"text\": \"where is the parcel\", \"label\": \"shipping\"}\n{\"text\": \"charged twice\", \"label\": \"billing\"}\n{\"text\": \"parcel is late\", \"label\": \"shipping\"}\n";
+
+#[test]
+fn a_sigkilled_run_leaves_no_worker_running() {
+    let marker = format!("relabel-test-worker-{}", std::process::id());
+    let mut f = Fixture::new(
+        "version: 1\nname: w\nnodes:\n  - id: data\n    kind: dataset\n    config: {train: train.jsonl, dev_fraction: 0.25}\n  - id: train\n    kind: trainer\n    inputs: [data.dataset]\n",
+    );
+    f.write("train.jsonl", TINY_DATA);
+    // A stand-in worker that only waits, its command line carrying the marker ($0 of sh).
+    f.write(
+        "worker.sh",
+        &format!("#!/bin/sh\nexec sh -c 'sleep 60; :' {marker}\n"),
+    );
+    let script = f.path().join("worker.sh");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    f.envs
+        .push(("RELABEL_ML_BIN".into(), script.display().to_string()));
+    let mut child = f.spawn(&[]);
+    let t0 = Instant::now();
+    while pids_with(&marker).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the worker never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(&child, libc::SIGKILL);
+    let _ = child.wait();
+    let t0 = Instant::now();
+    while !pids_with(&marker).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the worker outlived the killed run: {:?}",
+            pids_with(&marker)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_data_file_that_is_a_fifo_or_dev_zero_is_refused_not_read_forever() {
+    let manifest = "version: 1\nname: z\nnodes:\n  - id: data\n    kind: dataset\n    config: {train: train.jsonl}\n";
+    let mut f = Fixture::new(manifest);
+    std::os::unix::fs::symlink("/dev/zero", f.path().join("train.jsonl")).unwrap();
+    let t0 = Instant::now();
+    let (code, report) = f.run(&[]);
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    assert_ne!(code, 0);
+    let err = node(&report, "data")["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(err.contains("character device"), "{err}");
+
+    let mut g = Fixture::new(manifest);
+    let fifo = g.path().join("train.jsonl");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) on a path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let (code, report) = g.run(&[]);
+    assert_ne!(code, 0);
+    let err = node(&report, "data")["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(err.contains("FIFO"), "{err}");
+}
+
+#[test]
+fn commands_do_not_see_secret_variables_unless_asked() {
+    let mut f = Fixture::new(
+        "version: 1\nname: env\nnodes:\n  - id: plain\n    kind: command\n    config: {run: \"env > ${outputs.env}\", outputs: [env]}\n  - id: asked\n    kind: command\n    config: {run: \"echo $MY_SERVICE_TOKEN > ${outputs.env}\", outputs: [env], pass_env: [MY_SERVICE_TOKEN]}\n",
+    );
+    for (k, v) in [
+        ("OPENAI_API_KEY", "sk-should-not-leak-1"),
+        ("GITHUB_PAT", "ghp-should-not-leak-2"),
+        ("DATABASE_URL", "postgres://u:pw@h/db"),
+        ("MY_SERVICE_TOKEN", "tok-asked-for"),
+        ("RELABEL_PLAIN_SETTING", "visible"),
+    ] {
+        f.envs.push((k.into(), v.into()));
+    }
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    let env = std::fs::read_to_string(output_path(&report, "plain", "env")).unwrap();
+    for secret in [
+        "sk-should-not-leak-1",
+        "ghp-should-not-leak-2",
+        "pw@h",
+        "tok-asked-for",
+    ] {
+        assert!(!env.contains(secret), "{secret} reached a command");
+    }
+    assert!(env.contains("RELABEL_PLAIN_SETTING=visible"));
+    let asked = std::fs::read_to_string(output_path(&report, "asked", "env")).unwrap();
+    assert_eq!(asked.trim(), "tok-asked-for");
+}
+
+#[test]
+fn report_markdown_escapes_names_that_hold_html() {
+    let mut f = Fixture::new(
+        "version: 1\nname: \"<script>alert(1)</script>\"\nnodes:\n  - id: a\n    kind: command\n    config: {run: \"echo '{\\\"note\\\": \\\"<img src=x onerror=alert(2)>\\\"}' > ${metrics}\"}\n",
+    );
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    let run_dir = std::fs::read_dir(f.cache().join("runs"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let md = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
+    assert!(!md.contains("<script>") && !md.contains("<img"), "{md}");
+    assert!(md.contains("&lt;script&gt;"), "{md}");
+}

@@ -734,3 +734,56 @@ nodes:
         1.0 / 3.0
     );
 }
+
+/// The item a scripted request asks about (its first word), as the templates show it.
+fn item_key(req: &relabel_plugins::scripted::Request) -> String {
+    let body = req.json().unwrap_or(Value::Null);
+    let msg = user_message(&body);
+    msg.split("\nItem: \"")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn an_endpoint_outage_fails_the_node_and_the_rerun_asks_only_the_rest() {
+    // During the outage only the three `ok-` rows get answers; every other request is a 500.
+    let outage = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (o, a) = (outage.clone(), asked.clone());
+    let server = Server::start(Arc::new(move |req| {
+        let key = item_key(req);
+        a.lock().unwrap().push(key.clone());
+        let pair = offered(&req.json().unwrap_or(Value::Null));
+        if o.load(std::sync::atomic::Ordering::SeqCst) && !key.starts_with("ok-") {
+            return Reply::status(503, "down for maintenance");
+        }
+        Reply::ok(chat_completion(&json!({"label": pair[0]}).to_string()))
+    }))
+    .unwrap();
+    let text = manifest(&server.base_url(), "").replace("max_retries: 2", "max_retries: 0");
+    let mut f = Fixture::new(&text);
+    write_inputs(&f);
+    f.envs
+        .push(("RELABEL_TEST_KEY".into(), "sk-test-4242".into()));
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 1, "an outage is a failed run: {report:#}");
+    let relabel = node(&report, "relabel");
+    assert_eq!(relabel["status"], "failed");
+    let err = relabel["error"].as_str().unwrap();
+    assert!(
+        err.contains("8 of 11 rows got no answer") && err.contains("max_failure_rate"),
+        "{err}"
+    );
+    assert_eq!(node(&report, "apply")["status"], "skipped");
+    // After the outage, a plain rerun (no --force) asks the eight unanswered rows only.
+    outage.store(false, std::sync::atomic::Ordering::SeqCst);
+    asked.lock().unwrap().clear();
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    let again = asked.lock().unwrap().clone();
+    assert_eq!(again.len(), 8, "{again:?}");
+    assert!(again.iter().all(|k| !k.starts_with("ok-")), "{again:?}");
+    assert_eq!(node(&report, "relabel")["metrics"]["undecided"], 0);
+}

@@ -75,8 +75,31 @@ pub fn did_you_mean<'a, I>(word: &str, known: I) -> Option<String>
 where
     I: IntoIterator<Item = &'a str>,
 {
+    // Bounded work: a manifest with 20,000 broken references against 20,000 ids, or a
+    // 100,000-character name, must not turn validation quadratic. Each call compares at most
+    // MAX_CANDIDATES names of a similar length, and the process at most COMPARISON_BUDGET.
+    const MAX_WORD: usize = 64;
+    const MAX_CANDIDATES: usize = 512;
+    const COMPARISON_BUDGET: u64 = 4_000_000;
+    static SPENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = word.chars().count();
+    if n == 0 || n > MAX_WORD {
+        return None;
+    }
+    let slack = (n / 3).max(3);
     let mut best: Option<(f64, &str)> = None;
+    let mut compared = 0;
     for k in known {
+        let m = k.len();
+        if m.abs_diff(n) > slack || m > MAX_WORD * 4 {
+            continue;
+        }
+        compared += 1;
+        if compared > MAX_CANDIDATES
+            || SPENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > COMPARISON_BUDGET
+        {
+            break;
+        }
         let score = strsim::jaro_winkler(word, k);
         if score > 0.8 && best.is_none_or(|(s, _)| score > s) {
             best = Some((score, k));

@@ -48,7 +48,33 @@ pub struct Source {
 
 impl Source {
     pub fn read(path: &FsPath) -> std::io::Result<Self> {
-        let text = std::fs::read_to_string(path)?;
+        let bytes = std::fs::read(path)?;
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let at = e.utf8_error().valid_up_to();
+                let b = e.as_bytes();
+                let before = &b[..at];
+                let line = before.iter().filter(|&&c| c == b'\n').count() + 1;
+                let line_start = before
+                    .iter()
+                    .rposition(|&c| c == b'\n')
+                    .map_or(0, |i| i + 1);
+                let col = String::from_utf8_lossy(&before[line_start..])
+                    .chars()
+                    .count()
+                    + 1;
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{}:{line}:{col}: not UTF-8 text (byte 0x{:02x}); a manifest must be UTF-8",
+                        path.display(),
+                        b[at]
+                    ),
+                ));
+            }
+        };
+        let text = strip_bom(text);
         let dir = path
             .parent()
             .map(|p| {
@@ -72,9 +98,17 @@ impl Source {
         Source {
             name: name.to_string(),
             dir: PathBuf::from("."),
-            text: text.to_string(),
+            text: strip_bom(text.to_string()),
             overrides: Vec::new(),
         }
+    }
+}
+
+/// The text without a leading UTF-8 byte-order mark (editors on Windows add one).
+fn strip_bom(text: String) -> String {
+    match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
     }
 }
 
@@ -219,10 +253,55 @@ fn get<'v>(m: &'v Mapping, k: &str) -> Option<&'v Value> {
     m.get(Value::String(k.to_string()))
 }
 
+/// Flow collections (`[`, `{`) nested deeper than this are refused before parsing.
+const MAX_FLOW_DEPTH: usize = 100;
+
+/// Where flow brackets first nest deeper than [`MAX_FLOW_DEPTH`] (quoted text and comments
+/// aside), in one linear pass.
+fn too_deep(text: &str) -> Option<Location> {
+    let mut depth = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        let mut prev = ' ';
+        for (col, c) in line.chars().enumerate() {
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None => match c {
+                    '\'' | '"' => quote = Some(c),
+                    '#' if prev.is_whitespace() => break,
+                    '[' | '{' => {
+                        depth += 1;
+                        if depth > MAX_FLOW_DEPTH {
+                            return Some(Location {
+                                line: n + 1,
+                                col: col + 1,
+                            });
+                        }
+                    }
+                    ']' | '}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                },
+            }
+            prev = c;
+        }
+    }
+    None
+}
+
 /// Parses and structurally checks a manifest; returns what could be read and every problem found.
 pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
     let spans = SpanIndex::build(&source.text);
     let mut r = Reporter::new(&source.name, &spans);
+    if let Some(at) = too_deep(&source.text) {
+        // The YAML parser takes minutes to give up on 100,000 nested brackets.
+        r.at(
+            at,
+            format!("invalid YAML: brackets nested deeper than {MAX_FLOW_DEPTH} levels"),
+            None,
+        );
+        return (None, r.diags);
+    }
     let mut root: Value = match serde_yaml::from_str(&source.text) {
         Ok(v) => v,
         Err(e) => {

@@ -129,6 +129,9 @@ enum Frame {
     Skip,
 }
 
+/// How deep the index records positions; a manifest never needs more than a dozen levels.
+const MAX_DEPTH: usize = 64;
+
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
@@ -222,6 +225,13 @@ impl MarkedEventReceiver for Builder {
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 let is_map = matches!(ev, Event::MappingStart(..));
                 if self.is_key_position() {
+                    self.value(at, None);
+                    self.stack.push(Frame::Skip);
+                    return;
+                }
+                // Below MAX_DEPTH nothing is indexed (problems there point at the nearest
+                // indexed ancestor): cloning ever longer paths made deep nesting quadratic.
+                if self.stack.len() >= MAX_DEPTH {
                     self.value(at, None);
                     self.stack.push(Frame::Skip);
                     return;

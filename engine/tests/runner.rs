@@ -196,3 +196,64 @@ fn a_damaged_cached_folder_is_not_a_cache_hit() {
     assert_eq!(node(&r, "count").metrics["files"], 2);
     assert!(obj.join("b.txt").exists(), "the object is restored");
 }
+
+fn validate(text: &str) -> (std::time::Duration, String) {
+    let t0 = std::time::Instant::now();
+    let r = load_pipeline(Source::from_text("p.yaml", text), &registry());
+    let shown = match r {
+        Ok(_) => String::new(),
+        Err(d) => d.to_string(),
+    };
+    (t0.elapsed(), shown)
+}
+
+#[test]
+fn twenty_thousand_broken_references_validate_in_linear_time() {
+    let mut text = String::from("version: 1\nname: p\nnodes:\n");
+    for i in 0..20_000 {
+        text.push_str(&format!(
+            "  - id: node{i}\n    kind: count_files\n    inputs: {{data: missing{i}}}\n"
+        ));
+    }
+    let (took, diags) = validate(&text);
+    assert!(
+        diags.contains("missing19999"),
+        "every reference is reported"
+    );
+    assert!(took.as_secs_f64() < 20.0, "took {took:?}");
+}
+
+#[test]
+fn deeply_nested_flow_brackets_and_huge_ids_validate_quickly() {
+    let deep = format!(
+        "version: 1\nname: p\nnodes:\n  - id: a\n    kind: folder\n    config: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let (took, diags) = validate(&deep);
+    assert!(!diags.is_empty());
+    assert!(took.as_secs_f64() < 5.0, "took {took:?}");
+    let long = format!(
+        "version: 1\nname: p\nnodes:\n  - id: {}\n    kind: folder\n  - id: b\n    kind: count_files\n    inputs: {{data: {}x}}\n",
+        "a".repeat(100_000),
+        "a".repeat(100_000)
+    );
+    let (took, diags) = validate(&long);
+    assert!(
+        diags.contains("p.yaml:"),
+        "{}",
+        &diags[..diags.len().min(300)]
+    );
+    assert!(took.as_secs_f64() < 5.0, "took {took:?}");
+}
+
+#[test]
+fn a_byte_order_mark_is_ignored_and_non_utf8_is_located() {
+    let (_, diags) = validate("\u{feff}version: 1\nname: p\nnodes:\n  - id: a\n    kind: folder\n");
+    assert_eq!(diags, "", "a manifest with a BOM is valid");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(&p, b"version: 1\nname: p\nnodes:\n  - id: \xff\n").unwrap();
+    let e = Source::read(&p).unwrap_err().to_string();
+    assert!(e.contains("p.yaml:4:9: not UTF-8"), "{e}");
+}

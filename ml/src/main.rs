@@ -153,7 +153,23 @@ fn embed_task(req: EmbedRequest) -> Result<serde_json::Map<String, serde_json::V
     Ok(m)
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // A backtrace (RUST_BACKTRACE=1) first, the error itself last: the node's report
+            // shows the log's last lines, which must name what went wrong.
+            let bt = e.backtrace();
+            if bt.status() == std::backtrace::BacktraceStatus::Captured {
+                eprintln!("{bt}");
+            }
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()

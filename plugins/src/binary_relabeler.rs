@@ -791,8 +791,8 @@ mod tests {
     ];
 
     fn dataset() -> Dataset {
-        let labels = LabelSpec {
-            labels: NAMES
+        let labels = LabelSpec::new(
+            NAMES
                 .iter()
                 .map(|n| LabelDef {
                     name: n.to_string(),
@@ -800,7 +800,7 @@ mod tests {
                     examples: vec![],
                 })
                 .collect(),
-        };
+        );
         let mut train = Split::default();
         for i in 0..60 {
             train.ids.push(format!("t{i}"));

@@ -19,10 +19,20 @@ pub struct LabelDef {
 }
 
 /// The label set, in a fixed order: a label's index is its class id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelSpec {
     pub labels: Vec<LabelDef>,
+    /// Name -> index, built on first lookup (100,000 labels made linear lookups quadratic).
+    #[serde(skip)]
+    #[schemars(skip)]
+    by_name: std::sync::OnceLock<(usize, std::collections::HashMap<String, u32>)>,
+}
+
+impl PartialEq for LabelSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.labels == other.labels
+    }
 }
 
 impl LabelSpec {
@@ -63,8 +73,8 @@ impl LabelSpec {
 
     /// A spec from bare names (no definitions): used when the data carries labels but no spec was given.
     pub fn from_names(names: impl IntoIterator<Item = String>) -> LabelSpec {
-        LabelSpec {
-            labels: names
+        LabelSpec::new(
+            names
                 .into_iter()
                 .map(|name| LabelDef {
                     name,
@@ -72,14 +82,39 @@ impl LabelSpec {
                     examples: Vec::new(),
                 })
                 .collect(),
+        )
+    }
+
+    /// A spec of these labels, in this order.
+    pub fn new(labels: Vec<LabelDef>) -> LabelSpec {
+        LabelSpec {
+            labels,
+            by_name: Default::default(),
         }
     }
 
     pub fn index(&self, name: &str) -> Option<u32> {
-        self.labels
-            .iter()
-            .position(|l| l.name == name)
-            .map(|i| i as u32)
+        let linear = || {
+            self.labels
+                .iter()
+                .position(|l| l.name == name)
+                .map(|i| i as u32)
+        };
+        if self.labels.len() <= 16 {
+            return linear();
+        }
+        let (len, map) = self.by_name.get_or_init(|| {
+            let mut m = std::collections::HashMap::with_capacity(self.labels.len());
+            for (i, l) in self.labels.iter().enumerate().rev() {
+                m.insert(l.name.clone(), i as u32);
+            }
+            (self.labels.len(), m)
+        });
+        if *len != self.labels.len() {
+            // The list changed after the index was built: do not trust it.
+            return linear();
+        }
+        map.get(name).copied()
     }
 
     pub fn names(&self) -> Vec<&str> {

@@ -231,3 +231,23 @@ fn a_truncated_jsonl_line_is_a_bad_row_that_skip_leaves_out() {
     assert_eq!(rows, 3);
     assert_eq!(m["bad_rows"], 1);
 }
+
+#[test]
+fn a_hundred_thousand_labels_without_a_spec_read_in_linear_time() {
+    let d = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for i in 0..100_000 {
+        text.push_str(&format!(
+            "{{\"text\": \"row {i}\", \"label\": \"label{i}\"}}\n"
+        ));
+    }
+    write(d.path(), "train.jsonl", &text);
+    let t0 = std::time::Instant::now();
+    let (ds, _) = build(
+        &config("train: train.jsonl\ndev_fraction: 0.01\n"),
+        d.path(),
+    )
+    .unwrap();
+    assert_eq!(ds.labels.len(), 100_000);
+    assert!(t0.elapsed().as_secs_f64() < 10.0, "took {:?}", t0.elapsed());
+}

@@ -787,3 +787,20 @@ fn an_endpoint_outage_fails_the_node_and_the_rerun_asks_only_the_rest() {
     assert!(again.iter().all(|k| !k.starts_with("ok-")), "{again:?}");
     assert_eq!(node(&report, "relabel")["metrics"]["undecided"], 0);
 }
+
+#[test]
+fn a_deleted_export_folder_is_recreated_when_the_node_is_cached() {
+    let mut f = Fixture::new(&HUMAN.replace(" ANSWERS", ""));
+    write_inputs(&f);
+    let (code, _) = f.run(&[]);
+    assert_eq!(code, 0);
+    let csv = f.path().join("to_label/relabel.csv");
+    let first = std::fs::read_to_string(&csv).unwrap();
+    std::fs::remove_dir_all(f.path().join("to_label")).unwrap();
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(node(&report, "relabel")["status"], "cached");
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), first);
+    // The copies are the person's to edit.
+    std::fs::write(&csv, "edited").unwrap();
+}

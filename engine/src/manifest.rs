@@ -253,6 +253,34 @@ fn get<'v>(m: &'v Mapping, k: &str) -> Option<&'v Value> {
     m.get(Value::String(k.to_string()))
 }
 
+/// `text` with the plain scalar starting at 1-based `line`:`col` put in double quotes.
+fn quote_scalar_at(text: &str, line: usize, col: usize) -> Option<String> {
+    let start_of_line: usize = text
+        .split_inclusive('\n')
+        .take(line.checked_sub(1)?)
+        .map(str::len)
+        .sum();
+    let rest = text.get(start_of_line..)?;
+    let offset: usize = rest
+        .chars()
+        .take(col.checked_sub(1)?)
+        .map(char::len_utf8)
+        .sum();
+    let at = start_of_line + offset;
+    let len = text[at..]
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '+' | '_' | '.')))
+        .unwrap_or(text.len() - at);
+    if len == 0 {
+        return None;
+    }
+    Some(format!(
+        "{}\"{}\"{}",
+        &text[..at],
+        &text[at..at + len],
+        &text[at + len..]
+    ))
+}
+
 /// Flow collections (`[`, `{`) nested deeper than this are refused before parsing.
 const MAX_FLOW_DEPTH: usize = 100;
 
@@ -293,6 +321,17 @@ fn too_deep(text: &str) -> Option<Location> {
 pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
     let spans = SpanIndex::build(&source.text);
     let mut r = Reporter::new(&source.name, &spans);
+    if let Some(i) = source.text.find('\0') {
+        let before = &source.text[..i];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        r.at(
+            Location { line, col },
+            "invalid YAML: a NUL byte; a manifest is text",
+            None,
+        );
+        return (None, r.diags);
+    }
     if let Some(at) = too_deep(&source.text) {
         // The YAML parser takes minutes to give up on 100,000 nested brackets.
         r.at(
@@ -302,7 +341,31 @@ pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
         );
         return (None, r.diags);
     }
-    let mut root: Value = match serde_yaml::from_str(&source.text) {
+    let mut text = std::borrow::Cow::Borrowed(source.text.as_str());
+    let parsed = loop {
+        match serde_yaml::from_str::<Value>(&text) {
+            // An integer beyond 64 bits: report it, read it as text, and go on checking the rest.
+            Err(e) if e.to_string().contains(" as u128") || e.to_string().contains(" as i128") => {
+                let Some(l) = e.location() else {
+                    break Err(e);
+                };
+                let Some(patched) = quote_scalar_at(&text, l.line(), l.column()) else {
+                    break Err(e);
+                };
+                r.at(
+                    Location {
+                        line: l.line(),
+                        col: l.column(),
+                    },
+                    "integer out of range (at most 64 bits)",
+                    Some("quote it if it is meant as text".into()),
+                );
+                text = std::borrow::Cow::Owned(patched);
+            }
+            other => break other,
+        }
+    };
+    let mut root: Value = match parsed {
         Ok(v) => v,
         Err(e) => {
             let loc = e
@@ -314,6 +377,11 @@ pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
                 .unwrap_or(Location { line: 1, col: 1 });
             let msg = e.to_string();
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            // Point at the repeated key itself (serde_yaml names the mapping, or 1:1).
+            let loc = match spans.duplicate_key() {
+                Some(d) if msg.contains("duplicate entry") => d,
+                _ => loc,
+            };
             r.at(loc, format!("invalid YAML: {msg}"), None);
             return (None, r.diags);
         }

@@ -164,6 +164,17 @@ pub trait NodeKind: Send + Sync + 'static {
         config: Self::Config,
         inputs: Inputs,
     ) -> impl Future<Output = Result<NodeOutput, NodeError>> + Send;
+
+    /// Called instead of `run` when the node's outputs come from the cache: restores what the
+    /// node keeps outside the cache (a copy of an export for people, say) from the cached
+    /// outputs. Most kinds keep nothing outside and do nothing.
+    fn on_cached(
+        _config: &Self::Config,
+        _manifest_dir: &FsPath,
+        _outputs: &BTreeMap<String, PathBuf>,
+    ) -> Result<(), NodeError> {
+        Ok(())
+    }
 }
 
 /// A config that passed its kind's checks, in canonical form.
@@ -194,6 +205,13 @@ pub trait Plugin: Send + Sync {
         canonical: &'a serde_json::Value,
         inputs: Inputs,
     ) -> BoxFuture<'a, Result<NodeOutput, NodeError>>;
+    /// See [`NodeKind::on_cached`].
+    fn on_cached(
+        &self,
+        canonical: &serde_json::Value,
+        manifest_dir: &FsPath,
+        outputs: &BTreeMap<String, PathBuf>,
+    ) -> Result<(), NodeError>;
 }
 
 struct Typed<K>(K);
@@ -201,6 +219,46 @@ struct Typed<K>(K);
 /// Wraps a typed node kind as a [`Plugin`] for the registry.
 pub fn typed<K: NodeKind>(kind: K) -> Arc<dyn Plugin> {
     Arc::new(Typed(kind))
+}
+
+/// Deserializes `value` as `T`, reporting every top-level field that is wrong, not just the
+/// first: after a problem in field `k`, `k` is set aside and the rest is tried again.
+fn deserialize_all<T: DeserializeOwned>(
+    value: &serde_yaml::Value,
+) -> Result<T, Vec<ConfigProblem>> {
+    let first = match deserialize_at(value) {
+        Ok(t) => return Ok(t),
+        Err(p) => p,
+    };
+    let mut problems = vec![first];
+    let mut rest = value.clone();
+    let mut set_aside: Vec<String> = Vec::new();
+    for _ in 0..32 {
+        let Some(Seg::Key(k)) = problems.last().and_then(|p| p.path.0.first()).cloned() else {
+            break;
+        };
+        let Some(map) = rest.as_mapping_mut() else {
+            break;
+        };
+        if map.remove(serde_yaml::Value::String(k.clone())).is_none() {
+            break;
+        }
+        set_aside.push(k);
+        match deserialize_at::<T>(&rest) {
+            Ok(_) => break,
+            Err(p) => {
+                // A field set aside may be required: its absence is no new problem.
+                let missing_set_aside = set_aside
+                    .iter()
+                    .any(|k| p.message.starts_with(&format!("missing field `{k}`")));
+                if missing_set_aside || problems.iter().any(|q| q.path == p.path) {
+                    break;
+                }
+                problems.push(p);
+            }
+        }
+    }
+    Err(problems)
 }
 
 /// Deserializes `value` as `T`, turning a failure into a problem with the path where it happened.
@@ -268,7 +326,7 @@ impl<K: NodeKind> Plugin for Typed<K> {
         config: &serde_yaml::Value,
         inputs: &[String],
     ) -> Result<CheckedConfig, Vec<ConfigProblem>> {
-        let typed: K::Config = deserialize_at(config).map_err(|p| vec![p])?;
+        let typed: K::Config = deserialize_all(config)?;
         let problems = K::check(&typed, inputs);
         if !problems.is_empty() {
             return Err(problems);
@@ -294,6 +352,17 @@ impl<K: NodeKind> Plugin for Typed<K> {
                 .map_err(|e| NodeError::Failed(format!("config: {e}")))?;
             self.0.run(ctx, config, inputs).await
         })
+    }
+
+    fn on_cached(
+        &self,
+        canonical: &serde_json::Value,
+        manifest_dir: &FsPath,
+        outputs: &BTreeMap<String, PathBuf>,
+    ) -> Result<(), NodeError> {
+        let config: K::Config = serde_json::from_value(canonical.clone())
+            .map_err(|e| NodeError::Failed(format!("config: {e}")))?;
+        K::on_cached(&config, manifest_dir, outputs)
     }
 }
 

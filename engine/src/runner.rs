@@ -718,6 +718,14 @@ async fn run_node_inner(
     if !forced {
         if let Ok(Some(entry)) = store.get(&key) {
             if cache.entry_intact(&entry) {
+                let paths = entry
+                    .outputs
+                    .iter()
+                    .map(|(k, d)| (k.clone(), cache.object_path(d)))
+                    .collect();
+                spec.plugin
+                    .on_cached(&spec.config, &shared.pipeline.source.dir, &paths)
+                    .map_err(|e| fail(e.to_string()))?;
                 let _ = store.set_last(&scope_name, &LastRecord { key, parts });
                 report.status = Status::Cached;
                 return Ok(Produced {

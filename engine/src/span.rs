@@ -73,6 +73,8 @@ struct Span {
 #[derive(Debug, Default, Clone)]
 pub struct SpanIndex {
     spans: HashMap<Path, Span>,
+    /// Where a key first repeats an earlier key of the same mapping.
+    duplicate: Option<Location>,
 }
 
 impl SpanIndex {
@@ -81,7 +83,15 @@ impl SpanIndex {
         let mut b = Builder::default();
         let mut parser = Parser::new_from_str(text);
         let _ = parser.load(&mut b, false);
-        SpanIndex { spans: b.spans }
+        SpanIndex {
+            spans: b.spans,
+            duplicate: b.duplicate,
+        }
+    }
+
+    /// Where the first repeated key of a mapping is (the repetition, not the first one).
+    pub fn duplicate_key(&self) -> Option<Location> {
+        self.duplicate
     }
 
     /// Where the value at `path` starts, or where its nearest existing ancestor does.
@@ -136,6 +146,7 @@ const MAX_DEPTH: usize = 64;
 struct Builder {
     stack: Vec<Frame>,
     spans: HashMap<Path, Span>,
+    duplicate: Option<Location>,
     done: bool,
 }
 
@@ -176,6 +187,9 @@ impl Builder {
             Some(Frame::Map { path, pending }) => match pending.take() {
                 Some((k, kat)) => {
                     let p = path.key(k);
+                    if self.duplicate.is_none() && self.spans.contains_key(&p) {
+                        self.duplicate = Some(kat);
+                    }
                     self.spans.insert(
                         p.clone(),
                         Span {

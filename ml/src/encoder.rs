@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use relabel_plugins::trainer::{default_encoder_dir, EncoderConfig};
+use relabel_tasks::protocol::{default_encoder_dir, EncoderConfig};
 use serde::Deserialize;
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};

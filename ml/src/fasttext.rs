@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use relabel_plugins::trainer::FastTextConfig;
+use relabel_tasks::protocol::FastTextConfig;
 use tch::nn::{Init, VarStore};
 use tch::{Device, Kind, Tensor};
 

@@ -3,43 +3,12 @@
 //! and a merge with the running top-k.
 
 use std::io::Read;
-use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-#[derive(Deserialize)]
-pub struct KnnRequest {
-    /// Row-major little-endian f32 [rows x dim].
-    pub corpus: PathBuf,
-    /// Row-major little-endian f32 [queries x dim].
-    pub queries: PathBuf,
-    pub dim: usize,
-    pub k: usize,
-    /// L2-normalise both sides first (cosine similarity).
-    #[serde(default)]
-    pub normalize: bool,
-    /// Corpus rows per block.
-    #[serde(default = "default_block")]
-    pub block_rows: usize,
-    /// Queries per matrix product.
-    #[serde(default = "default_query_batch")]
-    pub query_batch: usize,
-    #[serde(default)]
-    pub threads: Option<i32>,
-    /// Output: i64 [queries x k] neighbour rows, then f32 [queries x k] scores (little-endian).
-    pub out: PathBuf,
-}
-
-fn default_block() -> usize {
-    65_536
-}
-
-fn default_query_batch() -> usize {
-    2048
-}
+pub use relabel_tasks::protocol::KnnRequest;
 
 fn read_f32(bytes: &[u8]) -> Vec<f32> {
     bytes

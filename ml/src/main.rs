@@ -16,21 +16,12 @@ mod train;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context, Result};
-use relabel_plugins::data::Dataset;
-use relabel_plugins::trainer::{checkpoint_path, ModelKind, ModelMeta, TrainerConfig};
-use serde::Deserialize;
+use relabel_tasks::data::Dataset;
+use relabel_tasks::protocol::{checkpoint_path, ModelKind, ModelMeta, TrainerConfig};
+use relabel_tasks::protocol::{EmbedRequest, TrainRequest};
 use serde_json::json;
 use train::Classifier;
-
-#[derive(Deserialize)]
-struct TrainRequest {
-    config: TrainerConfig,
-    dataset: PathBuf,
-    out: PathBuf,
-}
 
 /// Builds an untrained model of the configured kind (pretrained weights for the encoder).
 pub fn fresh(cfg: &TrainerConfig, classes: usize) -> Result<AnyModel> {
@@ -122,17 +113,6 @@ fn train_with<M: Classifier>(
         m.insert("test_loss".into(), json!(loss));
     }
     Ok(m)
-}
-
-#[derive(Deserialize)]
-struct EmbedRequest {
-    #[serde(default)]
-    encoder: relabel_plugins::trainer::EncoderConfig,
-    texts: Vec<String>,
-    /// Row-major little-endian f32 [texts x hidden].
-    out: PathBuf,
-    #[serde(default)]
-    threads: Option<i32>,
 }
 
 /// Mean-pooled sentence embeddings of the pretrained encoder (no head).

@@ -1,27 +1,16 @@
 //! Self-prediction: probabilities for every row, in-sample or out-of-sample by k-fold.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context, Result};
-use relabel_plugins::data::Dataset;
-use relabel_plugins::predictions::{PredictionsMeta, SplitPredictions};
-use relabel_plugins::self_predictor::SelfPredictorConfig;
-use relabel_plugins::trainer::{checkpoint_path, ModelMeta};
-use serde::Deserialize;
+use relabel_tasks::data::Dataset;
+use relabel_tasks::predictions::{PredictionsMeta, SplitPredictions};
+use relabel_tasks::protocol::{checkpoint_path, ModelMeta};
 use serde_json::{json, Map, Value};
 
 use crate::progress;
 use crate::train::{probabilities, train, Classifier, Rng};
 use crate::AnyModel;
 
-#[derive(Deserialize)]
-pub struct PredictRequest {
-    pub config: SelfPredictorConfig,
-    pub model: PathBuf,
-    pub dataset: PathBuf,
-    pub out: PathBuf,
-    pub work: PathBuf,
-}
+pub use relabel_tasks::protocol::PredictRequest;
 
 /// Fold of each of `n` rows: a seeded shuffle dealt round-robin into `k` folds.
 pub fn assign_folds(n: usize, k: usize, seed: u64) -> Vec<usize> {
@@ -149,15 +138,7 @@ fn run_with<M: Classifier + 'static>(
     Ok(metrics)
 }
 
-/// `represent`: the trained model's own representation of a dataset's texts (what its output
-/// layer reads), written as `SPLIT.f32` + `meta.json` like the embedder's.
-#[derive(Deserialize)]
-pub struct RepresentRequest {
-    pub model: PathBuf,
-    pub dataset: PathBuf,
-    pub splits: Vec<String>,
-    pub out: PathBuf,
-}
+pub use relabel_tasks::protocol::RepresentRequest;
 
 pub fn represent(req: RepresentRequest) -> Result<Map<String, Value>> {
     let meta: ModelMeta = serde_json::from_slice(

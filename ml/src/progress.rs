@@ -1,6 +1,6 @@
 //! Lines the worker prints for the engine: progress and, last, the metrics.
 
-use relabel_plugins::worker::WorkerLine;
+use relabel_tasks::protocol::WorkerLine;
 
 fn emit(line: &WorkerLine) {
     println!(

@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
-use relabel_plugins::data::{Dataset, LabelSpec, Split};
-use relabel_plugins::predictions::SplitPredictions;
-use relabel_plugins::self_predictor::SelfPredictorConfig;
-use relabel_plugins::trainer::{checkpoint_path, TrainerConfig};
+use relabel_tasks::data::{Dataset, LabelSpec, Split};
+use relabel_tasks::predictions::SplitPredictions;
+use relabel_tasks::protocol::SelfPredictorConfig;
+use relabel_tasks::protocol::{checkpoint_path, TrainerConfig};
 use tch::Device;
 
 use crate::fasttext::{Encoded, FastText, DEFAULT_LR};
@@ -55,7 +55,7 @@ fn config(seed: u64) -> TrainerConfig {
     let mut c: TrainerConfig = serde_json::from_str("{}").unwrap();
     c.seed = seed;
     c.threads = Some(1);
-    c.device = relabel_plugins::trainer::Device::Cpu;
+    c.device = relabel_tasks::protocol::Device::Cpu;
     c.fasttext.buckets = 1 << 14;
     c.fasttext.dim = 16;
     c
@@ -277,7 +277,7 @@ fn a_diverging_rate_is_an_error_not_a_nan_model() {
 
 fn encoder_config() -> TrainerConfig {
     let mut c = config(1);
-    c.model = relabel_plugins::trainer::ModelKind::Encoder;
+    c.model = relabel_tasks::protocol::ModelKind::Encoder;
     c.encoder.max_length = 24;
     c.batch_size = 16;
     c
@@ -409,7 +409,7 @@ fn blocked_knn_equals_brute_force() {
     }))
     .unwrap();
     crate::knn::run(req).unwrap();
-    let got = relabel_plugins::similarity_miner::read_knn(&out, q, k).unwrap();
+    let got = relabel_tasks::protocol::read_knn(&out, q, k).unwrap();
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
     for qi in 0..q {
         let qv = &queries[qi * d..(qi + 1) * d];

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use relabel_plugins::data::Split;
-use relabel_plugins::trainer::{Device as DeviceChoice, TrainerConfig};
+use relabel_tasks::data::Split;
+use relabel_tasks::protocol::{Device as DeviceChoice, TrainerConfig};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 

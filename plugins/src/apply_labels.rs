@@ -9,6 +9,7 @@ use relabel_engine::plugin::{
     ConfigProblem, Inputs, Metrics, NodeContext, NodeError, NodeKind, NodeOutput,
 };
 use relabel_engine::span::Path as CfgPath;
+use relabel_tasks::data::relabelable;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -47,11 +48,8 @@ pub struct ApplyConfig {
 /// The row a flag or decision refers to (by id, the row number being a hint), checked to still
 /// carry the label it was flagged or judged with; never a test row.
 fn locate(ds: &Dataset, f: &Flag, line: usize, what: &str) -> Result<usize, String> {
-    if f.split == "test" {
-        return Err(format!(
-            "{what} line {line}: row {} is in the test split, which is never relabelled",
-            f.id
-        ));
+    if let Err(e) = relabelable(&f.split) {
+        return Err(format!("{what} line {line}: row {}: {e}", f.id));
     }
     let split = ds.splits.get(&f.split).ok_or_else(|| {
         format!(
@@ -192,11 +190,8 @@ pub fn apply(
     for (n, d) in decisions.iter().enumerate() {
         let f = &d.flag;
         let line = n + 1;
-        if f.split == "test" {
-            return Err(format!(
-                "decisions line {line}: row {} is in the test split, which is never relabelled",
-                f.id
-            ));
+        if let Err(e) = relabelable(&f.split) {
+            return Err(format!("decisions line {line}: row {}: {e}", f.id));
         }
         if d.outcome != Outcome::Change {
             continue;
@@ -341,7 +336,7 @@ impl NodeKind for ApplyLabels {
         let rows: usize = ds
             .splits
             .iter()
-            .filter(|(k, _)| *k != "test")
+            .filter(|(k, _)| relabelable(k).is_ok())
             .map(|(_, s)| s.len())
             .sum();
         let mut m = Metrics::new();

@@ -11,6 +11,7 @@ use relabel_engine::plugin::{
     ConfigProblem, Inputs, Metrics, NodeContext, NodeError, NodeKind, NodeOutput,
 };
 use relabel_engine::span::Path as CfgPath;
+use relabel_tasks::data::relabelable;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -449,6 +450,17 @@ impl NodeKind for BinaryRelabeler {
         }
     }
 
+    fn on_cached(
+        c: &RelabelerConfig,
+        manifest_dir: &std::path::Path,
+        outputs: &BTreeMap<String, PathBuf>,
+    ) -> Result<(), NodeError> {
+        match (c.mode, outputs.get("export")) {
+            (Mode::Human, Some(export)) => human::restore_export(c, manifest_dir, export),
+            _ => Ok(()),
+        }
+    }
+
     fn files(c: &RelabelerConfig) -> Vec<PathBuf> {
         c.template.iter().chain(c.answers.iter()).cloned().collect()
     }
@@ -506,11 +518,11 @@ impl NodeKind for BinaryRelabeler {
         if let Some(n) = c.max_rows {
             flags.truncate(n);
         }
-        if let Some(f) = flags.iter().find(|f| f.split == "test") {
-            return Err(fail(format!(
-                "flag for row {} ({}) is in the test split: the fixed test set is never relabelled",
-                f.row, f.id
-            )));
+        if let Some((f, e)) = flags
+            .iter()
+            .find_map(|f| relabelable(&f.split).err().map(|e| (f, e)))
+        {
+            return Err(fail(format!("flag for row {} ({}): {e}", f.row, f.id)));
         }
         let template =
             crate::template_text(&ctx, c.template.as_deref(), DEFAULT_TEMPLATE).map_err(fail)?;

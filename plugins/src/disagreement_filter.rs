@@ -695,13 +695,10 @@ impl NodeKind for DisagreementFilter {
             ));
         }
         for (i, s) in c.splits.iter().enumerate() {
-            if s == "test" {
+            if let Err(e) = relabel_tasks::data::relabelable(s) {
                 p.push(
-                    ConfigProblem::new(
-                        r.key("splits").index(i),
-                        "the test split is the fixed yardstick and is never relabelled",
-                    )
-                    .with_hint(Some("flag train and dev only".into())),
+                    ConfigProblem::new(r.key("splits").index(i), e.to_string())
+                        .with_hint(Some("flag train and dev only".into())),
                 );
             } else if s != "train" && s != "dev" {
                 p.push(ConfigProblem::new(

@@ -89,17 +89,7 @@ impl Endpoint {
 /// The name llama-server is asked to serve the local model under.
 pub const LOCAL_MODEL_ALIAS: &str = "qwen2.5-0.5b";
 
-/// The folder `cargo xtask setup` fills: `$RELABEL_HOME`, else `~/.cache/relabel`.
-pub fn relabel_home() -> std::path::PathBuf {
-    std::env::var_os("RELABEL_HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| std::path::PathBuf::from("/tmp"))
-                .join(".cache/relabel")
-        })
-}
+pub use relabel_tasks::home::relabel_home;
 
 /// llama-server as built by `cargo xtask setup` (`$RELABEL_LLAMA_SERVER` overrides).
 pub fn llama_server_path() -> std::path::PathBuf {

@@ -2,7 +2,7 @@
 //! and on the FIXED human test split; the test badcases (prediction != human label); and, when
 //! given, people's right/wrong judgements of model outputs with a 95% Wilson interval.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use relabel_engine::plugin::{
@@ -38,89 +38,7 @@ fn default_badcase_split() -> String {
     "test".into()
 }
 
-/// Scores of one split.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SplitScores {
-    pub rows: usize,
-    pub accuracy: f64,
-    pub macro_f1: f64,
-    /// label -> {precision, recall, f1, support}
-    pub per_class: BTreeMap<String, ClassScores>,
-    /// confusion[given][predicted], in label order.
-    pub confusion: Vec<Vec<u64>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClassScores {
-    pub precision: f64,
-    pub recall: f64,
-    pub f1: f64,
-    pub support: u64,
-}
-
-/// Scores `predicted` against `label` over `names.len()` classes.
-pub fn score(names: &[&str], label: &[u32], predicted: &[u32]) -> SplitScores {
-    let c = names.len();
-    let mut confusion = vec![vec![0u64; c]; c];
-    for (&y, &p) in label.iter().zip(predicted) {
-        confusion[y as usize][p as usize] += 1;
-    }
-    let n = label.len();
-    let correct: u64 = (0..c).map(|k| confusion[k][k]).sum();
-    let mut per_class = BTreeMap::new();
-    let mut f1_sum = 0.0;
-    let mut present = 0usize;
-    for k in 0..c {
-        let tp = confusion[k][k] as f64;
-        let support: u64 = confusion[k].iter().sum();
-        let predicted_k: u64 = (0..c).map(|j| confusion[j][k]).sum();
-        let precision = if predicted_k == 0 {
-            0.0
-        } else {
-            tp / predicted_k as f64
-        };
-        let recall = if support == 0 {
-            0.0
-        } else {
-            tp / support as f64
-        };
-        let f1 = if precision + recall == 0.0 {
-            0.0
-        } else {
-            2.0 * precision * recall / (precision + recall)
-        };
-        // Macro-F1 over the classes that occur (in the labels or the predictions), as sklearn
-        // does with labels=None.
-        if support > 0 || predicted_k > 0 {
-            f1_sum += f1;
-            present += 1;
-        }
-        per_class.insert(
-            names[k].to_string(),
-            ClassScores {
-                precision,
-                recall,
-                f1,
-                support,
-            },
-        );
-    }
-    SplitScores {
-        rows: n,
-        accuracy: if n == 0 {
-            0.0
-        } else {
-            correct as f64 / n as f64
-        },
-        macro_f1: if present == 0 {
-            0.0
-        } else {
-            f1_sum / present as f64
-        },
-        per_class,
-        confusion,
-    }
-}
+pub use relabel_tasks::classification::{score, ClassScores, SplitScores};
 
 /// The 95% Wilson score interval of `k` successes in `n` trials.
 pub fn wilson(k: u64, n: u64) -> (f64, f64) {

@@ -37,11 +37,7 @@ pub fn run(
     let mut m = Metrics::new();
     if let Some(to) = &c.export_to {
         let to = ctx.resolve(to);
-        std::fs::create_dir_all(&to).map_err(|e| NodeError::io(format!("{}", to.display()), e))?;
-        for f in [CSV_NAME, JSONL_NAME, LS_TASKS, LS_CONFIG] {
-            std::fs::copy(export.join(f), to.join(f))
-                .map_err(|e| NodeError::io(format!("copying {f} to {}", to.display()), e))?;
-        }
+        copy_export(export, &to)?;
         m.insert("exported_to".into(), json!(to.display().to_string()));
     }
     let Some(answers) = &c.answers else {
@@ -63,6 +59,48 @@ pub fn run(
         apply_answers(answers, flags, given, &prompter.digest).map_err(NodeError::Failed)?;
     m.insert("imported_from".into(), json!(answers.display().to_string()));
     Ok((decisions, m))
+}
+
+/// Copies the export's files into `to` (made writable: the cached ones are read-only).
+pub fn copy_export(export: &Path, to: &Path) -> Result<(), NodeError> {
+    std::fs::create_dir_all(to).map_err(|e| NodeError::io(format!("{}", to.display()), e))?;
+    for f in [CSV_NAME, JSONL_NAME, LS_TASKS, LS_CONFIG] {
+        let dest = to.join(f);
+        let _ = std::fs::remove_file(&dest);
+        std::fs::copy(export.join(f), &dest)
+            .map_err(|e| NodeError::io(format!("copying {f} to {}", to.display()), e))?;
+        let mut perm = std::fs::metadata(&dest)
+            .map_err(|e| NodeError::io(format!("{}", dest.display()), e))?
+            .permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perm.set_readonly(false);
+        std::fs::set_permissions(&dest, perm)
+            .map_err(|e| NodeError::io(format!("{}", dest.display()), e))?;
+    }
+    Ok(())
+}
+
+/// On a cache hit: re-creates `export_to` when its files are gone (the folder was deleted).
+pub fn restore_export(
+    c: &RelabelerConfig,
+    manifest_dir: &Path,
+    export: &Path,
+) -> Result<(), NodeError> {
+    let Some(to) = &c.export_to else {
+        return Ok(());
+    };
+    let to = if to.is_absolute() {
+        to.clone()
+    } else {
+        manifest_dir.join(to)
+    };
+    if [CSV_NAME, JSONL_NAME, LS_TASKS, LS_CONFIG]
+        .iter()
+        .all(|f| to.join(f).exists())
+    {
+        return Ok(());
+    }
+    copy_export(export, &to)
 }
 
 fn pending(flag: Flag, digest: &str) -> Decision {
@@ -201,7 +239,7 @@ pub fn read_answers(path: &Path, shown: &Path) -> Result<Vec<Given>, String> {
             ));
         }
     } else if name.ends_with(".json") {
-        let v: Value = serde_json::from_str(&text).map_err(|e| format!("{shown}: {e}"))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| format!("{shown}: {e}"))?;
         let tasks = v.as_array().ok_or_else(|| {
             format!("{shown}: expected a Label Studio export (a JSON array of tasks)")
         })?;

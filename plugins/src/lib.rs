@@ -6,24 +6,22 @@ pub mod binary_relabeler;
 pub mod child;
 pub mod clip;
 pub mod command;
-pub mod data;
 pub mod dataset;
 pub mod disagreement_filter;
 pub mod endpoint;
 pub mod evaluator;
-pub mod flags;
 pub mod human;
-pub mod le;
 pub mod llm;
 pub mod llm_annotator;
 pub mod local_llm;
-pub mod predictions;
 pub mod scripted;
 pub mod self_predictor;
 pub mod similarity_miner;
 pub mod trainer;
 pub mod votes;
 pub mod worker;
+
+pub use relabel_tasks::{data, flags, predictions};
 
 use relabel_engine::plugin::{typed, Registry};
 

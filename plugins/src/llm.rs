@@ -605,8 +605,8 @@ fn identity(e: &Endpoint) -> Value {
 fn weights_digest(path: &std::path::Path) -> String {
     use std::collections::HashMap;
     use std::sync::Mutex as StdMutex;
-    static MEMO: std::sync::OnceLock<StdMutex<HashMap<(std::path::PathBuf, u64, u128), String>>> =
-        std::sync::OnceLock::new();
+    type Memo = HashMap<(std::path::PathBuf, u64, u128), String>;
+    static MEMO: std::sync::OnceLock<StdMutex<Memo>> = std::sync::OnceLock::new();
     let Ok(meta) = std::fs::metadata(path) else {
         return format!("missing:{}", path.display());
     };

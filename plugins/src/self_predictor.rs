@@ -2,24 +2,8 @@
 
 use relabel_engine::plugin::{ConfigProblem, Inputs, NodeContext, NodeError, NodeKind, NodeOutput};
 use relabel_engine::span::Path;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-/// Config of a `self_predictor` node.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SelfPredictorConfig {
-    /// Out-of-sample mode: train K models, each on K-1 folds of train (same settings as the
-    /// input model, early-stopped on dev), and predict each train row with the model that did
-    /// not see it. Without it (the paper's way), train rows are predicted in-sample by the
-    /// input model. Dev and test rows are always predicted by the input model.
-    #[serde(default)]
-    pub kfold: Option<usize>,
-    /// Seed of the fold assignment.
-    #[serde(default)]
-    pub seed: u64,
-}
+pub use relabel_tasks::protocol::SelfPredictorConfig;
 
 /// The `self_predictor` node kind.
 pub struct SelfPredictor;
@@ -59,13 +43,13 @@ impl NodeKind for SelfPredictor {
         inputs: Inputs,
     ) -> Result<NodeOutput, NodeError> {
         let out = ctx.output_path("predictions");
-        let request = json!({
-            "config": c,
-            "model": inputs["model"].path,
-            "dataset": inputs["dataset"].path,
-            "out": out,
-            "work": ctx.work_dir,
-        });
+        let request = relabel_tasks::protocol::PredictRequest {
+            config: c,
+            model: inputs["model"].path.clone(),
+            dataset: inputs["dataset"].path.clone(),
+            out: out.clone(),
+            work: ctx.work_dir.clone(),
+        };
         let metrics = crate::worker::run_task(&ctx, "predict", &request).await?;
         Ok(NodeOutput {
             outputs: [("predictions".to_string(), out)].into(),

@@ -108,10 +108,12 @@ impl NodeKind for Embedder {
             .map_err(|e| NodeError::Failed(format!("dataset: {e}")))?;
         let out = ctx.output_path("embeddings");
         if c.source == EmbeddingSource::Model {
-            let request = json!({
-                "model": inputs["model"].path, "dataset": inputs["dataset"].path,
-                "splits": c.splits, "out": out,
-            });
+            let request = RepresentRequest {
+                model: inputs["model"].path.clone(),
+                dataset: inputs["dataset"].path.clone(),
+                splits: c.splits.clone(),
+                out: out.clone(),
+            };
             let metrics = crate::worker::run_task(&ctx, "represent", &request).await?;
             return Ok(NodeOutput {
                 outputs: [("embeddings".to_string(), out)].into(),
@@ -135,12 +137,12 @@ impl NodeKind for Embedder {
         };
         for s in &c.splits {
             let Some(split) = ds.split(s) else { continue };
-            let request = json!({
-                "encoder": c.encoder,
-                "texts": split.texts,
-                "out": out.join(format!("{s}.f32")),
-                "threads": c.threads,
-            });
+            let request = EmbedRequest {
+                encoder: c.encoder.clone(),
+                texts: split.texts.clone(),
+                out: out.join(format!("{s}.f32")),
+                threads: c.threads,
+            };
             let m = crate::worker::run_task(&ctx, "embed", &request).await?;
             meta.dim = m.get("dim").and_then(Value::as_u64).unwrap_or(0) as usize;
             meta.rows.insert(s.clone(), split.len());
@@ -373,10 +375,10 @@ impl NodeKind for SimilarityMiner {
                 ));
             }
         }
-        if c.splits.iter().any(|s| s == "test") {
+        if let Some(e) = c.splits.iter().find_map(|s| relabelable(s).err()) {
             p.push(ConfigProblem::new(
                 CfgPath::root().key("splits"),
-                "the fixed test split is never relabelled: mine train (and dev) only",
+                format!("{e}: mine train (and dev) only"),
             ));
         }
         p
@@ -571,40 +573,23 @@ async fn embedding_knn(
     let queries_path = ctx.work_dir.join("queries.f32");
     let out = ctx.work_dir.join("knn.bin");
     std::fs::write(&queries_path, q).map_err(|e| NodeError::io("queries", e))?;
-    let request = json!({
-        "corpus": corpus_path, "queries": queries_path, "dim": d, "k": c.top_k,
-        "normalize": true, "threads": c.threads, "out": out,
-    });
+    let request = KnnRequest {
+        corpus: corpus_path,
+        queries: queries_path,
+        dim: d,
+        k: c.top_k,
+        normalize: true,
+        block_rows: 65_536,
+        query_batch: 2_048,
+        threads: c.threads,
+        out: out.clone(),
+    };
     crate::worker::run_task(ctx, "knn", &request).await?;
     read_knn(&out, badcases.len(), c.top_k.min(corpus.len())).map_err(fail)
 }
 
-/// Reads the worker's kNN output: i64 ids [q x k] then f32 scores [q x k].
-pub fn read_knn(path: &Path, q: usize, k: usize) -> Result<Vec<Vec<(usize, f32)>>, String> {
-    let b = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if b.len() != q * k * 12 {
-        return Err(format!(
-            "kNN output has {} bytes, expected {}",
-            b.len(),
-            q * k * 12
-        ));
-    }
-    let (ids, scores) = b.split_at(q * k * 8);
-    Ok((0..q)
-        .map(|i| {
-            (0..k)
-                .map(|j| {
-                    let t = i * k + j;
-                    let id = i64::from_le_bytes(ids[t * 8..t * 8 + 8].try_into().expect("8 bytes"));
-                    let s =
-                        f32::from_le_bytes(scores[t * 4..t * 4 + 4].try_into().expect("4 bytes"));
-                    (id as usize, s)
-                })
-                .filter(|(id, _)| *id != usize::MAX)
-                .collect()
-        })
-        .collect())
-}
+use relabel_tasks::data::relabelable;
+use relabel_tasks::protocol::{read_knn, EmbedRequest, KnnRequest, RepresentRequest};
 
 #[cfg(test)]
 mod tests {

@@ -23,29 +23,14 @@ pub fn path() -> PathBuf {
     PathBuf::from("relabel-ml")
 }
 
-/// One line the worker prints on stdout.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkerLine {
-    /// Progress: a new total, and/or steps done, and/or a message.
-    Progress {
-        #[serde(default)]
-        len: Option<u64>,
-        #[serde(default)]
-        inc: Option<u64>,
-        #[serde(default)]
-        msg: Option<String>,
-    },
-    /// The task's metrics; the last line of a successful task.
-    Metrics(Metrics),
-}
+pub use relabel_tasks::protocol::WorkerLine;
 
 /// Runs `relabel-ml task TASK REQUEST.json` and returns its metrics. The worker is killed if
 /// the node is cancelled (the future is dropped).
 pub async fn run_task(
     ctx: &NodeContext,
     task: &str,
-    request: &serde_json::Value,
+    request: &impl serde::Serialize,
 ) -> Result<Metrics, NodeError> {
     let req_path = ctx.work_dir.join(format!("{task}-request.json"));
     std::fs::write(

@@ -1,6 +1,5 @@
 //! Flags: rows suspected of a wrong label, each with exactly two candidate labels to choose from.
 
-use std::io::{BufRead, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -29,7 +28,8 @@ pub struct Flag {
     pub rule: String,
 }
 
-pub(crate) fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+/// Reads `null` as NaN (a probability no model gave).
+pub fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
     Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
 }
 
@@ -42,29 +42,10 @@ impl Flag {
 
 /// Writes flags as JSON lines.
 pub fn write(path: &Path, flags: &[Flag]) -> std::io::Result<()> {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for flag in flags {
-        serde_json::to_writer(&mut f, flag)?;
-        f.write_all(b"\n")?;
-    }
-    f.flush()
+    crate::io::write_jsonl(path, flags)
 }
 
 /// Reads flags written by [`write`]; errors name the line.
 pub fn read(path: &Path) -> std::io::Result<Vec<Flag>> {
-    let f = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut out = Vec::new();
-    for (i, line) in f.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        out.push(serde_json::from_str(&line).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}:{}: {e}", path.display(), i + 1),
-            )
-        })?);
-    }
-    Ok(out)
+    crate::io::read_jsonl(path)
 }

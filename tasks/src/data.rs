@@ -1,4 +1,5 @@
 //! The domain model of a labelled text dataset: label specs, splits, and their on-disk artifact.
+//! The fixed test split is never relabelled: [`relabelable`] is the one check.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -261,19 +262,27 @@ pub struct Judged {
 
 /// The judged pairs recorded in dataset folder `dir` (none when it has no record).
 pub fn read_judged(dir: &Path) -> io::Result<Vec<Judged>> {
-    let path = dir.join(JUDGED_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| bad(format!("{}:{}: {e}", path.display(), i + 1)))
-        })
-        .collect()
+    match crate::io::read_jsonl(&dir.join(JUDGED_FILE)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        other => other,
+    }
+}
+
+/// The split that is the fixed yardstick: never flagged, mined, judged or changed.
+pub const FIXED_SPLIT: &str = "test";
+
+/// Why a row of the fixed split cannot be relabelled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the {FIXED_SPLIT} split is the fixed yardstick and is never relabelled")]
+pub struct FixedSplit;
+
+/// The one check that a split may be relabelled (flagged, mined, judged, changed).
+pub fn relabelable(split: &str) -> Result<(), FixedSplit> {
+    if split == FIXED_SPLIT {
+        Err(FixedSplit)
+    } else {
+        Ok(())
+    }
 }
 
 /// The file in a dataset folder that names its splits.

@@ -1,0 +1,14 @@
+//! relabel-tasks: the [`task::Task`] seam and its tasks ([`classification`] first), label specs
+//! and datasets ([`data`]), predictions, flags, their on-disk formats ([`io`], [`le`]), and the
+//! ML worker's typed messages ([`protocol`]). No tokio, no HTTP, no engine: the `relabel-ml`
+//! worker links this crate and libtorch only.
+
+pub mod classification;
+pub mod data;
+pub mod flags;
+pub mod home;
+pub mod io;
+pub mod le;
+pub mod predictions;
+pub mod protocol;
+pub mod task;

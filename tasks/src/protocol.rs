@@ -1,0 +1,284 @@
+//! The ML worker's protocol: the request of each task (`relabel-ml task TASK REQUEST.json`) and
+//! the lines it prints, typed on both sides of the process boundary, and the node configs the
+//! requests carry.
+
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Which model to train.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Hashed word unigrams + bigrams -> embedding bag (mean) -> linear; fast on a CPU.
+    #[default]
+    Fasttext,
+    /// A pretrained BERT-family encoder (all-MiniLM-L6-v2 by default), mean pooling, a linear
+    /// head, fine-tuned with AdamW. Small sets on a CPU; large ones want CUDA.
+    Encoder,
+}
+
+/// Settings of the pretrained encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// A folder with `model.safetensors`, `config.json` and `tokenizer.json`
+    /// [default: all-MiniLM-L6-v2 as `cargo xtask setup` fetched it into ~/.cache/relabel].
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Tokens per text; longer texts are cut.
+    #[serde(default = "d_max_length")]
+    pub max_length: usize,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        EncoderConfig {
+            path: None,
+            max_length: d_max_length(),
+        }
+    }
+}
+
+fn d_max_length() -> usize {
+    64
+}
+
+/// Where `cargo xtask setup` puts the default encoder: `$RELABEL_HOME/models/all-MiniLM-L6-v2`,
+/// else `~/.cache/relabel/models/all-MiniLM-L6-v2`.
+pub fn default_encoder_dir() -> PathBuf {
+    crate::home::relabel_home().join("models/all-MiniLM-L6-v2")
+}
+
+/// Where to compute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// CUDA when available, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Settings of the fastText-style model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FastTextConfig {
+    /// Embedding size.
+    #[serde(default = "d_dim")]
+    pub dim: i64,
+    /// Hash buckets shared by unigrams and bigrams (memory: dim x buckets x 4 bytes).
+    #[serde(default = "d_buckets")]
+    pub buckets: i64,
+    /// 1: unigrams only; 2: unigrams and bigrams.
+    #[serde(default = "d_ngrams")]
+    pub word_ngrams: u8,
+}
+
+impl Default for FastTextConfig {
+    fn default() -> Self {
+        FastTextConfig {
+            dim: d_dim(),
+            buckets: d_buckets(),
+            word_ngrams: d_ngrams(),
+        }
+    }
+}
+
+fn d_dim() -> i64 {
+    64
+}
+fn d_buckets() -> i64 {
+    1 << 18
+}
+fn d_ngrams() -> u8 {
+    2
+}
+fn d_batch() -> usize {
+    32
+}
+fn d_epochs() -> usize {
+    20
+}
+fn d_patience() -> usize {
+    3
+}
+
+/// Config of a `trainer` node (and the training part of `self_predictor`'s k-fold mode).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerConfig {
+    #[serde(default)]
+    pub model: ModelKind,
+    #[serde(default)]
+    pub device: Device,
+    /// CPU threads [default: the machine's cores].
+    #[serde(default)]
+    pub threads: Option<i32>,
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// fasttext: per-example SGD rate, decaying linearly to 0 over `epochs` (as in fastText)
+    /// [default: 0.2]; encoder: AdamW rate, decaying linearly [default: 5e-5]
+    #[serde(default)]
+    pub learning_rate: Option<f64>,
+    /// Most epochs.
+    #[serde(default = "d_epochs")]
+    pub epochs: usize,
+    /// Stop after this many epochs without a lower dev loss; the checkpoint kept is the best one.
+    #[serde(default = "d_patience")]
+    pub patience: usize,
+    /// Same seed, same data, CPU: the same model.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub fasttext: FastTextConfig,
+    #[serde(default)]
+    pub encoder: EncoderConfig,
+}
+
+/// What `model.json` beside a checkpoint says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub model: ModelKind,
+    pub labels: Vec<String>,
+    pub config: TrainerConfig,
+    pub best_epoch: usize,
+}
+
+/// The checkpoint file inside a model artifact.
+pub fn checkpoint_path(model_dir: &std::path::Path) -> PathBuf {
+    model_dir.join("model.safetensors")
+}
+
+/// Config of a `self_predictor` node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SelfPredictorConfig {
+    /// Out-of-sample mode: train K models, each on K-1 folds of train (same settings as the
+    /// input model, early-stopped on dev), and predict each train row with the model that did
+    /// not see it. Without it (the paper's way), train rows are predicted in-sample by the
+    /// input model. Dev and test rows are always predicted by the input model.
+    #[serde(default)]
+    pub kfold: Option<usize>,
+    /// Seed of the fold assignment.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// One line the worker prints on stdout.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerLine {
+    /// Progress: a new total, and/or steps done, and/or a message.
+    Progress {
+        #[serde(default)]
+        len: Option<u64>,
+        #[serde(default)]
+        inc: Option<u64>,
+        #[serde(default)]
+        msg: Option<String>,
+    },
+    /// The task's metrics; the last line of a successful task.
+    Metrics(serde_json::Map<String, serde_json::Value>),
+}
+
+/// `train`: fit a model on a dataset artifact, early-stopped on dev loss.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainRequest {
+    pub config: TrainerConfig,
+    pub dataset: PathBuf,
+    pub out: PathBuf,
+}
+
+/// `predict`: class probabilities for every row, in-sample or k-fold out-of-sample.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PredictRequest {
+    pub config: SelfPredictorConfig,
+    pub model: PathBuf,
+    pub dataset: PathBuf,
+    pub out: PathBuf,
+    pub work: PathBuf,
+}
+
+/// `embed`: a pretrained encoder's sentence embeddings of `texts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbedRequest {
+    #[serde(default)]
+    pub encoder: EncoderConfig,
+    pub texts: Vec<String>,
+    /// Row-major little-endian f32 [texts x hidden].
+    pub out: PathBuf,
+    #[serde(default)]
+    pub threads: Option<i32>,
+}
+
+/// `represent`: the trained model's own representation of a dataset's texts (what its output
+/// layer reads), written as `SPLIT.f32` + `meta.json` like the embedder's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepresentRequest {
+    pub model: PathBuf,
+    pub dataset: PathBuf,
+    pub splits: Vec<String>,
+    pub out: PathBuf,
+}
+
+/// `knn`: exact top-k by inner product, the corpus streamed in blocks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KnnRequest {
+    /// Row-major little-endian f32 [rows x dim].
+    pub corpus: PathBuf,
+    /// Row-major little-endian f32 [queries x dim].
+    pub queries: PathBuf,
+    pub dim: usize,
+    pub k: usize,
+    /// L2-normalise both sides first (cosine similarity).
+    #[serde(default)]
+    pub normalize: bool,
+    /// Corpus rows per block.
+    #[serde(default = "default_block")]
+    pub block_rows: usize,
+    /// Queries per matrix product.
+    #[serde(default = "default_query_batch")]
+    pub query_batch: usize,
+    #[serde(default)]
+    pub threads: Option<i32>,
+    /// i64 ids [queries x k] then f32 scores [queries x k], little-endian; -1 pads.
+    pub out: PathBuf,
+}
+
+fn default_block() -> usize {
+    65_536
+}
+
+fn default_query_batch() -> usize {
+    2_048
+}
+
+/// Reads the worker's kNN output: i64 ids [q x k] then f32 scores [q x k].
+pub fn read_knn(path: &Path, q: usize, k: usize) -> Result<Vec<Vec<(usize, f32)>>, String> {
+    let b = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if b.len() != q * k * 12 {
+        return Err(format!(
+            "kNN output has {} bytes, expected {}",
+            b.len(),
+            q * k * 12
+        ));
+    }
+    let (ids, scores) = b.split_at(q * k * 8);
+    Ok((0..q)
+        .map(|i| {
+            (0..k)
+                .map(|j| {
+                    let t = i * k + j;
+                    let id = i64::from_le_bytes(ids[t * 8..t * 8 + 8].try_into().expect("8 bytes"));
+                    let s =
+                        f32::from_le_bytes(scores[t * 4..t * 4 + 4].try_into().expect("4 bytes"));
+                    (id as usize, s)
+                })
+                .filter(|(id, _)| *id != usize::MAX)
+                .collect()
+        })
+        .collect())
+}

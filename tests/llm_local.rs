@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use relabel_plugins::endpoint::{llama_server_path, local_model_path, LOCAL_MODEL_ALIAS};
-use relabel_plugins::scripted::Server;
+use relabel_testkit::Server;
 use serde_json::Value;
 
 /// The tests here watch llama-server processes: one at a time.

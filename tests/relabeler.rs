@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use relabel_plugins::scripted::{chat_completion, offered, user_message, Reply, Server};
+use relabel_testkit::{chat_completion, offered, user_message, Reply, Server};
 use serde_json::{json, Value};
 
 const LABELS: &[&str] = &[
@@ -736,7 +736,7 @@ nodes:
 }
 
 /// The item a scripted request asks about (its first word), as the templates show it.
-fn item_key(req: &relabel_plugins::scripted::Request) -> String {
+fn item_key(req: &relabel_testkit::Request) -> String {
     let body = req.json().unwrap_or(Value::Null);
     let msg = user_message(&body);
     msg.split("\nItem: \"")

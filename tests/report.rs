@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use common::*;
-use relabel_plugins::scripted::{chat_completion, offered, Reply, Server};
+use relabel_testkit::{chat_completion, offered, Reply, Server};
 use serde_json::json;
 
 fn manifest(base_url: &str) -> String {

@@ -1,15 +1,37 @@
-//! Times confident learning on synthetic probabilities (for `cargo xtask bench flag`).
+//! The disagreement filter run as a program for `cargo xtask bench flag` (xtask links no node
+//! kinds): times confident learning on synthetic probabilities, or flags given predictions.
 //!
-//! Usage: flag_speed DIR ROWS CLASSES. Writes DIR/probs.f32, DIR/labels.i64 (for cleanlab) and
+//! Usage: `flag_speed DIR ROWS CLASSES` writes DIR/probs.f32, DIR/labels.i64 (for cleanlab) and
 //! DIR/relabel_METHOD.u32 (the flagged rows), and prints the timings as JSON.
+//! `flag_speed rank PREDICTIONS.bin CONFIGS.json` prints `{name: [flagged train rows]}` for each
+//! `{name: filter config YAML}` of CONFIGS.json.
 
 use std::time::Instant;
 
 use relabel_plugins::disagreement_filter::{filter, FilterConfig};
 use relabel_plugins::predictions::SplitPredictions;
 
+fn rank(predictions: &str, configs: &str) {
+    let p = SplitPredictions::read(std::path::Path::new(predictions)).expect("predictions");
+    let configs: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(configs).expect("configs")).expect("configs JSON");
+    let mut out = serde_json::Map::new();
+    for (name, yaml) in configs {
+        let cfg: FilterConfig = serde_yaml::from_str(&yaml).expect("a filter config");
+        let rows: Vec<usize> = filter(&[("train", &p)], &cfg)
+            .iter()
+            .map(|f| f.row)
+            .collect();
+        out.insert(name, serde_json::json!(rows));
+    }
+    println!("{}", serde_json::Value::Object(out));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("rank") {
+        return rank(&args[1], &args[2]);
+    }
     let dir = std::path::PathBuf::from(&args[0]);
     let n: usize = args[1].parse().expect("rows");
     let c: usize = args[2].parse().expect("classes");

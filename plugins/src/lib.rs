@@ -14,7 +14,6 @@ pub mod human;
 pub mod llm;
 pub mod llm_annotator;
 pub mod local_llm;
-pub mod scripted;
 pub mod self_predictor;
 pub mod similarity_miner;
 pub mod trainer;

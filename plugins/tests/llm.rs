@@ -11,7 +11,7 @@ use std::time::Duration;
 use relabel_engine::cache::{CacheError, Entry, EntryList, FileMemo, LastRecord, LlmCache, Store};
 use relabel_plugins::endpoint::Endpoint;
 use relabel_plugins::llm::{CallError, Client, Stats};
-use relabel_plugins::scripted::{chat_completion, Reply, Server};
+use relabel_testkit::{chat_completion, Reply, Server};
 use serde_json::{json, Value};
 
 /// An in-memory store whose LLM writes fail when `fail_writes` is set.

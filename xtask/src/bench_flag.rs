@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use relabel_plugins::dataset::{build, DatasetConfig};
-use relabel_plugins::disagreement_filter::{filter, FilterConfig};
-use relabel_plugins::predictions::SplitPredictions;
+use relabel_tasks::data::Dataset;
+use relabel_tasks::predictions::SplitPredictions;
 use serde_json::{json, Value};
 
 use crate::bench::json_output;
@@ -45,8 +44,32 @@ fn write_arrays(dir: &Path, p: &SplitPredictions) -> Result<()> {
     Ok(())
 }
 
-fn cfg(yaml: &str) -> FilterConfig {
-    serde_yaml::from_str(yaml).expect("bench configs parse")
+/// `{name: [flagged train rows]}` for each filter config, from the release-built filter.
+fn rank(
+    predictions: &Path,
+    configs: &BTreeMap<String, String>,
+    work: &Path,
+) -> Result<BTreeMap<String, Vec<usize>>> {
+    let file = work.join("rank-configs.json");
+    std::fs::write(&file, serde_json::to_vec(configs)?)?;
+    let v = json_output(
+        Command::new("cargo")
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "relabel-plugins",
+                "--example",
+                "flag_speed",
+                "--",
+                "rank",
+            ])
+            .arg(predictions)
+            .arg(&file),
+        "flag_speed rank",
+    )?;
+    Ok(serde_json::from_value(v)?)
 }
 
 const CLEANLAB_SPEED: &str = r#"
@@ -154,13 +177,38 @@ for f in ['prune_by_noise_rate', 'prune_by_class', 'both']:
 print(json.dumps(out))
 "#;
 
-/// Runs dataset -> trainer -> self_predictor (k-fold) on a train file; returns the train predictions.
+/// Banking77's train and dev splits as the `dataset` node reads them (run by the relabel binary).
+fn read_banking77(root: &Path, dir: &Path, b77: &Path) -> Result<Dataset> {
+    std::fs::create_dir_all(dir)?;
+    let manifest = format!(
+        "version: 1\nname: bench-flag-data\nnodes:\n  - id: data\n    kind: dataset\n    config: {{train: {0}/train.tsv, dev: {0}/dev.tsv}}\n",
+        b77.display()
+    );
+    std::fs::write(dir.join("pipeline.yaml"), manifest)?;
+    let report = dir.join("report.json");
+    run(Command::new(root.join("target/release/relabel"))
+        .args(["run", "pipeline.yaml", "--report"])
+        .arg(&report)
+        .arg("--cache")
+        .arg(home_cache().join("bench/flag-cache"))
+        .current_dir(dir)
+        .env("RELABEL_LOG", "warn")
+        .stdout(std::process::Stdio::null()))?;
+    let r: Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+    let path = r["nodes"][0]["outputs"]["dataset"]["path"]
+        .as_str()
+        .context("no dataset path in the report")?;
+    Ok(Dataset::read(Path::new(path))?)
+}
+
+/// Runs dataset -> trainer -> self_predictor (k-fold) on a train file; returns the train
+/// predictions and their file.
 fn kfold_predictions(
     root: &Path,
     dir: &Path,
     train: &Path,
     b77: &Path,
-) -> Result<SplitPredictions> {
+) -> Result<(SplitPredictions, PathBuf)> {
     std::fs::create_dir_all(dir)?;
     let manifest = format!(
         "version: 1\nname: bench-flag\nnodes:\n  - id: data\n    kind: dataset\n    config: {{train: {}, dev: {1}/dev.tsv, test: {1}/test.tsv}}\n  - id: train\n    kind: trainer\n    inputs: [data.dataset]\n    config: {{epochs: 40, patience: 4, seed: 1, threads: 2}}\n  - id: predict\n    kind: self_predictor\n    inputs: {{model: train.model, dataset: data.dataset}}\n    config: {{kfold: 5, seed: 1}}\n",
@@ -187,7 +235,8 @@ fn kfold_predictions(
             .as_str()
             .context("no predictions path")?,
     );
-    Ok(SplitPredictions::read(&path.join("train.bin"))?)
+    let file = path.join("train.bin");
+    Ok((SplitPredictions::read(&file)?, file))
 }
 
 fn write_jsonl(path: &Path, texts: &[String], labels: &[String]) -> Result<()> {
@@ -204,11 +253,7 @@ fn write_jsonl(path: &Path, texts: &[String], labels: &[String]) -> Result<()> {
 
 fn quality(root: &Path, work: &Path) -> Result<Value> {
     let b77 = banking77()?;
-    let dc: DatasetConfig = serde_yaml::from_str(&format!(
-        "train: {0}/train.tsv\ndev: {0}/dev.tsv\n",
-        b77.display()
-    ))?;
-    let (ds, _) = build(&dc, Path::new(".")).map_err(anyhow::Error::msg)?;
+    let ds = read_banking77(root, &work.join("b77"), &b77)?;
     let train = ds.split("train").context("train")?;
     let names: Vec<String> = ds.labels.names().iter().map(|s| s.to_string()).collect();
     let c = names.len();
@@ -219,7 +264,7 @@ fn quality(root: &Path, work: &Path) -> Result<Value> {
         .collect();
     // The clean model's confusions: for each class, the other class its rows are most often predicted as.
     write_jsonl(&work.join("clean.jsonl"), &train.texts, &clean)?;
-    let cp = kfold_predictions(root, &work.join("clean"), &work.join("clean.jsonl"), &b77)?;
+    let (cp, _) = kfold_predictions(root, &work.join("clean"), &work.join("clean.jsonl"), &b77)?;
     let mut confusion = vec![vec![0usize; c]; c];
     for i in 0..cp.rows() {
         confusion[cp.label[i] as usize][cp.predicted[i] as usize] += 1;
@@ -252,7 +297,7 @@ fn quality(root: &Path, work: &Path) -> Result<Value> {
         }
         let file = work.join(format!("{kind}.jsonl"));
         write_jsonl(&file, &train.texts, &labels)?;
-        let p = kfold_predictions(root, &work.join(kind), &file, &b77)?;
+        let (p, p_path) = kfold_predictions(root, &work.join(kind), &file, &b77)?;
         let dir = work.join(format!("{kind}-arrays"));
         std::fs::create_dir_all(&dir)?;
         write_arrays(&dir, &p)?;
@@ -293,18 +338,23 @@ fn quality(root: &Path, work: &Path) -> Result<Value> {
             ),
             ("cl both", "[{confident_learning: both}]", "self_confidence"),
         ];
-        let mut table = serde_json::Map::new();
-        for budget in [0.05, 0.10, 0.20] {
-            let mut row = serde_json::Map::new();
+        let budgets = [0.05, 0.10, 0.20];
+        let mut configs = BTreeMap::new();
+        for budget in budgets {
             for (name, rules, rank) in rules {
-                let config = cfg(&format!(
-                    "rules: {rules}\nrank_by: {rank}\nmax_fraction: {budget}\nsplits: [train]\n"
-                ));
-                let flagged: Vec<usize> = filter(&[("train", &p)], &config)
-                    .iter()
-                    .map(|f| f.row)
-                    .collect();
-                row.insert(format!("relabel {name}"), prf(&flagged, &noisy));
+                configs.insert(
+                    format!("{budget} {name}"),
+                    format!("rules: {rules}\nrank_by: {rank}\nmax_fraction: {budget}\nsplits: [train]\n"),
+                );
+            }
+        }
+        let flagged_by = rank(&p_path, &configs, work)?;
+        let mut table = serde_json::Map::new();
+        for budget in budgets {
+            let mut row = serde_json::Map::new();
+            for (name, _, _) in rules {
+                let flagged = &flagged_by[&format!("{budget} {name}")];
+                row.insert(format!("relabel {name}"), prf(flagged, &noisy));
             }
             let k = (budget * p.rows() as f64).floor() as usize;
             for (f, idx) in &ranked {

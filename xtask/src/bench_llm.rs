@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use relabel_plugins::scripted::{chat_completion, offered, Reply, Server};
+use relabel_testkit::{chat_completion, offered, Reply, Server};
 use serde_json::{json, Value};
 
 use crate::bench::json_output;

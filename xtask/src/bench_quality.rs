@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use relabel_plugins::data::Dataset;
-use relabel_plugins::scripted::{Annotator, Server};
+use relabel_tasks::data::Dataset;
+use relabel_testkit::{Annotator, Server};
 use serde_json::{json, Value};
 
 /// The simulated judge's port: fixed, so its endpoint (and the relabeler's cache keys) stay the

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use relabel_plugins::data::Dataset;
+use relabel_tasks::data::Dataset;
 use serde_json::{json, Value};
 
 use crate::bench::json_output;

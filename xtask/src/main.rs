@@ -382,8 +382,8 @@ mod tests {
     //! The demo as a CI test, on a reduced size: its table must hold figures recomputed here
     //! from the run's own artifacts, and a second invocation must run nothing.
     use super::*;
-    use relabel_plugins::data::Dataset;
-    use relabel_plugins::predictions::SplitPredictions;
+    use relabel_tasks::data::Dataset;
+    use relabel_tasks::predictions::SplitPredictions;
     use serde_json::Value;
     use std::collections::HashMap;
 

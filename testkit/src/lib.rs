@@ -1,6 +1,7 @@
-//! A scripted OpenAI-compatible HTTP server for fault tests and benchmarks (never for real
-//! answers): each request gets the reply a handler scripts (a status, headers, a body, a delay,
-//! or a hang), or is forwarded to a real server while being counted.
+//! relabel-testkit: a scripted OpenAI-compatible HTTP server for fault tests and benchmarks
+//! (never for real answers; dev-only, never in the `relabel` binary). Each request gets the
+//! reply a handler scripts (a status, headers, a body, a delay, a hang, a dropped connection,
+//! a trickled body), or is forwarded to a real server while being counted.
 
 use std::io;
 use std::net::SocketAddr;

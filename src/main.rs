@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use relabel_engine::cache::{Cache, CacheError, LockWait};
 use relabel_engine::manifest::Source;
 use relabel_engine::progress::ProgressSink;
-use relabel_engine::runner::{self, RunOptions};
+use relabel_engine::runner::{self, RunOptions, RunStatus};
 use relabel_engine::{load_pipeline, report, schema, view, Pipeline, Registry};
 use tokio_util::sync::CancellationToken;
 
@@ -460,10 +460,10 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
                 Ok((json, md)) => println!("\nreport: {} and {}", json.display(), md.display()),
                 Err(e) => eprintln!("relabel: cannot write the report in {}: {e}", dir.display()),
             }
-            Ok(ExitCode::from(match rep.status.as_str() {
-                "ok" => 0,
-                "cancelled" => code::CANCELLED,
-                _ => code::FAILED,
+            Ok(ExitCode::from(match rep.status {
+                RunStatus::Ok => 0,
+                RunStatus::Cancelled => code::CANCELLED,
+                RunStatus::Failed => code::FAILED,
             }))
         }
         Cmd::Diff {

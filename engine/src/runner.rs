@@ -56,6 +56,25 @@ pub struct OutputReport {
     pub path: String,
 }
 
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Ok,
+    Failed,
+    Cancelled,
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunStatus::Ok => "ok",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        })
+    }
+}
+
 /// One node instance in a run report.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeReport {
@@ -92,8 +111,7 @@ pub struct RunReport {
     pub manifest: String,
     pub started: String,
     pub seconds: f64,
-    /// `ok`, `failed` or `cancelled`.
-    pub status: String,
+    pub status: RunStatus,
     pub nodes: Vec<NodeReport>,
     pub loops: Vec<LoopReport>,
 }
@@ -321,11 +339,11 @@ pub async fn run(
     }
     let _ = shared.cache.store().flush();
     let status = if shared.cancel.is_cancelled() {
-        "cancelled"
+        RunStatus::Cancelled
     } else if outcome.contains(&Outcome::Failed) {
-        "failed"
+        RunStatus::Failed
     } else {
-        "ok"
+        RunStatus::Ok
     };
     let mut nodes = std::mem::take(&mut *shared.reports.lock().expect("reports lock"));
     // Report in manifest order, rounds ascending.
@@ -357,7 +375,7 @@ pub async fn run(
         manifest: pipeline.source.name.clone(),
         started: humantime::format_rfc3339_seconds(started_at).to_string(),
         seconds: t0.elapsed().as_secs_f64(),
-        status: status.to_string(),
+        status,
         nodes,
         loops,
     })

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use relabel_engine::cache::{Cache, LockWait};
 use relabel_engine::manifest::Source;
 use relabel_engine::plugin::{typed, Inputs, NodeContext, NodeError, NodeKind, NodeOutput};
-use relabel_engine::runner::{run, RunOptions, RunReport, Status};
+use relabel_engine::runner::{run, RunOptions, RunReport, RunStatus, Status};
 use relabel_engine::{load_pipeline, Registry};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -129,7 +129,7 @@ fn a_panicking_node_fails_with_its_message_and_fails_the_run() {
         "version: 1\nname: p\nnodes:\n  - id: boom\n    kind: folder\n    config: {panic: true}\n  - id: after\n    kind: count_files\n    inputs: {data: boom}\n",
         2,
     );
-    assert_eq!(r.status, "failed");
+    assert_eq!(r.status, RunStatus::Failed);
     let boom = node(&r, "boom");
     assert_eq!(boom.status, Status::Failed);
     let err = boom.error.as_deref().unwrap_or("");
@@ -148,7 +148,7 @@ fn a_panicking_node_inside_a_loop_says_why() {
         "version: 1\nname: p\nnodes:\n  - id: seed\n    kind: folder\n  - id: fix\n    loop:\n      max_rounds: 2\n      carry:\n        data: {from: seed, next: step}\n    nodes:\n      - id: step\n        kind: folder\n        config: {panic: true}\n        inputs: {x: fix.data}\n",
         2,
     );
-    assert_eq!(r.status, "failed");
+    assert_eq!(r.status, RunStatus::Failed);
     let step = node(&r, "step@1");
     assert_eq!(step.status, Status::Failed);
     assert!(step.error.as_deref().unwrap_or("").contains("on purpose"));
@@ -166,7 +166,7 @@ fn identical_folders_produced_concurrently_are_imported_once() {
     for attempt in 0..5 {
         let dir = tempfile::tempdir().unwrap();
         let r = run_manifest(dir.path(), &text, 8);
-        assert_eq!(r.status, "ok", "attempt {attempt}: {:?}", r.nodes);
+        assert_eq!(r.status, RunStatus::Ok, "attempt {attempt}: {:?}", r.nodes);
         let digests: std::collections::BTreeSet<_> = r
             .nodes
             .iter()
@@ -181,13 +181,13 @@ fn a_damaged_cached_folder_is_not_a_cache_hit() {
     let dir = tempfile::tempdir().unwrap();
     let text = "version: 1\nname: p\nnodes:\n  - id: make\n    kind: folder\n  - id: count\n    kind: count_files\n    inputs: {data: make}\n";
     let r = run_manifest(dir.path(), text, 1);
-    assert_eq!(r.status, "ok");
+    assert_eq!(r.status, RunStatus::Ok);
     assert_eq!(node(&r, "count").metrics["files"], 2);
     // Delete one file inside the cached folder, as a disk clean-up or a user might.
     let obj = PathBuf::from(&node(&r, "make").outputs["out"].path);
     std::fs::remove_file(obj.join("b.txt")).unwrap();
     let r = run_manifest(dir.path(), text, 1);
-    assert_eq!(r.status, "ok", "{:?}", r.nodes);
+    assert_eq!(r.status, RunStatus::Ok, "{:?}", r.nodes);
     assert_eq!(
         node(&r, "make").status,
         Status::Ran,

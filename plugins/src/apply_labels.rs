@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::binary_relabeler::{read_decisions, Decision, Outcome};
+use crate::binary_relabeler::{read_decisions, Decision, Failure, Outcome};
 use crate::data::Dataset;
 use crate::flags::Flag;
 
@@ -99,7 +99,7 @@ pub fn flip_decisions(flags: &[Flag]) -> Vec<Decision> {
     flags
         .iter()
         .map(|f| {
-            let mut d = Decision::undecided(f.clone(), "flip", "");
+            let mut d = Decision::undecided(f.clone(), "flip", Failure::Malformed);
             d.outcome = Outcome::Change;
             d.failure = None;
             d.chosen = Some(f.candidate.clone());

@@ -85,15 +85,15 @@ fn default_max_failure_rate() -> f64 {
     0.5
 }
 
-/// Failure kinds that say the endpoint failed, not that the model answered badly.
-pub const ENDPOINT_FAILURES: &[&str] = &[
-    "rate_limited",
-    "server_error",
-    "timeout",
-    "transport_error",
-    "rejected",
-    "cache_write",
-    "bad_response",
+/// Failures that say the endpoint failed, not that the model answered badly.
+pub const ENDPOINT_FAILURES: &[Failure] = &[
+    Failure::RateLimited,
+    Failure::ServerError,
+    Failure::Timeout,
+    Failure::TransportError,
+    Failure::Rejected,
+    Failure::CacheWrite,
+    Failure::BadResponse,
 ];
 
 fn default_examples() -> usize {
@@ -120,6 +120,83 @@ pub enum Outcome {
     Undecided,
 }
 
+/// Why a row got no decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// The answer was not one of the two options in the expected shape.
+    Malformed,
+    /// The answer named a label other than the two candidates.
+    OutOfSet,
+    /// The model refused.
+    Refusal,
+    /// The answers in the two candidate orders differed (`both_orders`).
+    Inconsistent,
+    /// The confidence was below `min_confidence`.
+    LowConfidence,
+    /// A person has not answered yet.
+    AwaitingHuman,
+    /// A person left the answer empty.
+    Skipped,
+    // What the endpoint did (see [`ENDPOINT_FAILURES`]):
+    RateLimited,
+    ServerError,
+    Timeout,
+    TransportError,
+    BadResponse,
+    Rejected,
+    CacheWrite,
+    TokenBudget,
+    Unreachable,
+    Auth,
+}
+
+impl Failure {
+    /// The failure for an LLM call's error kind ([`crate::llm::CallError::kind`]).
+    pub fn of_call(kind: &str) -> Failure {
+        match kind {
+            "rate_limited" => Failure::RateLimited,
+            "server_error" => Failure::ServerError,
+            "timeout" => Failure::Timeout,
+            "transport_error" => Failure::TransportError,
+            "bad_response" => Failure::BadResponse,
+            "cache_write" => Failure::CacheWrite,
+            "token_budget" => Failure::TokenBudget,
+            "unreachable" => Failure::Unreachable,
+            "auth" => Failure::Auth,
+            _ => Failure::Rejected,
+        }
+    }
+
+    /// Whether the endpoint failed (rather than the model answering badly).
+    pub fn is_endpoint(self) -> bool {
+        ENDPOINT_FAILURES.contains(&self)
+    }
+
+    /// The name used in decisions and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Malformed => "malformed",
+            Failure::OutOfSet => "out_of_set",
+            Failure::Refusal => "refusal",
+            Failure::Inconsistent => "inconsistent",
+            Failure::LowConfidence => "low_confidence",
+            Failure::AwaitingHuman => "awaiting_human",
+            Failure::Skipped => "skipped",
+            Failure::RateLimited => "rate_limited",
+            Failure::ServerError => "server_error",
+            Failure::Timeout => "timeout",
+            Failure::TransportError => "transport_error",
+            Failure::BadResponse => "bad_response",
+            Failure::Rejected => "rejected",
+            Failure::CacheWrite => "cache_write",
+            Failure::TokenBudget => "token_budget",
+            Failure::Unreachable => "unreachable",
+            Failure::Auth => "auth",
+        }
+    }
+}
+
 /// One judged row: the flag, the answer, and where the answer came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
@@ -131,8 +208,8 @@ pub struct Decision {
     pub confidence: Option<f64>,
     /// The judge's raw answer text.
     pub answer: Option<String>,
-    /// Why the row is undecided: malformed, out_of_set, refusal, low_confidence, timeout, ...
-    pub failure: Option<String>,
+    /// Why the row is undecided.
+    pub failure: Option<Failure>,
     /// `llm` or `human`.
     pub source: String,
     /// The candidate shown first (small models favour the first option).
@@ -146,14 +223,14 @@ pub struct Decision {
 }
 
 impl Decision {
-    pub(crate) fn undecided(flag: Flag, source: &str, failure: &str) -> Decision {
+    pub(crate) fn undecided(flag: Flag, source: &str, failure: Failure) -> Decision {
         Decision {
             flag,
             outcome: Outcome::Undecided,
             chosen: None,
             confidence: None,
             answer: None,
-            failure: Some(failure.into()),
+            failure: Some(failure),
             source: source.into(),
             first_option: None,
             endpoint: None,
@@ -172,7 +249,7 @@ impl Decision {
             self.outcome = Outcome::Change;
         } else {
             self.outcome = Outcome::Undecided;
-            self.failure = Some("out_of_set".into());
+            self.failure = Some(Failure::OutOfSet);
             return;
         }
         self.chosen = Some(chosen.to_string());
@@ -352,16 +429,16 @@ pub fn request(
 }
 
 /// The label an answer names, if it names exactly one of the two candidates; else why not.
-pub fn parse_answer(content: &str, pair: [&str; 2]) -> Result<String, &'static str> {
+pub fn parse_answer(content: &str, pair: [&str; 2]) -> Result<String, Failure> {
     let named = match serde_json::from_str::<Value>(content.trim()) {
         Ok(v) => match v.get("label").and_then(Value::as_str) {
             Some(s) => s.trim().to_string(),
-            None => return Err("malformed"),
+            None => return Err(Failure::Malformed),
         },
         Err(_) => {
             let t = content.trim().trim_matches('"').trim();
             if t.is_empty() {
-                return Err("malformed");
+                return Err(Failure::Malformed);
             }
             t.to_string()
         }
@@ -377,9 +454,9 @@ pub fn parse_answer(content: &str, pair: [&str; 2]) -> Result<String, &'static s
         }
     }
     if serde_json::from_str::<Value>(content.trim()).is_ok() {
-        Err("out_of_set")
+        Err(Failure::OutOfSet)
     } else {
-        Err("malformed")
+        Err(Failure::Malformed)
     }
 }
 
@@ -557,8 +634,8 @@ fn summarise(ds: &[Decision], m: &mut Metrics) {
             Outcome::Change => change += 1,
             Outcome::Undecided => undecided += 1,
         }
-        if let Some(f) = &d.failure {
-            *failures.entry(f.clone()).or_default() += 1;
+        if let Some(f) = d.failure {
+            *failures.entry(f.as_str().to_string()).or_default() += 1;
         }
         if d.chosen.is_some() && d.chosen == d.first_option {
             first += 1;
@@ -609,22 +686,13 @@ async fn judge_all(
     let decisions: Vec<Decision> = results.into_iter().map(|(_, d)| d).collect();
     let failed = decisions
         .iter()
-        .filter(|d| {
-            d.outcome == Outcome::Undecided
-                && d.failure
-                    .as_deref()
-                    .is_some_and(|f| ENDPOINT_FAILURES.contains(&f))
-        })
+        .filter(|d| d.outcome == Outcome::Undecided && d.failure.is_some_and(Failure::is_endpoint))
         .count();
     if !decisions.is_empty() && failed as f64 > c.max_failure_rate * decisions.len() as f64 {
         let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
         for d in &decisions {
-            if let Some(f) = d
-                .failure
-                .as_deref()
-                .filter(|f| ENDPOINT_FAILURES.contains(f))
-            {
-                *kinds.entry(f).or_default() += 1;
+            if let Some(f) = d.failure.filter(|f| f.is_endpoint()) {
+                *kinds.entry(f.as_str()).or_default() += 1;
             }
         }
         return Err(NodeError::Failed(format!(
@@ -648,7 +716,7 @@ struct Asked {
     chosen: Option<String>,
     confidence: Option<f64>,
     answer: Option<String>,
-    failure: Option<String>,
+    failure: Option<Failure>,
     at: Option<String>,
     attempts: u32,
 }
@@ -667,7 +735,7 @@ async fn ask(
         chosen: None,
         confidence: None,
         answer: None,
-        failure: Some("malformed".into()),
+        failure: Some(Failure::Malformed),
         at: None,
         attempts: 0,
     };
@@ -684,11 +752,11 @@ async fn ask(
             Ok(r) => r,
             Err(e) if e.is_fatal() => return Err(e),
             Err(CallError::BadResponse(_)) => {
-                a.failure = Some("bad_response".into());
+                a.failure = Some(Failure::BadResponse);
                 continue;
             }
             Err(e) => {
-                a.failure = Some(e.kind().to_string());
+                a.failure = Some(Failure::of_call(e.kind()));
                 return Ok(a);
             }
         };
@@ -698,7 +766,7 @@ async fn ask(
             .pointer("/choices/0/message/refusal")
             .is_some_and(|r| !r.is_null())
         {
-            a.failure = Some("refusal".into());
+            a.failure = Some(Failure::Refusal);
             continue;
         }
         let content = reply.content().unwrap_or("").to_string();
@@ -715,7 +783,7 @@ async fn ask(
                 a.failure = None;
                 return Ok(a);
             }
-            Err(kind) => a.failure = Some(kind.to_string()),
+            Err(kind) => a.failure = Some(kind),
         }
     }
     Ok(a)
@@ -737,7 +805,7 @@ async fn judge(
     } else {
         None
     };
-    let mut d = Decision::undecided(flag, "llm", "malformed");
+    let mut d = Decision::undecided(flag, "llm", Failure::Malformed);
     d.first_option = Some(order[0].clone());
     d.endpoint = Some(client.describe());
     d.model = Some(client.endpoint.model.clone());
@@ -755,7 +823,7 @@ async fn judge(
         )),
         None => first.answer.clone(),
     };
-    d.failure = first.failure.clone();
+    d.failure = first.failure;
     let Some(chosen) = first.chosen.clone() else {
         return Ok(d);
     };
@@ -769,11 +837,11 @@ async fn judge(
                 };
             }
             Some(_) => {
-                d.failure = Some("inconsistent".into());
+                d.failure = Some(Failure::Inconsistent);
                 return Ok(d);
             }
             None => {
-                d.failure = s.failure.clone();
+                d.failure = s.failure;
                 return Ok(d);
             }
         }
@@ -782,7 +850,7 @@ async fn judge(
     if let (Some(min), Some(conf)) = (c.min_confidence, d.confidence) {
         if conf < min {
             d.outcome = Outcome::Undecided;
-            d.failure = Some("low_confidence".into());
+            d.failure = Some(Failure::LowConfidence);
         }
     }
     Ok(d)
@@ -908,18 +976,18 @@ mod tests {
         assert_eq!(parse_answer("refund", pair), Ok("refund".into()));
         assert_eq!(
             parse_answer(r#"{"label": "card_lost"}"#, pair),
-            Err("out_of_set")
+            Err(Failure::OutOfSet)
         );
         assert_eq!(
             parse_answer(r#"{"answer": "refund"}"#, pair),
-            Err("malformed")
+            Err(Failure::Malformed)
         );
         assert_eq!(
             parse_answer("I would say refund or top_up", pair),
-            Err("malformed")
+            Err(Failure::Malformed)
         );
-        assert_eq!(parse_answer("", pair), Err("malformed"));
-        let mut d = Decision::undecided(flag("t1", "top_up", "refund"), "llm", "x");
+        assert_eq!(parse_answer("", pair), Err(Failure::Malformed));
+        let mut d = Decision::undecided(flag("t1", "top_up", "refund"), "llm", Failure::Malformed);
         d.decide("card_lost");
         assert_eq!((d.outcome, d.chosen.clone()), (Outcome::Undecided, None));
         d.decide("refund");
@@ -1029,6 +1097,6 @@ mod tests {
         let given = crate::human::read_answers(&ls, &ls).unwrap();
         let ds_ = crate::human::apply_answers(&ls, flags, given, &p.digest).unwrap();
         assert_eq!(ds_[0].outcome, Outcome::Change);
-        assert_eq!(ds_[1].failure.as_deref(), Some("awaiting_human"));
+        assert_eq!(ds_[1].failure, Some(Failure::AwaitingHuman));
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use relabel_engine::plugin::{Metrics, NodeContext, NodeError};
 use serde_json::{json, Value};
 
-use crate::binary_relabeler::{Decision, Prompter, RelabelerConfig};
+use crate::binary_relabeler::{Decision, Failure, Prompter, RelabelerConfig};
 use crate::flags::Flag;
 
 const CSV_NAME: &str = "relabel.csv";
@@ -104,7 +104,7 @@ pub fn restore_export(
 }
 
 fn pending(flag: Flag, digest: &str) -> Decision {
-    let mut d = Decision::undecided(flag, "human", "awaiting_human");
+    let mut d = Decision::undecided(flag, "human", Failure::AwaitingHuman);
     d.template_digest = Some(digest.to_string());
     d
 }
@@ -355,7 +355,7 @@ pub fn apply_answers(
                     d.at = Some(now.clone());
                     d.decide(&ans);
                 }
-                Some(_) => d.failure = Some("skipped".into()),
+                Some(_) => d.failure = Some(Failure::Skipped),
                 None => {}
             }
             d

@@ -79,17 +79,6 @@ impl Dag {
         }
         keep
     }
-
-    /// Members that depend on `i`, transitively (not `i` itself).
-    pub fn descendants_of(&self, i: usize) -> Vec<usize> {
-        let mut out = Vec::new();
-        for &m in &self.order {
-            if m != i && self.deps[m].iter().any(|d| *d == i || out.contains(d)) {
-                out.push(m);
-            }
-        }
-        out
-    }
 }
 
 fn find_cycles(g: &DiGraph<usize, usize>, edges: &[Edge]) -> Vec<Cycle> {
@@ -155,7 +144,6 @@ mod tests {
     fn orders_and_walks_the_graph() {
         let dag = Dag::build(4, &[e(0, 1), e(1, 2), e(0, 3)]).unwrap();
         assert_eq!(dag.order, vec![0, 1, 2, 3]);
-        assert_eq!(dag.descendants_of(1), vec![2]);
         assert_eq!(dag.ancestors_of(&[2]), vec![true, true, true, false]);
     }
 

@@ -74,7 +74,6 @@ impl Source {
                 ));
             }
         };
-        let text = strip_bom(text);
         let dir = path
             .parent()
             .map(|p| {
@@ -86,12 +85,9 @@ impl Source {
             })
             .unwrap_or(FsPath::new("."))
             .to_path_buf();
-        Ok(Source {
-            name: path.display().to_string(),
-            dir,
-            text,
-            overrides: Vec::new(),
-        })
+        let mut source = Source::from_text(&path.display().to_string(), &text);
+        source.dir = dir;
+        Ok(source)
     }
 
     pub fn from_text(name: &str, text: &str) -> Self {

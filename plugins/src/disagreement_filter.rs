@@ -737,17 +737,8 @@ impl NodeKind for DisagreementFilter {
     }
 }
 
-/// Runs the filter on artifacts on disk (the node's work, callable from tests).
-pub fn run_filter_for_tests(
-    c: &FilterConfig,
-    pred_dir: &std::path::Path,
-    ds_dir: &std::path::Path,
-    out: &std::path::Path,
-) -> Result<Metrics, String> {
-    run_filter(c, pred_dir, ds_dir, out)
-}
-
-fn run_filter(
+/// The node's work on artifacts on disk: reads predictions and the dataset, writes the flags.
+pub fn run_filter(
     c: &FilterConfig,
     pred_dir: &std::path::Path,
     ds_dir: &std::path::Path,

@@ -236,7 +236,7 @@ fn the_node_writes_flags_with_two_different_candidates() {
     p.write(&dir.path().join("pred/train.bin")).unwrap();
     let out = dir.path().join("flags.jsonl");
     let c = cfg("rules: [{margin_below: 0.1}]\nmax_fraction: 0.2\n");
-    let m = relabel_plugins::disagreement_filter::run_filter_for_tests(
+    let m = relabel_plugins::disagreement_filter::run_filter(
         &c,
         &dir.path().join("pred"),
         &dir.path().join("ds"),
@@ -279,7 +279,7 @@ fn pairs_a_judge_already_decided_are_not_asked_again_and_free_the_budget() {
     p.write(&dir.path().join("pred/train.bin")).unwrap();
     let run = |yaml: &str| {
         let out = dir.path().join("flags.jsonl");
-        let m = relabel_plugins::disagreement_filter::run_filter_for_tests(
+        let m = relabel_plugins::disagreement_filter::run_filter(
             &cfg(yaml),
             &dir.path().join("pred"),
             &dir.path().join("ds"),

@@ -190,6 +190,7 @@ fn kfold_predictions_never_come_from_a_model_that_saw_the_row() {
     let (dev, _) = split(200, 0.0, &mut rng, "dev");
     let dir = tempfile::tempdir().unwrap();
     let ds = Dataset {
+        task: Default::default(),
         labels: LabelSpec::from_names((0..CLASSES).map(|c| format!("c{c}"))),
         splits: [("train".to_string(), tr.clone()), ("dev".to_string(), dev)].into(),
     };

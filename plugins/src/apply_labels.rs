@@ -444,6 +444,7 @@ mod tests {
             labels,
         };
         Dataset {
+            task: Default::default(),
             labels: LabelSpec::from_names(["a", "b", "c"].map(String::from)),
             splits: [
                 ("train".to_string(), split("t", vec![0, 1, 2, 0, 1])),

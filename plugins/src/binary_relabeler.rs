@@ -890,6 +890,7 @@ mod tests {
             train.labels.push((i % 6) as u32);
         }
         Dataset {
+            task: Default::default(),
             labels,
             splits: [("train".to_string(), train)].into(),
         }

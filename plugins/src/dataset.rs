@@ -65,10 +65,18 @@ pub struct DatasetConfig {
     pub labels: Option<PathBuf>,
     #[serde(default)]
     pub on_bad_row: OnBadRow,
+    /// What a label is: `classification` (a text and one class). The artifact records it, so
+    /// later nodes dispatch on it without repeating it.
+    #[serde(default, skip_serializing_if = "is_classification")]
+    pub task: relabel_tasks::task::TaskKind,
     /// The paths are inside the node's one input (a folder another node made, e.g. a
     /// `command` that fetches or generates data) instead of relative to the manifest.
     #[serde(default)]
     pub in_input: bool,
+}
+
+fn is_classification(t: &relabel_tasks::task::TaskKind) -> bool {
+    *t == relabel_tasks::task::TaskKind::Classification
 }
 
 fn default_dev_fraction() -> f64 {
@@ -492,6 +500,7 @@ pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String
     );
     Ok((
         Dataset {
+            task: c.task,
             labels: spec,
             splits,
         },

@@ -39,6 +39,7 @@ fn default_badcase_split() -> String {
 }
 
 pub use relabel_tasks::classification::{score, ClassScores, SplitScores};
+use relabel_tasks::task::TaskKind;
 
 /// The 95% Wilson score interval of `k` successes in `n` trials.
 pub fn wilson(k: u64, n: u64) -> (f64, f64) {
@@ -167,7 +168,9 @@ impl NodeKind for Evaluator {
                 )));
             }
             // Score against the dataset's labels (the fixed human labels for test).
-            let s = score(&names, &rows.labels, &p.predicted);
+            let s = match ds.task {
+                TaskKind::Classification => score(&names, &rows.labels, &p.predicted),
+            };
             m.insert(format!("{split}_accuracy"), json!(s.accuracy));
             m.insert(format!("{split}_macro_f1"), json!(s.macro_f1));
             for i in 0..rows.len() {

@@ -123,6 +123,7 @@ pub(crate) fn write_train_and_flags(
 ) -> Result<(std::path::PathBuf, std::path::PathBuf), relabel_engine::plugin::NodeError> {
     use relabel_engine::plugin::NodeError;
     let ds = data::Dataset {
+        task: Default::default(),
         labels,
         splits: [("train".to_string(), train)].into(),
     };

@@ -119,6 +119,7 @@ fn load(
         labels: None,
         on_bad_row: Default::default(),
         in_input: false,
+        task: Default::default(),
     };
     let raw = read_rows(path, Format::Auto, &dc)?;
     let mut out = Rows {
@@ -362,6 +363,7 @@ impl NodeKind for LlmAnnotator {
             splits.insert("train".to_string(), split);
         }
         let ds = Dataset {
+            task: Default::default(),
             labels: spec,
             splits,
         };

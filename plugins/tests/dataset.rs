@@ -251,3 +251,22 @@ fn a_hundred_thousand_labels_without_a_spec_read_in_linear_time() {
     assert_eq!(ds.labels.len(), 100_000);
     assert!(t0.elapsed().as_secs_f64() < 10.0, "took {:?}", t0.elapsed());
 }
+
+#[test]
+fn the_dataset_artifact_records_its_task() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "labels.yaml", LABELS);
+    write(
+        d.path(),
+        "train.jsonl",
+        "{\"text\": \"a\", \"label\": \"billing\"}\n{\"text\": \"b\", \"label\": \"shipping\"}\n",
+    );
+    let c = config("train: train.jsonl\nlabels: labels.yaml\ndev_fraction: 0.01\ntask: classification\n");
+    let (ds, _) = build(&c, d.path()).unwrap();
+    let out = d.path().join("out");
+    ds.write(&out).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("dataset.json")).unwrap()).unwrap();
+    assert_eq!(meta["task"], "classification");
+    assert_eq!(Dataset::read(&out).unwrap().task, relabel_tasks::task::TaskKind::Classification);
+}

@@ -228,6 +228,7 @@ fn the_node_writes_flags_with_two_different_candidates() {
         labels: p.label.clone(),
     };
     let ds = Dataset {
+        task: Default::default(),
         labels: LabelSpec::from_names(["a", "b", "c"].map(String::from)),
         splits: [("train".to_string(), split)].into(),
     };
@@ -263,6 +264,7 @@ fn pairs_a_judge_already_decided_are_not_asked_again_and_free_the_budget() {
     let p = planted(&k);
     let dir = tempfile::tempdir().unwrap();
     let ds = Dataset {
+        task: Default::default(),
         labels: LabelSpec::from_names(["a", "b", "c"].map(String::from)),
         splits: [(
             "train".to_string(),

@@ -285,15 +285,18 @@ pub fn relabelable(split: &str) -> Result<(), FixedSplit> {
     }
 }
 
-/// The file in a dataset folder that names its splits.
-pub const SPLITS_FILE: &str = "splits.json";
+/// The file in a dataset folder that names its task and splits.
+pub const SPLITS_FILE: &str = "dataset.json";
 
 /// The split names a dataset may have, in order.
 pub const SPLITS: [&str; 3] = ["train", "dev", "test"];
 
-/// A dataset artifact: a folder with `labels.json` and one `SPLIT.bin` per split.
+/// A dataset artifact: a folder with `dataset.json` (task, splits), `labels.json` and one
+/// `SPLIT.bin` per split.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
+    /// What a label is in this dataset; nodes read it from the artifact and dispatch once.
+    pub task: crate::task::TaskKind,
     pub labels: LabelSpec,
     pub splits: BTreeMap<String, Split>,
 }
@@ -311,24 +314,26 @@ impl Dataset {
         let names: Vec<&String> = self.splits.keys().collect();
         std::fs::write(
             dir.join(SPLITS_FILE),
-            serde_json::to_vec(&serde_json::json!({ "splits": names }))?,
+            serde_json::to_vec(&serde_json::json!({ "task": self.task, "splits": names }))?,
         )?;
         Ok(())
     }
 
-    /// Reads a dataset folder. Every split its `splits.json` names must be there: a missing one
+    /// Reads a dataset folder. Every split its `dataset.json` names must be there: a missing one
     /// is an error, not an empty split (folders written before that record read what they have).
     pub fn read(dir: &Path) -> io::Result<Dataset> {
         let labels: LabelSpec = serde_json::from_slice(&std::fs::read(dir.join("labels.json"))?)
             .map_err(|e| bad(format!("{}/labels.json: {e}", dir.display())))?;
+        let mut recorded_task = crate::task::TaskKind::default();
         let recorded: Option<Vec<String>> = match std::fs::read(dir.join(SPLITS_FILE)) {
             Ok(b) => {
-                let v: serde_json::Value = serde_json::from_slice(&b)
-                    .map_err(|e| bad(format!("{}/{SPLITS_FILE}: {e}", dir.display())))?;
-                Some(
-                    serde_json::from_value(v["splits"].clone())
-                        .map_err(|e| bad(format!("{}/{SPLITS_FILE}: {e}", dir.display())))?,
-                )
+                let shown =
+                    |e: serde_json::Error| bad(format!("{}/{SPLITS_FILE}: {e}", dir.display()));
+                let v: serde_json::Value = serde_json::from_slice(&b).map_err(shown)?;
+                if !v["task"].is_null() {
+                    recorded_task = serde_json::from_value(v["task"].clone()).map_err(shown)?;
+                }
+                Some(serde_json::from_value(v["splits"].clone()).map_err(shown)?)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
@@ -351,7 +356,11 @@ impl Dataset {
                 ));
             }
         }
-        Ok(Dataset { labels, splits })
+        Ok(Dataset {
+            task: recorded_task,
+            labels,
+            splits,
+        })
     }
 
     pub fn split(&self, name: &str) -> Option<&Split> {
@@ -395,6 +404,7 @@ mod tests {
             labels: vec![0],
         };
         let d = Dataset {
+            task: Default::default(),
             labels: LabelSpec::from_names(["x".to_string()]),
             splits: [
                 ("train".to_string(), split.clone()),

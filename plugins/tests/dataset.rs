@@ -261,12 +261,17 @@ fn the_dataset_artifact_records_its_task() {
         "train.jsonl",
         "{\"text\": \"a\", \"label\": \"billing\"}\n{\"text\": \"b\", \"label\": \"shipping\"}\n",
     );
-    let c = config("train: train.jsonl\nlabels: labels.yaml\ndev_fraction: 0.01\ntask: classification\n");
+    let c = config(
+        "train: train.jsonl\nlabels: labels.yaml\ndev_fraction: 0.01\ntask: classification\n",
+    );
     let (ds, _) = build(&c, d.path()).unwrap();
     let out = d.path().join("out");
     ds.write(&out).unwrap();
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("dataset.json")).unwrap()).unwrap();
     assert_eq!(meta["task"], "classification");
-    assert_eq!(Dataset::read(&out).unwrap().task, relabel_tasks::task::TaskKind::Classification);
+    assert_eq!(
+        Dataset::read(&out).unwrap().task,
+        relabel_tasks::task::TaskKind::Classification
+    );
 }

@@ -38,6 +38,11 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// One entry of a benchmark's `targets` list.
+pub fn target(name: &str, target: &str, value: f64, met: bool) -> Value {
+    json!({"name": name, "target": target, "value": value, "met": met})
+}
+
 /// Runs `cmd` (a peer or helper that prints JSON last) and parses its last non-empty line.
 pub fn json_output(cmd: &mut Command, what: &str) -> Result<Value> {
     let out = cmd.output().with_context(|| format!("starting {what}"))?;
@@ -227,6 +232,16 @@ fn engine(root: &Path, args: &[String]) -> Result<Value> {
         figures["ratio_dvc_status_over_relabel_plan"] =
             json!(p / figures["relabel"]["plan_median_ms"].as_f64().unwrap_or(1.0));
     }
+    let ratio = figures["ratio_dvc_repro_over_relabel_run"].as_f64();
+    figures["targets"] = json!([
+        target("no-op rerun (ms)", "< 50", noop_ms, noop_ms < 50.0),
+        target(
+            "no-op rerun vs DVC's no-op repro (times faster)",
+            ">= 50",
+            ratio.unwrap_or(f64::NAN),
+            ratio.is_some_and(|r| r >= 50.0)
+        ),
+    ]);
     Ok(figures)
 }
 

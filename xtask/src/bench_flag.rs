@@ -393,5 +393,22 @@ pub fn flag(root: &Path, args: &[String]) -> Result<Value> {
     let speed = speed(&work.join("speed"), n, 100)?;
     let _ = std::fs::remove_dir_all(work.join("speed"));
     let quality = quality(root, &work)?;
-    Ok(json!({"speed": speed, "quality": quality, "target_speedup": 20.0}))
+    let mut targets = Vec::new();
+    for name in ["prune_by_noise_rate", "prune_by_class"] {
+        let x = speed[name]["speedup"].as_f64().unwrap_or(f64::NAN);
+        let j = speed[name]["jaccard"].as_f64().unwrap_or(f64::NAN);
+        targets.push(crate::bench::target(
+            &format!("{name}: times faster than cleanlab"),
+            ">= 20",
+            x,
+            x >= 20.0,
+        ));
+        targets.push(crate::bench::target(
+            &format!("{name}: same rows flagged (Jaccard)"),
+            ">= 0.99",
+            j,
+            j >= 0.99,
+        ));
+    }
+    Ok(json!({"speed": speed, "quality": quality, "target_speedup": 20.0, "targets": targets}))
 }

@@ -244,5 +244,9 @@ pub fn llm(root: &Path, _args: &[String]) -> Result<Value> {
             "max_rss_kb": peer["max_rss_kb"],
         },
         "target": ">= 90% of the ideal throughput, memory flat",
+        "targets": [
+            crate::bench::target("throughput (fraction of the ideal)", ">= 0.90", throughput / ideal, throughput / ideal >= 0.90),
+            crate::bench::target("requests on a rerun", "0", resent as f64, resent == 0),
+        ],
     }))
 }

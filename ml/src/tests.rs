@@ -80,6 +80,7 @@ fn fit(cfg: &TrainerConfig, tr: &Split, dev: &Split, ckpt: &Path) -> Trained {
 
 #[test]
 fn learns_a_generated_dataset_to_the_stated_accuracy() {
+    let _serial = TORCH_THREADS.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = Rng::new(1);
     let (tr, _) = split(1200, 0.1, &mut rng, "tr");
     let (dev, _) = split(300, 0.0, &mut rng, "dev");
@@ -99,6 +100,7 @@ fn learns_a_generated_dataset_to_the_stated_accuracy() {
 
 #[test]
 fn early_stopping_keeps_the_epoch_with_the_lowest_dev_loss() {
+    let _serial = TORCH_THREADS.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = Rng::new(2);
     // Heavy noise and a high rate: dev loss falls, then rises as the model fits the noise.
     let (tr, _) = split(600, 0.35, &mut rng, "tr");
@@ -137,6 +139,7 @@ fn early_stopping_keeps_the_epoch_with_the_lowest_dev_loss() {
 
 #[test]
 fn the_checkpoint_reloads_to_identical_predictions() {
+    let _serial = TORCH_THREADS.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = Rng::new(4);
     let (tr, _) = split(400, 0.1, &mut rng, "tr");
     let (dev, _) = split(100, 0.0, &mut rng, "dev");
@@ -155,8 +158,9 @@ fn the_checkpoint_reloads_to_identical_predictions() {
     assert_eq!(a, b);
 }
 
-/// Tests whose results depend on libtorch's thread settings (process-wide for BLAS) run one at
-/// a time with respect to each other.
+/// libtorch's thread count is process-wide and every training sets it, and a reduction's result
+/// depends on it: the tests of this module run one at a time (a determinism test once saw the
+/// model bytes differ while another test trained beside it).
 static TORCH_THREADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
@@ -177,6 +181,7 @@ fn the_same_seed_on_cpu_gives_the_same_model() {
 
 #[test]
 fn kfold_predictions_never_come_from_a_model_that_saw_the_row() {
+    let _serial = TORCH_THREADS.lock().unwrap_or_else(|e| e.into_inner());
     // 60 rows of unique nonsense words with random labels: a model can only get them right by
     // having seen them. In-sample predictions do; out-of-sample ones cannot.
     let mut rng = Rng::new(9);
@@ -249,6 +254,7 @@ fn kfold_predictions_never_come_from_a_model_that_saw_the_row() {
 
 #[test]
 fn a_diverging_rate_is_an_error_not_a_nan_model() {
+    let _serial = TORCH_THREADS.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = Rng::new(11);
     let (tr, _) = split(200, 0.0, &mut rng, "tr");
     let (dev, _) = split(50, 0.0, &mut rng, "dev");
@@ -286,6 +292,7 @@ fn encoder_config() -> TrainerConfig {
 
 #[test]
 fn the_pretrained_encoder_puts_paraphrases_closer_than_unrelated_texts() {
+    let _serial = TORCH_THREADS.lock().unwrap_or_else(|e| e.into_inner());
     // Fails (does not skip) without the weights: `cargo xtask setup` fetches them.
     let enc =
         crate::encoder::Encoder::new(&encoder_config().encoder, 2, Device::Cpu, 0, true).unwrap();
@@ -317,6 +324,7 @@ fn the_pretrained_encoder_puts_paraphrases_closer_than_unrelated_texts() {
 
 #[test]
 fn the_encoder_fine_tunes_and_its_checkpoint_reloads() {
+    let _serial = TORCH_THREADS.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = Rng::new(21);
     let (tr, _) = split(96, 0.0, &mut rng, "tr");
     let (dev, _) = split(48, 0.0, &mut rng, "dev");
@@ -356,6 +364,7 @@ fn the_encoder_fine_tunes_and_its_checkpoint_reloads() {
 
 #[test]
 fn encoder_batches_pad_without_changing_embeddings() {
+    let _serial = TORCH_THREADS.lock().unwrap_or_else(|e| e.into_inner());
     let enc =
         crate::encoder::Encoder::new(&encoder_config().encoder, 2, Device::Cpu, 0, true).unwrap();
     let texts: Vec<String> = [

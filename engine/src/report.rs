@@ -58,7 +58,9 @@ pub fn md_text(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '&' => out.push_str("&amp;"),
             '\n' | '\r' => out.push(' '),
-            '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '#' | '!' | '~' => {
+            // `_` inside words is no emphasis in GitHub's Markdown: left as is, so the table
+            // printed on a terminal stays readable.
+            '\\' | '`' | '*' | '[' | ']' | '|' | '~' => {
                 out.push('\\');
                 out.push(c);
             }

@@ -47,21 +47,7 @@ fn project(rows: usize, llm: Option<&str>) -> Fixture {
 
 /// Pids of running llama-server processes serving the local model.
 fn llama_pids() -> Vec<u32> {
-    let bin = llama_server_path().display().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        let state = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let zombie = state.split_whitespace().nth(2) == Some("Z");
-        if cmd.starts_with(&bin) && !zombie {
-            out.push(pid);
-        }
-    }
-    out
+    pids_with(&llama_server_path().display().to_string(), true)
 }
 
 fn check_decisions(path: &Path) -> Vec<Value> {

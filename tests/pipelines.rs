@@ -650,28 +650,6 @@ fn a_relative_cache_folder_works_when_the_manifest_is_elsewhere() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("5 ran"));
 }
 
-/// Live (non-zombie) processes whose command line contains `marker`.
-fn pids_with(marker: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit(')')
-            .next()
-            .and_then(|s| s.split_whitespace().next())
-            == Some("Z");
-        if cmd.contains(marker) && !zombie {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 const TINY_DATA: &str = "{\"text\": \"refund my card\", \"label\": \"billing\"}\n{\"text\": \"where is the parcel\", \"label\": \"shipping\"}\n{\"text\": \"charged twice\", \"label\": \"billing\"}\n{\"text\": \"parcel is late\", \"label\": \"shipping\"}\n";
 
 #[test]
@@ -692,7 +670,7 @@ fn a_sigkilled_run_leaves_no_worker_running() {
         .push(("RELABEL_ML_BIN".into(), script.display().to_string()));
     let mut child = f.spawn(&[]);
     let t0 = Instant::now();
-    while pids_with(&marker).is_empty() {
+    while pids_with(&marker, false).is_empty() {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "the worker never started"
@@ -702,11 +680,11 @@ fn a_sigkilled_run_leaves_no_worker_running() {
     kill(&child, libc::SIGKILL);
     let _ = child.wait();
     let t0 = Instant::now();
-    while !pids_with(&marker).is_empty() {
+    while !pids_with(&marker, false).is_empty() {
         assert!(
             t0.elapsed() < Duration::from_secs(5),
             "the worker outlived the killed run: {:?}",
-            pids_with(&marker)
+            pids_with(&marker, false)
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -92,6 +92,21 @@ fn endpoint(base_url: &str, extra: Value) -> Endpoint {
     serde_json::from_value(e).unwrap()
 }
 
+/// A client of `server` with `extra` endpoint fields, on `store`.
+fn client(server: &Server, extra: Value, store: Arc<dyn Store>) -> Client {
+    Client::new(
+        "s",
+        endpoint(&server.base_url(), extra),
+        LlmCache::new(store),
+        None,
+    )
+    .unwrap()
+}
+
+fn fresh() -> Arc<dyn Store> {
+    Arc::new(MemStore::default())
+}
+
 fn answering(text: &'static str) -> Server {
     Server::start(Arc::new(move |_| Reply::ok(chat_completion(text)))).unwrap()
 }
@@ -105,20 +120,8 @@ fn two_servers_serving_the_same_model_name_are_asked_separately() {
     on_runtime(async move {
         let store: Arc<dyn Store> = Arc::new(MemStore::default());
         let (a, b) = (answering("from a"), answering("from b"));
-        let ca = Client::new(
-            "a",
-            endpoint(&a.base_url(), json!({})),
-            LlmCache::new(store.clone()),
-            None,
-        )
-        .unwrap();
-        let cb = Client::new(
-            "b",
-            endpoint(&b.base_url(), json!({})),
-            LlmCache::new(store.clone()),
-            None,
-        )
-        .unwrap();
+        let ca = client(&a, json!({}), store.clone());
+        let cb = client(&b, json!({}), store.clone());
         let ra = ca.chat(question()).await.unwrap();
         let rb = cb.chat(question()).await.unwrap();
         assert_eq!(ra.content(), Some("from a"));
@@ -130,13 +133,7 @@ fn two_servers_serving_the_same_model_name_are_asked_separately() {
         assert!(!rb.cached);
         assert_eq!((a.count(), b.count()), (1, 1));
         // The same endpoint again is a cache hit.
-        let again = Client::new(
-            "a",
-            endpoint(&a.base_url(), json!({})),
-            LlmCache::new(store),
-            None,
-        )
-        .unwrap();
+        let again = client(&a, json!({}), store);
         assert!(again.chat(question()).await.unwrap().cached);
         assert_eq!(a.count(), 1);
     });
@@ -150,13 +147,7 @@ fn a_failed_cache_write_fails_the_request_and_is_counted() {
             ..MemStore::default()
         });
         let s = answering("billing");
-        let c = Client::new(
-            "s",
-            endpoint(&s.base_url(), json!({})),
-            LlmCache::new(store),
-            None,
-        )
-        .unwrap();
+        let c = client(&s, json!({}), store);
         let e = c.chat(question()).await.unwrap_err();
         assert!(matches!(e, CallError::CacheWrite(_)), "{e:?}");
         assert_eq!(e.kind(), "cache_write");
@@ -186,14 +177,7 @@ fn flaky(fault: Reply) -> (Server, Arc<AtomicU64>) {
 fn a_connection_closed_without_a_response_is_retried_with_the_same_request() {
     on_runtime(async move {
         let (s, n) = flaky(Reply::Close);
-        let store: Arc<dyn Store> = Arc::new(MemStore::default());
-        let c = Client::new(
-            "s",
-            endpoint(&s.base_url(), json!({})),
-            LlmCache::new(store),
-            None,
-        )
-        .unwrap();
+        let c = client(&s, json!({}), fresh());
         let r = c.chat(question()).await.unwrap();
         assert_eq!(r.content(), Some("billing"));
         assert_eq!(n.load(Ordering::SeqCst), 2);
@@ -209,14 +193,7 @@ fn a_body_slower_than_the_timeout_is_retried_and_counted() {
             body: chat_completion("billing"),
             pause: Duration::from_secs(3),
         });
-        let store: Arc<dyn Store> = Arc::new(MemStore::default());
-        let c = Client::new(
-            "s",
-            endpoint(&s.base_url(), json!({})),
-            LlmCache::new(store),
-            None,
-        )
-        .unwrap();
+        let c = client(&s, json!({}), fresh());
         let r = c.chat(question()).await.unwrap();
         assert_eq!(r.content(), Some("billing"));
         assert_eq!(n.load(Ordering::SeqCst), 2);
@@ -236,17 +213,7 @@ fn an_api_key_echoed_by_the_server_never_reaches_the_error() {
         )
     }))
     .unwrap();
-        let store: Arc<dyn Store> = Arc::new(MemStore::default());
-        let c = Client::new(
-            "s",
-            endpoint(
-                &s.base_url(),
-                json!({"api_key_env": "RELABEL_LLM_TEST_KEY"}),
-            ),
-            LlmCache::new(store),
-            None,
-        )
-        .unwrap();
+        let c = client(&s, json!({"api_key_env": "RELABEL_LLM_TEST_KEY"}), fresh());
         let e = c.chat(question()).await.unwrap_err();
         let text = e.to_string();
         assert!(matches!(e, CallError::Auth(_)), "{e:?}");
@@ -264,14 +231,7 @@ fn a_huge_usage_cannot_wrap_the_token_counter_or_bypass_the_budget() {
             Reply::ok(body.to_string())
         }))
         .unwrap();
-        let store: Arc<dyn Store> = Arc::new(MemStore::default());
-        let c = Client::new(
-            "s",
-            endpoint(&s.base_url(), json!({"token_budget": 1000})),
-            LlmCache::new(store),
-            None,
-        )
-        .unwrap();
+        let c = client(&s, json!({"token_budget": 1000}), fresh());
         c.chat(question()).await.unwrap();
         let other = json!({"messages": [{"role": "user", "content": "another"}]});
         assert_eq!(c.chat(other).await.unwrap_err(), CallError::Budget);
@@ -286,13 +246,7 @@ fn a_response_body_over_the_cap_is_refused_and_not_stored() {
         let s = Server::start(Arc::new(move |_| Reply::ok(chat_completion(&big)))).unwrap();
         let store = Arc::new(MemStore::default());
         let dyn_store: Arc<dyn Store> = store.clone();
-        let c = Client::new(
-            "s",
-            endpoint(&s.base_url(), json!({})),
-            LlmCache::new(dyn_store),
-            None,
-        )
-        .unwrap();
+        let c = client(&s, json!({}), dyn_store);
         let e = c.chat(question()).await.unwrap_err();
         assert!(e.to_string().contains("larger than 8 MiB"), "{e}");
         assert_eq!(store.llm_len(), 0);

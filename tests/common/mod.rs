@@ -179,3 +179,30 @@ pub fn walk(p: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Live (non-zombie) processes whose command line contains `marker` (`starts`: begins with it).
+pub fn pids_with(marker: &str, starts: bool) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            == Some("Z");
+        let hit = if starts {
+            cmd.starts_with(marker)
+        } else {
+            cmd.contains(marker)
+        };
+        if hit && !zombie {
+            out.push(pid);
+        }
+    }
+    out
+}

@@ -52,24 +52,20 @@ fn rank(
 ) -> Result<BTreeMap<String, Vec<usize>>> {
     let file = work.join("rank-configs.json");
     std::fs::write(&file, serde_json::to_vec(configs)?)?;
-    let v = json_output(
-        Command::new("cargo")
-            .args([
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "relabel-plugins",
-                "--example",
-                "flag_speed",
-                "--",
-                "rank",
-            ])
-            .arg(predictions)
-            .arg(&file),
-        "flag_speed rank",
-    )?;
+    let v = flag_speed(&["rank".as_ref(), predictions.as_os_str(), file.as_os_str()])?;
     Ok(serde_json::from_value(v)?)
+}
+
+/// Runs the release-built `flag_speed` example (xtask itself is a debug build and links no node
+/// kinds) with `args`; returns the JSON it prints.
+fn flag_speed(args: &[&std::ffi::OsStr]) -> Result<Value> {
+    json_output(
+        Command::new("cargo")
+            .args(["run", "--release", "--quiet", "-p", "relabel-plugins"])
+            .args(["--example", "flag_speed", "--"])
+            .args(args),
+        "flag_speed",
+    )
 }
 
 const CLEANLAB_SPEED: &str = r#"
@@ -89,24 +85,8 @@ print(json.dumps(out))
 "#;
 
 fn speed(work: &Path, n: usize, c: usize) -> Result<Value> {
-    // Ours runs as a release-built example (xtask itself is a debug build).
-    let ours = json_output(
-        Command::new("cargo")
-            .args([
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "relabel-plugins",
-                "--example",
-                "flag_speed",
-                "--",
-            ])
-            .arg(work)
-            .arg(n.to_string())
-            .arg(c.to_string()),
-        "flag_speed",
-    )?;
+    let (n_arg, c_arg) = (n.to_string(), c.to_string());
+    let ours = flag_speed(&[work.as_os_str(), n_arg.as_ref(), c_arg.as_ref()])?;
     let py = cleanlab_python()?;
     let theirs = json_output(
         Command::new(&py)
@@ -177,13 +157,9 @@ for f in ['prune_by_noise_rate', 'prune_by_class', 'both']:
 print(json.dumps(out))
 "#;
 
-/// Banking77's train and dev splits as the `dataset` node reads them (run by the relabel binary).
-fn read_banking77(root: &Path, dir: &Path, b77: &Path) -> Result<Dataset> {
+/// Runs `manifest` in `dir` with the release-built relabel on the bench's cache; returns the report.
+fn run_manifest(root: &Path, dir: &Path, manifest: &str) -> Result<Value> {
     std::fs::create_dir_all(dir)?;
-    let manifest = format!(
-        "version: 1\nname: bench-flag-data\nnodes:\n  - id: data\n    kind: dataset\n    config: {{train: {0}/train.tsv, dev: {0}/dev.tsv}}\n",
-        b77.display()
-    );
     std::fs::write(dir.join("pipeline.yaml"), manifest)?;
     let report = dir.join("report.json");
     run(Command::new(root.join("target/release/relabel"))
@@ -194,7 +170,16 @@ fn read_banking77(root: &Path, dir: &Path, b77: &Path) -> Result<Dataset> {
         .current_dir(dir)
         .env("RELABEL_LOG", "warn")
         .stdout(std::process::Stdio::null()))?;
-    let r: Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+    Ok(serde_json::from_slice(&std::fs::read(&report)?)?)
+}
+
+/// Banking77's train and dev splits as the `dataset` node reads them (run by the relabel binary).
+fn read_banking77(root: &Path, dir: &Path, b77: &Path) -> Result<Dataset> {
+    let manifest = format!(
+        "version: 1\nname: bench-flag-data\nnodes:\n  - id: data\n    kind: dataset\n    config: {{train: {0}/train.tsv, dev: {0}/dev.tsv}}\n",
+        b77.display()
+    );
+    let r = run_manifest(root, dir, &manifest)?;
     let path = r["nodes"][0]["outputs"]["dataset"]["path"]
         .as_str()
         .context("no dataset path in the report")?;
@@ -209,23 +194,12 @@ fn kfold_predictions(
     train: &Path,
     b77: &Path,
 ) -> Result<(SplitPredictions, PathBuf)> {
-    std::fs::create_dir_all(dir)?;
     let manifest = format!(
         "version: 1\nname: bench-flag\nnodes:\n  - id: data\n    kind: dataset\n    config: {{train: {}, dev: {1}/dev.tsv, test: {1}/test.tsv}}\n  - id: train\n    kind: trainer\n    inputs: [data.dataset]\n    config: {{epochs: 40, patience: 4, seed: 1, threads: 2}}\n  - id: predict\n    kind: self_predictor\n    inputs: {{model: train.model, dataset: data.dataset}}\n    config: {{kfold: 5, seed: 1}}\n",
         train.display(),
         b77.display()
     );
-    std::fs::write(dir.join("pipeline.yaml"), manifest)?;
-    let report = dir.join("report.json");
-    run(Command::new(root.join("target/release/relabel"))
-        .args(["run", "pipeline.yaml", "--report"])
-        .arg(&report)
-        .arg("--cache")
-        .arg(home_cache().join("bench/flag-cache"))
-        .current_dir(dir)
-        .env("RELABEL_LOG", "warn")
-        .stdout(std::process::Stdio::null()))?;
-    let r: Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+    let r = run_manifest(root, dir, &manifest)?;
     let node = r["nodes"]
         .as_array()
         .and_then(|n| n.iter().find(|n| n["id"] == "predict"))

@@ -128,3 +128,11 @@ proptest! {
         check(&text);
     }
 }
+
+#[test]
+fn a_unicode_line_separator_keeps_locations_inside_the_text() {
+    // YAML's parser also breaks lines at U+2028; the locations shown count `\n` lines, as
+    // editors do (proptest found "0:\u{2028}0" reported at line 3 of a 1-line text).
+    check("0:\u{2028}0");
+    check("a: 1\u{2029}b: [\n");
+}

@@ -249,6 +249,20 @@ fn get<'v>(m: &'v Mapping, k: &str) -> Option<&'v Value> {
     m.get(Value::String(k.to_string()))
 }
 
+/// The line and column (1-based, lines split at `\n` as editors count them) of byte `index`.
+/// The YAML parser's own line numbers also break at U+2028, U+2029 and U+0085.
+fn location_at(text: &str, index: usize) -> Location {
+    let mut at = index.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    Location {
+        line: before.matches('\n').count() + 1,
+        col: before.rsplit('\n').next().unwrap_or("").chars().count() + 1,
+    }
+}
+
 /// `text` with the plain scalar starting at 1-based `line`:`col` put in double quotes.
 fn quote_scalar_at(text: &str, line: usize, col: usize) -> Option<String> {
     let start_of_line: usize = text
@@ -349,10 +363,7 @@ pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
                     break Err(e);
                 };
                 r.at(
-                    Location {
-                        line: l.line(),
-                        col: l.column(),
-                    },
+                    location_at(&text, l.index()),
                     "integer out of range (at most 64 bits)",
                     Some("quote it if it is meant as text".into()),
                 );
@@ -366,10 +377,7 @@ pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
         Err(e) => {
             let loc = e
                 .location()
-                .map(|l| Location {
-                    line: l.line(),
-                    col: l.column(),
-                })
+                .map(|l| location_at(&text, l.index()))
                 .unwrap_or(Location { line: 1, col: 1 });
             let msg = e.to_string();
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();

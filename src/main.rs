@@ -331,7 +331,7 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
             Ok(ExitCode::from(if bad == 0 { 0 } else { code::INVALID }))
         }
         Cmd::Env => {
-            let worker = relabel_plugins::worker::path();
+            let worker = relabel_plugins::model::worker::path();
             let device = match std::process::Command::new(&worker).arg("env").output() {
                 Ok(o) if o.status.success() => {
                     serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
@@ -477,12 +477,12 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
             let pa = dataset_ref(&a, manifest.as_deref(), &cache, registry)?;
             let pb = dataset_ref(&b, manifest.as_deref(), &cache, registry)?;
             let read = |p: &PathBuf| {
-                relabel_plugins::apply_labels::read_dataset(p).map_err(|e| {
+                relabel_plugins::apply::apply_labels::read_dataset(p).map_err(|e| {
                     eprintln!("relabel: {e}");
                     ExitCode::from(code::INVALID)
                 })
             };
-            let d = relabel_plugins::apply_labels::diff(&read(&pa)?, &read(&pb)?, examples);
+            let d = relabel_plugins::apply::apply_labels::diff(&read(&pa)?, &read(&pb)?, examples);
             if json {
                 println!(
                     "{}",
@@ -571,7 +571,7 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
                     println!(
                         "{} entries, {} LLM responses",
                         rows.len(),
-                        c.store().llm_len()
+                        c.store().memo_len(relabel_llm::endpoint::SECTION)
                     );
                     Ok(ExitCode::SUCCESS)
                 }

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use relabel_plugins::endpoint::{llama_server_path, local_model_path, LOCAL_MODEL_ALIAS};
+use relabel_llm::endpoint::{llama_server_path, local_model_path, LOCAL_MODEL_ALIAS};
 use relabel_testkit::Server;
 use serde_json::Value;
 

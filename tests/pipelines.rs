@@ -612,18 +612,17 @@ fn classification_example_learns_and_predicts_every_row() {
         "train disagreement {disagreement}"
     );
     let dir = PathBuf::from(predict["outputs"]["predictions"]["path"].as_str().unwrap());
-    for (split, rows) in [("train", 1500u64), ("dev", 300), ("test", 300)] {
-        let bytes = std::fs::read(dir.join(format!("{split}.bin"))).unwrap();
-        assert_eq!(
-            u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
-            rows,
-            "{split}"
-        );
-        assert_eq!(
-            u64::from_le_bytes(bytes[16..24].try_into().unwrap()),
+    let data = PathBuf::from(node("data")["outputs"]["dataset"]["path"].as_str().unwrap());
+    let ds = relabel_plugins::data::Dataset::read(&data).unwrap();
+    for (split, rows) in [("train", 1500usize), ("dev", 300), ("test", 300)] {
+        let p = relabel_plugins::predictions::SplitPredictions::read(
+            &dir.join(format!("{split}.parquet")),
+            &ds.splits[split],
             6,
-            "{split}: classes"
-        );
+        )
+        .unwrap();
+        assert_eq!(p.rows(), rows, "{split}");
+        assert_eq!(p.classes, 6, "{split}: classes");
     }
 }
 

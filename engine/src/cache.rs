@@ -112,20 +112,28 @@ pub trait Store: Send + Sync {
     fn lasts(&self) -> Result<Vec<(String, LastRecord)>, CacheError>;
     fn file_memo(&self, path: &str) -> Result<Option<FileMemo>, CacheError>;
     fn set_file_memo(&self, path: &str, memo: &FileMemo) -> Result<(), CacheError>;
-    fn llm_get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError>;
-    fn llm_put(&self, key: &str, value: &[u8]) -> Result<(), CacheError>;
-    fn llm_len(&self) -> usize;
+    /// A value of memo table `table` (see [`Memo`]).
+    fn memo_get(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>, CacheError>;
+    /// Stores a memo value durably before returning.
+    fn memo_put(&self, table: &str, key: &str, value: &[u8]) -> Result<(), CacheError>;
+    fn memo_len(&self, table: &str) -> usize;
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), CacheError>;
 }
 
-/// The sled store: one tree each for entries, last keys, file digests and LLM pairs.
+/// The sled store: one tree each for entries, last keys and file digests, and one per memo
+/// table (`memo:NAME`).
 pub struct SledStore {
     db: sled::Db,
     entries: sled::Tree,
     last: sled::Tree,
     files: sled::Tree,
-    llm: sled::Tree,
+}
+
+impl SledStore {
+    fn memo_tree(&self, table: &str) -> Result<sled::Tree, CacheError> {
+        Ok(self.db.open_tree(format!("memo:{table}"))?)
+    }
 }
 
 impl SledStore {
@@ -135,7 +143,6 @@ impl SledStore {
             entries: db.open_tree("entries")?,
             last: db.open_tree("last")?,
             files: db.open_tree("files")?,
-            llm: db.open_tree("llm")?,
             db,
         })
     }
@@ -217,18 +224,19 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn llm_get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
-        Ok(self.llm.get(key)?.map(|v| v.to_vec()))
+    fn memo_get(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        Ok(self.memo_tree(table)?.get(key)?.map(|v| v.to_vec()))
     }
 
-    fn llm_put(&self, key: &str, value: &[u8]) -> Result<(), CacheError> {
-        self.llm.insert(key, value)?;
-        self.llm.flush()?;
+    fn memo_put(&self, table: &str, key: &str, value: &[u8]) -> Result<(), CacheError> {
+        let t = self.memo_tree(table)?;
+        t.insert(key, value)?;
+        t.flush()?;
         Ok(())
     }
 
-    fn llm_len(&self) -> usize {
-        self.llm.len()
+    fn memo_len(&self, table: &str) -> usize {
+        self.memo_tree(table).map(|t| t.len()).unwrap_or(0)
     }
 
     fn flush(&self) -> Result<(), CacheError> {
@@ -237,18 +245,22 @@ impl Store for SledStore {
     }
 }
 
-/// LLM request/response pairs, keyed by the canonical request (which must hold no secret).
+/// A named memo table shared by every run on a cache: request -> response pairs a node kind
+/// pays for once (the LLM client's answers, say), keyed by the canonical request, which must
+/// hold no secret. The engine knows nothing of what the requests are.
 #[derive(Clone)]
-pub struct LlmCache {
+pub struct Memo {
     store: Arc<dyn Store>,
+    table: Arc<str>,
     hits: Arc<AtomicU64>,
     misses: Arc<AtomicU64>,
 }
 
-impl LlmCache {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        LlmCache {
+impl Memo {
+    pub fn new(store: Arc<dyn Store>, table: &str) -> Self {
+        Memo {
             store,
+            table: table.into(),
             hits: Arc::default(),
             misses: Arc::default(),
         }
@@ -268,7 +280,7 @@ impl LlmCache {
         let key = Self::key(request);
         let hit = self
             .store
-            .llm_get(&key)?
+            .memo_get(&self.table, &key)?
             .and_then(|b| serde_json::from_slice(&b).ok());
         let counter = if hit.is_some() {
             &self.hits
@@ -285,7 +297,8 @@ impl LlmCache {
         request: &serde_json::Value,
         response: &serde_json::Value,
     ) -> Result<(), CacheError> {
-        self.store.llm_put(&Self::key(request), &encode(response))
+        self.store
+            .memo_put(&self.table, &Self::key(request), &encode(response))
     }
 
     pub fn hits(&self) -> u64 {
@@ -397,8 +410,9 @@ impl Cache {
         &self.store
     }
 
-    pub fn llm_cache(&self) -> LlmCache {
-        LlmCache::new(self.store.clone())
+    /// Memo table `table` of this cache.
+    pub fn memo(&self, table: &str) -> Memo {
+        Memo::new(self.store.clone(), table)
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
@@ -872,7 +886,7 @@ mod tests {
     }
 
     #[test]
-    fn the_llm_tree_survives_reopening() {
+    fn memo_tables_survive_reopening_and_are_separate() {
         let dir = tempfile::tempdir().unwrap();
         let req =
             serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
@@ -881,16 +895,25 @@ mod tests {
         {
             let cache = Cache::open(dir.path(), LockWait::NoWait).unwrap();
             cache
-                .llm_cache()
+                .memo("llm")
                 .put(&req, &serde_json::json!({"answer": "a"}))
                 .unwrap();
         }
         let cache = Cache::open(dir.path(), LockWait::NoWait).unwrap();
-        let llm = cache.llm_cache();
+        let llm = cache.memo("llm");
         assert_eq!(
             llm.get(&same_req_reordered).unwrap(),
             Some(serde_json::json!({"answer": "a"}))
         );
         assert_eq!((llm.hits(), llm.misses()), (1, 0));
+        let other = cache.memo("other");
+        assert_eq!(other.get(&req).unwrap(), None);
+        assert_eq!(
+            (
+                cache.store().memo_len("llm"),
+                cache.store().memo_len("other")
+            ),
+            (1, 0)
+        );
     }
 }

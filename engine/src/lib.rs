@@ -5,6 +5,7 @@
 //! nothing about labels, models or LLMs: node kinds come in through a [`plugin::Registry`].
 
 pub mod cache;
+pub mod child;
 pub mod diag;
 pub mod graph;
 pub mod manifest;

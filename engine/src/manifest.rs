@@ -3,6 +3,7 @@
 //! This is the first of three stages (manifest -> resolve -> graph). It checks shapes and
 //! names of keys only; node kinds, inputs and configs are checked by `resolve`.
 
+use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
 
 use serde_yaml::{Mapping, Value};
@@ -13,7 +14,8 @@ use crate::span::{Path, SpanIndex};
 /// The only manifest format version so far.
 pub const VERSION: u64 = 1;
 
-const TOP_KEYS: &[&str] = &["version", "name", "description", "params", "llm", "nodes"];
+/// The engine's top-level keys; the registry's resource sections (`llm`, ...) go before `nodes`.
+const TOP_KEYS: &[&str] = &["version", "name", "description", "params", "nodes"];
 const NODE_KEYS: &[&str] = &["id", "kind", "description", "inputs", "config"];
 const LOOP_ITEM_KEYS: &[&str] = &["id", "description", "loop", "nodes"];
 const LOOP_KEYS: &[&str] = &["max_rounds", "until", "carry"];
@@ -166,7 +168,8 @@ pub struct RawManifest {
     pub spans: SpanIndex,
     pub name: String,
     pub params: Mapping,
-    pub llm: Vec<(String, Value, Path)>,
+    /// Resource sections by name: each entry's name, value (params substituted) and path.
+    pub resources: BTreeMap<String, Vec<(String, Value, Path)>>,
     pub items: Vec<RawItem>,
 }
 
@@ -328,7 +331,11 @@ fn too_deep(text: &str) -> Option<Location> {
 }
 
 /// Parses and structurally checks a manifest; returns what could be read and every problem found.
-pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
+/// `resources` are the registry's resource kinds: their sections are top-level keys too.
+pub fn load(
+    source: Source,
+    resources: &[crate::plugin::ResourceKind],
+) -> (Option<RawManifest>, Diagnostics) {
     let spans = SpanIndex::build(&source.text);
     let mut r = Reporter::new(&source.name, &spans);
     if let Some(i) = source.text.find('\0') {
@@ -400,7 +407,10 @@ pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
         );
         return (None, r.diags);
     };
-    check_keys(&mut r, map, &top, TOP_KEYS, "manifest");
+    let mut top_keys: Vec<&str> = TOP_KEYS[..TOP_KEYS.len() - 1].to_vec();
+    top_keys.extend(resources.iter().map(|k| k.section));
+    top_keys.push("nodes");
+    check_keys(&mut r, map, &top, &top_keys, "manifest");
 
     match get(map, "version") {
         None => r.value(
@@ -471,25 +481,31 @@ pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
         }
     }
 
-    let mut llm = Vec::new();
-    match get(map, "llm").cloned() {
-        None | Some(Value::Null) => {}
-        Some(Value::Mapping(m)) => {
-            for (k, mut v) in m {
-                let name = key_str(&k);
-                let p = top.key("llm").key(&name);
-                substitute(&mut r, &mut v, &p, Some(&params));
-                llm.push((name, v, p));
+    let mut sections = BTreeMap::new();
+    for kind in resources {
+        let section = kind.section;
+        let mut entries = Vec::new();
+        match get(map, section).cloned() {
+            None | Some(Value::Null) => {}
+            Some(Value::Mapping(m)) => {
+                for (k, mut v) in m {
+                    let name = key_str(&k);
+                    let p = top.key(section).key(&name);
+                    substitute(&mut r, &mut v, &p, Some(&params));
+                    entries.push((name, v, p));
+                }
             }
-        }
-        Some(v) => r.value(
-            &top.key("llm"),
-            format!(
-                "\"llm\" must be a mapping of endpoint names to endpoints; found {}",
-                type_name(&v)
+            Some(v) => r.value(
+                &top.key(section),
+                format!(
+                    "\"{section}\" must be a mapping of names to {}s; found {}",
+                    kind.noun,
+                    type_name(&v)
+                ),
+                None,
             ),
-            None,
-        ),
+        }
+        sections.insert(section.to_string(), entries);
     }
 
     let mut items = Vec::new();
@@ -523,7 +539,7 @@ pub fn load(source: Source) -> (Option<RawManifest>, Diagnostics) {
         spans,
         name,
         params,
-        llm,
+        resources: sections,
         items,
     };
     (Some(manifest), diags)

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::LlmCache;
+use crate::cache::{Memo, Store};
 use crate::progress::Progress;
 use crate::span::{Path, Seg};
 
@@ -100,16 +100,29 @@ pub struct NodeContext {
     pub manifest_dir: PathBuf,
     pub cancel: CancellationToken,
     pub progress: Progress,
-    /// Cached LLM request/response pairs shared by all runs on this cache.
-    pub llm_cache: LlmCache,
-    /// For kinds that use an LLM: the endpoint's name and its declaration from the manifest's
-    /// `llm:` section (`None`: the manifest declares none; the kind picks its default).
-    pub llm: Option<(String, serde_json::Value)>,
+    /// The cache's store, for [`NodeContext::memo`] tables.
+    pub store: Arc<dyn Store>,
+    /// The resources the node uses ([`NodeKind::resources`]), by section: the entry's name and
+    /// its declaration. A section is absent when the manifest declares none (the kind picks
+    /// its default).
+    pub resources: BTreeMap<String, (String, serde_json::Value)>,
     /// The tracing span the node runs in.
     pub span: tracing::Span,
 }
 
 impl NodeContext {
+    /// Memo table `table`, shared by every run on this cache (see [`Memo`]).
+    pub fn memo(&self, table: &str) -> Memo {
+        Memo::new(self.store.clone(), table)
+    }
+
+    /// The entry of resource section `section` the node uses: its name and declaration.
+    pub fn resource(&self, section: &str) -> Option<(&str, &serde_json::Value)> {
+        self.resources
+            .get(section)
+            .map(|(name, v)| (name.as_str(), v))
+    }
+
     /// A path inside the work folder for output `name`.
     pub fn output_path(&self, name: &str) -> PathBuf {
         self.work_dir.join("out").join(name)
@@ -140,12 +153,12 @@ pub trait NodeKind: Send + Sync + 'static {
     /// The names of the outputs this config produces; the first is the default output.
     fn outputs(config: &Self::Config) -> Vec<String>;
 
-    /// Whether a node with this config calls an LLM endpoint. If so, its config's `llm` field
-    /// names an endpoint of the manifest's `llm:` section (optional when it declares exactly
-    /// one), which the engine checks, adds to the cache key and hands to the node in
-    /// [`NodeContext::llm`].
-    fn uses_llm(_config: &Self::Config) -> bool {
-        false
+    /// The resource sections ([`ResourceKind`]) a node with this config uses. For each, the
+    /// config's field of the section's name names an entry of the manifest's section of that
+    /// name (optional when it declares exactly one), which the engine checks, adds to the
+    /// cache key and hands to the node in [`NodeContext::resources`].
+    fn resources(_config: &Self::Config) -> Vec<&'static str> {
+        Vec::new()
     }
 
     /// Files the config refers to, relative to the manifest's folder: their contents join the cache key.
@@ -183,8 +196,8 @@ pub struct CheckedConfig {
     pub canonical: serde_json::Value,
     pub outputs: Vec<String>,
     pub files: Vec<PathBuf>,
-    /// See [`NodeKind::uses_llm`].
-    pub uses_llm: bool,
+    /// See [`NodeKind::resources`].
+    pub resources: Vec<&'static str>,
 }
 
 /// The object-safe face of a node kind, as the engine sees it.
@@ -337,7 +350,7 @@ impl<K: NodeKind> Plugin for Typed<K> {
             canonical,
             outputs: K::outputs(&typed),
             files: K::files(&typed),
-            uses_llm: K::uses_llm(&typed),
+            resources: K::resources(&typed),
         })
     }
 
@@ -366,54 +379,54 @@ impl<K: NodeKind> Plugin for Typed<K> {
     }
 }
 
-/// Checks the manifest's `llm:` endpoints; supplied by whoever knows what an endpoint is.
-pub type EndpointCheck = fn(&serde_yaml::Value) -> Result<(), ConfigProblem>;
+/// A kind of shared resource: a manifest declares named entries in a top-level section (an
+/// LLM endpoint under `llm:`), and node configs name one with a field of the same name. The
+/// engine checks entries, joins their answer-affecting part to the keys of the nodes using
+/// them, and hands them to those nodes; what an entry is belongs to whoever registers it.
+#[derive(Clone, Copy)]
+pub struct ResourceKind {
+    /// The top-level section, and the config field naming an entry (`llm`).
+    pub section: &'static str,
+    /// What one entry is called in messages ("LLM endpoint").
+    pub noun: &'static str,
+    /// How a node does without one, for the hint on an unknown name.
+    pub without: &'static str,
+    /// Checks one entry.
+    pub check: fn(&serde_yaml::Value) -> Result<(), ConfigProblem>,
+    /// One entry's JSON schema.
+    pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+    /// The part of an entry that can change outputs: it joins the cache keys of the nodes
+    /// using it.
+    pub key: fn(&serde_json::Value) -> serde_json::Value,
+}
 
-/// Every node kind the program knows, in one explicit list.
+/// Every node kind the program knows, in one explicit list, and the resource kinds they use.
 #[derive(Clone)]
 pub struct Registry {
     plugins: Vec<Arc<dyn Plugin>>,
-    endpoint_check: Option<EndpointCheck>,
-    endpoint_schema: Option<fn(&mut schemars::SchemaGenerator) -> schemars::Schema>,
-    endpoint_key: Option<EndpointKey>,
+    resources: Vec<ResourceKind>,
 }
-
-/// The part of an endpoint's declaration that can change answers (it joins cache keys).
-pub type EndpointKey = fn(&serde_json::Value) -> serde_json::Value;
 
 impl Registry {
     pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Self {
         Registry {
             plugins,
-            endpoint_check: None,
-            endpoint_schema: None,
-            endpoint_key: None,
+            resources: Vec::new(),
         }
     }
 
-    /// Sets how `llm:` endpoints are checked and described in the schema.
-    pub fn with_endpoints(
-        mut self,
-        check: EndpointCheck,
-        schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
-    ) -> Self {
-        self.endpoint_check = Some(check);
-        self.endpoint_schema = Some(schema);
+    /// Adds a resource kind (a top-level manifest section).
+    pub fn with_resource(mut self, kind: ResourceKind) -> Self {
+        self.resources.push(kind);
         self
     }
 
-    /// Sets which part of an endpoint joins the cache keys of the nodes using it.
-    pub fn with_endpoint_key(mut self, key: EndpointKey) -> Self {
-        self.endpoint_key = Some(key);
-        self
+    pub fn resources(&self) -> &[ResourceKind] {
+        &self.resources
     }
 
-    /// What of `endpoint` joins cache keys (all of it unless narrowed by [`Self::with_endpoint_key`]).
-    pub fn endpoint_key(&self, endpoint: &serde_json::Value) -> serde_json::Value {
-        match self.endpoint_key {
-            Some(f) => f(endpoint),
-            None => endpoint.clone(),
-        }
+    pub fn resource(&self, section: &str) -> Option<&ResourceKind> {
+        self.resources.iter().find(|r| r.section == section)
     }
 
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn Plugin>> {
@@ -426,15 +439,5 @@ impl Registry {
 
     pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.plugins.iter().map(|p| p.kind())
-    }
-
-    pub fn endpoint_check(&self) -> Option<EndpointCheck> {
-        self.endpoint_check
-    }
-
-    pub fn endpoint_schema(
-        &self,
-    ) -> Option<fn(&mut schemars::SchemaGenerator) -> schemars::Schema> {
-        self.endpoint_schema
     }
 }

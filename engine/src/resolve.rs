@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::diag::{did_you_mean, Diagnostics, Location};
 use crate::graph::{Dag, Edge};
 use crate::manifest::{self, RawItem, RawManifest, RawNode, Reporter, Source};
-use crate::plugin::{Plugin, Registry};
+use crate::plugin::{Plugin, Registry, ResourceKind};
 use crate::span::{Path, SpanIndex};
 
 /// Where an input comes from.
@@ -41,15 +41,16 @@ pub struct NodeSpec {
     pub files: Vec<PathBuf>,
     pub loop_id: Option<String>,
     pub loc: Location,
-    /// For kinds that use an LLM: the endpoint's name, its declaration, and the part of it
-    /// that joins the cache key.
-    pub llm: Option<Box<NodeLlm>>,
+    /// The resources the node uses, by section (absent: the manifest declares none).
+    pub resources: BTreeMap<String, NodeResource>,
 }
 
+/// The entry of a resource section a node uses: its name, its declaration, and the part of it
+/// that joins the cache key.
 #[derive(Debug, Clone)]
-pub struct NodeLlm {
+pub struct NodeResource {
     pub name: String,
-    pub endpoint: serde_json::Value,
+    pub value: serde_json::Value,
     pub key: serde_json::Value,
 }
 
@@ -95,8 +96,9 @@ pub struct Pipeline {
     pub source: Source,
     pub units: Vec<Unit>,
     pub dag: Dag,
-    /// Named LLM endpoints, as checked (never holding a secret: only variable names).
-    pub llm: BTreeMap<String, serde_json::Value>,
+    /// Resource sections: named entries, as checked (never holding a secret: only variable
+    /// names).
+    pub resources: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
 }
 
 impl Pipeline {
@@ -127,7 +129,7 @@ impl Pipeline {
 
 /// Reads, checks and resolves a manifest; every problem found is returned together.
 pub fn load_pipeline(source: Source, registry: &Registry) -> Result<Pipeline, Diagnostics> {
-    let (raw, mut diags) = manifest::load(source);
+    let (raw, mut diags) = manifest::load(source, registry.resources());
     let Some(raw) = raw else {
         return Err(diags.finish());
     };
@@ -211,11 +213,15 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
             Ok(c) => Checked {
                 outputs: Some(c.outputs.clone()),
                 spec: Some(NodeSpec {
-                    llm: if c.uses_llm {
-                        node_llm(r, raw, registry, n, &c.canonical)
-                    } else {
-                        None
-                    },
+                    resources: c
+                        .resources
+                        .iter()
+                        .filter_map(|section| {
+                            let kind = registry.resource(section)?;
+                            let res = node_resource(r, raw, kind, n, &c.canonical)?;
+                            Some((section.to_string(), res))
+                        })
+                        .collect(),
                     id: n.id.clone(),
                     plugin: plugin.clone(),
                     config: c.canonical,
@@ -604,14 +610,16 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
         }
     }
 
-    // 4. llm endpoints.
-    let mut llm = BTreeMap::new();
-    for (name, v, path) in &raw.llm {
-        if let Some(check) = registry.endpoint_check() {
-            if let Err(p) = check(v) {
+    // 4. resource sections.
+    let mut resources = BTreeMap::new();
+    for kind in registry.resources() {
+        let mut checked = BTreeMap::new();
+        for (name, v, path) in raw.resources.get(kind.section).into_iter().flatten() {
+            if let Err(p) = (kind.check)(v) {
                 let at = path.join(&p.path);
                 let msg = format!(
-                    "llm endpoint \"{name}\": {}{}",
+                    "{} \"{name}\": {}{}",
+                    kind.noun,
                     if p.path.0.is_empty() {
                         String::new()
                     } else {
@@ -626,11 +634,12 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
                 }
                 continue;
             }
+            checked.insert(
+                name.clone(),
+                serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
+            );
         }
-        llm.insert(
-            name.clone(),
-            serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
-        );
+        resources.insert(kind.section.to_string(), checked);
     }
 
     // 5. the top-level DAG.
@@ -679,36 +688,41 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
         source: raw.source.clone(),
         units,
         dag: dag.expect("no diagnostics means the DAG was built"),
-        llm,
+        resources,
     })
 }
 
-/// The endpoint a node that uses an LLM talks to: the one its `llm` field names, else the
-/// manifest's only endpoint, else none (the kind's default). Unknown names are reported.
-fn node_llm(
+/// The entry of `kind`'s section a node uses: the one its config field names, else the
+/// manifest's only entry, else none (the kind's default). Unknown names are reported.
+fn node_resource(
     r: &mut Reporter,
     raw: &RawManifest,
-    registry: &Registry,
+    kind: &ResourceKind,
     n: &RawNode,
     canonical: &serde_json::Value,
-) -> Option<Box<NodeLlm>> {
-    let declared: Vec<&str> = raw.llm.iter().map(|(name, _, _)| name.as_str()).collect();
-    let named = canonical.get("llm").and_then(|v| v.as_str());
+) -> Option<NodeResource> {
+    let section = kind.section;
+    let entries = raw.resources.get(section).map(Vec::as_slice).unwrap_or(&[]);
+    let declared: Vec<&str> = entries.iter().map(|(name, _, _)| name.as_str()).collect();
+    let named = canonical.get(section).and_then(|v| v.as_str());
     let name = match named {
         Some(name) => {
             if !declared.contains(&name) {
                 let hint = if declared.is_empty() {
-                    "declare it under the manifest's top-level `llm:` section, or leave `llm` out to use the local model".to_string()
+                    format!(
+                        "declare it under the manifest's top-level `{section}:` section, or leave `{section}` out to {}",
+                        kind.without
+                    )
                 } else {
                     did_you_mean(name, declared.iter().copied())
                         .map(|h| format!("{h} declared: {}", declared.join(", ")))
                         .unwrap_or_else(|| format!("declared: {}", declared.join(", ")))
                 };
                 r.value(
-                    &n.path.key("config").key("llm"),
+                    &n.path.key("config").key(section),
                     format!(
-                        "node \"{}\" ({}): unknown LLM endpoint \"{name}\"",
-                        n.id, n.kind
+                        "node \"{}\" ({}): unknown {} \"{name}\"",
+                        n.id, n.kind, kind.noun
                     ),
                     Some(hint),
                 );
@@ -722,23 +736,24 @@ fn node_llm(
             r.key(
                 &n.path.key("kind"),
                 format!(
-                    "node \"{}\" ({}): the manifest declares several LLM endpoints ({}); name one",
+                    "node \"{}\" ({}): the manifest declares several {}s ({}); name one",
                     n.id,
                     n.kind,
+                    kind.noun,
                     declared.join(", ")
                 ),
-                Some("add `llm: NAME` to the node's config".into()),
+                Some(format!("add `{section}: NAME` to the node's config")),
             );
             return None;
         }
     };
-    let (_, v, _) = raw.llm.iter().find(|(n, _, _)| n == name)?;
-    let endpoint = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
-    Some(Box::new(NodeLlm {
+    let (_, v, _) = entries.iter().find(|(n, _, _)| n == name)?;
+    let value = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+    Some(NodeResource {
         name: name.to_string(),
-        key: registry.endpoint_key(&endpoint),
-        endpoint,
-    }))
+        key: (kind.key)(&value),
+        value,
+    })
 }
 
 fn list_or_none(xs: &[&str]) -> String {

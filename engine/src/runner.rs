@@ -221,13 +221,17 @@ fn key_parts(
     Ok(KeyParts {
         kind: spec.plugin.kind().to_string(),
         version: spec.plugin.version().to_string(),
-        config: match &spec.llm {
-            // The endpoint's answer-affecting fields join the config's digest.
-            Some(llm) => blake3::hash(
-                canonical_json(&serde_json::json!({"config": spec.config, "llm": llm.key}))
-                    .as_bytes(),
-            ),
-            None => blake3::hash(canonical_json(&spec.config).as_bytes()),
+        config: if spec.resources.is_empty() {
+            blake3::hash(canonical_json(&spec.config).as_bytes())
+        } else {
+            // The resources' output-affecting parts join the config's digest, each under its
+            // section's name.
+            let mut keyed = serde_json::Map::new();
+            keyed.insert("config".into(), spec.config.clone());
+            for (section, res) in &spec.resources {
+                keyed.insert(section.clone(), res.key.clone());
+            }
+            blake3::hash(canonical_json(&serde_json::Value::Object(keyed)).as_bytes())
         }
         .to_hex()
         .to_string(),
@@ -766,11 +770,12 @@ async fn run_node_inner(
         manifest_dir,
         cancel: shared.cancel.child_token(),
         progress: progress.clone(),
-        llm_cache: cache.llm_cache(),
-        llm: spec
-            .llm
-            .as_ref()
-            .map(|l| (l.name.clone(), l.endpoint.clone())),
+        store: cache.store().clone(),
+        resources: spec
+            .resources
+            .iter()
+            .map(|(section, r)| (section.clone(), (r.name.clone(), r.value.clone())))
+            .collect(),
         span: span.clone(),
     };
     let t0 = Instant::now();

@@ -30,10 +30,11 @@ pub fn json_schema(registry: &Registry) -> Value {
             }
         }));
     }
-    let endpoint = match registry.endpoint_schema() {
-        Some(f) => f(&mut generator).to_value(),
-        None => json!({"type": "object"}),
-    };
+    let resources: Vec<(&str, &str, serde_json::Value)> = registry
+        .resources()
+        .iter()
+        .map(|k| (k.section, k.noun, (k.schema)(&mut generator).to_value()))
+        .collect();
     let mut defs = serde_json::Map::new();
     for (k, v) in generator.take_definitions(true) {
         defs.insert(k, v);
@@ -98,7 +99,16 @@ pub fn json_schema(registry: &Registry) -> Value {
             "nodes": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/Node"}}
         }
     }));
-    defs.insert("Endpoint".into(), endpoint);
+    let mut properties = json!({
+        "version": {"const": crate::manifest::VERSION},
+        "name": {"type": "string", "minLength": 1},
+        "description": {"type": "string"},
+        "params": {"type": "object", "description": "Values substituted for `${params.NAME}` in node configs and inputs."},
+    });
+    for (section, noun, schema) in resources {
+        properties[section] = json!({"type": "object", "description": format!("Named {noun}s."), "additionalProperties": schema});
+    }
+    properties["nodes"] = json!({"type": "array", "minItems": 1, "items": {"anyOf": [{"$ref": "#/$defs/Node"}, {"$ref": "#/$defs/Loop"}]}});
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "relabel pipeline manifest",
@@ -106,14 +116,7 @@ pub fn json_schema(registry: &Registry) -> Value {
         "type": "object",
         "additionalProperties": false,
         "required": ["version", "name", "nodes"],
-        "properties": {
-            "version": {"const": crate::manifest::VERSION},
-            "name": {"type": "string", "minLength": 1},
-            "description": {"type": "string"},
-            "params": {"type": "object", "description": "Values substituted for `${params.NAME}` in node configs and inputs."},
-            "llm": {"type": "object", "description": "Named LLM endpoints.", "additionalProperties": {"$ref": "#/$defs/Endpoint"}},
-            "nodes": {"type": "array", "minItems": 1, "items": {"anyOf": [{"$ref": "#/$defs/Node"}, {"$ref": "#/$defs/Loop"}]}}
-        },
+        "properties": properties,
         "$defs": defs,
     })
 }

@@ -111,7 +111,11 @@ fn run_with<M: Classifier + 'static>(
             metrics.insert("fold_best_epochs".into(), json!(best_epochs));
         }
         let preds = SplitPredictions::from_probs(classes, probs, split.labels.clone(), fold);
-        preds.write(&req.out.join(format!("{name}.bin")))?;
+        preds.write(
+            &req.out.join(relabel_tasks::data::split_file(name)),
+            &split.ids,
+            &ds.labels.names(),
+        )?;
         metrics.insert(format!("{name}_accuracy"), json!(preds.accuracy()));
         metrics.insert(format!("{name}_mean_loss"), json!(preds.mean_loss()));
         metrics.insert(

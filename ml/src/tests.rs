@@ -222,8 +222,9 @@ fn kfold_predictions_never_come_from_a_model_that_saw_the_row() {
         })
         .unwrap();
         (
-            SplitPredictions::read(&out.join("train.bin")).unwrap(),
-            SplitPredictions::read(&out.join("dev.bin")).unwrap(),
+            SplitPredictions::read(&out.join("train.parquet"), &ds.splits["train"], CLASSES)
+                .unwrap(),
+            SplitPredictions::read(&out.join("dev.parquet"), &ds.splits["dev"], CLASSES).unwrap(),
         )
     };
     let (ins, _) = run(None, "in");

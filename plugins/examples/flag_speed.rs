@@ -3,16 +3,22 @@
 //!
 //! Usage: `flag_speed DIR ROWS CLASSES` writes DIR/probs.f32, DIR/labels.i64 (for cleanlab) and
 //! DIR/relabel_METHOD.u32 (the flagged rows), and prints the timings as JSON.
-//! `flag_speed rank PREDICTIONS.bin CONFIGS.json` prints `{name: [flagged train rows]}` for each
+//! `flag_speed rank PREDICTIONS.parquet DATASET_DIR CONFIGS.json` prints `{name: [flagged train rows]}` for each
 //! `{name: filter config YAML}` of CONFIGS.json.
 
 use std::time::Instant;
 
-use relabel_plugins::disagreement_filter::{filter, FilterConfig};
+use relabel_plugins::find::disagreement_filter::{filter, FilterConfig};
 use relabel_plugins::predictions::SplitPredictions;
 
-fn rank(predictions: &str, configs: &str) {
-    let p = SplitPredictions::read(std::path::Path::new(predictions)).expect("predictions");
+fn rank(predictions: &str, dataset: &str, configs: &str) {
+    let ds = relabel_plugins::data::Dataset::read(std::path::Path::new(dataset)).expect("dataset");
+    let p = SplitPredictions::read(
+        std::path::Path::new(predictions),
+        &ds.splits["train"],
+        ds.labels.len(),
+    )
+    .expect("predictions");
     let configs: std::collections::BTreeMap<String, String> =
         serde_json::from_slice(&std::fs::read(configs).expect("configs")).expect("configs JSON");
     let mut out = serde_json::Map::new();
@@ -30,7 +36,7 @@ fn rank(predictions: &str, configs: &str) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("rank") {
-        return rank(&args[1], &args[2]);
+        return rank(&args[1], &args[2], &args[3]);
     }
     let dir = std::path::PathBuf::from(&args[0]);
     let n: usize = args[1].parse().expect("rows");

@@ -251,7 +251,7 @@ impl NodeKind for Command {
             .envs(&config.env)
             .process_group(0)
             .kill_on_drop(true);
-        crate::child::die_with_parent(&mut cmd);
+        relabel_engine::child::die_with_parent(&mut cmd);
         for (k, _) in std::env::vars_os() {
             let name = k.to_string_lossy();
             if relabel_engine::manifest::looks_secret(&name)
@@ -291,7 +291,7 @@ impl NodeKind for Command {
         if !status.success() {
             return Err(NodeError::Failed(format!(
                 "the command failed ({status}): {line}\n{}",
-                log_tail(&log_path, 15)
+                relabel_engine::child::log_tail(&log_path, 15)
             )));
         }
         let mut metrics = Metrics::new();
@@ -313,11 +313,6 @@ impl NodeKind for Command {
 }
 
 /// The last `n` lines of a log file (what a failed process said last).
-pub fn log_tail(path: &std::path::Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
 
 /// Kills the command's whole process group when dropped (on completion, cancellation or timeout).
 struct GroupGuard(Option<u32>);

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use relabel_plugins::data::Dataset;
-use relabel_plugins::dataset::{build, DatasetConfig, OnBadRow};
+use relabel_plugins::sources::dataset::{build, DatasetConfig, OnBadRow};
 
 fn config(yaml: &str) -> DatasetConfig {
     serde_yaml::from_str(yaml).unwrap()

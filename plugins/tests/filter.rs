@@ -1,7 +1,7 @@
 //! The disagreement filter on probabilities with planted noise: each rule flags what it must and
 //! nothing it must not; the budget is exact; candidates differ; ties are ordered deterministically.
 
-use relabel_plugins::disagreement_filter::{
+use relabel_plugins::find::disagreement_filter::{
     confident_learning, filter, fired, ClMethod, Combine, FilterConfig, Rule,
 };
 use relabel_plugins::predictions::SplitPredictions;
@@ -234,10 +234,15 @@ fn the_node_writes_flags_with_two_different_candidates() {
     };
     ds.write(&dir.path().join("ds")).unwrap();
     std::fs::create_dir_all(dir.path().join("pred")).unwrap();
-    p.write(&dir.path().join("pred/train.bin")).unwrap();
+    p.write(
+        &dir.path().join("pred/train.parquet"),
+        &ds.splits["train"].ids,
+        &ds.labels.names(),
+    )
+    .unwrap();
     let out = dir.path().join("flags.jsonl");
     let c = cfg("rules: [{margin_below: 0.1}]\nmax_fraction: 0.2\n");
-    let m = relabel_plugins::disagreement_filter::run_filter(
+    let m = relabel_plugins::find::disagreement_filter::run_filter(
         &c,
         &dir.path().join("pred"),
         &dir.path().join("ds"),
@@ -278,10 +283,15 @@ fn pairs_a_judge_already_decided_are_not_asked_again_and_free_the_budget() {
     };
     ds.write(&dir.path().join("ds")).unwrap();
     std::fs::create_dir_all(dir.path().join("pred")).unwrap();
-    p.write(&dir.path().join("pred/train.bin")).unwrap();
+    p.write(
+        &dir.path().join("pred/train.parquet"),
+        &ds.splits["train"].ids,
+        &ds.labels.names(),
+    )
+    .unwrap();
     let run = |yaml: &str| {
         let out = dir.path().join("flags.jsonl");
-        let m = relabel_plugins::disagreement_filter::run_filter(
+        let m = relabel_plugins::find::disagreement_filter::run_filter(
             &cfg(yaml),
             &dir.path().join("pred"),
             &dir.path().join("ds"),
@@ -330,7 +340,7 @@ fn pairs_a_judge_already_decided_are_not_asked_again_and_free_the_budget() {
 /// other class j, the cj[i][j] rows labelled i with the largest margin p_j - p_i (ties: lower row).
 fn reference_noise_rate(p: &SplitPredictions) -> Vec<bool> {
     let c = p.classes;
-    let cj = relabel_plugins::disagreement_filter::confident_joint(p);
+    let cj = relabel_plugins::find::disagreement_filter::confident_joint(p);
     let mut out = vec![false; p.rows()];
     for (i, cj_i) in cj.iter().enumerate() {
         let rows: Vec<usize> = (0..p.rows())

@@ -2,7 +2,7 @@
 //! accuracies and beats majority vote when one annotator is adversarial; files in long and
 //! wide form read to the same table.
 
-use relabel_plugins::votes::{dawid_skene, majority, read_votes, VoteTable, VotesConfig};
+use relabel_plugins::sources::votes::{dawid_skene, majority, read_votes, VoteTable, VotesConfig};
 
 struct Rng(u64);
 

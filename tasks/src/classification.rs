@@ -14,13 +14,28 @@ use crate::task::{Choice, Dispute, Question, QuestionOption, Stale, Task};
 pub struct Classification;
 
 impl Classification {
-    /// The model's best class other than `y`, and its probability.
+    /// The model's best class other than `y`, and its probability (the first of equals, as
+    /// [`Classification::argmax`]); `None` with fewer than two classes.
     pub fn best_other(p: &[f32], y: u32) -> Option<(u32, f32)> {
-        p.iter()
-            .enumerate()
-            .filter(|(k, _)| *k as u32 != y)
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(k, &q)| (k as u32, q))
+        let y = y as usize;
+        let mut best: Option<usize> = None;
+        for (k, &q) in p.iter().enumerate() {
+            if k != y && best.is_none_or(|b| q > p[b]) {
+                best = Some(k);
+            }
+        }
+        best.map(|k| (k as u32, p[k]))
+    }
+
+    /// The predicted class: the most probable, the first of equals.
+    pub fn argmax(p: &[f32]) -> u32 {
+        let mut best = 0;
+        for (k, &q) in p.iter().enumerate() {
+            if q > p[best] {
+                best = k;
+            }
+        }
+        best as u32
     }
 }
 
@@ -101,15 +116,7 @@ impl Task for Classification {
     }
 
     fn score(&self, ys: &[u32], ps: &[&[f32]], spec: &LabelSpec) -> SplitScores {
-        let predicted: Vec<u32> = ps
-            .iter()
-            .map(|p| {
-                p.iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map_or(0, |(k, _)| k as u32)
-            })
-            .collect();
+        let predicted: Vec<u32> = ps.iter().map(|p| Self::argmax(p)).collect();
         score(&spec.names(), ys, &predicted)
     }
 }

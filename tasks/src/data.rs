@@ -139,67 +139,8 @@ pub struct Split {
     pub labels: Vec<u32>,
 }
 
-const SPLIT_MAGIC: &[u8; 8] = b"RLSPLIT1";
-
 fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
-}
-
-fn put_strings(out: &mut Vec<u8>, xs: &[String]) {
-    let mut offsets = Vec::with_capacity(xs.len() + 1);
-    let mut at = 0u64;
-    offsets.push(at);
-    for x in xs {
-        at += x.len() as u64;
-        offsets.push(at);
-    }
-    crate::le::extend(out, &offsets);
-    for x in xs {
-        out.extend_from_slice(x.as_bytes());
-    }
-}
-
-struct Cursor<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|e| *e <= self.b.len())
-            .ok_or_else(|| bad("truncated split file"))?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Ok(s)
-    }
-
-    fn u64s(&mut self, n: usize) -> io::Result<Vec<u64>> {
-        Ok(crate::le::collect(self.take(
-            n.checked_mul(8).ok_or_else(|| bad("bad length"))?,
-        )?))
-    }
-
-    fn strings(&mut self, n: usize) -> io::Result<Vec<String>> {
-        let offsets = self.u64s(n + 1)?;
-        let total = *offsets.last().unwrap_or(&0) as usize;
-        let blob = self.take(total)?;
-        let mut out = Vec::with_capacity(n);
-        for w in offsets.windows(2) {
-            let (a, b) = (w[0] as usize, w[1] as usize);
-            if a > b || b > blob.len() {
-                return Err(bad("bad string offsets"));
-            }
-            out.push(
-                std::str::from_utf8(&blob[a..b])
-                    .map_err(|_| bad("text is not UTF-8"))?
-                    .to_string(),
-            );
-        }
-        Ok(out)
-    }
 }
 
 impl Split {
@@ -211,38 +152,33 @@ impl Split {
         self.ids.is_empty()
     }
 
-    /// The columnar binary form: magic, row count, labels, ids, texts.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(16 + self.texts.iter().map(|t| t.len() + 24).sum::<usize>());
-        out.extend_from_slice(SPLIT_MAGIC);
-        out.extend_from_slice(&(self.len() as u64).to_le_bytes());
-        crate::le::extend(&mut out, &self.labels);
-        put_strings(&mut out, &self.ids);
-        put_strings(&mut out, &self.texts);
-        out
-    }
-
-    pub fn from_bytes(b: &[u8]) -> io::Result<Split> {
-        let mut c = Cursor { b, at: 0 };
-        if c.take(8)? != SPLIT_MAGIC {
-            return Err(bad("not a relabel split file"));
+    /// Writes the split as Parquet: columns `id` and `text` (strings) and `label` (the label's
+    /// name, dictionary-encoded).
+    pub fn write(&self, path: &Path, spec: &LabelSpec) -> io::Result<()> {
+        let names = spec.names();
+        if let Some(&y) = self.labels.iter().find(|&&y| y as usize >= names.len()) {
+            return Err(bad(format!(
+                "{}: label id {y} is outside the spec's {} labels",
+                path.display(),
+                names.len()
+            )));
         }
-        let n = u64::from_le_bytes(c.take(8)?.try_into().expect("8 bytes")) as usize;
-        let labels: Vec<u32> =
-            crate::le::collect(c.take(n.checked_mul(4).ok_or_else(|| bad("bad length"))?)?);
-        let ids = c.strings(n)?;
-        let texts = c.strings(n)?;
-        Ok(Split { ids, texts, labels })
+        crate::table::TableWriter::new()
+            .strings("id", &self.ids)
+            .strings("text", &self.texts)
+            .categories("label", &self.labels, &names)
+            .write(path)
     }
 
-    pub fn write(&self, path: &Path) -> io::Result<()> {
-        std::fs::write(path, self.to_bytes())
-    }
-
-    pub fn read(path: &Path) -> io::Result<Split> {
-        Split::from_bytes(&std::fs::read(path)?)
-            .map_err(|e| bad(format!("{}: {e}", path.display())))
+    /// Reads a split written by [`Split::write`] (or by pandas, polars, DuckDB: the same
+    /// columns; `label` holds names of the spec's labels).
+    pub fn read(path: &Path, spec: &LabelSpec) -> io::Result<Split> {
+        let t = crate::table::Table::read(path)?;
+        Ok(Split {
+            ids: t.strings("id")?,
+            texts: t.strings("text")?,
+            labels: t.categories("label", |n| spec.index(n))?,
+        })
     }
 }
 
@@ -288,11 +224,16 @@ pub fn relabelable(split: &str) -> Result<(), FixedSplit> {
 /// The file in a dataset folder that names its task and splits.
 pub const SPLITS_FILE: &str = "dataset.json";
 
+/// The file of split `name` in a dataset folder (and in a predictions folder).
+pub fn split_file(name: &str) -> String {
+    format!("{name}.parquet")
+}
+
 /// The split names a dataset may have, in order.
 pub const SPLITS: [&str; 3] = ["train", "dev", "test"];
 
 /// A dataset artifact: a folder with `dataset.json` (task, splits), `labels.json` and one
-/// `SPLIT.bin` per split.
+/// `SPLIT.parquet` per split (columns: see [`Split::write`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     /// What a label is in this dataset; nodes read it from the artifact and dispatch once.
@@ -309,7 +250,7 @@ impl Dataset {
             serde_json::to_vec_pretty(&self.labels)?,
         )?;
         for (name, s) in &self.splits {
-            s.write(&dir.join(format!("{name}.bin")))?;
+            s.write(&dir.join(split_file(name)), &self.labels)?;
         }
         let names: Vec<&String> = self.splits.keys().collect();
         std::fs::write(
@@ -340,17 +281,17 @@ impl Dataset {
         };
         let mut splits = BTreeMap::new();
         for name in SPLITS {
-            let p = dir.join(format!("{name}.bin"));
+            let p = dir.join(split_file(name));
             let expected = recorded
                 .as_ref()
                 .is_some_and(|r| r.iter().any(|s| s == name));
             if p.exists() {
-                splits.insert(name.to_string(), Split::read(&p)?);
+                splits.insert(name.to_string(), Split::read(&p, &labels)?);
             } else if expected {
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
                     format!(
-                        "{}: the dataset has a {name} split but {name}.bin is missing (the artifact is damaged; `relabel cache verify` evicts it)",
+                        "{}: the dataset has a {name} split but {name}.parquet is missing (the artifact is damaged; `relabel cache verify` evicts it)",
                         dir.display()
                     ),
                 ));
@@ -384,16 +325,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splits_round_trip_through_bytes() {
+    fn splits_round_trip_through_parquet() {
         let s = Split {
             ids: vec!["a".into(), "b".into(), "ü".into()],
             texts: vec!["hello".into(), String::new(), "naïve café".into()],
             labels: vec![0, 2, 1],
         };
-        assert_eq!(Split::from_bytes(&s.to_bytes()).unwrap(), s);
-        let mut truncated = s.to_bytes();
-        truncated.truncate(truncated.len() - 3);
-        assert!(Split::from_bytes(&truncated).is_err());
+        let spec = LabelSpec::from_names(["x", "y", "z"].map(String::from));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("train.parquet");
+        s.write(&p, &spec).unwrap();
+        assert_eq!(Split::read(&p, &spec).unwrap(), s);
+        // Read against a spec without "z": the row is named.
+        let other = LabelSpec::from_names(["x", "y"].map(String::from));
+        let e = Split::read(&p, &other).unwrap_err().to_string();
+        assert!(e.contains("row 1") && e.contains("\"z\""), "{e}");
+        // A truncated file is an error, not a short split.
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
+        assert!(Split::read(&p, &spec).is_err());
     }
 
     #[test]
@@ -415,9 +365,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         d.write(dir.path()).unwrap();
         assert_eq!(Dataset::read(dir.path()).unwrap(), d);
-        std::fs::remove_file(dir.path().join("train.bin")).unwrap();
+        std::fs::remove_file(dir.path().join("train.parquet")).unwrap();
         let e = Dataset::read(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("train.bin is missing"), "{e}");
+        assert!(e.contains("train.parquet is missing"), "{e}");
     }
 
     #[test]
@@ -430,15 +380,17 @@ mod tests {
                 .collect(),
             labels: (0..n).map(|i| (i % 77) as u32).collect(),
         };
+        let spec = LabelSpec::from_names((0..77).map(|i| format!("class{i}")));
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("train.bin");
-        s.write(&p).unwrap();
+        let p = dir.path().join("train.parquet");
+        s.write(&p, &spec).unwrap();
         let t0 = std::time::Instant::now();
-        let back = Split::read(&p).unwrap();
+        let back = Split::read(&p, &spec).unwrap();
         let secs = t0.elapsed().as_secs_f64();
         assert_eq!(back.len(), n);
         assert_eq!(back.texts[123_456], s.texts[123_456]);
-        // Generous for a loaded CI machine and a debug build; release reloads take ~0.1 s.
+        assert_eq!(back.labels[999_999], s.labels[999_999]);
+        // Generous for a loaded CI machine and a debug build; see `cargo xtask bench artifacts`.
         assert!(secs < 2.0, "reloading 1M rows took {secs:.2} s");
     }
 }

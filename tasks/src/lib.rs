@@ -5,10 +5,12 @@
 
 pub mod classification;
 pub mod data;
+pub mod decisions;
 pub mod flags;
 pub mod home;
 pub mod io;
 pub mod le;
 pub mod predictions;
 pub mod protocol;
+pub mod table;
 pub mod task;

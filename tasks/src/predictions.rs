@@ -1,11 +1,10 @@
-//! Self-predictions: class probabilities for every row of a split, in a compact binary artifact.
+//! Self-predictions: class probabilities for every row of a split, stored as Parquet (one
+//! `SPLIT.parquet` per split) so an external trainer can write what the filter reads.
 
 use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-
-const MAGIC: &[u8; 8] = b"RLPRED01";
 
 /// Predictions for one split, aligned with the dataset split's row order.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -43,13 +42,7 @@ impl SplitPredictions {
         let mut loss = Vec::with_capacity(n);
         for i in 0..n {
             let row = &probs[i * classes..(i + 1) * classes];
-            let mut best = 0;
-            for (j, p) in row.iter().enumerate() {
-                if *p > row[best] {
-                    best = j;
-                }
-            }
-            predicted.push(best as u32);
+            predicted.push(crate::classification::Classification::argmax(row));
             let p = row[label[i] as usize];
             label_prob.push(p);
             loss.push(-(p.max(1e-12)).ln());
@@ -84,62 +77,77 @@ impl SplitPredictions {
         self.loss.iter().map(|&l| l as f64).sum::<f64>() / self.rows() as f64
     }
 
-    pub fn write(&self, path: &Path) -> io::Result<()> {
-        let mut out = Vec::with_capacity(24 + self.probs.len() * 4 + self.rows() * 20);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(self.rows() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.classes as u64).to_le_bytes());
-        crate::le::extend(&mut out, &self.probs);
-        crate::le::extend(&mut out, &self.predicted);
-        crate::le::extend(&mut out, &self.label);
-        crate::le::extend(&mut out, &self.label_prob);
-        crate::le::extend(&mut out, &self.loss);
-        crate::le::extend(&mut out, &self.fold);
-        std::fs::write(path, out)
+    /// Writes the predictions as Parquet. Columns: `id` (the row's id), `probs` (a list of one
+    /// float per label, in `labels.json` order), `fold` (int32; -1 in-sample), and for reading
+    /// by eye `label` and `predicted` (names), `label_prob` and `loss`.
+    pub fn write(&self, path: &Path, ids: &[String], names: &[&str]) -> io::Result<()> {
+        if ids.len() != self.rows() || names.len() != self.classes {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: {} rows x {} classes of predictions, but {} ids and {} label names",
+                    path.display(),
+                    self.rows(),
+                    self.classes,
+                    ids.len(),
+                    names.len()
+                ),
+            ));
+        }
+        crate::table::TableWriter::new()
+            .strings("id", ids)
+            .categories("label", &self.label, names)
+            .categories("predicted", &self.predicted, names)
+            .f32s("label_prob", &self.label_prob)
+            .f32s("loss", &self.loss)
+            .i32s("fold", &self.fold)
+            .f32_rows("probs", &self.probs, self.classes)
+            .write(path)
     }
 
-    pub fn read(path: &Path) -> io::Result<Self> {
-        let b = std::fs::read(path)?;
-        let bad = || {
+    /// Reads one split's predictions for `split` of a dataset with `classes` labels. Only `probs`
+    /// is required (and `id`, when present, must match the split's ids row by row; `fold`
+    /// defaults to -1); the other columns are derived again from `probs` and the split's labels,
+    /// so predictions written by another trainer read the same as ours.
+    pub fn read(path: &Path, split: &crate::data::Split, classes: usize) -> io::Result<Self> {
+        let bad = |msg: String| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{}: not a relabel predictions file", path.display()),
+                format!("{}: {msg}", path.display()),
             )
         };
-        if b.len() < 24 || &b[..8] != MAGIC {
-            return Err(bad());
+        let t = crate::table::Table::read(path)?;
+        if t.rows() != split.len() {
+            return Err(bad(format!(
+                "{} rows of predictions for a split of {} rows (made from another dataset version?)",
+                t.rows(),
+                split.len()
+            )));
         }
-        let n = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")) as usize;
-        let c = u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")) as usize;
-        let need = n
-            .checked_mul(c)
-            .and_then(|nc| nc.checked_add(n * 5))
-            .and_then(|w| w.checked_mul(4))
-            .ok_or_else(bad)?;
-        if b.len() != 24 + need {
-            return Err(bad());
+        if t.has("id") {
+            let ids = t.strings("id")?;
+            if let Some(i) = (0..ids.len()).find(|&i| ids[i] != split.ids[i]) {
+                return Err(bad(format!(
+                    "row {i}: id \"{}\", but the dataset's row {i} is \"{}\" (predictions must follow the split's row order)",
+                    ids[i], split.ids[i]
+                )));
+            }
         }
-        let mut at = 24;
-        let mut take = |words: usize| {
-            let s = &b[at..at + words * 4];
-            at += words * 4;
-            s
+        let probs = t.float_rows("probs", classes)?;
+        let fold = if t.has("fold") {
+            t.ints("fold")?
+                .into_iter()
+                .map(|f| i32::try_from(f).unwrap_or(-1))
+                .collect()
+        } else {
+            vec![-1; split.len()]
         };
-        let probs = crate::le::collect(take(n * c));
-        let predicted = crate::le::collect(take(n));
-        let label = crate::le::collect(take(n));
-        let label_prob = crate::le::collect(take(n));
-        let loss = crate::le::collect(take(n));
-        let fold = crate::le::collect(take(n));
-        Ok(SplitPredictions {
-            classes: c,
+        Ok(SplitPredictions::from_probs(
+            classes,
             probs,
-            predicted,
-            label,
-            label_prob,
-            loss,
+            split.labels.clone(),
             fold,
-        })
+        ))
     }
 }
 
@@ -169,10 +177,24 @@ mod tests {
         assert!((p.label_prob[1] - 0.6).abs() < 1e-6);
         assert!((p.loss[0] - (-(0.7f32).ln())).abs() < 1e-6);
         let dir = tempfile::tempdir().unwrap();
-        p.write(&dir.path().join("x.bin")).unwrap();
-        assert_eq!(
-            SplitPredictions::read(&dir.path().join("x.bin")).unwrap(),
-            p
-        );
+        let path = dir.path().join("train.parquet");
+        let split = crate::data::Split {
+            ids: vec!["a".into(), "b".into()],
+            texts: vec!["x".into(), "y".into()],
+            labels: vec![0, 2],
+        };
+        p.write(&path, &split.ids, &["p", "q", "r"]).unwrap();
+        assert_eq!(SplitPredictions::read(&path, &split, 3).unwrap(), p);
+        // Another dataset's rows, or another label count, are refused with the reason.
+        let mut other = split.clone();
+        other.ids[1] = "c".into();
+        let e = SplitPredictions::read(&path, &other, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row 1") && e.contains("\"c\""), "{e}");
+        let e = SplitPredictions::read(&path, &split, 4)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected 4"), "{e}");
     }
 }

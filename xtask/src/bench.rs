@@ -18,8 +18,9 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
         "knn" => crate::bench_knn::knn(root, args)?,
         "votes" => crate::bench_votes::votes(root, args)?,
         "quality" => crate::bench_quality::quality(root, args)?,
+        "artifacts" => crate::bench_artifacts::artifacts(root, args)?,
         other => {
-            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, knn, votes, quality")
+            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, knn, votes, quality, artifacts")
         }
     };
     let out = json!({

@@ -46,13 +46,18 @@ fn write_arrays(dir: &Path, p: &SplitPredictions) -> Result<()> {
 
 /// `{name: [flagged train rows]}` for each filter config, from the release-built filter.
 fn rank(
-    predictions: &Path,
+    (predictions, dataset): (&Path, &Path),
     configs: &BTreeMap<String, String>,
     work: &Path,
 ) -> Result<BTreeMap<String, Vec<usize>>> {
     let file = work.join("rank-configs.json");
     std::fs::write(&file, serde_json::to_vec(configs)?)?;
-    let v = flag_speed(&["rank".as_ref(), predictions.as_os_str(), file.as_os_str()])?;
+    let v = flag_speed(&[
+        "rank".as_ref(),
+        predictions.as_os_str(),
+        dataset.as_os_str(),
+        file.as_os_str(),
+    ])?;
     Ok(serde_json::from_value(v)?)
 }
 
@@ -187,13 +192,13 @@ fn read_banking77(root: &Path, dir: &Path, b77: &Path) -> Result<Dataset> {
 }
 
 /// Runs dataset -> trainer -> self_predictor (k-fold) on a train file; returns the train
-/// predictions and their file.
+/// predictions, their file and the dataset's folder.
 fn kfold_predictions(
     root: &Path,
     dir: &Path,
     train: &Path,
     b77: &Path,
-) -> Result<(SplitPredictions, PathBuf)> {
+) -> Result<(SplitPredictions, PathBuf, PathBuf)> {
     let manifest = format!(
         "version: 1\nname: bench-flag\nnodes:\n  - id: data\n    kind: dataset\n    config: {{train: {}, dev: {1}/dev.tsv, test: {1}/test.tsv}}\n  - id: train\n    kind: trainer\n    inputs: [data.dataset]\n    config: {{epochs: 40, patience: 4, seed: 1, threads: 2}}\n  - id: predict\n    kind: self_predictor\n    inputs: {{model: train.model, dataset: data.dataset}}\n    config: {{kfold: 5, seed: 1}}\n",
         train.display(),
@@ -209,8 +214,16 @@ fn kfold_predictions(
             .as_str()
             .context("no predictions path")?,
     );
-    let file = path.join("train.bin");
-    Ok((SplitPredictions::read(&file)?, file))
+    let data = r["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["id"] == "data"))
+        .and_then(|n| n["outputs"]["dataset"]["path"].as_str())
+        .map(PathBuf::from)
+        .context("no dataset path in the report")?;
+    let ds = Dataset::read(&data)?;
+    let file = path.join("train.parquet");
+    let p = SplitPredictions::read(&file, &ds.splits["train"], ds.labels.len())?;
+    Ok((p, file, data))
 }
 
 fn write_jsonl(path: &Path, texts: &[String], labels: &[String]) -> Result<()> {
@@ -238,7 +251,7 @@ fn quality(root: &Path, work: &Path) -> Result<Value> {
         .collect();
     // The clean model's confusions: for each class, the other class its rows are most often predicted as.
     write_jsonl(&work.join("clean.jsonl"), &train.texts, &clean)?;
-    let (cp, _) = kfold_predictions(root, &work.join("clean"), &work.join("clean.jsonl"), &b77)?;
+    let (cp, _, _) = kfold_predictions(root, &work.join("clean"), &work.join("clean.jsonl"), &b77)?;
     let mut confusion = vec![vec![0usize; c]; c];
     for i in 0..cp.rows() {
         confusion[cp.label[i] as usize][cp.predicted[i] as usize] += 1;
@@ -271,7 +284,7 @@ fn quality(root: &Path, work: &Path) -> Result<Value> {
         }
         let file = work.join(format!("{kind}.jsonl"));
         write_jsonl(&file, &train.texts, &labels)?;
-        let (p, p_path) = kfold_predictions(root, &work.join(kind), &file, &b77)?;
+        let (p, p_path, data_path) = kfold_predictions(root, &work.join(kind), &file, &b77)?;
         let dir = work.join(format!("{kind}-arrays"));
         std::fs::create_dir_all(&dir)?;
         write_arrays(&dir, &p)?;
@@ -322,7 +335,7 @@ fn quality(root: &Path, work: &Path) -> Result<Value> {
                 );
             }
         }
-        let flagged_by = rank(&p_path, &configs, work)?;
+        let flagged_by = rank((&p_path, &data_path), &configs, work)?;
         let mut table = serde_json::Map::new();
         for budget in budgets {
             let mut row = serde_json::Map::new();

@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask setup | demo | test | schema [--check] | bench NAME`.
 
 mod bench;
+mod bench_artifacts;
 mod bench_flag;
 mod bench_knn;
 mod bench_llm;
@@ -34,9 +35,12 @@ fn main() -> Result<()> {
         Some("test") => {
             setup(&root)?;
             ensure_chromium()?;
+            // The artifact tests read and write Parquet with pyarrow.
+            let py = bench::bench_venv("pyarrow", &[PYARROW])?.join("bin/python");
             // The CLI's tests start the `relabel-ml` worker: build every binary first.
             run(Command::new("cargo").args(["build", "--workspace", "--bins"]))?;
             run(Command::new("cargo")
+                .env("RELABEL_TEST_PYTHON", py)
                 .args(["test", "--workspace", "--no-fail-fast"])
                 .args(&args[1..]))
         }
@@ -50,12 +54,15 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask COMMAND\n\n  setup            fetch libtorch (CPU), all-MiniLM-L6-v2, llama-server and Qwen2.5 0.5B into ~/.cache/relabel (idempotent)\n  demo             setup, then run the demo pipeline\n  test             setup, then run every test\n  schema [--check] regenerate (or check) manifests/relabel.schema.json\n  bench NAME       run a benchmark (engine, train, flag, llm, knn, votes, quality) and write docs/bench/NAME.json"
+                "usage: cargo xtask COMMAND\n\n  setup            fetch libtorch (CPU), all-MiniLM-L6-v2, llama-server and Qwen2.5 0.5B into ~/.cache/relabel (idempotent)\n  demo             setup, then run the demo pipeline\n  test             setup, then run every test\n  schema [--check] regenerate (or check) manifests/relabel.schema.json\n  bench NAME       run a benchmark (engine, train, flag, llm, knn, votes, quality, artifacts) and write docs/bench/NAME.json"
             );
             bail!("unknown or missing command")
         }
     }
 }
+
+/// The pyarrow the artifact tests and `bench artifacts` use as the peer reader.
+pub const PYARROW: &str = "pyarrow==26.0.1";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -399,8 +406,13 @@ mod tests {
         bench_quality::label_accuracy(ds, truth).0
     }
 
-    fn test_accuracy(predictions: &Path) -> f64 {
-        let p = SplitPredictions::read(&predictions.join("test.bin")).unwrap();
+    fn test_accuracy(predictions: &Path, ds: &Dataset) -> f64 {
+        let p = SplitPredictions::read(
+            &predictions.join("test.parquet"),
+            &ds.splits["test"],
+            ds.labels.len(),
+        )
+        .unwrap();
         let right = p
             .predicted
             .iter()
@@ -454,16 +466,14 @@ mod tests {
             .iter()
             .filter(|a| truth[a["id"].as_str().unwrap()] == a["new_label"].as_str().unwrap())
             .count();
-        let before = label_accuracy(
-            &Dataset::read(&output(&r, "data", "dataset")).unwrap(),
-            &truth,
+        let (start, end) = (
+            Dataset::read(&output(&r, "data", "dataset")).unwrap(),
+            Dataset::read(&output(&r, "apply", "dataset")).unwrap(),
         );
-        let after = label_accuracy(
-            &Dataset::read(&output(&r, "apply", "dataset")).unwrap(),
-            &truth,
-        );
-        let test_before = test_accuracy(&output(&r, "predict", "predictions"));
-        let test_after = test_accuracy(&output(&r, "repredict", "predictions"));
+        let before = label_accuracy(&start, &truth);
+        let after = label_accuracy(&end, &truth);
+        let test_before = test_accuracy(&output(&r, "predict", "predictions"), &start);
+        let test_after = test_accuracy(&output(&r, "repredict", "predictions"), &end);
         assert!(
             !flags.is_empty() && flags.len() <= 75,
             "5% of 1500 at most: {}",

@@ -436,7 +436,7 @@ pub struct Votes;
 impl NodeKind for Votes {
     type Config = VotesConfig;
     const KIND: &'static str = "votes";
-    const VERSION: &'static str = "1";
+    const VERSION: &'static str = "2";
     const ABOUT: &'static str = "Aggregates several annotators' votes (majority or Dawid-Skene); unclear rows become two-candidate flags";
 
     fn outputs(_: &VotesConfig) -> Vec<String> {
@@ -454,7 +454,7 @@ impl NodeKind for Votes {
 
     fn check(c: &VotesConfig, inputs: &[String]) -> Vec<ConfigProblem> {
         let mut p = Vec::new();
-        p.extend(crate::require_data_input(c.in_input, inputs));
+        p.extend(crate::inputs::require_data_input(c.in_input, inputs));
         if !(0.0..=1.0).contains(&c.min_margin) {
             p.push(ConfigProblem::new(
                 CfgPath::root().key("min_margin"),
@@ -477,7 +477,7 @@ impl NodeKind for Votes {
         inputs: Inputs,
     ) -> Result<NodeOutput, NodeError> {
         let fail = NodeError::Failed;
-        let at = |p: &Path| crate::config_path(&ctx, &inputs, c.in_input, p);
+        let at = |p: &Path| crate::inputs::config_path(&ctx, &inputs, c.in_input, p);
         let t = read_votes(&at(&c.file), &c.file, &c).map_err(fail)?;
         let t0 = std::time::Instant::now();
         let agg = match c.method {
@@ -551,7 +551,7 @@ impl NodeKind for Votes {
             }
         }
         out_flags.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
-        let (out, fl) = crate::write_train_and_flags(&ctx, spec, split, &out_flags)?;
+        let (out, fl) = crate::outputs::write_train_and_flags(&ctx, spec, split, &out_flags)?;
         let ag = ctx.output_path("agreement");
         std::fs::write(&ag, per_row).map_err(|e| NodeError::io("writing agreement", e))?;
         let items = t.items.len().max(1) as f64;

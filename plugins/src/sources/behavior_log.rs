@@ -286,7 +286,7 @@ pub struct BehaviorLog;
 impl NodeKind for BehaviorLog {
     type Config = BehaviorConfig;
     const KIND: &'static str = "behavior_log";
-    const VERSION: &'static str = "1";
+    const VERSION: &'static str = "2";
     const ABOUT: &'static str = "Labelled rows from user-behaviour events by rules (order > click > impression without click), with de-duplication and conflicts reported";
 
     fn outputs(_: &BehaviorConfig) -> Vec<String> {
@@ -303,7 +303,7 @@ impl NodeKind for BehaviorLog {
 
     fn check(c: &BehaviorConfig, inputs: &[String]) -> Vec<ConfigProblem> {
         let mut p = Vec::new();
-        p.extend(crate::require_data_input(c.in_input, inputs));
+        p.extend(crate::inputs::require_data_input(c.in_input, inputs));
         if c.key_columns.is_empty() {
             p.push(ConfigProblem::new(
                 CfgPath::root().key("key_columns"),
@@ -342,7 +342,7 @@ impl NodeKind for BehaviorLog {
         c: BehaviorConfig,
         inputs: Inputs,
     ) -> Result<NodeOutput, NodeError> {
-        let path = crate::config_path(&ctx, &inputs, c.in_input, &c.file);
+        let path = crate::inputs::config_path(&ctx, &inputs, c.in_input, &c.file);
         let events = read_events(&path, &c.file, &c).map_err(NodeError::Failed)?;
         let (rows, st) = label_events(&events, &c);
         let mut names: Vec<String> = c.rules.iter().map(|r| r.label.clone()).collect();
@@ -375,7 +375,7 @@ impl NodeKind for BehaviorLog {
                 });
             }
         }
-        let (out, fl) = crate::write_train_and_flags(&ctx, spec, split, &out_flags)?;
+        let (out, fl) = crate::outputs::write_train_and_flags(&ctx, spec, split, &out_flags)?;
         let mut m = match serde_json::to_value(&st).expect("stats serialise") {
             serde_json::Value::Object(m) => m,
             _ => Metrics::new(),

@@ -133,7 +133,7 @@ impl NodeKind for Evaluator {
     }
 
     fn check(_: &EvaluatorConfig, inputs: &[String]) -> Vec<ConfigProblem> {
-        crate::require_inputs(
+        crate::inputs::require_inputs(
             inputs,
             &["predictions", "dataset"],
             "{predictions: PREDICT.predictions, dataset: DATA.dataset}",
@@ -159,14 +159,12 @@ impl NodeKind for Evaluator {
             let Some(rows) = ds.split(split) else {
                 continue;
             };
-            let p = SplitPredictions::read(&pred_dir.join(format!("{split}.bin")))
-                .map_err(|e| fail(format!("predictions for {split}: {e}")))?;
-            if p.rows() != rows.len() || p.classes != names.len() {
-                return Err(fail(format!(
-                    "predictions for {split} have {} rows x {} classes; the dataset has {} x {} (made from another dataset version?)",
-                    p.rows(), p.classes, rows.len(), names.len()
-                )));
-            }
+            let p = SplitPredictions::read(
+                &pred_dir.join(crate::data::split_file(split)),
+                rows,
+                names.len(),
+            )
+            .map_err(|e| fail(format!("predictions for {split}: {e}")))?;
             // Score against the dataset's labels (the fixed human labels for test).
             let s = match ds.task {
                 TaskKind::Classification => score(&names, &rows.labels, &p.predicted),

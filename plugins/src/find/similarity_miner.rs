@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::data::Dataset;
 use crate::flags::{self, Flag};
-use crate::trainer::EncoderConfig;
+use relabel_tasks::protocol::EncoderConfig;
 
 /// Where embeddings come from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -81,16 +81,20 @@ impl NodeKind for Embedder {
         vec!["embeddings".into()]
     }
 
-    fn uses_llm(c: &EmbedderConfig) -> bool {
-        c.source == EmbeddingSource::Endpoint
+    fn resources(c: &EmbedderConfig) -> Vec<&'static str> {
+        if c.source == EmbeddingSource::Endpoint {
+            vec![relabel_llm::endpoint::SECTION]
+        } else {
+            Vec::new()
+        }
     }
 
     fn check(c: &EmbedderConfig, inputs: &[String]) -> Vec<ConfigProblem> {
         match c.source {
             EmbeddingSource::Pretrained | EmbeddingSource::Endpoint => {
-                crate::require_inputs(inputs, &["dataset"], "{dataset: DATA.dataset}")
+                crate::inputs::require_inputs(inputs, &["dataset"], "{dataset: DATA.dataset}")
             }
-            EmbeddingSource::Model => crate::require_inputs(
+            EmbeddingSource::Model => crate::inputs::require_inputs(
                 inputs,
                 &["dataset", "model"],
                 "{dataset: DATA.dataset, model: TRAIN.model}",
@@ -114,7 +118,7 @@ impl NodeKind for Embedder {
                 splits: c.splits.clone(),
                 out: out.clone(),
             };
-            let metrics = crate::worker::run_task(&ctx, "represent", &request).await?;
+            let metrics = crate::model::worker::run_task(&ctx, "represent", &request).await?;
             return Ok(NodeOutput {
                 outputs: [("embeddings".to_string(), out)].into(),
                 metrics,
@@ -131,7 +135,7 @@ impl NodeKind for Embedder {
                 .encoder
                 .path
                 .clone()
-                .unwrap_or_else(crate::trainer::default_encoder_dir)
+                .unwrap_or_else(relabel_tasks::protocol::default_encoder_dir)
                 .display()
                 .to_string(),
         };
@@ -143,7 +147,7 @@ impl NodeKind for Embedder {
                 out: out.join(format!("{s}.f32")),
                 threads: c.threads,
             };
-            let m = crate::worker::run_task(&ctx, "embed", &request).await?;
+            let m = crate::model::worker::run_task(&ctx, "embed", &request).await?;
             meta.dim = m.get("dim").and_then(Value::as_u64).unwrap_or(0) as usize;
             meta.rows.insert(s.clone(), split.len());
         }
@@ -169,12 +173,12 @@ async fn embed_by_endpoint(
     ds: &Dataset,
     out: &Path,
 ) -> Result<NodeOutput, NodeError> {
-    if ctx.llm.is_none() {
+    if ctx.resource(relabel_llm::endpoint::SECTION).is_none() {
         return Err(NodeError::Failed(
             "source: endpoint needs an endpoint: declare one under the manifest's `llm:` and name it in `llm`".into(),
         ));
     }
-    let client = crate::llm::Client::for_node(ctx).map_err(NodeError::Failed)?;
+    let client = relabel_llm::client::Client::for_node(ctx).map_err(NodeError::Failed)?;
     let mut meta = EmbeddingsMeta {
         dim: 0,
         rows: BTreeMap::new(),
@@ -348,7 +352,7 @@ impl NodeKind for SimilarityMiner {
     }
 
     fn check(c: &MinerConfig, inputs: &[String]) -> Vec<ConfigProblem> {
-        let mut p = crate::require_inputs(
+        let mut p = crate::inputs::require_inputs(
             inputs,
             &["badcases", "dataset"],
             "{badcases: EVAL.badcases, dataset: DATA.dataset, embeddings: EMBED.embeddings}",
@@ -584,7 +588,7 @@ async fn embedding_knn(
         threads: c.threads,
         out: out.clone(),
     };
-    crate::worker::run_task(ctx, "knn", &request).await?;
+    crate::model::worker::run_task(ctx, "knn", &request).await?;
     read_knn(&out, badcases.len(), c.top_k.min(corpus.len())).map_err(fail)
 }
 

@@ -3,7 +3,7 @@
 //! labels' definitions and a few examples; no answer can ever leave the pair.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -18,11 +18,14 @@ use serde_json::{json, Value};
 
 use crate::data::{Dataset, LabelSpec};
 use crate::flags::{self, Flag};
-use crate::human;
-use crate::llm::{CallError, Client, Reply};
+use crate::judge::human;
+use relabel_llm::client::{CallError, Client, Reply};
+pub use relabel_tasks::decisions::{
+    read_decisions, write_decisions, Decision, Failure, Outcome, ENDPOINT_FAILURES,
+};
 
 /// The prompt used when the config names no template (templates/binary_relabel.j2).
-pub const DEFAULT_TEMPLATE: &str = include_str!("../../templates/binary_relabel.j2");
+pub const DEFAULT_TEMPLATE: &str = include_str!("../../../templates/binary_relabel.j2");
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -85,17 +88,6 @@ fn default_max_failure_rate() -> f64 {
     0.5
 }
 
-/// Failures that say the endpoint failed, not that the model answered badly.
-pub const ENDPOINT_FAILURES: &[Failure] = &[
-    Failure::RateLimited,
-    Failure::ServerError,
-    Failure::Timeout,
-    Failure::TransportError,
-    Failure::Rejected,
-    Failure::CacheWrite,
-    Failure::BadResponse,
-];
-
 fn default_examples() -> usize {
     3
 }
@@ -106,176 +98,6 @@ fn default_answer_retries() -> u32 {
 
 fn yes() -> bool {
     true
-}
-
-/// What became of one flagged row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// The judge chose the current label.
-    Keep,
-    /// The judge chose the candidate.
-    Change,
-    /// No valid answer: the label stays as it is.
-    Undecided,
-}
-
-/// Why a row got no decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Failure {
-    /// The answer was not one of the two options in the expected shape.
-    Malformed,
-    /// The answer named a label other than the two candidates.
-    OutOfSet,
-    /// The model refused.
-    Refusal,
-    /// The answers in the two candidate orders differed (`both_orders`).
-    Inconsistent,
-    /// The confidence was below `min_confidence`.
-    LowConfidence,
-    /// A person has not answered yet.
-    AwaitingHuman,
-    /// A person left the answer empty.
-    Skipped,
-    // What the endpoint did (see [`ENDPOINT_FAILURES`]):
-    RateLimited,
-    ServerError,
-    Timeout,
-    TransportError,
-    BadResponse,
-    Rejected,
-    CacheWrite,
-    TokenBudget,
-    Unreachable,
-    Auth,
-}
-
-impl Failure {
-    /// The failure for an LLM call's error kind ([`crate::llm::CallError::kind`]).
-    pub fn of_call(kind: &str) -> Failure {
-        match kind {
-            "rate_limited" => Failure::RateLimited,
-            "server_error" => Failure::ServerError,
-            "timeout" => Failure::Timeout,
-            "transport_error" => Failure::TransportError,
-            "bad_response" => Failure::BadResponse,
-            "cache_write" => Failure::CacheWrite,
-            "token_budget" => Failure::TokenBudget,
-            "unreachable" => Failure::Unreachable,
-            "auth" => Failure::Auth,
-            _ => Failure::Rejected,
-        }
-    }
-
-    /// Whether the endpoint failed (rather than the model answering badly).
-    pub fn is_endpoint(self) -> bool {
-        ENDPOINT_FAILURES.contains(&self)
-    }
-
-    /// The name used in decisions and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Failure::Malformed => "malformed",
-            Failure::OutOfSet => "out_of_set",
-            Failure::Refusal => "refusal",
-            Failure::Inconsistent => "inconsistent",
-            Failure::LowConfidence => "low_confidence",
-            Failure::AwaitingHuman => "awaiting_human",
-            Failure::Skipped => "skipped",
-            Failure::RateLimited => "rate_limited",
-            Failure::ServerError => "server_error",
-            Failure::Timeout => "timeout",
-            Failure::TransportError => "transport_error",
-            Failure::BadResponse => "bad_response",
-            Failure::Rejected => "rejected",
-            Failure::CacheWrite => "cache_write",
-            Failure::TokenBudget => "token_budget",
-            Failure::Unreachable => "unreachable",
-            Failure::Auth => "auth",
-        }
-    }
-}
-
-/// One judged row: the flag, the answer, and where the answer came from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Decision {
-    #[serde(flatten)]
-    pub flag: Flag,
-    pub outcome: Outcome,
-    /// The chosen label (one of the two candidates), if any.
-    pub chosen: Option<String>,
-    pub confidence: Option<f64>,
-    /// The judge's raw answer text.
-    pub answer: Option<String>,
-    /// Why the row is undecided.
-    pub failure: Option<Failure>,
-    /// `llm` or `human`.
-    pub source: String,
-    /// The candidate shown first (small models favour the first option).
-    pub first_option: Option<String>,
-    pub endpoint: Option<String>,
-    pub model: Option<String>,
-    pub template_digest: Option<String>,
-    /// When the answer arrived (RFC 3339).
-    pub at: Option<String>,
-    pub attempts: u32,
-}
-
-impl Decision {
-    pub(crate) fn undecided(flag: Flag, source: &str, failure: Failure) -> Decision {
-        Decision {
-            flag,
-            outcome: Outcome::Undecided,
-            chosen: None,
-            confidence: None,
-            answer: None,
-            failure: Some(failure),
-            source: source.into(),
-            first_option: None,
-            endpoint: None,
-            model: None,
-            template_digest: None,
-            at: None,
-            attempts: 0,
-        }
-    }
-
-    /// Sets the answer: `chosen` must be one of the two candidates (anything else is undecided).
-    pub fn decide(&mut self, chosen: &str) {
-        if chosen == self.flag.label {
-            self.outcome = Outcome::Keep;
-        } else if chosen == self.flag.candidate {
-            self.outcome = Outcome::Change;
-        } else {
-            self.outcome = Outcome::Undecided;
-            self.failure = Some(Failure::OutOfSet);
-            return;
-        }
-        self.chosen = Some(chosen.to_string());
-        self.failure = None;
-    }
-}
-
-pub fn write_decisions(path: &Path, ds: &[Decision]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for d in ds {
-        serde_json::to_writer(&mut f, d)?;
-        f.write_all(b"\n")?;
-    }
-    f.flush()
-}
-
-pub fn read_decisions(path: &Path) -> Result<Vec<Decision>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
-        })
-        .collect()
 }
 
 /// A candidate label as the template sees it.
@@ -319,7 +141,7 @@ impl Prompter {
         examples: usize,
         seed: u64,
     ) -> Result<Prompter, String> {
-        let (env, digest) = crate::strict_template(template)?;
+        let (env, digest) = crate::template::strict_template(template)?;
         let mut by_label: HashMap<String, Vec<String>> = HashMap::new();
         for l in &ds.labels.labels {
             by_label.insert(
@@ -516,8 +338,12 @@ impl NodeKind for BinaryRelabeler {
     const VERSION: &'static str = "1";
     const ABOUT: &'static str = "For each flagged row, an LLM or a person chooses between its current label and the model's candidate";
 
-    fn uses_llm(c: &RelabelerConfig) -> bool {
-        c.mode == Mode::Llm
+    fn resources(c: &RelabelerConfig) -> Vec<&'static str> {
+        if c.mode == Mode::Llm {
+            vec![relabel_llm::endpoint::SECTION]
+        } else {
+            Vec::new()
+        }
     }
 
     fn outputs(c: &RelabelerConfig) -> Vec<String> {
@@ -573,7 +399,7 @@ impl NodeKind for BinaryRelabeler {
                 ));
             }
         }
-        p.extend(crate::require_inputs(
+        p.extend(crate::inputs::require_inputs(
             inputs,
             &["flags", "dataset"],
             "{flags: FILTER.flags, dataset: DATA.dataset}",
@@ -602,7 +428,8 @@ impl NodeKind for BinaryRelabeler {
             return Err(fail(format!("flag for row {} ({}): {e}", f.row, f.id)));
         }
         let template =
-            crate::template_text(&ctx, c.template.as_deref(), DEFAULT_TEMPLATE).map_err(fail)?;
+            crate::template::template_text(&ctx, c.template.as_deref(), DEFAULT_TEMPLATE)
+                .map_err(fail)?;
         let flagged: HashSet<String> = flags.iter().map(|f| f.id.clone()).collect();
         let prompter = Prompter::new(&template, &ds, &flagged, c.examples, c.seed).map_err(fail)?;
         let out = ctx.output_path("decisions");
@@ -1060,8 +887,9 @@ mod tests {
         // A good file: one change, one keep, one skipped.
         let good = dir.path().join("good.csv");
         std::fs::write(&good, "id,answer\na,refund\nb,card_lost\nc,\n").unwrap();
-        let given = crate::human::read_answers(&good, &good).unwrap();
-        let ds_ = crate::human::apply_answers(&good, flags.clone(), given, &p.digest).unwrap();
+        let given = crate::judge::human::read_answers(&good, &good).unwrap();
+        let ds_ =
+            crate::judge::human::apply_answers(&good, flags.clone(), given, &p.digest).unwrap();
         let outcomes: Vec<Outcome> = ds_.iter().map(|d| d.outcome).collect();
         assert_eq!(
             outcomes,
@@ -1075,8 +903,9 @@ mod tests {
             "id,answer\na,card_lost\nzz,refund\nb,pin_blocked\nb,card_lost\n",
         )
         .unwrap();
-        let given = crate::human::read_answers(&bad, &bad).unwrap();
-        let err = crate::human::apply_answers(&bad, flags.clone(), given, &p.digest).unwrap_err();
+        let given = crate::judge::human::read_answers(&bad, &bad).unwrap();
+        let err =
+            crate::judge::human::apply_answers(&bad, flags.clone(), given, &p.digest).unwrap_err();
         assert!(
             err.contains(
                 "bad.csv:2: row \"a\": answer \"card_lost\" is not one of its two candidates"
@@ -1095,8 +924,8 @@ mod tests {
             json!([{"data": {"id": "a"}, "annotations": [{"result": [{"value": {"choices": ["refund"]}}]}]}]).to_string(),
         )
         .unwrap();
-        let given = crate::human::read_answers(&ls, &ls).unwrap();
-        let ds_ = crate::human::apply_answers(&ls, flags, given, &p.digest).unwrap();
+        let given = crate::judge::human::read_answers(&ls, &ls).unwrap();
+        let ds_ = crate::judge::human::apply_answers(&ls, flags, given, &p.digest).unwrap();
         assert_eq!(ds_[0].outcome, Outcome::Change);
         assert_eq!(ds_[1].failure, Some(Failure::AwaitingHuman));
     }

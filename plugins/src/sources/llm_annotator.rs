@@ -17,11 +17,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::data::{content_id, Dataset, LabelSpec, Split};
-use crate::dataset::{read_rows, DatasetConfig, Format};
-use crate::llm::{CallError, Client};
+use crate::sources::rows::{read_rows, Columns, Format};
+use relabel_llm::client::{CallError, Client};
 
 /// The prompt used when the config names no template (templates/llm_annotate.j2).
-pub const DEFAULT_TEMPLATE: &str = include_str!("../../templates/llm_annotate.j2");
+pub const DEFAULT_TEMPLATE: &str = include_str!("../../../templates/llm_annotate.j2");
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -107,21 +107,15 @@ fn load(
     c: &AnnotatorConfig,
     shown: &std::path::Path,
 ) -> Result<Rows, String> {
-    let dc = DatasetConfig {
-        train: shown.to_path_buf(),
-        dev: None,
-        test: None,
-        dev_fraction: 0.0,
-        format: Format::Auto,
-        text_column: c.text_column.clone(),
-        label_column: c.label_column.clone(),
-        id_column: c.id_column.clone(),
-        labels: None,
-        on_bad_row: Default::default(),
-        in_input: false,
-        task: Default::default(),
-    };
-    let raw = read_rows(path, Format::Auto, &dc)?;
+    let raw = read_rows(
+        path,
+        Format::Auto,
+        &Columns {
+            text: c.text_column.clone(),
+            label: c.label_column.clone(),
+            id: c.id_column.clone(),
+        },
+    )?;
     let mut out = Rows {
         ids: Vec::new(),
         texts: Vec::new(),
@@ -155,11 +149,11 @@ fn load(
 impl NodeKind for LlmAnnotator {
     type Config = AnnotatorConfig;
     const KIND: &'static str = "llm_annotator";
-    const VERSION: &'static str = "1";
+    const VERSION: &'static str = "2";
     const ABOUT: &'static str = "Labels unlabelled texts with an LLM over the whole label set; debugs the prompt on a human-labelled test file first";
 
-    fn uses_llm(_: &AnnotatorConfig) -> bool {
-        true
+    fn resources(_: &AnnotatorConfig) -> Vec<&'static str> {
+        vec![relabel_llm::endpoint::SECTION]
     }
 
     fn outputs(_: &AnnotatorConfig) -> Vec<String> {
@@ -183,7 +177,7 @@ impl NodeKind for LlmAnnotator {
 
     fn check(c: &AnnotatorConfig, inputs: &[String]) -> Vec<ConfigProblem> {
         let mut p = Vec::new();
-        p.extend(crate::require_data_input(c.in_input, inputs));
+        p.extend(crate::inputs::require_data_input(c.in_input, inputs));
         if c.unlabelled.is_none() && !c.debug_only {
             p.push(ConfigProblem::new(
                 CfgPath::root(),
@@ -212,12 +206,13 @@ impl NodeKind for LlmAnnotator {
         inputs: Inputs,
     ) -> Result<NodeOutput, NodeError> {
         let fail = NodeError::Failed;
-        let at = |p: &std::path::Path| crate::config_path(&ctx, &inputs, c.in_input, p);
+        let at = |p: &std::path::Path| crate::inputs::config_path(&ctx, &inputs, c.in_input, p);
         let spec = LabelSpec::load(&at(&c.labels)).map_err(fail)?;
         let names: Vec<String> = spec.names().iter().map(|s| s.to_string()).collect();
         let template =
-            crate::template_text(&ctx, c.template.as_deref(), DEFAULT_TEMPLATE).map_err(fail)?;
-        let (env, digest) = crate::strict_template(&template).map_err(fail)?;
+            crate::template::template_text(&ctx, c.template.as_deref(), DEFAULT_TEMPLATE)
+                .map_err(fail)?;
+        let (env, digest) = crate::template::strict_template(&template).map_err(fail)?;
         let labels_ctx: Vec<Value> = spec
             .labels
             .iter()

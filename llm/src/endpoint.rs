@@ -168,3 +168,18 @@ pub fn check(v: &serde_yaml::Value) -> Result<(), ConfigProblem> {
 pub fn schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     generator.subschema_for::<Endpoint>()
 }
+
+/// The manifest section of endpoints, the config field naming one, and the memo table of
+/// their answers.
+pub const SECTION: &str = "llm";
+
+/// Endpoints as the engine's resource kind: node kinds that call an LLM list [`SECTION`] in
+/// their `resources`.
+pub const RESOURCE: relabel_engine::plugin::ResourceKind = relabel_engine::plugin::ResourceKind {
+    section: SECTION,
+    noun: "LLM endpoint",
+    without: "use the local model",
+    check,
+    schema,
+    key: cache_key,
+};

@@ -12,3 +12,10 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command) {
         });
     }
 }
+
+/// The last `n` lines of a log file (empty when it cannot be read): a failed child's message.
+pub fn log_tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -54,7 +54,7 @@ impl LocalServer {
         }
         // Its own process group (Ctrl-C goes to relabel, which stops it), and SIGKILL if relabel dies.
         cmd.process_group(0);
-        crate::child::die_with_parent(&mut cmd);
+        relabel_engine::child::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
@@ -68,7 +68,7 @@ impl LocalServer {
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
                 let tail = log
-                    .map(|p| format!("\n{}", crate::command::log_tail(p, 15)))
+                    .map(|p| format!("\n{}", relabel_engine::child::log_tail(p, 15)))
                     .unwrap_or_default();
                 return Err(format!(
                     "llama-server exited before it was ready ({status}){tail}"

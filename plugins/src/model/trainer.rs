@@ -87,7 +87,7 @@ impl NodeKind for Trainer {
             dataset: dataset.path.clone(),
             out: out.clone(),
         };
-        let metrics = crate::worker::run_task(&ctx, "train", &request).await?;
+        let metrics = crate::model::worker::run_task(&ctx, "train", &request).await?;
         Ok(NodeOutput {
             outputs: [("model".to_string(), out)].into(),
             metrics,

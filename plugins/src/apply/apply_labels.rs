@@ -14,9 +14,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::binary_relabeler::{read_decisions, Decision, Failure, Outcome};
 use crate::data::Dataset;
 use crate::flags::Flag;
+use relabel_tasks::classification::Classification;
+use relabel_tasks::decisions::{read_decisions, Decision, Failure, Outcome};
+use relabel_tasks::task::{Choice, Dispute, Task, TaskKind};
 
 /// What `apply_labels` makes the next dataset version from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -208,15 +210,26 @@ pub fn apply(
                 f.id, f.candidate
             ));
         }
-        let Some(new_idx) = ds.labels.index(new) else {
+        if ds.labels.index(new).is_none() {
             return Err(format!(
                 "decisions line {line}: row {}: label \"{new}\" is not in the label set",
                 f.id
             ));
-        };
+        }
         let row = locate(ds, f, line, "decisions")?;
+        // The task applies the judge's choice between the flag's two options.
+        let dispute = Dispute {
+            site: (),
+            options: [f.label.clone(), f.candidate.clone()],
+            score: 0.0,
+        };
         let split = ds.splits.get_mut(&f.split).expect("located");
-        split.labels[row] = new_idx;
+        match ds.task {
+            TaskKind::Classification => {
+                Classification.apply(&mut split.labels[row], &dispute, Choice::Take, &ds.labels)
+            }
+        }
+        .map_err(|e| format!("decisions line {line}: row {}: {e}", f.id))?;
         audit.push(AuditRecord {
             split: f.split.clone(),
             row,
@@ -240,7 +253,7 @@ pub fn apply(
 impl NodeKind for ApplyLabels {
     type Config = ApplyConfig;
     const KIND: &'static str = "apply_labels";
-    const VERSION: &'static str = "2";
+    const VERSION: &'static str = "3";
     const ABOUT: &'static str =
         "Writes the next dataset version from the relabeler's decisions, with an audit trail";
 
@@ -250,12 +263,12 @@ impl NodeKind for ApplyLabels {
 
     fn check(c: &ApplyConfig, inputs: &[String]) -> Vec<ConfigProblem> {
         let mut p = match c.action {
-            Action::Decisions => crate::require_inputs(
+            Action::Decisions => crate::inputs::require_inputs(
                 inputs,
                 &["dataset", "decisions"],
                 "{dataset: DATA.dataset, decisions: RELABEL.decisions}",
             ),
-            Action::Flip | Action::Drop => crate::require_inputs(
+            Action::Flip | Action::Drop => crate::inputs::require_inputs(
                 inputs,
                 &["dataset", "flags"],
                 "{dataset: DATA.dataset, flags: FILTER.flags}",

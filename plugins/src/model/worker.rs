@@ -49,7 +49,7 @@ pub async fn run_task(
         .stderr(Stdio::from(log))
         .kill_on_drop(true);
     // A SIGKILLed relabel must not leave the worker training on.
-    crate::child::die_with_parent(&mut cmd);
+    relabel_engine::child::die_with_parent(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| NodeError::Failed(format!("cannot start the ML worker {}: {e} (build it with `cargo build --workspace --bins`, or set RELABEL_ML_BIN)", bin.display())))?;
@@ -85,7 +85,7 @@ pub async fn run_task(
     if !status.success() {
         return Err(NodeError::Failed(format!(
             "the ML worker failed ({status}) in task {task}:\n{}",
-            crate::command::log_tail(&log_path, 12)
+            relabel_engine::child::log_tail(&log_path, 12)
         )));
     }
     metrics.ok_or_else(|| {

@@ -11,7 +11,7 @@ pub struct SelfPredictor;
 impl NodeKind for SelfPredictor {
     type Config = SelfPredictorConfig;
     const KIND: &'static str = "self_predictor";
-    const VERSION: &'static str = "1";
+    const VERSION: &'static str = "2";
     const ABOUT: &'static str = "Predicts every train, dev and test row with a model (in-sample, or out-of-sample by k-fold); writes probabilities, argmax and loss.";
 
     fn outputs(_: &SelfPredictorConfig) -> Vec<String> {
@@ -28,7 +28,7 @@ impl NodeKind for SelfPredictor {
                 ));
             }
         }
-        p.extend(crate::require_inputs(
+        p.extend(crate::inputs::require_inputs(
             inputs,
             &["model", "dataset"],
             "{model: train.model, dataset: data.dataset}",
@@ -50,7 +50,7 @@ impl NodeKind for SelfPredictor {
             out: out.clone(),
             work: ctx.work_dir.clone(),
         };
-        let metrics = crate::worker::run_task(&ctx, "predict", &request).await?;
+        let metrics = crate::model::worker::run_task(&ctx, "predict", &request).await?;
         Ok(NodeOutput {
             outputs: [("predictions".to_string(), out)].into(),
             metrics,

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::HttpRequestFactory;
-use relabel_engine::cache::LlmCache;
+use relabel_engine::cache::Memo;
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::endpoint::{Endpoint, Provider};
-use crate::local_llm::LocalServer;
+use crate::local::LocalServer;
 
 /// Counters of what happened on the wire and in the answers; reported as node metrics.
 #[derive(Debug, Default)]
@@ -188,7 +188,7 @@ pub struct Client {
     /// What answers depend on (provider, base_url, model, the weights' digest): it joins
     /// every request's cache key, so other weights behind the same alias are asked anew.
     identity: Value,
-    cache: LlmCache,
+    cache: Memo,
     pub stats: Arc<Stats>,
     permits: Arc<Semaphore>,
     pace: Option<Mutex<Instant>>,
@@ -206,7 +206,7 @@ impl Client {
     pub fn new(
         name: &str,
         endpoint: Endpoint,
-        cache: LlmCache,
+        cache: Memo,
         server_log: Option<std::path::PathBuf>,
     ) -> Result<Client, String> {
         let api_key = match &endpoint.api_key_env {
@@ -238,21 +238,21 @@ impl Client {
         })
     }
 
-    /// The client for a node's endpoint (`NodeContext::llm`), or the local model when the
+    /// The client for a node's endpoint (its `llm` resource), or the local model when the
     /// manifest declares none; a local server logs into the node's work folder.
     pub fn for_node(ctx: &relabel_engine::plugin::NodeContext) -> Result<Client, String> {
-        let (name, endpoint) = match &ctx.llm {
+        let (name, endpoint) = match ctx.resource(crate::endpoint::SECTION) {
             Some((name, v)) => (
-                name.clone(),
+                name.to_string(),
                 serde_json::from_value::<Endpoint>(v.clone())
-                    .map_err(|e| format!("llm endpoint \"{name}\": {e}"))?,
+                    .map_err(|e| format!("LLM endpoint \"{name}\": {e}"))?,
             ),
             None => ("local".to_string(), Endpoint::default_local()),
         };
         Client::new(
             &name,
             endpoint,
-            ctx.llm_cache.clone(),
+            ctx.memo(crate::endpoint::SECTION),
             Some(ctx.work_dir.join("llama-server.log")),
         )
     }

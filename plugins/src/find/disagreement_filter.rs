@@ -469,7 +469,6 @@ pub fn confident_learning(p: &SplitPredictions, method: ClMethod) -> Vec<bool> {
     }
 }
 
-/// The best label other than the given one, and its probability.
 /// A row's candidate label: the prediction, or the runner-up when the prediction is the label.
 fn candidate(p: &SplitPredictions, i: usize) -> usize {
     let given = p.label[i] as usize;
@@ -480,14 +479,10 @@ fn candidate(p: &SplitPredictions, i: usize) -> usize {
     }
 }
 
+/// The task's best other class (label specs have at least two classes).
 fn best_other(row: &[f32], given: usize) -> (usize, f32) {
-    let mut best = if given == 0 { 1 } else { 0 };
-    for (j, &x) in row.iter().enumerate() {
-        if j != given && x > row[best] {
-            best = j;
-        }
-    }
-    (best, row[best])
+    relabel_tasks::classification::Classification::best_other(row, given as u32)
+        .map_or((given, 0.0), |(k, q)| (k as usize, q))
 }
 
 /// The suspicion score of a row under a ranking (higher: more suspicious).
@@ -707,7 +702,7 @@ impl NodeKind for DisagreementFilter {
                 ));
             }
         }
-        p.extend(crate::require_inputs(
+        p.extend(crate::inputs::require_inputs(
             inputs,
             &["predictions", "dataset"],
             "{predictions: predict.predictions, dataset: data.dataset}",
@@ -749,11 +744,12 @@ pub fn run_filter(
     let mut preds = Vec::new();
     for s in &c.splits {
         let Some(split) = ds.split(s) else { continue };
-        let p = SplitPredictions::read(&pred_dir.join(format!("{s}.bin")))
-            .map_err(|e| e.to_string())?;
-        if p.rows() != split.len() || p.classes != names.len() {
-            return Err(format!("predictions for {s} have {} rows x {} classes; the dataset has {} rows x {} labels (were they made from this dataset?)", p.rows(), p.classes, split.len(), names.len()));
-        }
+        let p = SplitPredictions::read(
+            &pred_dir.join(crate::data::split_file(s)),
+            split,
+            names.len(),
+        )
+        .map_err(|e| format!("predictions for {s}: {e}"))?;
         preds.push((s.as_str(), p));
     }
     let views: Vec<(&str, &SplitPredictions)> = preds.iter().map(|(s, p)| (*s, p)).collect();

@@ -11,19 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::data::{content_id, Dataset, LabelSpec, Split};
-
-/// How a data file is laid out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// From the file name: .jsonl/.ndjson, .csv, .tsv, .parquet.
-    #[default]
-    Auto,
-    Jsonl,
-    Csv,
-    Tsv,
-    Parquet,
-}
+pub use crate::sources::rows::{read_rows, Columns, Format, RawRow};
 
 /// What to do with a row that fails its checks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -94,198 +82,15 @@ fn default_label() -> String {
 /// The `dataset` node kind.
 pub struct DatasetNode;
 
-/// A row as read from a file, before checks. `row` is 1-based (the line number for JSONL/CSV).
-#[derive(Debug, Clone)]
-pub struct RawRow {
-    pub row: usize,
-    pub id: Option<String>,
-    pub text: Option<String>,
-    pub label: Option<String>,
-    /// Why the row could not be read at all (a truncated or malformed JSON line): a bad row,
-    /// skipped or refused per `on_bad_row` like any other.
-    pub unreadable: Option<String>,
-}
-
-impl RawRow {
-    fn unreadable(row: usize, why: String) -> RawRow {
-        RawRow {
-            row,
-            id: None,
-            text: None,
-            label: None,
-            unreadable: Some(why),
+impl DatasetConfig {
+    /// The columns rows are read by.
+    pub fn columns(&self) -> Columns {
+        Columns {
+            text: self.text_column.clone(),
+            label: self.label_column.clone(),
+            id: self.id_column.clone(),
         }
     }
-}
-
-fn format_of(path: &Path, f: Format) -> Result<Format, String> {
-    if f != Format::Auto {
-        return Ok(f);
-    }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if name.ends_with(".jsonl") || name.ends_with(".ndjson") || name.ends_with(".json") {
-        Ok(Format::Jsonl)
-    } else if name.ends_with(".csv") {
-        Ok(Format::Csv)
-    } else if name.ends_with(".tsv") || name.ends_with(".txt") {
-        Ok(Format::Tsv)
-    } else if name.contains(".parquet") {
-        Ok(Format::Parquet)
-    } else {
-        Err(format!(
-            "{}: cannot tell the format from the name; set `format: jsonl | csv | tsv | parquet`",
-            path.display()
-        ))
-    }
-}
-
-fn scalar(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// Reads every row of a data file. A file-level problem (unreadable, missing column in a
-/// header) is an error; row-level problems are left for [`check_rows`].
-pub fn read_rows(path: &Path, format: Format, c: &DatasetConfig) -> Result<Vec<RawRow>, String> {
-    let shown = path.display();
-    match format_of(path, format)? {
-        Format::Jsonl => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
-            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-            let mut rows = Vec::new();
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let v: serde_json::Value = match serde_json::from_str(line) {
-                    Ok(v @ serde_json::Value::Object(_)) => v,
-                    Ok(_) => {
-                        rows.push(RawRow::unreadable(i + 1, "not a JSON object".into()));
-                        continue;
-                    }
-                    Err(e) => {
-                        rows.push(RawRow::unreadable(i + 1, format!("not a JSON object: {e}")));
-                        continue;
-                    }
-                };
-                let get = |k: &str| v.get(k).and_then(scalar);
-                rows.push(RawRow {
-                    row: i + 1,
-                    id: c.id_column.as_deref().and_then(get),
-                    text: get(&c.text_column),
-                    label: get(&c.label_column),
-                    unreadable: None,
-                });
-            }
-            Ok(rows)
-        }
-        f @ (Format::Csv | Format::Tsv) => {
-            let mut rdr = csv::ReaderBuilder::new()
-                .delimiter(if f == Format::Tsv { b'\t' } else { b',' })
-                .flexible(true)
-                .from_path(path)
-                .map_err(|e| format!("{shown}: {e}"))?;
-            let headers = rdr.headers().map_err(|e| format!("{shown}: {e}"))?.clone();
-            let col = |name: &str| -> Result<usize, String> {
-                headers.iter().position(|h| h == name).ok_or_else(|| {
-                    let have: Vec<&str> = headers.iter().collect();
-                    format!(
-                        "{shown}:1: missing column \"{name}\" ({}){}",
-                        crate::clip::header_shape(&have),
-                        did_you_mean(name, have.iter().copied())
-                            .map(|h| format!("; {h}"))
-                            .unwrap_or_default()
-                    )
-                })
-            };
-            let ti = col(&c.text_column)?;
-            let li = col(&c.label_column)?;
-            let ii = c.id_column.as_deref().map(col).transpose()?;
-            let mut rows = Vec::new();
-            for rec in rdr.records() {
-                let rec = rec.map_err(|e| format!("{shown}: {e}"))?;
-                let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
-                let get = |i: usize| rec.get(i).map(str::to_string);
-                rows.push(RawRow {
-                    row: line,
-                    id: ii.and_then(get),
-                    text: get(ti),
-                    label: get(li),
-                    unreadable: None,
-                });
-            }
-            Ok(rows)
-        }
-        Format::Parquet => read_parquet(path, c),
-        Format::Auto => unreachable!("resolved above"),
-    }
-}
-
-fn read_parquet(path: &Path, c: &DatasetConfig) -> Result<Vec<RawRow>, String> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    use parquet::record::Field;
-    let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| format!("{shown}: {e}"))?;
-    let schema = reader.metadata().file_metadata().schema_descr();
-    let names: Vec<String> = schema
-        .columns()
-        .iter()
-        .map(|col| col.name().to_string())
-        .collect();
-    for name in [
-        Some(&c.text_column),
-        Some(&c.label_column),
-        c.id_column.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if !names.contains(name) {
-            return Err(format!(
-                "{shown}: missing column \"{name}\" (columns: {})",
-                names.join(", ")
-            ));
-        }
-    }
-    let mut rows = Vec::new();
-    let iter = reader
-        .get_row_iter(None)
-        .map_err(|e| format!("{shown}: {e}"))?;
-    for (i, row) in iter.enumerate() {
-        let row = row.map_err(|e| format!("{shown}: row {}: {e}", i + 1))?;
-        let mut r = RawRow {
-            row: i + 1,
-            id: None,
-            text: None,
-            label: None,
-            unreadable: None,
-        };
-        for (name, field) in row.get_column_iter() {
-            let v = match field {
-                Field::Null => None,
-                Field::Str(s) => Some(s.clone()),
-                other => Some(other.to_string()),
-            };
-            if name == &c.text_column {
-                r.text = v;
-            } else if name == &c.label_column {
-                r.label = v;
-            } else if Some(name) == c.id_column.as_ref() {
-                r.id = v;
-            }
-        }
-        rows.push(r);
-    }
-    Ok(rows)
 }
 
 /// A row that failed its checks.
@@ -380,7 +185,7 @@ pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String
         }
     };
     let train_path = resolve(&c.train);
-    let train_rows = read_rows(&train_path, c.format, c)?;
+    let train_rows = read_rows(&train_path, c.format, &c.columns())?;
     let spec = match &c.labels {
         Some(p) => LabelSpec::load(&resolve(p))?,
         None => {
@@ -415,7 +220,7 @@ pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String
     splits.insert("train".to_string(), train);
     for (name, path) in [("dev", &c.dev), ("test", &c.test)] {
         if let Some(p) = path {
-            let rows = read_rows(&resolve(p), c.format, c)?;
+            let rows = read_rows(&resolve(p), c.format, &c.columns())?;
             let (s, bad) = check_rows(&p.display().to_string(), rows, &spec, c, &mut seen);
             bad_rows.extend(bad);
             splits.insert(name.to_string(), s);
@@ -511,7 +316,7 @@ pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String
 impl NodeKind for DatasetNode {
     type Config = DatasetConfig;
     const KIND: &'static str = "dataset";
-    const VERSION: &'static str = "1";
+    const VERSION: &'static str = "2";
     const ABOUT: &'static str = "Reads train/dev/test (JSONL, CSV, TSV, Parquet) and a label spec; checks every row; writes a typed dataset.";
 
     fn outputs(_: &DatasetConfig) -> Vec<String> {

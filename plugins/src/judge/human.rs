@@ -8,8 +8,8 @@ use std::path::Path;
 use relabel_engine::plugin::{Metrics, NodeContext, NodeError};
 use serde_json::{json, Value};
 
-use crate::binary_relabeler::{Decision, Failure, Prompter, RelabelerConfig};
 use crate::flags::Flag;
+use crate::judge::binary_relabeler::{Decision, Failure, Prompter, RelabelerConfig};
 
 const CSV_NAME: &str = "relabel.csv";
 const JSONL_NAME: &str = "relabel.jsonl";

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use relabel_engine::cache::{CacheError, Entry, EntryList, FileMemo, LastRecord, LlmCache, Store};
-use relabel_plugins::endpoint::Endpoint;
-use relabel_plugins::llm::{CallError, Client, Stats};
+use relabel_engine::cache::{CacheError, Entry, EntryList, FileMemo, LastRecord, Memo, Store};
+use relabel_llm::client::{CallError, Client, Stats};
+use relabel_llm::endpoint::Endpoint;
 use relabel_testkit::{chat_completion, Reply, Server};
 use serde_json::{json, Value};
 
@@ -49,10 +49,10 @@ impl Store for MemStore {
     fn set_file_memo(&self, _: &str, _: &FileMemo) -> Result<(), CacheError> {
         Ok(())
     }
-    fn llm_get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+    fn memo_get(&self, _: &str, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
         Ok(self.llm.lock().unwrap().get(key).cloned())
     }
-    fn llm_put(&self, key: &str, value: &[u8]) -> Result<(), CacheError> {
+    fn memo_put(&self, _: &str, key: &str, value: &[u8]) -> Result<(), CacheError> {
         if self.fail_writes {
             return Err(CacheError::Io {
                 path: "db".into(),
@@ -65,7 +65,7 @@ impl Store for MemStore {
             .insert(key.to_string(), value.to_vec());
         Ok(())
     }
-    fn llm_len(&self) -> usize {
+    fn memo_len(&self, _: &str) -> usize {
         self.llm.lock().unwrap().len()
     }
     fn flush(&self) -> Result<(), CacheError> {
@@ -97,7 +97,7 @@ fn client(server: &Server, extra: Value, store: Arc<dyn Store>) -> Client {
     Client::new(
         "s",
         endpoint(&server.base_url(), extra),
-        LlmCache::new(store),
+        Memo::new(store, "llm"),
         None,
     )
     .unwrap()
@@ -249,6 +249,6 @@ fn a_response_body_over_the_cap_is_refused_and_not_stored() {
         let c = client(&s, json!({}), dyn_store);
         let e = c.chat(question()).await.unwrap_err();
         assert!(e.to_string().contains("larger than 8 MiB"), "{e}");
-        assert_eq!(store.llm_len(), 0);
+        assert_eq!(store.memo_len("llm"), 0);
     });
 }

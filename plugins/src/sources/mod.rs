@@ -1,0 +1,9 @@
+//! Stage 1, the initial dataset: read from files (`dataset`), aggregated from annotators' votes
+//! (`votes`), labelled by an LLM from a prompt (`llm_annotator`), or derived from behaviour logs
+//! (`behavior_log`). Reading source files (JSON lines, CSV/TSV, Parquet) is in [`rows`].
+
+pub mod behavior_log;
+pub mod dataset;
+pub mod llm_annotator;
+pub mod rows;
+pub mod votes;

@@ -313,10 +313,15 @@ impl Client {
     }
 
     /// Sends a chat completion `request` (without `model`, which the endpoint sets), or answers
-    /// it from the cache. Only complete, well-formed responses are cached.
+    /// it from the cache. Only complete, well-formed responses are cached. A `metadata` field
+    /// is left out of the key, and out of the request unless the endpoint's `send_metadata`.
     pub async fn chat(&self, mut request: Value) -> Result<Reply, CallError> {
         request["model"] = json!(self.endpoint.model);
+        let metadata = request.as_object_mut().and_then(|m| m.remove("metadata"));
         let key = json!({"endpoint": self.identity, "request": request});
+        if let (Some(m), true) = (metadata, self.endpoint.send_metadata) {
+            request["metadata"] = m;
+        }
         if let Some(hit) = self.cache.get(&key).ok().flatten() {
             if let Some(body) = hit.get("response") {
                 Stats::add(&self.stats.cache_hits, 1);

@@ -54,6 +54,12 @@ pub struct Endpoint {
     /// `provider: local` only: CPU threads for llama-server (default: all cores).
     #[serde(default)]
     pub threads: Option<u32>,
+    /// Send each request's `metadata` (which row a question is about: `relabel_split`,
+    /// `relabel_id`) to the server, for servers that log or route by it (a simulated judge
+    /// finds its item by it). Off by default: not every server accepts the field. Never part
+    /// of an answer's key.
+    #[serde(default)]
+    pub send_metadata: bool,
 }
 
 impl Endpoint {
@@ -73,6 +79,7 @@ impl Endpoint {
             price_per_million: BTreeMap::new(),
             model_path: None,
             threads: None,
+            send_metadata: false,
         }
     }
 

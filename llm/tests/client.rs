@@ -252,3 +252,40 @@ fn a_response_body_over_the_cap_is_refused_and_not_stored() {
         assert_eq!(store.memo_len("llm"), 0);
     });
 }
+
+#[test]
+fn request_metadata_reaches_the_server_only_when_asked_and_never_splits_the_cache() {
+    on_runtime(async move {
+        let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let log = seen.clone();
+        let s = Server::start(Arc::new(move |req| {
+            let body = req.json().unwrap_or(Value::Null);
+            log.lock().unwrap().push(body["metadata"].clone());
+            Reply::ok(chat_completion("billing"))
+        }))
+        .unwrap();
+        let with = |id: &str| {
+            let mut q = question();
+            q["metadata"] = json!({"relabel_split": "train", "relabel_id": id});
+            q
+        };
+        // Off (the default): the field is not sent.
+        let off = client(&s, json!({}), fresh());
+        off.chat(with("r1")).await.unwrap();
+        // On: sent as given; another row's identical question is the same answer's key.
+        let store = fresh();
+        let on = client(&s, json!({"send_metadata": true}), store.clone());
+        assert!(!on.chat(with("r1")).await.unwrap().cached);
+        assert!(on.chat(with("r2")).await.unwrap().cached);
+        // And the key is the one a request without metadata has.
+        let plain = client(&s, json!({}), store);
+        assert!(plain.chat(question()).await.unwrap().cached);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen[0].is_null(), "{seen:?}");
+        assert_eq!(
+            seen[1],
+            json!({"relabel_split": "train", "relabel_id": "r1"})
+        );
+    });
+}

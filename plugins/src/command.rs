@@ -312,8 +312,6 @@ impl NodeKind for Command {
     }
 }
 
-/// The last `n` lines of a log file (what a failed process said last).
-
 /// Kills the command's whole process group when dropped (on completion, cancellation or timeout).
 struct GroupGuard(Option<u32>);
 

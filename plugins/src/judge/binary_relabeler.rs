@@ -568,13 +568,16 @@ async fn ask(
     };
     for attempt in 0..=c.answer_retries {
         a.attempts = attempt + 1;
-        let req = request(
+        let mut req = request(
             &prompt,
             order,
             client.endpoint.temperature,
             c.logprobs,
             attempt,
         );
+        // Which row the question is about, for servers that use it (sent only when the
+        // endpoint's `send_metadata` is set; never part of the answer's key).
+        req["metadata"] = json!({"relabel_split": flag.split, "relabel_id": flag.id});
         let reply = match client.chat(req).await {
             Ok(r) => r,
             Err(e) if e.is_fatal() => return Err(e),

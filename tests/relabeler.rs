@@ -804,3 +804,53 @@ fn a_deleted_export_folder_is_recreated_when_the_node_is_cached() {
     // The copies are the person's to edit.
     std::fs::write(&csv, "edited").unwrap();
 }
+
+/// The simulated annotator finds each question's row from the request's metadata, so a custom
+/// template that shows the text its own way is judged as the built-in one: a p = 1 judge picks
+/// every row's true label, here the candidate of rows r0-r2 and the current label of r3.
+#[test]
+fn the_simulated_annotator_judges_a_custom_template_by_the_requests_row() {
+    let truth: HashMap<String, String> = ROWS
+        .iter()
+        .enumerate()
+        .take(4)
+        .map(|(i, (_, label, cand))| {
+            let right = if i < 3 { cand } else { label };
+            (format!("r{i}"), right.to_string())
+        })
+        .collect();
+    let ann = relabel_testkit::Annotator::new(truth, 1, std::time::Duration::ZERO);
+    let server = Server::start(ann.handler()).unwrap();
+    let text = manifest(&server.base_url(), "")
+        .replace("model: scripted-model", "model: sim-p1\n    send_metadata: true")
+        .replace(
+            "config: {llm: scripted, examples: 1, answer_retries: 1}",
+            "config: {llm: scripted, examples: 1, answer_retries: 0, max_rows: 4, template: mine.j2}",
+        );
+    let mut f = Fixture::new(&text);
+    f.envs.push(("RELABEL_TEST_KEY".into(), "k".into()));
+    write_inputs(&f);
+    // Only the first four rows are flagged.
+    let flags: String = std::fs::read_to_string(f.path().join("flags.jsonl"))
+        .unwrap()
+        .lines()
+        .take(4)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    f.write("flags.jsonl", &flags);
+    f.write(
+        "mine.j2",
+        "Which intent fits <<{{ text }}>>? One of: {% for c in candidates %}{{ c.name }} {% endfor %}\nReply as JSON.",
+    );
+    let (code, r) = f.run(&[]);
+    assert_eq!(code, 0, "{r}");
+    let decisions = read_jsonl(&output_path(&r, "relabel", "decisions"));
+    assert_eq!(decisions.len(), 4);
+    for d in &decisions {
+        let i: usize = d["id"].as_str().unwrap()[1..].parse().unwrap();
+        let (_, label, cand) = ROWS[i];
+        let right = if i < 3 { cand } else { label };
+        assert_eq!(d["chosen"], right, "{d}");
+    }
+    assert_eq!(ann.unknown.load(std::sync::atomic::Ordering::Relaxed), 0);
+}

@@ -18,6 +18,37 @@ pub const ENDPOINT_FAILURES: &[Failure] = &[
     Failure::BadResponse,
 ];
 
+/// Who (or what) decided a row: a judge, or a judge-free baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// An LLM endpoint.
+    Llm,
+    /// A person, through export and import.
+    Human,
+    /// The `flip` baseline: every flagged row takes its candidate.
+    Flip,
+    /// The `drop` baseline: every flagged row is left out.
+    Drop,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Llm => "llm",
+            Source::Human => "human",
+            Source::Flip => "flip",
+            Source::Drop => "drop",
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What became of one flagged row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -120,8 +151,8 @@ pub struct Decision {
     pub answer: Option<String>,
     /// Why the row is undecided.
     pub failure: Option<Failure>,
-    /// `llm` or `human`.
-    pub source: String,
+    /// Who decided.
+    pub source: Source,
     /// The candidate shown first (small models favour the first option).
     pub first_option: Option<String>,
     pub endpoint: Option<String>,
@@ -133,7 +164,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    pub fn undecided(flag: Flag, source: &str, failure: Failure) -> Decision {
+    pub fn undecided(flag: Flag, source: Source, failure: Failure) -> Decision {
         Decision {
             flag,
             outcome: Outcome::Undecided,
@@ -141,7 +172,7 @@ impl Decision {
             confidence: None,
             answer: None,
             failure: Some(failure),
-            source: source.into(),
+            source,
             first_option: None,
             endpoint: None,
             model: None,

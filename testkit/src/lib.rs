@@ -388,18 +388,19 @@ pub fn user_message(request: &Value) -> String {
         .to_string()
 }
 
-/// The item text of a binary-relabel prompt rendered from templates/binary_relabel.j2 (the text
-/// between `Item: "` and the closing `"` before `Label:`).
-pub fn prompt_item(prompt: &str) -> Option<&str> {
-    prompt
-        .rsplit_once("Item: \"")
-        .and_then(|(_, rest)| rest.rsplit_once("\"\nLabel:"))
-        .map(|(item, _)| item)
+/// The row a request is about: its `metadata.relabel_id` (sent by endpoints with
+/// `send_metadata: true`), whatever the prompt's template.
+pub fn request_row(request: &Value) -> Option<&str> {
+    request
+        .pointer("/metadata/relabel_id")
+        .and_then(Value::as_str)
 }
 
 /// A simulated annotator of known accuracy, for measurement only (never a node kind): it answers
-/// a two-candidate relabel request with the item's true label with probability `p` and with the
+/// a two-candidate relabel request with the row's true label with probability `p` and with the
 /// other candidate otherwise; when neither candidate is the true label it picks one at random.
+/// It finds the row from the request's metadata ([`request_row`]; the endpoint needs
+/// `send_metadata: true`), never from the prompt, so any template works with it.
 /// `p` comes from the request's model name, `sim-p0.9`, so one server serves several judges
 /// (and each judge's answers are cached apart). Draws are a hash of (seed, item, candidates):
 /// the same question always gets the same answer, and a row a judge of accuracy p answers right
@@ -408,12 +409,12 @@ pub struct Annotator {
     truth: std::collections::HashMap<String, String>,
     seed: u64,
     latency: Duration,
-    /// Requests whose item has no known true label (answered with HTTP 400).
+    /// Requests whose row has no known true label, or name no row (answered with HTTP 400).
     pub unknown: AtomicU64,
 }
 
 impl Annotator {
-    /// `truth`: item text -> true label.
+    /// `truth`: row id -> true label.
     pub fn new(
         truth: std::collections::HashMap<String, String>,
         seed: u64,
@@ -476,13 +477,15 @@ impl Annotator {
             let (Some(p), 2) = (p, pair.len()) else {
                 return Reply::status(400, "expected model sim-pP and two offered labels");
             };
-            let msg = user_message(&body);
-            match prompt_item(&msg).and_then(|item| me.answer(p, item, &pair)) {
+            match request_row(&body).and_then(|row| me.answer(p, row, &pair)) {
                 Some(label) => Reply::ok(chat_completion(&json!({ "label": label }).to_string()))
                     .delayed(me.latency),
                 None => {
                     me.unknown.fetch_add(1, Ordering::Relaxed);
-                    Reply::status(400, "unknown item")
+                    Reply::status(
+                        400,
+                        "unknown row (or no metadata.relabel_id: set the endpoint's send_metadata)",
+                    )
                 }
             }
         })
@@ -523,7 +526,9 @@ mod tests {
             assert_eq!(a8, ann.answer(0.8, &item, &flipped).unwrap());
         }
         assert_eq!(ann.answer(0.9, "never seen", &pair), None);
-        let item = "Classify.\nItem: \"say \"hi\"\"\nLabel:";
-        assert_eq!(prompt_item(item), Some("say \"hi\""));
+        let req =
+            json!({"messages": [], "metadata": {"relabel_split": "train", "relabel_id": "r7"}});
+        assert_eq!(request_row(&req), Some("r7"));
+        assert_eq!(request_row(&json!({"messages": []})), None);
     }
 }

@@ -72,26 +72,44 @@ impl Setting {
     }
 }
 
-/// Item text -> clean label, from Banking77's train split (what the simulated judge knows).
-fn truth_by_text(data: &Path) -> Result<(HashMap<String, String>, usize)> {
-    let text = std::fs::read_to_string(data.join("train.tsv"))?;
-    let mut truth = HashMap::new();
-    let mut conflicts = 0;
-    for line in text.lines().skip(1) {
-        let fields: Vec<&str> = line.split('\t').collect();
-        if fields.len() < 2 {
-            continue;
-        }
-        let (t, l) = (fields[0].to_string(), fields[fields.len() - 1].to_string());
-        match truth.get(&t) {
-            Some(old) if old != &l => conflicts += 1,
-            Some(_) => {}
-            None => {
-                truth.insert(t, l);
-            }
-        }
+/// The planted truth by row id: the rows of the `source` node (noise 0, so every label is the
+/// truth), run alone first. Every setting's noisy rows have the same ids, because
+/// inject_noise.py shuffles the rows before it draws any noise.
+fn truth_by_id(
+    bin: &Path,
+    work: &Path,
+    cache: &Path,
+    data: &Path,
+) -> Result<HashMap<String, String>> {
+    let report = work.join("reports/source.json");
+    let status = Command::new(bin)
+        .args([
+            "run",
+            "manifests/bench/quality.yaml",
+            "--target",
+            "source",
+            "--report",
+        ])
+        .arg(&report)
+        .arg("--cache")
+        .arg(cache)
+        .env("RELABEL_BANKING77", data)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("the source node failed; see its log in {}", cache.display());
     }
-    Ok((truth, conflicts))
+    let r: Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+    let rows = read_jsonl(&output(&r, "source", "data")?.join("train.jsonl"))?;
+    Ok(rows
+        .iter()
+        .map(|x| {
+            (
+                x["id"].as_str().unwrap_or("").to_string(),
+                x["true_label"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect())
 }
 
 fn node<'a>(r: &'a Value, instance: &str) -> Option<&'a Value> {
@@ -239,11 +257,14 @@ pub fn quality(root: &Path, args: &[String]) -> Result<Value> {
     let quick = args.iter().any(|a| a == "--quick");
     let bin = crate::relabel_bin(root)?;
     let data = crate::bench_train::banking77()?;
-    let (truth, conflicts) = truth_by_text(&data)?;
     let latency_ms: u64 = std::env::var("RELABEL_SIM_LATENCY_MS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
+    let work = root.join("target/bench-quality");
+    std::fs::create_dir_all(work.join("reports"))?;
+    let cache = work.join("cache");
+    let truth = truth_by_id(&bin, &work, &cache, &data)?;
     let annotator = Annotator::new(truth, 2026, Duration::from_millis(latency_ms));
     let server = Server::start_on(SIM_PORT, annotator.handler())
         .with_context(|| format!("starting the simulated judge on port {SIM_PORT}"))?;
@@ -311,9 +332,6 @@ pub fn quality(root: &Path, args: &[String]) -> Result<Value> {
         skip_judged: false,
     });
 
-    let work = root.join("target/bench-quality");
-    std::fs::create_dir_all(work.join("reports"))?;
-    let cache = work.join("cache");
     let mut results = BTreeMap::new();
     let t_all = Instant::now();
     for s in &settings {
@@ -421,7 +439,7 @@ pub fn quality(root: &Path, args: &[String]) -> Result<Value> {
         "targets": checks,
         "training_noise": seed_noise,
         "table_markdown": table,
-        "simulated_judge": {"latency_ms": latency_ms, "requests": sim_requests, "unknown_items": unknown, "conflicting_duplicate_texts": conflicts},
+        "simulated_judge": {"latency_ms": latency_ms, "requests": sim_requests, "unknown_items": unknown},
         "seconds": t_all.elapsed().as_secs_f64(),
         "quick": quick,
     }))

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::data::Dataset;
 use crate::flags::Flag;
 use relabel_tasks::classification::Classification;
-use relabel_tasks::decisions::{read_decisions, Decision, Failure, Outcome};
+use relabel_tasks::decisions::{read_decisions, Decision, Failure, Outcome, Source};
 use relabel_tasks::task::{Choice, Dispute, Task, TaskKind};
 
 /// What `apply_labels` makes the next dataset version from.
@@ -101,7 +101,7 @@ pub fn flip_decisions(flags: &[Flag]) -> Vec<Decision> {
     flags
         .iter()
         .map(|f| {
-            let mut d = Decision::undecided(f.clone(), "flip", Failure::Malformed);
+            let mut d = Decision::undecided(f.clone(), Source::Flip, Failure::Malformed);
             d.outcome = Outcome::Change;
             d.failure = None;
             d.chosen = Some(f.candidate.clone());
@@ -126,7 +126,7 @@ pub fn drop_flagged(ds: &mut Dataset, flags: &[Flag]) -> Result<Vec<AuditRecord>
             id: f.id.clone(),
             old_label: f.label.clone(),
             new_label: DROPPED.to_string(),
-            source: "drop".into(),
+            source: Source::Drop,
             old_prob: f.label_prob,
             new_prob: f.candidate_prob,
             answer: None,
@@ -164,8 +164,8 @@ pub struct AuditRecord {
     pub id: String,
     pub old_label: String,
     pub new_label: String,
-    /// `llm` or `human`.
-    pub source: String,
+    /// Who decided (`llm`, `human`, or the `flip` / `drop` baseline).
+    pub source: Source,
     /// The model's probabilities of the old and the new label.
     #[serde(deserialize_with = "crate::flags::null_as_nan")]
     pub old_prob: f32,
@@ -236,7 +236,7 @@ pub fn apply(
             id: f.id.clone(),
             old_label: f.label.clone(),
             new_label: new.to_string(),
-            source: d.source.clone(),
+            source: d.source,
             old_prob: f.label_prob,
             new_prob: f.candidate_prob,
             answer: d.answer.clone(),
@@ -493,7 +493,7 @@ mod tests {
         let audit = apply(&mut ds, &flip_decisions(&flags), None).unwrap();
         assert_eq!(ds.splits["train"].labels, vec![0, 2, 2, 1, 1]);
         assert_eq!(audit.len(), 2);
-        assert!(audit.iter().all(|a| a.source == "flip"));
+        assert!(audit.iter().all(|a| a.source == Source::Flip));
         assert_eq!((audit[1].row, audit[1].new_label.as_str()), (3, "b"));
     }
 

@@ -21,7 +21,7 @@ use crate::flags::{self, Flag};
 use crate::judge::human;
 use relabel_llm::client::{CallError, Client, Reply};
 pub use relabel_tasks::decisions::{
-    read_decisions, write_decisions, Decision, Failure, Outcome, ENDPOINT_FAILURES,
+    read_decisions, write_decisions, Decision, Failure, Outcome, Source, ENDPOINT_FAILURES,
 };
 
 /// The prompt used when the config names no template (templates/binary_relabel.j2).
@@ -635,7 +635,7 @@ async fn judge(
     } else {
         None
     };
-    let mut d = Decision::undecided(flag, "llm", Failure::Malformed);
+    let mut d = Decision::undecided(flag, Source::Llm, Failure::Malformed);
     d.first_option = Some(order[0].clone());
     d.endpoint = Some(client.describe());
     d.model = Some(client.endpoint.model.clone());
@@ -818,7 +818,11 @@ mod tests {
             Err(Failure::Malformed)
         );
         assert_eq!(parse_answer("", pair), Err(Failure::Malformed));
-        let mut d = Decision::undecided(flag("t1", "top_up", "refund"), "llm", Failure::Malformed);
+        let mut d = Decision::undecided(
+            flag("t1", "top_up", "refund"),
+            Source::Llm,
+            Failure::Malformed,
+        );
         d.decide("card_lost");
         assert_eq!((d.outcome, d.chosen.clone()), (Outcome::Undecided, None));
         d.decide("refund");
@@ -898,7 +902,7 @@ mod tests {
             outcomes,
             [Outcome::Change, Outcome::Keep, Outcome::Undecided]
         );
-        assert!(ds_.iter().all(|d| d.source == "human"));
+        assert!(ds_.iter().all(|d| d.source == Source::Human));
         // A bad file: every problem with its line number; nothing imported.
         let bad = dir.path().join("bad.csv");
         std::fs::write(

@@ -9,7 +9,7 @@ use relabel_engine::plugin::{Metrics, NodeContext, NodeError};
 use serde_json::{json, Value};
 
 use crate::flags::Flag;
-use crate::judge::binary_relabeler::{Decision, Failure, Prompter, RelabelerConfig};
+use crate::judge::binary_relabeler::{Decision, Failure, Prompter, RelabelerConfig, Source};
 
 const CSV_NAME: &str = "relabel.csv";
 const JSONL_NAME: &str = "relabel.jsonl";
@@ -104,7 +104,7 @@ pub fn restore_export(
 }
 
 fn pending(flag: Flag, digest: &str) -> Decision {
-    let mut d = Decision::undecided(flag, "human", Failure::AwaitingHuman);
+    let mut d = Decision::undecided(flag, Source::Human, Failure::AwaitingHuman);
     d.template_digest = Some(digest.to_string());
     d
 }

@@ -9,14 +9,35 @@ use serde_json::{json, Value};
 
 use crate::{home_cache, run};
 
+/// Benchmarks that read dataset and prediction artifacts: xtask runs them as itself rebuilt
+/// with its `artifacts` feature (relabel-tasks and Parquet), which plain set-up does not wait for.
+const NEEDS_ARTIFACTS: &[&str] = &["flag", "votes", "quality"];
+
 pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
+    if NEEDS_ARTIFACTS.contains(&name) && !cfg!(feature = "artifacts") {
+        return run(Command::new("cargo")
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "xtask",
+                "--features",
+                "artifacts",
+                "--",
+            ])
+            .args(["bench", name])
+            .args(args));
+    }
     let figures = match name {
         "engine" => engine(root, args)?,
         "train" => crate::bench_train::train(root, args)?,
+        #[cfg(feature = "artifacts")]
         "flag" => crate::bench_flag::flag(root, args)?,
         "llm" => crate::bench_llm::llm(root, args)?,
         "knn" => crate::bench_knn::knn(root, args)?,
+        #[cfg(feature = "artifacts")]
         "votes" => crate::bench_votes::votes(root, args)?,
+        #[cfg(feature = "artifacts")]
         "quality" => crate::bench_quality::quality(root, args)?,
         "artifacts" => crate::bench_artifacts::artifacts(root, args)?,
         other => {

@@ -5,12 +5,14 @@
 //! flagged rows); every figure is scored against the planted truth and the untouched test split.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use relabel_tasks::data::Dataset;
+
+pub(crate) use crate::report::{metric, output, read_jsonl};
 use relabel_testkit::{Annotator, Server};
 use serde_json::{json, Value};
 
@@ -112,28 +114,6 @@ fn truth_by_id(
         .collect())
 }
 
-fn node<'a>(r: &'a Value, instance: &str) -> Option<&'a Value> {
-    r["nodes"]
-        .as_array()?
-        .iter()
-        .find(|n| n["instance"] == instance)
-}
-
-/// The path of a node's output in a run report.
-pub(crate) fn output(r: &Value, instance: &str, name: &str) -> Result<PathBuf> {
-    node(r, instance)
-        .and_then(|n| n["outputs"][name]["path"].as_str())
-        .map(PathBuf::from)
-        .with_context(|| format!("the run report has no output {instance}.{name}"))
-}
-
-/// A node's metric in a run report (null when absent).
-pub(crate) fn metric(r: &Value, instance: &str, key: &str) -> Value {
-    node(r, instance)
-        .map(|n| n["metrics"][key].clone())
-        .unwrap_or(Value::Null)
-}
-
 /// Train rows whose label equals the planted truth, and the rows there are.
 pub(crate) fn label_accuracy(ds: &Dataset, truth: &HashMap<String, String>) -> (f64, usize) {
     let t = &ds.splits["train"];
@@ -146,14 +126,6 @@ pub(crate) fn label_accuracy(ds: &Dataset, truth: &HashMap<String, String>) -> (
         })
         .count();
     (right as f64 / t.len().max(1) as f64, t.len())
-}
-
-pub(crate) fn read_jsonl(p: &Path) -> Result<Vec<Value>> {
-    std::fs::read_to_string(p)?
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| Ok(serde_json::from_str(l)?))
-        .collect()
 }
 
 /// Scores one run against the planted truth: per round, flag precision/recall, train-label

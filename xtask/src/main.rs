@@ -2,12 +2,16 @@
 
 mod bench;
 mod bench_artifacts;
+#[cfg(feature = "artifacts")]
 mod bench_flag;
 mod bench_knn;
 mod bench_llm;
+#[cfg(feature = "artifacts")]
 mod bench_quality;
 mod bench_train;
+#[cfg(feature = "artifacts")]
 mod bench_votes;
+mod report;
 mod setup_llm;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +46,7 @@ fn main() -> Result<()> {
             run(Command::new("cargo")
                 .env("RELABEL_TEST_PYTHON", py)
                 .args(["test", "--workspace", "--no-fail-fast"])
+                .args(["--features", "xtask/artifacts"])
                 .args(&args[1..]))
         }
         Some("schema") => schema(&root, args.get(1).map(String::as_str) == Some("--check")),
@@ -334,7 +339,7 @@ pub fn demo_banking77(
 
 /// The demo's summary, computed from the run report (every figure comes from a node's metrics).
 pub fn demo_table(r: &serde_json::Value) -> String {
-    let metric = |node: &str, key: &str| bench_quality::metric(r, node, key);
+    let metric = |node: &str, key: &str| report::metric(r, node, key);
     let pct = |v: serde_json::Value| {
         v.as_f64()
             .map(|x| format!("{:.2}%", 100.0 * x))
@@ -384,7 +389,7 @@ fn schema(root: &Path, check: bool) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "artifacts"))]
 mod tests {
     //! The demo as a CI test, on a reduced size: its table must hold figures recomputed here
     //! from the run's own artifacts, and a second invocation must run nothing.
@@ -395,11 +400,11 @@ mod tests {
     use std::collections::HashMap;
 
     fn output(r: &Value, node: &str, name: &str) -> PathBuf {
-        bench_quality::output(r, node, name).unwrap()
+        report::output(r, node, name).unwrap()
     }
 
     fn jsonl(p: &Path) -> Vec<Value> {
-        bench_quality::read_jsonl(p).unwrap()
+        report::read_jsonl(p).unwrap()
     }
 
     fn label_accuracy(ds: &Dataset, truth: &HashMap<String, String>) -> f64 {

@@ -324,29 +324,23 @@ impl Table {
                     self.floats_into(name, &values, &mut out)?;
                     row += l.len();
                 }
-                DataType::List(_) => {
-                    let l = a.as_list::<i32>();
-                    for w in l.value_offsets().windows(2) {
-                        check((w[1] - w[0]) as usize, row)?;
+                DataType::List(_) | DataType::LargeList(_) => {
+                    let (offsets, values): (Vec<usize>, &ArrayRef) =
+                        if let DataType::List(_) = a.data_type() {
+                            let l = a.as_list::<i32>();
+                            let o = l.value_offsets().iter().map(|&o| o as usize);
+                            (o.collect(), l.values())
+                        } else {
+                            let l = a.as_list::<i64>();
+                            let o = l.value_offsets().iter().map(|&o| o as usize);
+                            (o.collect(), l.values())
+                        };
+                    for w in offsets.windows(2) {
+                        check(w[1] - w[0], row)?;
                         row += 1;
                     }
-                    let (start, end) = (
-                        l.value_offsets()[0] as usize,
-                        *l.value_offsets().last().unwrap_or(&0) as usize,
-                    );
-                    self.floats_into(name, &l.values().slice(start, end - start), &mut out)?;
-                }
-                DataType::LargeList(_) => {
-                    let l = a.as_list::<i64>();
-                    for w in l.value_offsets().windows(2) {
-                        check((w[1] - w[0]) as usize, row)?;
-                        row += 1;
-                    }
-                    let (start, end) = (
-                        l.value_offsets()[0] as usize,
-                        *l.value_offsets().last().unwrap_or(&0) as usize,
-                    );
-                    self.floats_into(name, &l.values().slice(start, end - start), &mut out)?;
+                    let (start, end) = (offsets[0], *offsets.last().unwrap_or(&0));
+                    self.floats_into(name, &values.slice(start, end - start), &mut out)?;
                 }
                 t => return Err(self.wrong_type(name, t, "a list of floats per row")),
             }

@@ -105,16 +105,37 @@ for split in ["train", "dev"]:
                    os.path.join(out, split + ".parquet"))
 "#;
 
-#[test]
-fn pyarrow_reads_dataset_versions_and_predictions_and_writes_predictions_the_filter_reads() {
-    let mut f = Fixture::new(
+/// dataset -> `extra` nodes, and an external trainer (`trainer.py`, run by the pyarrow Python)
+/// whose predictions the filter reads.
+fn external_pipeline(name: &str, extra: &str) -> String {
+    format!(
         r#"version: 1
-name: artifacts
+name: {name}
 nodes:
   - id: data
     kind: dataset
-    config: {train: train.jsonl, dev: dev.jsonl, labels: labels.yaml, id_column: id}
-  - id: train
+    config: {{train: train.jsonl, dev: dev.jsonl, labels: labels.yaml, id_column: id}}
+{extra}  - id: external
+    kind: command
+    inputs: {{data: data.dataset}}
+    config:
+      run: {python} trainer.py ${{inputs.data}} ${{outputs.predictions}}
+      files: [trainer.py]
+      outputs: [predictions]
+  - id: flag
+    kind: disagreement_filter
+    inputs: {{predictions: external.predictions, dataset: data.dataset}}
+    config: {{rules: [pred_neq_label], max_fraction: 0.5}}
+"#,
+        python = pyarrow_python().display()
+    )
+}
+
+#[test]
+fn pyarrow_reads_dataset_versions_and_predictions_and_writes_predictions_the_filter_reads() {
+    let mut f = Fixture::new(&external_pipeline(
+        "artifacts",
+        r#"  - id: train
     kind: trainer
     inputs: [data.dataset]
     config: {epochs: 5, patience: 2, seed: 1, threads: 1}
@@ -122,21 +143,8 @@ nodes:
     kind: self_predictor
     inputs: {model: train.model, dataset: data.dataset}
     config: {}
-  - id: external
-    kind: command
-    inputs: {data: data.dataset}
-    config:
-      run: ${PYTHON} trainer.py ${inputs.data} ${outputs.predictions}
-      files: [trainer.py]
-      outputs: [predictions]
-  - id: flag
-    kind: disagreement_filter
-    inputs: {predictions: external.predictions, dataset: data.dataset}
-    config: {rules: [pred_neq_label], max_fraction: 0.5}
-"#
-        .replace("${PYTHON}", pyarrow_python().to_str().unwrap())
-        .as_str(),
-    );
+"#,
+    ));
     write_rows(&f);
     f.write("trainer.py", EXTERNAL_TRAINER);
     let (code, r) = f.run(&[]);
@@ -205,28 +213,7 @@ nodes:
 
 #[test]
 fn predictions_for_another_dataset_version_are_refused_with_the_row() {
-    let mut f = Fixture::new(
-        r#"version: 1
-name: artifacts-mismatch
-nodes:
-  - id: data
-    kind: dataset
-    config: {train: train.jsonl, dev: dev.jsonl, labels: labels.yaml, id_column: id}
-  - id: external
-    kind: command
-    inputs: {data: data.dataset}
-    config:
-      run: ${PYTHON} trainer.py ${inputs.data} ${outputs.predictions}
-      files: [trainer.py]
-      outputs: [predictions]
-  - id: flag
-    kind: disagreement_filter
-    inputs: {predictions: external.predictions, dataset: data.dataset}
-    config: {rules: [pred_neq_label], max_fraction: 0.5}
-"#
-        .replace("${PYTHON}", pyarrow_python().to_str().unwrap())
-        .as_str(),
-    );
+    let mut f = Fixture::new(&external_pipeline("artifacts-mismatch", ""));
     write_rows(&f);
     // The same trainer, but it sorts the rows by id before writing: row 1 is then "train1" ->
     // "train10".

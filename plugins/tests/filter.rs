@@ -226,6 +226,7 @@ fn the_node_writes_flags_with_two_different_candidates() {
         ids: (0..300).map(|i| format!("r{i}")).collect(),
         texts: (0..300).map(|i| format!("text {i}")).collect(),
         labels: p.label.clone(),
+        ..Default::default()
     };
     let ds = Dataset {
         task: Default::default(),
@@ -277,6 +278,7 @@ fn pairs_a_judge_already_decided_are_not_asked_again_and_free_the_budget() {
                 ids: (0..300).map(|i| format!("r{i}")).collect(),
                 texts: (0..300).map(|i| format!("text {i}")).collect(),
                 labels: p.label.clone(),
+                ..Default::default()
             },
         )]
         .into(),

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use relabel_tasks::data::{LabelSpec, Split};
 use relabel_tasks::predictions::SplitPredictions;
+use relabel_tasks::task::TaskKind;
 
 fn best_of_three(mut f: impl FnMut()) -> f64 {
     (0..3)
@@ -34,19 +35,23 @@ fn main() {
             .map(|i| format!("how do I top up my card with {i} pounds please"))
             .collect(),
         labels: (0..n).map(|i| (i % c) as u32).collect(),
+        ..Default::default()
     };
     let sp = dir.join("train.parquet");
     let t = Instant::now();
-    split.write(&sp, &spec).expect("write split");
+    split
+        .write(&sp, &spec, TaskKind::Classification)
+        .expect("write split");
     let write_split = t.elapsed().as_secs_f64();
     let read_split = best_of_three(|| {
-        let back = Split::read(&sp, &spec).expect("read split");
+        let back = Split::read(&sp, &spec, TaskKind::Classification).expect("read split");
         assert_eq!(back.len(), n);
     });
     let head = Split {
         ids: split.ids[..pn].to_vec(),
         texts: split.texts[..pn].to_vec(),
         labels: split.labels[..pn].to_vec(),
+        ..Default::default()
     };
     let mut probs = vec![0.1 / (c as f32 - 1.0); pn * c];
     for i in 0..pn {

@@ -8,6 +8,8 @@ use std::path::Path;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::task::TaskKind;
+
 /// One label: its name, what it means, and a few examples (prompts show only these).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -131,12 +133,18 @@ impl LabelSpec {
     }
 }
 
-/// One split's rows, column by column: ids, texts and label indices.
+/// One split's rows, column by column: ids, texts and the task's labels. Every task has a text
+/// per row (for tagging, the tokens joined by spaces), so that embedding, mining and showing
+/// rows work the same for all; the label columns are the task's.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Split {
     pub ids: Vec<String>,
     pub texts: Vec<String>,
+    /// Classification: each row's label index (empty for other tasks).
     pub labels: Vec<u32>,
+    /// Tagging: each row's tokens and their IOB2 tag indices ([`crate::tagging::tag_names`]).
+    pub tokens: Vec<Vec<String>>,
+    pub tags: Vec<Vec<u32>>,
 }
 
 fn bad(msg: impl Into<String>) -> io::Error {
@@ -152,9 +160,24 @@ impl Split {
         self.ids.is_empty()
     }
 
-    /// Writes the split as Parquet: columns `id` and `text` (strings) and `label` (the label's
-    /// name, dictionary-encoded).
-    pub fn write(&self, path: &Path, spec: &LabelSpec) -> io::Result<()> {
+    /// Writes the split as Parquet: columns `id` and `text` (strings) and, for classification,
+    /// `label` (the label's name, dictionary-encoded); for tagging, `tokens` and `tags` (lists
+    /// of strings, IOB2 tag names).
+    pub fn write(&self, path: &Path, spec: &LabelSpec, task: TaskKind) -> io::Result<()> {
+        if task == TaskKind::Tagging {
+            let names = crate::tagging::tag_names(spec);
+            let tags: Vec<Vec<String>> = self
+                .tags
+                .iter()
+                .map(|t| t.iter().map(|&k| names[k as usize].clone()).collect())
+                .collect();
+            return crate::table::TableWriter::new()
+                .strings("id", &self.ids)
+                .strings("text", &self.texts)
+                .string_lists("tokens", &self.tokens)
+                .string_lists("tags", &tags)
+                .write(path);
+        }
         let names = spec.names();
         if let Some(&y) = self.labels.iter().find(|&&y| y as usize >= names.len()) {
             return Err(bad(format!(
@@ -172,13 +195,76 @@ impl Split {
 
     /// Reads a split written by [`Split::write`] (or by pandas, polars, DuckDB: the same
     /// columns; `label` holds names of the spec's labels).
-    pub fn read(path: &Path, spec: &LabelSpec) -> io::Result<Split> {
+    pub fn read(path: &Path, spec: &LabelSpec, task: TaskKind) -> io::Result<Split> {
         let t = crate::table::Table::read(path)?;
+        if task == TaskKind::Tagging {
+            let tokens = t.string_lists("tokens")?;
+            let raw = t.string_lists("tags")?;
+            let mut tags = Vec::with_capacity(raw.len());
+            for (i, (tk, tg)) in tokens.iter().zip(&raw).enumerate() {
+                if tk.len() != tg.len() {
+                    return Err(bad(format!(
+                        "{}: row {i}: {} tokens but {} tags",
+                        path.display(),
+                        tk.len(),
+                        tg.len()
+                    )));
+                }
+                let strs: Vec<&str> = tg.iter().map(String::as_str).collect();
+                let (ids, problems) =
+                    crate::tagging::read_tags(&strs, crate::tagging::Scheme::Iob2, spec, &|_| None);
+                if let Some(p) = problems.first() {
+                    return Err(bad(format!(
+                        "{}: row {i}, token {}: {}",
+                        path.display(),
+                        p.token,
+                        p.message
+                    )));
+                }
+                tags.push(ids);
+            }
+            return Ok(Split {
+                ids: t.strings("id")?,
+                texts: t.strings("text")?,
+                tokens,
+                tags,
+                ..Default::default()
+            });
+        }
         Ok(Split {
             ids: t.strings("id")?,
             texts: t.strings("text")?,
             labels: t.categories("label", |n| spec.index(n))?,
+            ..Default::default()
         })
+    }
+
+    /// Keeps the rows `keep` says yes to (every column the task has).
+    pub fn retain_rows(&mut self, keep: impl Fn(usize) -> bool) {
+        fn retain<T>(v: &mut Vec<T>, keep: &impl Fn(usize) -> bool) {
+            let mut i = 0;
+            v.retain(|_| (keep(i), i += 1).0);
+        }
+        retain(&mut self.ids, &keep);
+        retain(&mut self.texts, &keep);
+        retain(&mut self.labels, &keep);
+        retain(&mut self.tokens, &keep);
+        retain(&mut self.tags, &keep);
+    }
+
+    /// Appends row `i` of `other` (every column the task has).
+    pub fn push_row(&mut self, other: &Split, i: usize) {
+        self.ids.push(other.ids[i].clone());
+        self.texts.push(other.texts[i].clone());
+        if let Some(&l) = other.labels.get(i) {
+            self.labels.push(l);
+        }
+        if let Some(t) = other.tokens.get(i) {
+            self.tokens.push(t.clone());
+        }
+        if let Some(t) = other.tags.get(i) {
+            self.tags.push(t.clone());
+        }
     }
 }
 
@@ -250,7 +336,7 @@ impl Dataset {
             serde_json::to_vec_pretty(&self.labels)?,
         )?;
         for (name, s) in &self.splits {
-            s.write(&dir.join(split_file(name)), &self.labels)?;
+            s.write(&dir.join(split_file(name)), &self.labels, self.task)?;
         }
         let names: Vec<&String> = self.splits.keys().collect();
         std::fs::write(
@@ -286,7 +372,7 @@ impl Dataset {
                 .as_ref()
                 .is_some_and(|r| r.iter().any(|s| s == name));
             if p.exists() {
-                splits.insert(name.to_string(), Split::read(&p, &labels)?);
+                splits.insert(name.to_string(), Split::read(&p, &labels, recorded_task)?);
             } else if expected {
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
@@ -330,20 +416,23 @@ mod tests {
             ids: vec!["a".into(), "b".into(), "ü".into()],
             texts: vec!["hello".into(), String::new(), "naïve café".into()],
             labels: vec![0, 2, 1],
+            ..Default::default()
         };
         let spec = LabelSpec::from_names(["x", "y", "z"].map(String::from));
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("train.parquet");
-        s.write(&p, &spec).unwrap();
-        assert_eq!(Split::read(&p, &spec).unwrap(), s);
+        s.write(&p, &spec, TaskKind::Classification).unwrap();
+        assert_eq!(Split::read(&p, &spec, TaskKind::Classification).unwrap(), s);
         // Read against a spec without "z": the row is named.
         let other = LabelSpec::from_names(["x", "y"].map(String::from));
-        let e = Split::read(&p, &other).unwrap_err().to_string();
+        let e = Split::read(&p, &other, TaskKind::Classification)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("row 1") && e.contains("\"z\""), "{e}");
         // A truncated file is an error, not a short split.
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
-        assert!(Split::read(&p, &spec).is_err());
+        assert!(Split::read(&p, &spec, TaskKind::Classification).is_err());
     }
 
     #[test]
@@ -352,6 +441,7 @@ mod tests {
             ids: vec!["a".into()],
             texts: vec!["hello".into()],
             labels: vec![0],
+            ..Default::default()
         };
         let d = Dataset {
             task: Default::default(),
@@ -379,13 +469,14 @@ mod tests {
                 .map(|i| format!("how do I top up my card with {i} pounds please"))
                 .collect(),
             labels: (0..n).map(|i| (i % 77) as u32).collect(),
+            ..Default::default()
         };
         let spec = LabelSpec::from_names((0..77).map(|i| format!("class{i}")));
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("train.parquet");
-        s.write(&p, &spec).unwrap();
+        s.write(&p, &spec, TaskKind::Classification).unwrap();
         let t0 = std::time::Instant::now();
-        let back = Split::read(&p, &spec).unwrap();
+        let back = Split::read(&p, &spec, TaskKind::Classification).unwrap();
         let secs = t0.elapsed().as_secs_f64();
         assert_eq!(back.len(), n);
         assert_eq!(back.texts[123_456], s.texts[123_456]);

@@ -4,7 +4,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// A flagged row and its two candidates: the given label and the model's best other label.
+/// A flagged row and its two candidates: the given label and the model's best other label (for
+/// tagging, the two readings' titles of one span).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Flag {
     pub split: String,
@@ -26,6 +27,10 @@ pub struct Flag {
     pub score: f64,
     /// The rule that flagged it (the first that fired, in config order), or `all_rows`.
     pub rule: String,
+    /// Where in the row the dispute is, as the task writes it (tagging: the token span and its
+    /// two readings); absent for classification, whose dispute is the whole row.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub site: serde_json::Value,
 }
 
 /// Reads `null` as NaN (a probability no model gave).

@@ -12,5 +12,7 @@ pub mod io;
 pub mod le;
 pub mod predictions;
 pub mod protocol;
+pub mod rows;
 pub mod table;
+pub mod tagging;
 pub mod task;

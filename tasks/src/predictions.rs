@@ -23,6 +23,10 @@ pub struct SplitPredictions {
     /// For out-of-sample (k-fold) predictions, the fold whose model predicted the row (it never
     /// saw the row); -1 for in-sample predictions.
     pub fold: Vec<i32>,
+    /// Tagging: the tokens of each dataset row. The other columns are then per token (the
+    /// rows' tokens in order), so token-level rules read them as rows of a classification;
+    /// empty for classification.
+    pub lens: Vec<usize>,
 }
 
 impl SplitPredictions {
@@ -55,7 +59,37 @@ impl SplitPredictions {
             label_prob,
             loss,
             fold,
+            lens: Vec::new(),
         }
+    }
+
+    /// Token-level predictions of a tagging split: `probs` is tokens x tags, `tags` the split's
+    /// tags, `fold` per sentence.
+    pub fn from_token_probs(
+        ntags: usize,
+        probs: Vec<f32>,
+        tags: &[Vec<u32>],
+        fold: &[i32],
+    ) -> Self {
+        let label: Vec<u32> = tags.iter().flatten().copied().collect();
+        let token_fold: Vec<i32> = tags
+            .iter()
+            .zip(fold)
+            .flat_map(|(t, &f)| std::iter::repeat_n(f, t.len()))
+            .collect();
+        let mut p = Self::from_probs(ntags, probs, label, token_fold);
+        p.lens = tags.iter().map(Vec::len).collect();
+        p
+    }
+
+    /// Tagging: where each dataset row's tokens start, then the total token count.
+    pub fn token_starts(&self) -> Vec<usize> {
+        let mut s = Vec::with_capacity(self.lens.len() + 1);
+        s.push(0);
+        for &l in &self.lens {
+            s.push(s.last().copied().unwrap_or(0) + l);
+        }
+        s
     }
 
     pub fn accuracy(&self) -> f64 {
@@ -81,18 +115,35 @@ impl SplitPredictions {
     /// float per label, in `labels.json` order), `fold` (int32; -1 in-sample), and for reading
     /// by eye `label` and `predicted` (names), `label_prob` and `loss`.
     pub fn write(&self, path: &Path, ids: &[String], names: &[&str]) -> io::Result<()> {
-        if ids.len() != self.rows() || names.len() != self.classes {
+        let rows = if self.lens.is_empty() {
+            self.rows()
+        } else {
+            self.lens.len()
+        };
+        if ids.len() != rows || names.len() != self.classes {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
                     "{}: {} rows x {} classes of predictions, but {} ids and {} label names",
                     path.display(),
-                    self.rows(),
+                    rows,
                     self.classes,
                     ids.len(),
                     names.len()
                 ),
             ));
+        }
+        if !self.lens.is_empty() {
+            let starts = self.token_starts();
+            let fold: Vec<i32> = starts[..self.lens.len()]
+                .iter()
+                .map(|&s| self.fold.get(s).copied().unwrap_or(-1))
+                .collect();
+            return crate::table::TableWriter::new()
+                .strings("id", ids)
+                .i32s("fold", &fold)
+                .f32_row_lists("probs", &self.probs, &self.lens, self.classes)
+                .write(path);
         }
         crate::table::TableWriter::new()
             .strings("id", ids)
@@ -133,7 +184,6 @@ impl SplitPredictions {
                 )));
             }
         }
-        let probs = t.float_rows("probs", classes)?;
         let fold = if t.has("fold") {
             t.ints("fold")?
                 .into_iter()
@@ -142,6 +192,24 @@ impl SplitPredictions {
         } else {
             vec![-1; split.len()]
         };
+        if !split.tokens.is_empty() {
+            let (probs, lens) = t.float_row_lists("probs", classes)?;
+            if let Some(i) = (0..lens.len()).find(|&i| lens[i] != split.tokens[i].len()) {
+                return Err(bad(format!(
+                    "row {i} (\"{}\"): {} rows of tag probabilities for {} tokens",
+                    split.ids[i],
+                    lens[i],
+                    split.tokens[i].len()
+                )));
+            }
+            return Ok(SplitPredictions::from_token_probs(
+                classes,
+                probs,
+                &split.tags,
+                &fold,
+            ));
+        }
+        let probs = t.float_rows("probs", classes)?;
         Ok(SplitPredictions::from_probs(
             classes,
             probs,
@@ -182,6 +250,7 @@ mod tests {
             ids: vec!["a".into(), "b".into()],
             texts: vec!["x".into(), "y".into()],
             labels: vec![0, 2],
+            ..Default::default()
         };
         p.write(&path, &split.ids, &["p", "q", "r"]).unwrap();
         assert_eq!(SplitPredictions::read(&path, &split, 3).unwrap(), p);

@@ -78,6 +78,43 @@ impl TableWriter {
         self.push(name, Arc::new(list))
     }
 
+    /// A list of strings per row (e.g. a sentence's tokens).
+    pub fn string_lists(&mut self, name: &str, rows: &[Vec<String>]) -> &mut Self {
+        let mut b =
+            arrow_array::builder::ListBuilder::new(arrow_array::builder::StringBuilder::new());
+        for r in rows {
+            for x in r {
+                b.values().append_value(x);
+            }
+            b.append(true);
+        }
+        self.push(name, Arc::new(b.finish()))
+    }
+
+    /// A list of `width`-float lists per row: row `i` has `lens[i]` items (e.g. one probability
+    /// row per token); `xs` is every item's floats, flattened in order.
+    pub fn f32_row_lists(
+        &mut self,
+        name: &str,
+        xs: &[f32],
+        lens: &[usize],
+        width: usize,
+    ) -> &mut Self {
+        let item = Arc::new(Field::new("item", DataType::Float32, false));
+        let values = Arc::new(arrow_array::Float32Array::from(xs.to_vec()));
+        let inner = arrow_array::FixedSizeListArray::try_new(item, width as i32, values, None)
+            .expect("the items are n x width");
+        let field = Arc::new(Field::new("item", inner.data_type().clone(), false));
+        let list = arrow_array::ListArray::try_new(
+            field,
+            arrow_buffer::OffsetBuffer::from_lengths(lens.iter().copied()),
+            Arc::new(inner),
+            None,
+        )
+        .expect("row lengths add up to the items");
+        self.push(name, Arc::new(list))
+    }
+
     /// Writes the table (snappy-compressed) to `path`.
     pub fn write(&self, path: &Path) -> io::Result<()> {
         let schema = Arc::new(Schema::new(self.fields.clone()));
@@ -306,46 +343,127 @@ impl Table {
         let mut out = Vec::with_capacity(self.rows * width);
         let mut row = 0usize;
         for a in self.parts(name)? {
-            let check = |len: usize, row: usize| {
-                if len == width {
-                    Ok(())
-                } else {
-                    Err(bad(
-                        &self.path,
-                        format!("row {row}: column \"{name}\" has {len} values; expected {width} (one per label)"),
-                    ))
-                }
+            self.float_rows_in(name, a, width, &mut row, &mut out, "one per label")?;
+        }
+        Ok(out)
+    }
+
+    /// Float lists of length `width` in `a` appended to `out`; `row` counts them for messages.
+    fn float_rows_in(
+        &self,
+        name: &str,
+        a: &ArrayRef,
+        width: usize,
+        row: &mut usize,
+        out: &mut Vec<f32>,
+        what: &str,
+    ) -> io::Result<()> {
+        let check = |len: usize, row: usize| {
+            if len == width {
+                Ok(())
+            } else {
+                Err(bad(
+                    &self.path,
+                    format!(
+                        "row {row}: column \"{name}\" has {len} values; expected {width} ({what})"
+                    ),
+                ))
+            }
+        };
+        if let DataType::FixedSizeList(_, n) = a.data_type() {
+            check(*n as usize, *row)?;
+            let l = a.as_fixed_size_list();
+            let values = l.values().slice(l.offset() * width, l.len() * width);
+            *row += l.len();
+            return self.floats_into(name, &values, out);
+        }
+        let Some((offsets, values)) = list_parts(a) else {
+            return Err(self.wrong_type(name, a.data_type(), "a list of floats per row"));
+        };
+        for w in offsets.windows(2) {
+            check(w[1] - w[0], *row)?;
+            *row += 1;
+        }
+        let (start, end) = (offsets[0], *offsets.last().unwrap_or(&0));
+        self.floats_into(name, &values.slice(start, end - start), out)
+    }
+
+    /// A column of lists of `width`-float lists (e.g. per token, one probability per tag):
+    /// every item's floats flattened in order, and each row's item count.
+    pub fn float_row_lists(&self, name: &str, width: usize) -> io::Result<(Vec<f32>, Vec<usize>)> {
+        let mut out = Vec::new();
+        let mut lens = Vec::with_capacity(self.rows);
+        let mut item = 0usize;
+        for a in self.parts(name)? {
+            let Some((offsets, values)) = list_parts(a) else {
+                return Err(self.wrong_type(name, a.data_type(), "a list of float lists per row"));
             };
-            match a.data_type() {
-                DataType::FixedSizeList(_, n) => {
-                    check(*n as usize, row)?;
-                    let l = a.as_fixed_size_list();
-                    let values = l.values().slice(l.offset() * width, l.len() * width);
-                    self.floats_into(name, &values, &mut out)?;
-                    row += l.len();
-                }
-                DataType::List(_) | DataType::LargeList(_) => {
-                    let (offsets, values): (Vec<usize>, &ArrayRef) =
-                        if let DataType::List(_) = a.data_type() {
-                            let l = a.as_list::<i32>();
-                            let o = l.value_offsets().iter().map(|&o| o as usize);
-                            (o.collect(), l.values())
-                        } else {
-                            let l = a.as_list::<i64>();
-                            let o = l.value_offsets().iter().map(|&o| o as usize);
-                            (o.collect(), l.values())
-                        };
-                    for w in offsets.windows(2) {
-                        check(w[1] - w[0], row)?;
-                        row += 1;
-                    }
-                    let (start, end) = (offsets[0], *offsets.last().unwrap_or(&0));
-                    self.floats_into(name, &values.slice(start, end - start), &mut out)?;
-                }
-                t => return Err(self.wrong_type(name, t, "a list of floats per row")),
+            lens.extend(offsets.windows(2).map(|w| w[1] - w[0]));
+            let (start, end) = (offsets[0], *offsets.last().unwrap_or(&0));
+            let inner = values.slice(start, end - start);
+            self.float_rows_in(name, &inner, width, &mut item, &mut out, "one per tag")?;
+        }
+        Ok((out, lens))
+    }
+
+    /// A column of string lists (plain or dictionary strings inside).
+    pub fn string_lists(&self, name: &str) -> io::Result<Vec<Vec<String>>> {
+        let mut out = Vec::with_capacity(self.rows);
+        for a in self.parts(name)? {
+            let Some((offsets, values)) = list_parts(a) else {
+                return Err(self.wrong_type(name, a.data_type(), "a list of strings per row"));
+            };
+            let (start, end) = (offsets[0], *offsets.last().unwrap_or(&0));
+            let inner = values.slice(start, end - start);
+            let flat: Vec<String> = if let DataType::Dictionary(_, _) = inner.data_type() {
+                let d = inner.as_any_dictionary();
+                let v = self.string_values(name, d.values())?;
+                d.normalized_keys()
+                    .into_iter()
+                    .map(|k| v[k].clone())
+                    .collect()
+            } else {
+                self.string_values(name, &inner)?
+            };
+            if flat.len() != end - start {
+                return Err(bad(
+                    &self.path,
+                    format!("column \"{name}\" has null strings"),
+                ));
+            }
+            let mut it = flat.into_iter();
+            for w in offsets.windows(2) {
+                out.push(it.by_ref().take(w[1] - w[0]).collect());
             }
         }
         Ok(out)
+    }
+}
+
+/// The offsets and values of a list or large-list array (`None` for anything else).
+fn list_parts(a: &ArrayRef) -> Option<(Vec<usize>, ArrayRef)> {
+    match a.data_type() {
+        DataType::List(_) => {
+            let l = a.as_list::<i32>();
+            Some((
+                l.value_offsets().iter().map(|&o| o as usize).collect(),
+                l.values().clone(),
+            ))
+        }
+        DataType::LargeList(_) => {
+            let l = a.as_list::<i64>();
+            Some((
+                l.value_offsets().iter().map(|&o| o as usize).collect(),
+                l.values().clone(),
+            ))
+        }
+        DataType::FixedSizeList(_, n) => {
+            let l = a.as_fixed_size_list();
+            let n = *n as usize;
+            let values = l.values().slice(l.offset() * n, l.len() * n);
+            Some(((0..=l.len()).map(|i| i * n).collect(), values))
+        }
+        _ => None,
     }
 }
 
@@ -383,5 +501,32 @@ mod tests {
         let only_x = |s: &str| (s == "x").then_some(0);
         let e = t.categories("label", only_x).unwrap_err().to_string();
         assert!(e.contains("row 0") && e.contains("\"y\""), "{e}");
+    }
+
+    #[test]
+    fn nested_lists_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.parquet");
+        let tokens = vec![
+            vec!["EU".to_string(), "rejects".into()],
+            vec![],
+            vec!["x".into()],
+        ];
+        let probs = [0.1f32, 0.9, 0.7, 0.3, 0.5, 0.5];
+        TableWriter::new()
+            .string_lists("tokens", &tokens)
+            .f32_row_lists("probs", &probs, &[2, 0, 1], 2)
+            .write(&p)
+            .unwrap();
+        let t = Table::read(&p).unwrap();
+        assert_eq!(t.string_lists("tokens").unwrap(), tokens);
+        let (flat, lens) = t.float_row_lists("probs", 2).unwrap();
+        assert_eq!(
+            (flat.as_slice(), lens.as_slice()),
+            (&probs[..], &[2, 0, 1][..])
+        );
+        let e = t.float_row_lists("probs", 3).unwrap_err().to_string();
+        assert!(e.contains("expected 3 (one per tag)"), "{e}");
+        assert!(t.string_lists("probs").is_err());
     }
 }

@@ -16,12 +16,15 @@ pub enum TaskKind {
     /// A text and one class.
     #[default]
     Classification,
+    /// A sentence's tokens and one tag per token (NER): entities of the spec's types, IOB2.
+    Tagging,
 }
 
 impl TaskKind {
     pub fn name(self) -> &'static str {
         match self {
             TaskKind::Classification => crate::classification::Classification::KIND,
+            TaskKind::Tagging => crate::tagging::Tagging::KIND,
         }
     }
 }

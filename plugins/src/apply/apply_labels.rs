@@ -16,9 +16,9 @@ use serde_json::json;
 
 use crate::data::Dataset;
 use crate::flags::Flag;
-use relabel_tasks::classification::Classification;
 use relabel_tasks::decisions::{read_decisions, Decision, Failure, Outcome, Source};
-use relabel_tasks::task::{Choice, Dispute, Task, TaskKind};
+use relabel_tasks::rows;
+use relabel_tasks::task::{Choice, TaskKind};
 
 /// What `apply_labels` makes the next dataset version from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -69,14 +69,23 @@ fn locate(ds: &Dataset, f: &Flag, line: usize, what: &str) -> Result<usize, Stri
             )
         })?
     };
-    if Some(split.labels[row]) != ds.labels.index(&f.label) {
-        return Err(format!(
-            "{what} line {line}: row {} is labelled \"{}\" in this dataset, but was {what_verb} as \"{}\" ({what} from another dataset version?)",
-            f.id,
-            ds.labels.labels[split.labels[row] as usize].name,
-            f.label,
-            what_verb = if what == "flags" { "flagged" } else { "judged" },
-        ));
+    let verb = if what == "flags" { "flagged" } else { "judged" };
+    if ds.task == TaskKind::Classification {
+        if Some(split.labels[row]) != ds.labels.index(&f.label) {
+            return Err(format!(
+                "{what} line {line}: row {} is labelled \"{}\" in this dataset, but was {verb} as \"{}\" ({what} from another dataset version?)",
+                f.id,
+                ds.labels.labels[split.labels[row] as usize].name,
+                f.label,
+            ));
+        }
+    } else {
+        rows::holds(ds, f, row).map_err(|e| {
+            format!(
+                "{what} line {line}: row {}: {e}; it was {verb} as \"{}\"",
+                f.id, f.label
+            )
+        })?;
     }
     Ok(row)
 }
@@ -142,13 +151,7 @@ pub fn drop_flagged(ds: &mut Dataset, flags: &[Flag]) -> Result<Vec<AuditRecord>
             .splits
             .get_mut(&name)
             .expect("located rows are in the dataset");
-        let keep = |i: &usize| !rows.contains(i);
-        let mut i = 0;
-        s.ids.retain(|_| (keep(&i), i += 1).0);
-        i = 0;
-        s.texts.retain(|_| (keep(&i), i += 1).0);
-        i = 0;
-        s.labels.retain(|_| (keep(&i), i += 1).0);
+        s.retain_rows(|i| !rows.contains(&i));
     }
     Ok(audit)
 }
@@ -181,14 +184,25 @@ pub struct AuditRecord {
 
 pub struct ApplyLabels;
 
-/// Applies `decisions` to `ds` in place; returns the audit trail. Checks every decision refers to
-/// a row that still has the label it was judged with, and never touches the test split.
+/// What [`apply`] did: the audit trail, and the decisions left out because an earlier one in
+/// the same row overlapped them (tagging), each with why.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub audit: Vec<AuditRecord>,
+    pub overlapped: Vec<String>,
+}
+
+/// Applies `decisions` to `ds` in place, in order. Checks every decision refers to a row that
+/// still has the label it was judged with, and never touches the test split.
 pub fn apply(
     ds: &mut Dataset,
     decisions: &[Decision],
     min_confidence: Option<f64>,
-) -> Result<Vec<AuditRecord>, String> {
+) -> Result<Applied, String> {
     let mut audit = Vec::new();
+    let mut overlapped = Vec::new();
+    // Tasks with several disputes per row check each against the version as it came in.
+    let original = (ds.task != TaskKind::Classification).then(|| ds.clone());
     for (n, d) in decisions.iter().enumerate() {
         let f = &d.flag;
         let line = n + 1;
@@ -210,26 +224,24 @@ pub fn apply(
                 f.id, f.candidate
             ));
         }
-        if ds.labels.index(new).is_none() {
+        if rows::options_are_labels(ds.task) && ds.labels.index(new).is_none() {
             return Err(format!(
                 "decisions line {line}: row {}: label \"{new}\" is not in the label set",
                 f.id
             ));
         }
-        let row = locate(ds, f, line, "decisions")?;
+        // Checked against the version as it came in: a decision made on another version is an
+        // error; one an earlier decision here overlapped (two disputed spans of a sentence) is
+        // left out, the earlier (higher-ranked) one winning.
+        let row = locate(original.as_ref().unwrap_or(ds), f, line, "decisions")?;
         // The task applies the judge's choice between the flag's two options.
-        let dispute = Dispute {
-            site: (),
-            options: [f.label.clone(), f.candidate.clone()],
-            score: 0.0,
-        };
-        let split = ds.splits.get_mut(&f.split).expect("located");
-        match ds.task {
-            TaskKind::Classification => {
-                Classification.apply(&mut split.labels[row], &dispute, Choice::Take, &ds.labels)
+        if let Err(e) = rows::apply(ds, f, row, Choice::Take) {
+            if original.is_some() {
+                overlapped.push(format!("decisions line {line}: row {}: {e}", f.id));
+                continue;
             }
+            return Err(format!("decisions line {line}: row {}: {e}", f.id));
         }
-        .map_err(|e| format!("decisions line {line}: row {}: {e}", f.id))?;
         audit.push(AuditRecord {
             split: f.split.clone(),
             row,
@@ -247,7 +259,7 @@ pub fn apply(
             at: d.at.clone(),
         });
     }
-    Ok(audit)
+    Ok(Applied { audit, overlapped })
 }
 
 impl NodeKind for ApplyLabels {
@@ -297,17 +309,20 @@ impl NodeKind for ApplyLabels {
         let read_flags =
             || crate::flags::read(&inputs["flags"].path).map_err(|e| fail(format!("flags: {e}")));
         let mut new_judged = Vec::new();
+        let mut overlapped = Vec::new();
         let (decisions, audit) = match c.action {
             Action::Decisions => {
                 let decisions = read_decisions(&inputs["decisions"].path).map_err(fail)?;
-                let audit = apply(&mut ds, &decisions, c.min_confidence).map_err(fail)?;
+                let a = apply(&mut ds, &decisions, c.min_confidence).map_err(fail)?;
                 new_judged = judged_pairs(&decisions);
-                (decisions.len(), audit)
+                overlapped = a.overlapped;
+                (decisions.len(), a.audit)
             }
             Action::Flip => {
                 let decisions = flip_decisions(&read_flags()?);
-                let audit = apply(&mut ds, &decisions, None).map_err(fail)?;
-                (decisions.len(), audit)
+                let a = apply(&mut ds, &decisions, None).map_err(fail)?;
+                overlapped = a.overlapped;
+                (decisions.len(), a.audit)
             }
             Action::Drop => {
                 let flags = read_flags()?;
@@ -354,6 +369,13 @@ impl NodeKind for ApplyLabels {
             .sum();
         let mut m = Metrics::new();
         m.insert("changed".into(), json!(audit.len()));
+        m.insert("overlapped".into(), json!(overlapped.len()));
+        if !overlapped.is_empty() {
+            m.insert(
+                "overlapped_examples".into(),
+                json!(&overlapped[..overlapped.len().min(10)]),
+            );
+        }
         m.insert("decisions".into(), json!(decisions));
         m.insert(
             "changed_fraction".into(),
@@ -403,6 +425,23 @@ pub fn diff(a: &Dataset, b: &Dataset, examples: usize) -> serde_json::Value {
                 missing += 1;
                 continue;
             };
+            if a.task == TaskKind::Tagging {
+                // Span changes: each differing span's old and new reading.
+                for c in relabel_tasks::tagging::changes(
+                    &sa.tokens[i],
+                    &sa.tags[i],
+                    &sb.tags[j],
+                    &a.labels,
+                ) {
+                    per_class.entry(c.from_type.clone()).or_default().0 += 1;
+                    per_class.entry(c.to_type.clone()).or_default().1 += 1;
+                    pairs
+                        .entry((c.from_type, c.to_type))
+                        .or_default()
+                        .push(format!("{} -> {}: {}", c.from, c.to, c.sentence));
+                }
+                continue;
+            }
             let old = &a.labels.labels[sa.labels[i] as usize].name;
             let new = &b.labels.labels[sb.labels[j] as usize].name;
             if old != new {
@@ -455,6 +494,7 @@ mod tests {
             ids: (0..labels.len()).map(|i| format!("{p}{i}")).collect(),
             texts: (0..labels.len()).map(|i| format!("text {p}{i}")).collect(),
             labels,
+            ..Default::default()
         };
         Dataset {
             task: Default::default(),
@@ -479,6 +519,7 @@ mod tests {
             candidate_prob: 0.7,
             score: 1.0,
             rule: "pred_neq_label".into(),
+            site: serde_json::Value::Null,
         }
     }
 
@@ -490,7 +531,7 @@ mod tests {
             flag("train", 1, "t1", "b", "c"),
             flag("train", 0, "t3", "a", "b"),
         ];
-        let audit = apply(&mut ds, &flip_decisions(&flags), None).unwrap();
+        let audit = apply(&mut ds, &flip_decisions(&flags), None).unwrap().audit;
         assert_eq!(ds.splits["train"].labels, vec![0, 2, 2, 1, 1]);
         assert_eq!(audit.len(), 2);
         assert!(audit.iter().all(|a| a.source == Source::Flip));

@@ -129,6 +129,9 @@ pub struct FilterConfig {
     /// easy rows, which a judge then sometimes flips.
     #[serde(default)]
     pub all_rows: bool,
+    /// Tagging: how span disputes are ranked (`worst_token`, `softmin` or `margin`).
+    #[serde(default)]
+    pub span_score: relabel_tasks::tagging::SpanScore,
     /// Leave out rows whose pair {label, candidate} a judge has already decided (the judged
     /// pairs an `apply_labels` records in the dataset version it writes), so the budget goes to
     /// new questions: a temperature-0 LLM, or a person, answers a repeated question the same way.
@@ -740,6 +743,120 @@ pub fn run_filter(
     out: &std::path::Path,
 ) -> Result<Metrics, String> {
     let ds = Dataset::read(ds_dir).map_err(|e| e.to_string())?;
+    let (flags, total, skipped) = match ds.task {
+        relabel_tasks::task::TaskKind::Tagging => span_flags(c, &ds, pred_dir, ds_dir)?,
+        relabel_tasks::task::TaskKind::Classification => row_flags(c, &ds, pred_dir, ds_dir)?,
+    };
+    flags::write(out, &flags).map_err(|e| e.to_string())?;
+    flag_metrics(&flags, total, skipped)
+}
+
+/// The judged pairs of a dataset version as (split, id, sorted pair).
+fn judged_set(
+    ds_dir: &std::path::Path,
+) -> Result<std::collections::HashSet<(String, String, [String; 2])>, String> {
+    Ok(crate::data::read_judged(ds_dir)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|j| {
+            let mut pair = j.pair;
+            pair.sort();
+            (j.split, j.id, pair)
+        })
+        .collect())
+}
+
+/// Tagging: every span dispute of the flagged splits' sentences, ranked by `span_score`, under a
+/// budget of `max_fraction` of the sentences; per-class caps count entity types.
+fn span_flags(
+    c: &FilterConfig,
+    ds: &Dataset,
+    pred_dir: &std::path::Path,
+    ds_dir: &std::path::Path,
+) -> Result<(Vec<Flag>, usize, usize), String> {
+    if let Some(r) = c.rules.iter().find(|r| **r != Rule::PredNeqLabel) {
+        return Err(format!(
+            "rule `{}` is a classification rule; a tagging dataset's disputes are the spans where annotated and predicted entities differ (`rules: [pred_neq_label]`), ranked by `span_score`",
+            r.name()
+        ));
+    }
+    let judged = if c.skip_judged {
+        judged_set(ds_dir)?
+    } else {
+        Default::default()
+    };
+    let mut found = Vec::new();
+    let mut cands = Vec::new();
+    let mut type_rows = vec![0usize; ds.labels.len()];
+    let (mut total, mut skipped) = (0usize, 0usize);
+    for (s, name) in c.splits.iter().enumerate() {
+        let Some(split) = ds.split(name) else {
+            continue;
+        };
+        let p = SplitPredictions::read(
+            &pred_dir.join(crate::data::split_file(name)),
+            split,
+            relabel_tasks::tagging::tag_names(&ds.labels).len(),
+        )
+        .map_err(|e| format!("predictions for {name}: {e}"))?;
+        total += split.len();
+        for tags in &split.tags {
+            for e in relabel_tasks::tagging::entities(tags) {
+                type_rows[e.kind as usize] += 1;
+            }
+        }
+        for d in relabel_tasks::rows::tagging_disputes(split, &p, &ds.labels, c.span_score) {
+            let mut pair = d.dispute.options.clone();
+            pair.sort();
+            if judged.contains(&(name.clone(), split.ids[d.row].clone(), pair)) {
+                skipped += 1;
+                continue;
+            }
+            cands.push(Candidate {
+                split: s,
+                row: found.len(),
+                class: d.class,
+                score: d.dispute.score,
+                rule: std::sync::Arc::from("pred_neq_label"),
+            });
+            found.push((name.as_str(), split, d));
+        }
+    }
+    let budget = (c.max_fraction * total as f64).floor() as usize;
+    let flags = select(cands, budget, &type_rows, c)
+        .into_iter()
+        .map(|cand| {
+            let (name, split, d) = &found[cand.row];
+            let span: relabel_tasks::tagging::Span =
+                serde_json::from_value(d.dispute.site.clone()).expect("a span round-trips");
+            Flag {
+                split: name.to_string(),
+                row: d.row,
+                id: split.ids[d.row].clone(),
+                text: relabel_tasks::tagging::marked(&split.tokens[d.row], span.start, span.end),
+                label: d.dispute.options[0].clone(),
+                candidate: d.dispute.options[1].clone(),
+                label_prob: d.probs[0],
+                candidate_prob: d.probs[1],
+                score: d.dispute.score,
+                rule: serde_json::to_value(span.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                site: d.dispute.site.clone(),
+            }
+        })
+        .collect();
+    Ok((flags, total, skipped))
+}
+
+/// Classification: rows flagged by the rules, ranked, under the budget.
+fn row_flags(
+    c: &FilterConfig,
+    ds: &Dataset,
+    pred_dir: &std::path::Path,
+    ds_dir: &std::path::Path,
+) -> Result<(Vec<Flag>, usize, usize), String> {
     let names = ds.labels.names();
     let mut preds = Vec::new();
     for s in &c.splits {
@@ -803,16 +920,27 @@ pub fn run_filter(
             candidate_prob: row[other],
             score: cand.score,
             rule: cand.rule.to_string(),
+            site: serde_json::Value::Null,
         });
     }
-    flags::write(out, &flags).map_err(|e| e.to_string())?;
     let total: usize = views.iter().map(|(_, p)| p.rows()).sum();
+    Ok((flags, total, skipped))
+}
+
+/// The filter's metrics over the flags it chose from `total` rows.
+fn flag_metrics(flags: &[Flag], total: usize, skipped: usize) -> Result<Metrics, String> {
     let mut per_class: BTreeMap<String, usize> = BTreeMap::new();
     let mut per_rule: BTreeMap<String, usize> = BTreeMap::new();
     let mut per_split: BTreeMap<String, usize> = BTreeMap::new();
     let mut hist = [0usize; 10];
-    for f in &flags {
-        *per_class.entry(f.label.clone()).or_default() += 1;
+    for f in flags {
+        // A span's reading is titled "TYPE: words": counted by its type.
+        let class = if f.site.is_null() {
+            f.label.as_str()
+        } else {
+            f.label.split(':').next().unwrap_or_default()
+        };
+        *per_class.entry(class.to_string()).or_default() += 1;
         *per_rule.entry(f.rule.clone()).or_default() += 1;
         *per_split.entry(f.split.clone()).or_default() += 1;
         hist[((f.label_prob * 10.0) as usize).min(9)] += 1;

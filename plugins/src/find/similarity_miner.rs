@@ -472,6 +472,7 @@ impl NodeKind for SimilarityMiner {
                 candidate_prob: f32::NAN,
                 score: *s as f64,
                 rule: format!("similar_to:{}", badcases[*b].id),
+                site: serde_json::Value::Null,
             });
         }
         let out = ctx.output_path("flags");

@@ -27,6 +27,17 @@ pub use relabel_tasks::decisions::{
 /// The prompt used when the config names no template (templates/binary_relabel.j2).
 pub const DEFAULT_TEMPLATE: &str = include_str!("../../../templates/binary_relabel.j2");
 
+/// The prompt used for tagging datasets when the config names no template.
+pub const TAGGING_TEMPLATE: &str = include_str!("../../../templates/tag_relabel.j2");
+
+/// The built-in template for a dataset's task.
+pub fn default_template(task: relabel_tasks::task::TaskKind) -> &'static str {
+    match task {
+        relabel_tasks::task::TaskKind::Classification => DEFAULT_TEMPLATE,
+        relabel_tasks::task::TaskKind::Tagging => TAGGING_TEMPLATE,
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -115,6 +126,11 @@ pub struct Prompter {
     labels: LabelSpec,
     examples: HashMap<String, Vec<String>>,
     seed: u64,
+    /// How many examples each option shows.
+    per_option: usize,
+    /// For tasks whose options are readings of a part of a row rather than labels (tagging),
+    /// the dataset the task builds each question from.
+    rows: Option<Dataset>,
 }
 
 fn mix(seed: u64, s: &str) -> u64 {
@@ -153,7 +169,7 @@ impl Prompter {
                     .collect(),
             );
         }
-        if let Some(train) = ds.split("train") {
+        if let Some(train) = ds.split("train").filter(|t| t.labels.len() == t.len()) {
             let mut pool: HashMap<u32, Vec<(u64, usize)>> = HashMap::new();
             for i in 0..train.len() {
                 if !flagged.contains(&train.ids[i]) {
@@ -180,7 +196,35 @@ impl Prompter {
             labels: ds.labels.clone(),
             examples: by_label,
             seed,
+            per_option: examples,
+            rows: (!relabel_tasks::rows::options_are_labels(ds.task)).then(|| ds.clone()),
         })
+    }
+
+    /// The item and the two options in `order`, as the template shows them: for classification
+    /// the flag's text and the two labels; otherwise what the task's question says.
+    pub fn shown(&self, flag: &Flag, order: [&str; 2]) -> Result<(String, [Candidate; 2]), String> {
+        let Some(ds) = &self.rows else {
+            return Ok((
+                flag.text.trim().to_string(),
+                [self.candidate(order[0]), self.candidate(order[1])],
+            ));
+        };
+        let q = relabel_tasks::rows::question(ds, flag, self.per_option)?;
+        let pick = |title: &str| -> Result<Candidate, String> {
+            let o = q.options.iter().find(|o| o.title == title).ok_or_else(|| {
+                format!(
+                    "row {}: \"{title}\" is not one of the question's options",
+                    flag.id
+                )
+            })?;
+            Ok(Candidate {
+                name: o.title.clone(),
+                definition: o.definition.trim().to_string(),
+                examples: o.examples.iter().map(|e| clip(e, 200)).collect(),
+            })
+        };
+        Ok((q.item.clone(), [pick(order[0])?, pick(order[1])?]))
     }
 
     pub fn candidate(&self, name: &str) -> Candidate {
@@ -206,9 +250,10 @@ impl Prompter {
     /// The prompt for `flag`, with the candidates in `order`.
     pub fn render(&self, flag: &Flag, order: [&str; 2]) -> Result<String, String> {
         let tmpl = self.env.get_template("prompt").map_err(|e| e.to_string())?;
+        let (text, candidates) = self.shown(flag, order)?;
         tmpl.render(minijinja::context! {
-            text => flag.text.trim(),
-            candidates => vec![self.candidate(order[0]), self.candidate(order[1])],
+            text => text,
+            candidates => candidates.to_vec(),
         })
         .map_err(|e| format!("template: {e:#}"))
     }
@@ -428,7 +473,7 @@ impl NodeKind for BinaryRelabeler {
             return Err(fail(format!("flag for row {} ({}): {e}", f.row, f.id)));
         }
         let template =
-            crate::template::template_text(&ctx, c.template.as_deref(), DEFAULT_TEMPLATE)
+            crate::template::template_text(&ctx, c.template.as_deref(), default_template(ds.task))
                 .map_err(fail)?;
         let flagged: HashSet<String> = flags.iter().map(|f| f.id.clone()).collect();
         let prompter = Prompter::new(&template, &ds, &flagged, c.examples, c.seed).map_err(fail)?;
@@ -738,6 +783,7 @@ mod tests {
             candidate_prob: 0.7,
             score: 0.8,
             rule: "pred_neq_label".into(),
+            site: serde_json::Value::Null,
         }
     }
 

@@ -125,10 +125,10 @@ fn write_export(prompter: &Prompter, flags: &[Flag], dir: &Path) -> std::io::Res
     let mut jsonl = String::new();
     let mut tasks = Vec::new();
     for f in flags {
-        let (a, b) = (
-            prompter.candidate(&f.label),
-            prompter.candidate(&f.candidate),
-        );
+        let [a, b] = prompter
+            .shown(f, [&f.label, &f.candidate])
+            .map_err(std::io::Error::other)?
+            .1;
         csv.write_record([
             &f.id,
             &f.split,

@@ -115,6 +115,41 @@ pub fn read_judgements(
     Ok(out)
 }
 
+/// Entity scores of a tagging split, its badcases (sentences whose predicted tags differ from
+/// the labels; JSON lines, when `badcases`) and their count.
+fn score_tagging(
+    ds: &Dataset,
+    split: &str,
+    rows: &crate::data::Split,
+    p: &SplitPredictions,
+    badcases: bool,
+) -> (relabel_tasks::tagging::TagScores, String, usize) {
+    use relabel_tasks::tagging::{changes, predicted_tags, score};
+    let starts = p.token_starts();
+    let nt = p.classes;
+    let pred: Vec<Vec<u32>> = (0..rows.len())
+        .map(|i| predicted_tags(&p.probs[starts[i] * nt..starts[i + 1] * nt], nt))
+        .collect();
+    let v = score(&ds.labels, &rows.tags, &pred);
+    let mut out = String::new();
+    let mut n = 0;
+    for i in 0..rows.len() {
+        if pred[i] == rows.tags[i] {
+            continue;
+        }
+        n += 1;
+        if badcases {
+            let spans: Vec<Value> = changes(&rows.tokens[i], &rows.tags[i], &pred[i], &ds.labels)
+                .into_iter()
+                .map(|c| json!({"label": c.from, "predicted": c.to, "label_type": c.from_type, "predicted_type": c.to_type}))
+                .collect();
+            out.push_str(&json!({"split": split, "row": i, "id": rows.ids[i], "text": rows.texts[i], "spans": spans}).to_string());
+            out.push('\n');
+        }
+    }
+    (v, out, n)
+}
+
 pub struct Evaluator;
 
 impl NodeKind for Evaluator {
@@ -165,10 +200,39 @@ impl NodeKind for Evaluator {
                 names.len(),
             )
             .map_err(|e| fail(format!("predictions for {split}: {e}")))?;
+            if ds.task == TaskKind::Tagging {
+                let (v, bad, n) = score_tagging(&ds, split, rows, &p, *split == c.badcase_split);
+                for (k, x) in [
+                    ("f1", v.f1),
+                    ("precision", v.precision),
+                    ("recall", v.recall),
+                    ("token_accuracy", v.token_accuracy),
+                ] {
+                    m.insert(format!("{split}_{k}"), json!(x));
+                }
+                for id in &rows.ids {
+                    by_id.insert(id.clone(), (split.clone(), 0, 0));
+                }
+                if *split == c.badcase_split {
+                    badcases.push_str(&bad);
+                    m.insert("badcases".into(), json!(n));
+                    m.insert(
+                        "badcase_rate".into(),
+                        json!(if rows.is_empty() {
+                            0.0
+                        } else {
+                            n as f64 / rows.len() as f64
+                        }),
+                    );
+                }
+                evaluation.insert(
+                    split.clone(),
+                    serde_json::to_value(&v).expect("scores serialise"),
+                );
+                continue;
+            }
             // Score against the dataset's labels (the fixed human labels for test).
-            let s = match ds.task {
-                TaskKind::Classification => score(&names, &rows.labels, &p.predicted),
-            };
+            let s = score(&names, &rows.labels, &p.predicted);
             m.insert(format!("{split}_accuracy"), json!(s.accuracy));
             m.insert(format!("{split}_macro_f1"), json!(s.macro_f1));
             for i in 0..rows.len() {

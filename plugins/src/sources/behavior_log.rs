@@ -372,6 +372,7 @@ impl NodeKind for BehaviorLog {
                     candidate_prob: f32::NAN,
                     score: 1.0,
                     rule: "behavior_conflict".into(),
+                    site: serde_json::Value::Null,
                 });
             }
         }

@@ -325,6 +325,7 @@ impl NodeKind for LlmAnnotator {
                     ids: rows.ids,
                     texts: rows.texts,
                     labels: human,
+                    ..Default::default()
                 },
             );
         }

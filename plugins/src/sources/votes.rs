@@ -547,6 +547,7 @@ impl NodeKind for Votes {
                     candidate_prob: p[second] as f32,
                     score: 1.0 - (p[best] - p[second]),
                     rule: "votes_unclear".into(),
+                    site: serde_json::Value::Null,
                 });
             }
         }

@@ -1,0 +1,196 @@
+//! The dataset's task over its stored rows and flags: a row's disputes, a flag's question, and
+//! applying a judge's choice, dispatched on the dataset's task in one place so that the filter,
+//! the judges and `apply_labels` are written once for every task.
+
+use crate::classification::Classification;
+use crate::data::{Dataset, LabelSpec, Split};
+use crate::flags::Flag;
+use crate::predictions::SplitPredictions;
+use crate::tagging::{Span, SpanScore, Tagging};
+use crate::task::{Choice, Dispute, Question, Task, TaskKind};
+
+/// One dispute of a stored row, its site serialised (null for classification).
+#[derive(Debug, Clone)]
+pub struct RowDispute {
+    pub row: usize,
+    /// The class the per-class caps count it under (tagging: the entity type of the current
+    /// reading, else of the proposed one).
+    pub class: usize,
+    pub dispute: Dispute<serde_json::Value>,
+    /// The model's probability of each reading (tagging: the lowest over the span's tokens of
+    /// the current reading, the mean of the proposed one).
+    pub probs: [f32; 2],
+}
+
+/// Every dispute of a tagging split's rows, scored by `score`.
+pub fn tagging_disputes(
+    split: &Split,
+    p: &SplitPredictions,
+    spec: &LabelSpec,
+    score: SpanScore,
+) -> Vec<RowDispute> {
+    let t = Tagging { score };
+    let ntags = p.classes;
+    let starts = p.token_starts();
+    let mut out = Vec::new();
+    for row in 0..split.len().min(p.lens.len()) {
+        let probs = &p.probs[starts[row] * ntags..starts[row + 1] * ntags];
+        for d in t.disputes(&split.tokens[row], &split.tags[row], probs, spec) {
+            let s = &d.site;
+            let tok = |i: usize, tag: u32| probs[(s.start + i) * ntags + tag as usize];
+            let own = s.readings[0]
+                .iter()
+                .enumerate()
+                .map(|(i, &k)| tok(i, k))
+                .fold(1.0f32, f32::min);
+            let other = s.readings[1]
+                .iter()
+                .enumerate()
+                .map(|(i, &k)| tok(i, k))
+                .sum::<f32>()
+                / s.readings[1].len().max(1) as f32;
+            let kind = |r: &[u32]| r.iter().find_map(|&k| crate::tagging::type_of(k));
+            let class = kind(&s.readings[0]).or(kind(&s.readings[1])).unwrap_or(0) as usize;
+            out.push(RowDispute {
+                row,
+                class,
+                probs: [own, other],
+                dispute: Dispute {
+                    site: serde_json::to_value(s).expect("a span serialises"),
+                    options: d.options,
+                    score: d.score,
+                },
+            });
+        }
+    }
+    out
+}
+
+fn span(flag: &Flag) -> Result<Span, String> {
+    serde_json::from_value(flag.site.clone()).map_err(|e| {
+        format!(
+            "row {}: the flag's `site` is not a tagging span ({e}); was it made for another task?",
+            flag.id
+        )
+    })
+}
+
+fn tokens<'a>(ds: &'a Dataset, flag: &Flag) -> Result<&'a [String], String> {
+    let s = ds
+        .split(&flag.split)
+        .ok_or_else(|| format!("the dataset has no split \"{}\"", flag.split))?;
+    let row = row_of(s, flag)?;
+    Ok(&s.tokens[row])
+}
+
+/// The row of `flag` in `split`: by id (its row number a hint).
+pub fn row_of(split: &Split, flag: &Flag) -> Result<usize, String> {
+    if split.ids.get(flag.row) == Some(&flag.id) {
+        return Ok(flag.row);
+    }
+    split
+        .ids
+        .iter()
+        .position(|i| *i == flag.id)
+        .ok_or_else(|| format!("row id \"{}\" is not in split {}", flag.id, flag.split))
+}
+
+/// The binary question of a flag, as its task shows it.
+pub fn question(ds: &Dataset, flag: &Flag, examples: usize) -> Result<Question, String> {
+    let options = [flag.label.clone(), flag.candidate.clone()];
+    match ds.task {
+        TaskKind::Classification => Ok(Classification.question(
+            &flag.text,
+            &Dispute {
+                site: (),
+                options,
+                score: flag.score,
+            },
+            &ds.labels,
+            examples,
+        )),
+        TaskKind::Tagging => Ok(Tagging::default().question(
+            tokens(ds, flag)?,
+            &Dispute {
+                site: span(flag)?,
+                options,
+                score: flag.score,
+            },
+            &ds.labels,
+            examples,
+        )),
+    }
+}
+
+/// Applies a judge's choice on `flag` to row `row` of its split; an error when the row no
+/// longer holds what was disputed (the message says what it holds now).
+pub fn apply(ds: &mut Dataset, flag: &Flag, row: usize, choice: Choice) -> Result<(), String> {
+    let options = [flag.label.clone(), flag.candidate.clone()];
+    let spec = ds.labels.clone();
+    let task = ds.task;
+    let split = ds
+        .splits
+        .get_mut(&flag.split)
+        .ok_or_else(|| format!("the dataset has no split \"{}\"", flag.split))?;
+    match task {
+        TaskKind::Classification => Classification
+            .apply(
+                &mut split.labels[row],
+                &Dispute {
+                    site: (),
+                    options,
+                    score: 0.0,
+                },
+                choice,
+                &spec,
+            )
+            .map_err(|e| e.to_string()),
+        TaskKind::Tagging => Tagging::default()
+            .apply(
+                &mut split.tags[row],
+                &Dispute {
+                    site: span(flag)?,
+                    options,
+                    score: 0.0,
+                },
+                choice,
+                &spec,
+            )
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Whether the flag's options are labels of the spec (classification) or free titles of
+/// readings (tagging): a chosen option must be one of the flag's two either way.
+pub fn options_are_labels(task: TaskKind) -> bool {
+    task == TaskKind::Classification
+}
+
+/// Whether row `row` still holds what `flag` disputes; the error says what it holds now.
+pub fn holds(ds: &Dataset, flag: &Flag, row: usize) -> Result<(), String> {
+    let split = ds
+        .split(&flag.split)
+        .ok_or_else(|| format!("the dataset has no split \"{}\"", flag.split))?;
+    let options = [flag.label.clone(), flag.candidate.clone()];
+    match ds.task {
+        TaskKind::Classification => {
+            let mut y = split.labels[row];
+            let d = Dispute {
+                site: (),
+                options,
+                score: 0.0,
+            };
+            Classification.apply(&mut y, &d, Choice::Keep, &ds.labels)
+        }
+        TaskKind::Tagging => {
+            let mut y = split.tags[row].clone();
+            let d = Dispute {
+                site: span(flag)?,
+                options,
+                score: 0.0,
+            };
+            Tagging::default().apply(&mut y, &d, Choice::Keep, &ds.labels)
+        }
+    }
+    .map_err(|e| e.to_string())
+}

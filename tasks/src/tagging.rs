@@ -121,6 +121,8 @@ pub fn tags_of(entities: &[Entity], len: usize) -> Vec<u32> {
 pub struct TagProblem {
     pub token: usize,
     pub message: String,
+    /// An ill-formed sequence (repaired in the returned tags), not an unreadable tag.
+    pub repairable: bool,
 }
 
 /// Reads one sentence's tag strings in `scheme` into IOB2 tag indices. Unknown types are
@@ -152,6 +154,7 @@ pub fn read_tags(
                         },
                         spec.labels[k as usize].name
                     ),
+                    repairable: true,
                 });
             }
             tags.push(0);
@@ -168,6 +171,7 @@ pub fn read_tags(
                         scheme_name(scheme),
                         prefixes(scheme)
                     ),
+                    repairable: false,
                 });
                 tags.push(0);
                 prev = None;
@@ -182,6 +186,7 @@ pub fn read_tags(
                     prefixes(scheme),
                     scheme_name(scheme)
                 ),
+                repairable: false,
             });
         }
         let Some(k) = spec.index(name) else {
@@ -192,6 +197,7 @@ pub fn read_tags(
                     "unknown entity type \"{name}\" in tag \"{s}\"{hint}; the types are {}",
                     spec.names().join(", ")
                 ),
+                repairable: false,
             });
             tags.push(0);
             prev = None;
@@ -215,6 +221,7 @@ pub fn read_tags(
                                     format!("{p}-{}", spec.labels[pk as usize].name),
                             }
                         ),
+                        repairable: true,
                     });
                 }
                 !ok
@@ -230,6 +237,7 @@ pub fn read_tags(
                             "{s} after an unfinished {}: a BIOES entity ends with E-",
                             spec.labels[pk as usize].name
                         ),
+                        repairable: true,
                     });
                 }
             }
@@ -247,6 +255,7 @@ pub fn read_tags(
                 "the sentence ends inside a {} entity: a BIOES entity ends with E-",
                 spec.labels[k as usize].name
             ),
+            repairable: true,
         });
     }
     (tags, problems)

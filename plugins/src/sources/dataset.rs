@@ -57,6 +57,17 @@ pub struct DatasetConfig {
     /// later nodes dispatch on it without repeating it.
     #[serde(default, skip_serializing_if = "is_classification")]
     pub task: relabel_tasks::task::TaskKind,
+    /// Tagging: how the files write tags (`iob2`, `iob1`, `bioes`); stored as IOB2.
+    #[serde(default)]
+    pub scheme: relabel_tasks::tagging::Scheme,
+    /// Tagging: keep sentences whose tag sequence is ill-formed (an I- after O or another type,
+    /// an unfinished BIOES entity), repaired as the conlleval rules read them, and count them;
+    /// without it they are bad rows. Unknown entity types are bad rows either way.
+    #[serde(default)]
+    pub repair_tags: bool,
+    /// Tagging, CoNLL files: the column of the tag, from 0 [default: the last].
+    #[serde(default)]
+    pub tag_column: Option<usize>,
     /// The paths are inside the node's one input (a folder another node made, e.g. a
     /// `command` that fetches or generates data) instead of relative to the manifest.
     #[serde(default)]
@@ -175,8 +186,173 @@ pub fn check_rows(
     (split, bad)
 }
 
+/// Refuses `bad` rows unless `on_bad_row: skip` (up to 20 shown).
+fn refuse_bad(c: &DatasetConfig, bad_rows: &[BadRow], what: &str) -> Result<(), String> {
+    if c.on_bad_row == OnBadRow::Fail && !bad_rows.is_empty() {
+        let shown: Vec<String> = bad_rows.iter().take(20).map(|b| b.to_string()).collect();
+        let more = if bad_rows.len() > 20 {
+            format!("\n... and {} more", bad_rows.len() - 20)
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "{} bad {what}{} (set `on_bad_row: skip` to leave them out):\n{}{more}",
+            bad_rows.len(),
+            if bad_rows.len() == 1 { "" } else { "s" },
+            shown.join("\n")
+        ));
+    }
+    Ok(())
+}
+
+/// Holds out `fraction` of `train` as dev, chosen by row id (stable).
+fn hold_out(train: Split, fraction: f64) -> (Split, Split) {
+    let (mut keep, mut dev) = (Split::default(), Split::default());
+    for i in 0..train.len() {
+        let h = u64::from_str_radix(&blake3::hash(train.ids[i].as_bytes()).to_hex()[..12], 16)
+            .unwrap_or(0);
+        if (h as f64 / (1u64 << 48) as f64) < fraction {
+            dev.push_row(&train, i);
+        } else {
+            keep.push_row(&train, i);
+        }
+    }
+    (keep, dev)
+}
+
+/// `task: tagging`: sentences from CoNLL or JSONL files, tags checked against the entity types.
+fn build_tagging(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String> {
+    use crate::sources::tagged::{check_sentence, read_sentences, types_in};
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        }
+    };
+    let mut files = vec![("train", c.train.clone())];
+    files.extend(c.dev.iter().map(|p| ("dev", p.clone())));
+    files.extend(c.test.iter().map(|p| ("test", p.clone())));
+    let mut read = Vec::new();
+    for (name, p) in &files {
+        read.push((
+            *name,
+            p.display().to_string(),
+            read_sentences(&resolve(p), c.tag_column)?,
+        ));
+    }
+    let spec = match &c.labels {
+        Some(p) => LabelSpec::load(&resolve(p))?,
+        None => {
+            let types = types_in(&read[0].2);
+            if types.len() < 2 {
+                return Err(format!("{}: fewer than two entity types in the train split's tags (B-TYPE, I-TYPE, ...); give `labels:`", c.train.display()));
+            }
+            LabelSpec::from_names(types)
+        }
+    };
+    let (mut bad_rows, mut repaired) = (Vec::new(), 0usize);
+    let mut splits = BTreeMap::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for (name, file, sentences) in read {
+        let mut split = Split::default();
+        let mut occurrences: HashMap<String, usize> = HashMap::new();
+        for s in sentences {
+            let (tags, problems, fixed) = check_sentence(&s, c.scheme, &spec, c.repair_tags);
+            let Some(tags) = tags else {
+                bad_rows.push(BadRow {
+                    file: file.clone(),
+                    row: s.line,
+                    reason: problems.join("; "),
+                });
+                continue;
+            };
+            repaired += usize::from(fixed > 0);
+            let text = s.tokens.join(" ");
+            let n = occurrences.entry(text.clone()).or_insert(0);
+            let id = content_id(&format!("{file}\n{text}"), *n);
+            *n += 1;
+            if let Some(first) = seen.insert(id.clone(), format!("{file}:{}", s.line)) {
+                bad_rows.push(BadRow {
+                    file: file.clone(),
+                    row: s.line,
+                    reason: format!("duplicate id \"{id}\" (first at {first})"),
+                });
+                continue;
+            }
+            split.ids.push(id);
+            split.texts.push(text);
+            split.tokens.push(s.tokens);
+            split.tags.push(tags);
+        }
+        splits.insert(name.to_string(), split);
+    }
+    refuse_bad(c, &bad_rows, "sentence")?;
+    if c.dev.is_none() {
+        let (keep, dev) = hold_out(
+            splits.remove("train").expect("train was read"),
+            c.dev_fraction,
+        );
+        splits.insert("train".into(), keep);
+        splits.insert("dev".into(), dev);
+    }
+    if splits.get("train").is_none_or(Split::is_empty) {
+        return Err(format!(
+            "{}: the train split has no sentences",
+            c.train.display()
+        ));
+    }
+    let mut metrics = Metrics::new();
+    metrics.insert("labels".into(), spec.len().into());
+    for (name, s) in &splits {
+        metrics.insert(format!("{name}_rows"), s.len().into());
+        metrics.insert(
+            format!("{name}_tokens"),
+            s.tokens.iter().map(Vec::len).sum::<usize>().into(),
+        );
+    }
+    metrics.insert("bad_rows".into(), bad_rows.len().into());
+    metrics.insert("repaired_rows".into(), repaired.into());
+    if !bad_rows.is_empty() {
+        metrics.insert(
+            "bad_row_examples".into(),
+            json!(bad_rows
+                .iter()
+                .take(20)
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()),
+        );
+    }
+    let mut per_type = vec![0usize; spec.len()];
+    for t in &splits["train"].tags {
+        for e in relabel_tasks::tagging::entities(t) {
+            per_type[e.kind as usize] += 1;
+        }
+    }
+    metrics.insert(
+        "train_entities_per_type".into(),
+        json!(spec
+            .names()
+            .iter()
+            .zip(per_type)
+            .map(|(n, k)| (n.to_string(), json!(k)))
+            .collect::<serde_json::Map<_, _>>()),
+    );
+    Ok((
+        Dataset {
+            task: c.task,
+            labels: spec,
+            splits,
+        },
+        metrics,
+    ))
+}
+
 /// Builds the dataset from its config; `dir` is what relative paths are relative to.
 pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String> {
+    if c.task == relabel_tasks::task::TaskKind::Tagging {
+        return build_tagging(c, dir);
+    }
     let resolve = |p: &Path| {
         if p.is_absolute() {
             p.to_path_buf()
@@ -226,36 +402,12 @@ pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String
             splits.insert(name.to_string(), s);
         }
     }
-    if c.on_bad_row == OnBadRow::Fail && !bad_rows.is_empty() {
-        let shown: Vec<String> = bad_rows.iter().take(20).map(|b| b.to_string()).collect();
-        let more = if bad_rows.len() > 20 {
-            format!("\n... and {} more", bad_rows.len() - 20)
-        } else {
-            String::new()
-        };
-        return Err(format!(
-            "{} bad row{} (set `on_bad_row: skip` to leave them out):\n{}{more}",
-            bad_rows.len(),
-            if bad_rows.len() == 1 { "" } else { "s" },
-            shown.join("\n")
-        ));
-    }
+    refuse_bad(c, &bad_rows, "row")?;
     if c.dev.is_none() {
-        // Hold out a stable fraction of train, chosen by row id.
-        let train = splits.remove("train").expect("train was read");
-        let (mut keep, mut dev) = (Split::default(), Split::default());
-        for i in 0..train.len() {
-            let h = u64::from_str_radix(&blake3::hash(train.ids[i].as_bytes()).to_hex()[..12], 16)
-                .unwrap_or(0);
-            let target = if (h as f64 / (1u64 << 48) as f64) < c.dev_fraction {
-                &mut dev
-            } else {
-                &mut keep
-            };
-            target.ids.push(train.ids[i].clone());
-            target.texts.push(train.texts[i].clone());
-            target.labels.push(train.labels[i]);
-        }
+        let (keep, dev) = hold_out(
+            splits.remove("train").expect("train was read"),
+            c.dev_fraction,
+        );
         splits.insert("train".into(), keep);
         splits.insert("dev".into(), dev);
     }

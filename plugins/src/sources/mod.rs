@@ -6,4 +6,5 @@ pub mod behavior_log;
 pub mod dataset;
 pub mod llm_annotator;
 pub mod rows;
+pub mod tagged;
 pub mod votes;

@@ -11,6 +11,7 @@ mod fasttext;
 mod knn;
 mod predict;
 mod progress;
+mod tagger;
 mod train;
 
 #[cfg(test)]
@@ -41,6 +42,9 @@ pub fn fresh(cfg: &TrainerConfig, classes: usize) -> Result<AnyModel> {
             cfg.seed,
             true,
         )?)),
+        ModelKind::Bilstm => bail!(
+            "model: bilstm is a tagger, for `task: tagging` datasets; a classification dataset takes fasttext or encoder"
+        ),
     })
 }
 
@@ -52,6 +56,12 @@ pub enum AnyModel {
 
 fn train_task(req: TrainRequest) -> Result<serde_json::Map<String, serde_json::Value>> {
     let ds = Dataset::read(&req.dataset).context("reading the dataset")?;
+    if ds.task == relabel_tasks::task::TaskKind::Tagging {
+        if req.config.model != ModelKind::Bilstm {
+            bail!("a tagging dataset needs a tagger: set `model: bilstm` on the trainer");
+        }
+        return tagger::train_task(&req, &ds);
+    }
     match fresh(&req.config, ds.labels.len())? {
         AnyModel::FastText(m) => train_with(m, fasttext::DEFAULT_LR, &req, &ds),
         AnyModel::Encoder(m) => train_with(*m, encoder::DEFAULT_LR, &req, &ds),

@@ -36,6 +36,9 @@ pub fn run(req: PredictRequest) -> Result<Map<String, Value>> {
             names
         );
     }
+    if ds.task == relabel_tasks::task::TaskKind::Tagging {
+        return crate::tagger::predict_task(&req, &meta, &ds);
+    }
     let classes = names.len();
     match crate::fresh(&meta.config, classes)? {
         AnyModel::FastText(m) => run_with(m, crate::fasttext::DEFAULT_LR, &req, &meta, &ds),

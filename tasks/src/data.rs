@@ -393,6 +393,15 @@ impl Dataset {
     pub fn split(&self, name: &str) -> Option<&Split> {
         self.splits.get(name)
     }
+
+    /// Probabilities per prediction row: one per label (classification) or, per token, one per
+    /// tag (tagging: O and B-/I- of each type).
+    pub fn prediction_width(&self) -> usize {
+        match self.task {
+            TaskKind::Classification => self.labels.len(),
+            TaskKind::Tagging => crate::tagging::tag_names(&self.labels).len(),
+        }
+    }
 }
 
 /// A stable id for a row without an id column: a digest of its text (and of its repeat count,

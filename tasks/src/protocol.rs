@@ -17,6 +17,59 @@ pub enum ModelKind {
     /// A pretrained BERT-family encoder (all-MiniLM-L6-v2 by default), mean pooling, a linear
     /// head, fine-tuned with AdamW. Small sets on a CPU; large ones want CUDA.
     Encoder,
+    /// Tagging: a BiLSTM over GloVe word vectors, casing and character-CNN features, a softmax
+    /// per token (no CRF, so per-token probabilities are exact), trained with Adam.
+    Bilstm,
+}
+
+/// Settings of the BiLSTM tagger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaggerConfig {
+    /// A folder with `glove_6B_50d_emb.npy` and `glove_6B_index.parquet` [default: GloVe 6B 50d
+    /// as `cargo xtask setup` fetched it into ~/.cache/relabel/models/glove-6b-50d].
+    #[serde(default)]
+    pub vectors: Option<PathBuf>,
+    /// LSTM units per direction.
+    #[serde(default = "d_hidden")]
+    pub hidden: i64,
+    /// Character embedding size and character-CNN filters.
+    #[serde(default = "d_char_dim")]
+    pub char_dim: i64,
+    #[serde(default = "d_char_filters")]
+    pub char_filters: i64,
+    #[serde(default = "d_dropout")]
+    pub dropout: f64,
+}
+
+impl Default for TaggerConfig {
+    fn default() -> Self {
+        TaggerConfig {
+            vectors: None,
+            hidden: d_hidden(),
+            char_dim: d_char_dim(),
+            char_filters: d_char_filters(),
+            dropout: d_dropout(),
+        }
+    }
+}
+
+fn d_hidden() -> i64 {
+    100
+}
+fn d_char_dim() -> i64 {
+    25
+}
+fn d_char_filters() -> i64 {
+    50
+}
+fn d_dropout() -> f64 {
+    0.5
+}
+
+/// Where `cargo xtask setup` puts GloVe 6B 50d.
+pub fn default_vectors_dir() -> PathBuf {
+    crate::home::relabel_home().join("models/glove-6b-50d")
 }
 
 /// Settings of the pretrained encoder.
@@ -136,6 +189,8 @@ pub struct TrainerConfig {
     pub fasttext: FastTextConfig,
     #[serde(default)]
     pub encoder: EncoderConfig,
+    #[serde(default)]
+    pub tagger: TaggerConfig,
 }
 
 /// What `model.json` beside a checkpoint says.

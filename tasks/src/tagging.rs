@@ -56,7 +56,7 @@ pub fn type_of(tag: u32) -> Option<u32> {
 }
 
 fn is_begin(tag: u32) -> bool {
-    tag > 0 && (tag - 1) % 2 == 0
+    tag > 0 && (tag - 1).is_multiple_of(2)
 }
 
 /// One entity: a type (index into the spec) over tokens `start..end`.
@@ -889,7 +889,7 @@ mod tests {
     fn scores_count_exact_entities() {
         let (a, _) = read("B-PER I-PER O B-LOC O B-ORG", Scheme::Iob2);
         let (b, _) = read("B-PER I-PER O B-ORG O B-ORG", Scheme::Iob2);
-        let s = score(&spec(), &[a.clone()], &[b.clone()]);
+        let s = score(&spec(), std::slice::from_ref(&a), std::slice::from_ref(&b));
         assert!((s.precision - 2.0 / 3.0).abs() < 1e-12);
         assert!((s.recall - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(s.per_type["LOC"].support, 1);

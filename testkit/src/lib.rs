@@ -396,6 +396,19 @@ pub fn request_row(request: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
+/// Where in the row a request's question is (`metadata.relabel_site`, the flag's site as JSON;
+/// tagging: the span), when the task has sites.
+pub fn request_site(request: &Value) -> Option<Value> {
+    request
+        .pointer("/metadata/relabel_site")
+        .and_then(Value::as_str)
+        .and_then(|s| serde_json::from_str(s).ok())
+}
+
+/// The true option of a question at a site of a row (tagging: the gold reading's title of the
+/// span), for judges simulated on tasks with several questions per row.
+pub type SiteTruth = Box<dyn Fn(&str, &Value) -> Option<String> + Send + Sync>;
+
 /// A simulated annotator of known accuracy, for measurement only (never a node kind): it answers
 /// a two-candidate relabel request with the row's true label with probability `p` and with the
 /// other candidate otherwise; when neither candidate is the true label it picks one at random.
@@ -407,6 +420,8 @@ pub fn request_row(request: &Value) -> Option<&str> {
 /// is answered right by every judge of higher p.
 pub struct Annotator {
     truth: std::collections::HashMap<String, String>,
+    /// For requests with a site: the truth at that site.
+    site_truth: Option<SiteTruth>,
     seed: u64,
     latency: Duration,
     /// Requests whose row has no known true label, or name no row (answered with HTTP 400).
@@ -422,6 +437,19 @@ impl Annotator {
     ) -> Arc<Annotator> {
         Arc::new(Annotator {
             truth,
+            site_truth: None,
+            seed,
+            latency,
+            unknown: AtomicU64::new(0),
+        })
+    }
+
+    /// A judge for questions about sites of rows (tagging spans): `truth(row id, site)` is the
+    /// true option there.
+    pub fn of_sites(truth: SiteTruth, seed: u64, latency: Duration) -> Arc<Annotator> {
+        Arc::new(Annotator {
+            truth: Default::default(),
+            site_truth: Some(truth),
             seed,
             latency,
             unknown: AtomicU64::new(0),
@@ -452,6 +480,11 @@ impl Annotator {
     /// The label the judge of accuracy `p` gives `item` offered `pair`; None for an unknown item.
     pub fn answer(&self, p: f64, item: &str, pair: &[String]) -> Option<String> {
         let truth = self.truth.get(item)?;
+        Some(self.pick(p, item, truth, pair))
+    }
+
+    /// [`Annotator::answer`] given the truth.
+    fn pick(&self, p: f64, item: &str, truth: &str, pair: &[String]) -> String {
         let pick = if let Some(i) = pair.iter().position(|c| c == truth) {
             if self.draw(item, pair, "right") < p {
                 i
@@ -461,7 +494,7 @@ impl Annotator {
         } else {
             usize::from(self.draw(item, pair, "neither") < 0.5)
         };
-        Some(pair[pick].clone())
+        pair[pick].clone()
     }
 
     /// The server's handler.
@@ -477,7 +510,15 @@ impl Annotator {
             let (Some(p), 2) = (p, pair.len()) else {
                 return Reply::status(400, "expected model sim-pP and two offered labels");
             };
-            match request_row(&body).and_then(|row| me.answer(p, row, &pair)) {
+            let answer = match (&me.site_truth, request_row(&body), request_site(&body)) {
+                (Some(f), Some(row), Some(site)) => f(row, &site).map(|t| {
+                    let item = format!("{row}@{site}");
+                    me.pick(p, &item, &t, &pair)
+                }),
+                (None, Some(row), _) => me.answer(p, row, &pair),
+                _ => None,
+            };
+            match answer {
                 Some(label) => Reply::ok(chat_completion(&json!({ "label": label }).to_string()))
                     .delayed(me.latency),
                 None => {

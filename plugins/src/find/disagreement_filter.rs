@@ -796,7 +796,7 @@ fn span_flags(
         let p = SplitPredictions::read(
             &pred_dir.join(crate::data::split_file(name)),
             split,
-            relabel_tasks::tagging::tag_names(&ds.labels).len(),
+            ds.prediction_width(),
         )
         .map_err(|e| format!("predictions for {name}: {e}"))?;
         total += split.len();

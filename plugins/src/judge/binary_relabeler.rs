@@ -623,6 +623,10 @@ async fn ask(
         // Which row the question is about, for servers that use it (sent only when the
         // endpoint's `send_metadata` is set; never part of the answer's key).
         req["metadata"] = json!({"relabel_split": flag.split, "relabel_id": flag.id});
+        if !flag.site.is_null() {
+            // Where in the row the question is (tagging: the span), for the same servers.
+            req["metadata"]["relabel_site"] = json!(flag.site.to_string());
+        }
         let reply = match client.chat(req).await {
             Ok(r) => r,
             Err(e) if e.is_fatal() => return Err(e),

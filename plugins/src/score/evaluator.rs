@@ -133,13 +133,13 @@ fn score_tagging(
     let v = score(&ds.labels, &rows.tags, &pred);
     let mut out = String::new();
     let mut n = 0;
-    for i in 0..rows.len() {
-        if pred[i] == rows.tags[i] {
+    for (i, predicted) in pred.iter().enumerate() {
+        if *predicted == rows.tags[i] {
             continue;
         }
         n += 1;
         if badcases {
-            let spans: Vec<Value> = changes(&rows.tokens[i], &rows.tags[i], &pred[i], &ds.labels)
+            let spans: Vec<Value> = changes(&rows.tokens[i], &rows.tags[i], predicted, &ds.labels)
                 .into_iter()
                 .map(|c| json!({"label": c.from, "predicted": c.to, "label_type": c.from_type, "predicted_type": c.to_type}))
                 .collect();
@@ -197,7 +197,7 @@ impl NodeKind for Evaluator {
             let p = SplitPredictions::read(
                 &pred_dir.join(crate::data::split_file(split)),
                 rows,
-                names.len(),
+                ds.prediction_width(),
             )
             .map_err(|e| fail(format!("predictions for {split}: {e}")))?;
             if ds.task == TaskKind::Tagging {

@@ -47,6 +47,9 @@ fn conll(name: &str, n: usize) -> Vec<Sentence> {
     out
 }
 
+/// The local-LLM test starts llama-server: one at a time in this file.
+static LOCAL_LLM: Mutex<()> = Mutex::new(());
+
 fn spec() -> LabelSpec {
     LabelSpec::load(std::path::Path::new("manifests/ner/labels.yaml")).unwrap()
 }
@@ -351,4 +354,59 @@ fn bad_tags_are_named_by_file_and_line() {
         "{e}"
     );
     assert!(e.contains("line 9: 3 columns, but line 1 has 2"), "{e}");
+}
+
+#[test]
+fn the_example_manifest_runs_reduced_with_the_local_llm() {
+    let _serial = LOCAL_LLM.lock().unwrap_or_else(|e| e.into_inner());
+    let text = std::fs::read_to_string("manifests/ner_conll.yaml").unwrap();
+    let mut f = Fixture::new(&text);
+    std::fs::create_dir_all(f.path().join("ner")).unwrap();
+    std::fs::copy(
+        "manifests/ner/labels.yaml",
+        f.path().join("ner/labels.yaml"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(f.path().join("conll")).unwrap();
+    let (noisy, _) = plant_swaps(&conll("train.txt", 1200), 7);
+    write_conll(&f, "conll/train.txt", &noisy);
+    write_conll(&f, "conll/valid.txt", &conll("valid.txt", 300));
+    write_conll(&f, "conll/test.txt", &conll("test.txt", 300));
+    let conll_dir = f.path().join("conll");
+    let sets = [
+        format!("conll={}", conll_dir.display()),
+        format!("test_file={}", conll_dir.join("test.txt").display()),
+        "relabel_rows=12".to_string(),
+    ];
+    let mut args = Vec::new();
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    let (code, report) = f.run(&args);
+    assert_eq!(code, 0, "{report:#}");
+    // Every answer is one of its question's two readings, or undecided.
+    let decisions = read_jsonl(&output_path(&report, "relabel", "decisions"));
+    assert_eq!(decisions.len(), 12);
+    for d in &decisions {
+        let pair = [
+            d["label"].as_str().unwrap(),
+            d["candidate"].as_str().unwrap(),
+        ];
+        match d["outcome"].as_str().unwrap() {
+            "keep" => assert_eq!(d["chosen"], pair[0], "{d}"),
+            "change" => assert_eq!(d["chosen"], pair[1], "{d}"),
+            "undecided" => assert!(d["failure"].is_string(), "{d}"),
+            other => panic!("unknown outcome {other}"),
+        }
+        assert!(d["site"]["start"].is_u64(), "{d}");
+    }
+    let decided = decisions
+        .iter()
+        .filter(|d| d["outcome"] != "undecided")
+        .count();
+    assert!(decided >= 6, "{decided} of 12 decided");
+    for n in ["evaluate", "reevaluate"] {
+        let f1 = node(&report, n)["metrics"]["test_f1"].as_f64().unwrap();
+        assert!(f1 > 0.3 && f1 < 1.0, "{n}: test F1 {f1}");
+    }
 }

@@ -11,7 +11,7 @@ use crate::{home_cache, run};
 
 /// Benchmarks that read dataset and prediction artifacts: xtask runs them as itself rebuilt
 /// with its `artifacts` feature (relabel-tasks and Parquet), which plain set-up does not wait for.
-const NEEDS_ARTIFACTS: &[&str] = &["flag", "votes", "quality"];
+const NEEDS_ARTIFACTS: &[&str] = &["flag", "votes", "quality", "ner"];
 
 pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
     if NEEDS_ARTIFACTS.contains(&name) && !cfg!(feature = "artifacts") {
@@ -40,8 +40,10 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
         #[cfg(feature = "artifacts")]
         "quality" => crate::bench_quality::quality(root, args)?,
         "artifacts" => crate::bench_artifacts::artifacts(root, args)?,
+        #[cfg(feature = "artifacts")]
+        "ner" => crate::bench_ner::ner(root, args)?,
         other => {
-            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, knn, votes, quality, artifacts")
+            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, knn, votes, quality, artifacts, ner")
         }
     };
     let out = json!({

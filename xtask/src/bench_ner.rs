@@ -20,6 +20,9 @@ use serde_json::{json, Value};
 use crate::bench::{json_output, target};
 use crate::report::{metric, output, read_jsonl};
 
+/// Row id -> tokens and CleanCoNLL's tags, for the simulated judge.
+type GoldById = std::sync::Arc<std::sync::Mutex<HashMap<String, (Vec<String>, Vec<u32>)>>>;
+
 /// The simulated judge's port: fixed, so the relabeler's cache keys stay the same across runs.
 const SIM_PORT: u16 = 18_733;
 /// Budgets, as fractions of dev sentences.
@@ -291,8 +294,7 @@ pub fn ner(root: &Path, args: &[String]) -> Result<Value> {
     let clean = tags_of_names(&spec, &clean_names);
 
     // The simulated judge answers dev questions by CleanCoNLL's reading of the span.
-    let by_id: std::sync::Arc<std::sync::Mutex<HashMap<String, (Vec<String>, Vec<u32>)>>> =
-        Default::default();
+    let by_id: GoldById = Default::default();
     let lookup = by_id.clone();
     let judge_spec = spec.clone();
     let truth: relabel_testkit::SiteTruth = Box::new(move |id, site| {

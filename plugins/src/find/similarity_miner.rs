@@ -397,6 +397,12 @@ impl NodeKind for SimilarityMiner {
         let fail = NodeError::Failed;
         let ds =
             Dataset::read(&inputs["dataset"].path).map_err(|e| fail(format!("dataset: {e}")))?;
+        if ds.task != relabel_tasks::task::TaskKind::Classification {
+            return Err(fail(format!(
+                "the similarity miner mines rows for classification datasets; this dataset's task is {} (its badcases are sentences with span differences, which mining does not read yet)",
+                ds.task.name()
+            )));
+        }
         let badcases = read_badcases(&inputs["badcases"].path).map_err(fail)?;
         let threshold = match (ctx.round, c.threshold_schedule.last()) {
             (Some(r), Some(last)) => *c.threshold_schedule.get(r as usize - 1).unwrap_or(last),

@@ -25,6 +25,15 @@ const LABEL_STUDIO_CONFIG: &str = r#"<View>
 </View>
 "#;
 
+/// The key a person's answer names its question by: the row id, and for a task with several
+/// questions per row (tagging) the site too, as `ID@START-END`.
+pub fn question_key(f: &Flag) -> String {
+    match (f.site["start"].as_u64(), f.site["end"].as_u64()) {
+        (Some(s), Some(e)) => format!("{}@{s}-{e}", f.id),
+        _ => f.id.clone(),
+    }
+}
+
 /// Writes the export; imports `answers` when given. Returns the decisions and metrics.
 pub fn run(
     ctx: &NodeContext,
@@ -125,12 +134,13 @@ fn write_export(prompter: &Prompter, flags: &[Flag], dir: &Path) -> std::io::Res
     let mut jsonl = String::new();
     let mut tasks = Vec::new();
     for f in flags {
+        let key = question_key(f);
         let [a, b] = prompter
             .shown(f, [&f.label, &f.candidate])
             .map_err(std::io::Error::other)?
             .1;
         csv.write_record([
-            &f.id,
+            &key,
             &f.split,
             &f.text,
             &f.label,
@@ -140,7 +150,7 @@ fn write_export(prompter: &Prompter, flags: &[Flag], dir: &Path) -> std::io::Res
             "",
         ])?;
         let row = json!({
-            "id": f.id, "split": f.split, "text": f.text,
+            "id": key, "split": f.split, "text": f.text,
             "current_label": f.label, "model_prediction": f.candidate,
             "current_definition": a.definition, "prediction_definition": b.definition,
             "current_examples": a.examples, "prediction_examples": b.examples,
@@ -149,7 +159,7 @@ fn write_export(prompter: &Prompter, flags: &[Flag], dir: &Path) -> std::io::Res
         jsonl.push_str(&row.to_string());
         jsonl.push('\n');
         tasks.push(json!({"data": {
-            "id": f.id, "text": f.text,
+            "id": key, "text": f.text,
             "current_label": f.label, "model_prediction": f.candidate,
             "options": [{"value": f.label}, {"value": f.candidate}],
         }}));
@@ -300,10 +310,11 @@ pub fn apply_answers(
     digest: &str,
 ) -> Result<Vec<Decision>, String> {
     let shown = path.display();
-    let index: HashMap<&str, usize> = flags
+    let keys: Vec<String> = flags.iter().map(question_key).collect();
+    let index: HashMap<&str, usize> = keys
         .iter()
         .enumerate()
-        .map(|(i, f)| (f.id.as_str(), i))
+        .map(|(i, k)| (k.as_str(), i))
         .collect();
     let mut answers: Vec<Option<(usize, String)>> = vec![None; flags.len()];
     let mut problems = Vec::new();
@@ -372,6 +383,46 @@ mod tests {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
         read_answers(&p, Path::new(name))
+    }
+
+    #[test]
+    fn two_spans_of_one_sentence_are_answered_apart_and_other_answers_refused() {
+        let span = |s: u64, e: u64, label: &str, cand: &str| Flag {
+            split: "train".into(),
+            row: 0,
+            id: "s1".into(),
+            text: "x".into(),
+            label: label.into(),
+            candidate: cand.into(),
+            label_prob: 0.5,
+            candidate_prob: 0.5,
+            score: 1.0,
+            rule: "type_swap".into(),
+            site: json!({"start": s, "end": e, "kind": "type_swap", "readings": [[1], [3]]}),
+        };
+        let flags = vec![
+            span(0, 1, "LOC: Acme", "ORG: Acme"),
+            span(3, 4, "PER: Ann", "not an entity"),
+        ];
+        assert_eq!(question_key(&flags[1]), "s1@3-4");
+        let given = read(
+            "a.csv",
+            "id,answer\ns1@3-4,not an entity\ns1@0-1,ORG: Acme\n",
+        )
+        .unwrap();
+        let d = apply_answers(Path::new("a.csv"), flags.clone(), given, "t").unwrap();
+        assert_eq!(d[0].chosen.as_deref(), Some("ORG: Acme"));
+        assert_eq!(d[1].chosen.as_deref(), Some("not an entity"));
+        let given = read("a.csv", "id,answer\ns1,ORG: Acme\ns1@0-1,LOC: Paris\n").unwrap();
+        let e = apply_answers(Path::new("a.csv"), flags, given, "t").unwrap_err();
+        assert!(
+            e.contains("a.csv:2: row id \"s1\" is not one of the flagged rows"),
+            "{e}"
+        );
+        assert!(
+            e.contains("a.csv:3") && e.contains("\"LOC: Paris\" is not one of its two candidates"),
+            "{e}"
+        );
     }
 
     #[test]

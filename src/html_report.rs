@@ -28,6 +28,10 @@ pub struct Summary {
     pub confusion: Vec<Vec<u64>>,
     /// (text, old, new, confidence, source) of applied changes.
     pub examples: Vec<(String, String, String, Option<f64>, String)>,
+    /// What the per-round figures are: accuracy (classification) or entity F1 (tagging).
+    pub measure: String,
+    /// Tagging: the last evaluation's test scores per entity type (type, P, R, F1, support).
+    pub per_type: Vec<(String, f64, f64, f64, u64)>,
 }
 
 fn add(map: &mut BTreeMap<String, u64>, v: &Value) {
@@ -60,15 +64,34 @@ pub fn summarise(report: &Value) -> Summary {
                     .as_u64()
                     .map(|r| r as u32)
                     .unwrap_or(s.accuracy.len() as u32 + 1);
+                // Tagging evaluators report entity F1 where classification reports accuracy.
+                let tagging = m["test_f1"].is_number() || m["dev_f1"].is_number();
+                let key = if tagging { "f1" } else { "accuracy" };
+                s.measure = if tagging { "Entity F1" } else { "Accuracy" }.into();
                 s.accuracy.push((
                     step,
-                    m["dev_accuracy"].as_f64(),
-                    m["test_accuracy"].as_f64(),
+                    m[format!("dev_{key}")].as_f64(),
+                    m[format!("test_{key}")].as_f64(),
                 ));
                 if let Some(ev) = path_of(n, "evaluation")
                     .and_then(|p| std::fs::read(p).ok())
                     .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
                 {
+                    if let Some(t) = ev["test"]["per_type"].as_object() {
+                        s.per_type = t
+                            .iter()
+                            .map(|(k, v)| {
+                                let f = |n: &str| v[n].as_f64().unwrap_or(0.0);
+                                (
+                                    k.clone(),
+                                    f("precision"),
+                                    f("recall"),
+                                    f("f1"),
+                                    v["support"].as_u64().unwrap_or(0),
+                                )
+                            })
+                            .collect();
+                    }
                     if let Some(c) = ev["test"]["confusion"].as_array() {
                         s.confusion = c
                             .iter()
@@ -138,7 +161,10 @@ fn esc(s: &str) -> String {
 }
 
 /// Dev and test accuracy per round, as an SVG line chart.
-fn accuracy_chart(acc: &[(u32, Option<f64>, Option<f64>)]) -> Result<String, String> {
+fn accuracy_chart(
+    acc: &[(u32, Option<f64>, Option<f64>)],
+    measure: &str,
+) -> Result<String, String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (640, 320)).into_drawing_area();
@@ -147,7 +173,7 @@ fn accuracy_chart(acc: &[(u32, Option<f64>, Option<f64>)]) -> Result<String, Str
         let lo = ys.iter().cloned().fold(1.0f64, f64::min).min(0.9) - 0.02;
         let xmax = acc.iter().map(|a| a.0).max().unwrap_or(1).max(1) as f64 + 0.5;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Accuracy per round", ("sans-serif", 18))
+            .caption(format!("{measure} per round"), ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(32)
             .y_label_area_size(48)
@@ -307,7 +333,12 @@ pub fn html(s: &Summary) -> Result<String, String> {
         id = esc(&s.run_id),
         st = esc(&s.status)
     );
-    h.push_str("<h2>Accuracy per round</h2>");
+    let measure = if s.measure.is_empty() {
+        "Accuracy"
+    } else {
+        s.measure.as_str()
+    };
+    let _ = write!(h, "<h2>{} per round</h2>", esc(measure));
     if s.accuracy.is_empty() {
         h.push_str("<p>No evaluator ran in this run.</p>");
     } else {
@@ -326,7 +357,25 @@ pub fn html(s: &Summary) -> Result<String, String> {
             );
         }
         h.push_str("</table>");
-        let _ = write!(h, "<figure>{}</figure>", accuracy_chart(&s.accuracy)?);
+        let _ = write!(
+            h,
+            "<figure>{}</figure>",
+            accuracy_chart(&s.accuracy, measure)?
+        );
+    }
+    if !s.per_type.is_empty() {
+        h.push_str("<h2>Fixed test split, per entity type</h2><table><tr><th>type</th><th>precision</th><th>recall</th><th>F1</th><th>entities</th></tr>");
+        for (t, p, r, f1, n) in &s.per_type {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{:.2}%</td><td>{:.2}%</td><td>{:.2}%</td><td>{n}</td></tr>",
+                esc(t),
+                100.0 * p,
+                100.0 * r,
+                100.0 * f1
+            );
+        }
+        h.push_str("</table>");
     }
     h.push_str("<h2>Flags per class</h2>");
     if s.flags_per_class.is_empty() {

@@ -1,4 +1,5 @@
-//! relabel-tasks: the [`task::Task`] seam and its tasks ([`classification`] first), label specs
+//! relabel-tasks: the [`task::Task`] seam and its tasks ([`classification`], [`tagging`]; [`rows`]
+//! dispatches on a dataset's task), label specs
 //! and datasets ([`data`]), predictions, flags, their on-disk formats ([`io`], [`le`]), and the
 //! ML worker's typed messages ([`protocol`]). No tokio, no HTTP, no engine: the `relabel-ml`
 //! worker links this crate and libtorch only.

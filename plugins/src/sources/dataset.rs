@@ -205,6 +205,17 @@ fn refuse_bad(c: &DatasetConfig, bad_rows: &[BadRow], what: &str) -> Result<(), 
     Ok(())
 }
 
+/// Without a `dev` file, replaces train by its kept part and a held-out dev ([`hold_out`]).
+fn hold_out_dev(c: &DatasetConfig, splits: &mut BTreeMap<String, Split>) {
+    if c.dev.is_none() {
+        if let Some(train) = splits.remove("train") {
+            let (keep, dev) = hold_out(train, c.dev_fraction);
+            splits.insert("train".into(), keep);
+            splits.insert("dev".into(), dev);
+        }
+    }
+}
+
 /// Holds out `fraction` of `train` as dev, chosen by row id (stable).
 fn hold_out(train: Split, fraction: f64) -> (Split, Split) {
     let (mut keep, mut dev) = (Split::default(), Split::default());
@@ -288,14 +299,7 @@ fn build_tagging(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), St
         splits.insert(name.to_string(), split);
     }
     refuse_bad(c, &bad_rows, "sentence")?;
-    if c.dev.is_none() {
-        let (keep, dev) = hold_out(
-            splits.remove("train").expect("train was read"),
-            c.dev_fraction,
-        );
-        splits.insert("train".into(), keep);
-        splits.insert("dev".into(), dev);
-    }
+    hold_out_dev(c, &mut splits);
     if splits.get("train").is_none_or(Split::is_empty) {
         return Err(format!(
             "{}: the train split has no sentences",
@@ -403,14 +407,7 @@ pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String
         }
     }
     refuse_bad(c, &bad_rows, "row")?;
-    if c.dev.is_none() {
-        let (keep, dev) = hold_out(
-            splits.remove("train").expect("train was read"),
-            c.dev_fraction,
-        );
-        splits.insert("train".into(), keep);
-        splits.insert("dev".into(), dev);
-    }
+    hold_out_dev(c, &mut splits);
     if splits.get("train").is_none_or(Split::is_empty) {
         return Err(format!(
             "{}: the train split has no rows{}; a model cannot be trained on nothing",

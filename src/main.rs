@@ -1,5 +1,6 @@
 //! The relabel command line: parses arguments and wires the engine to the built-in plugins.
 
+mod gitops;
 mod html_report;
 
 use std::io::IsTerminal;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use relabel_engine::cache::{Cache, CacheError, LockWait};
+use relabel_engine::lock::{LockFile, LockMode, PipelineLock};
 use relabel_engine::manifest::Source;
 use relabel_engine::progress::ProgressSink;
 use relabel_engine::runner::{self, RunOptions, RunStatus};
@@ -16,7 +18,7 @@ use relabel_engine::{load_pipeline, report, schema, view, Pipeline, Registry};
 use tokio_util::sync::CancellationToken;
 
 /// Exit codes, so scripts and CI can tell failures apart.
-mod code {
+pub(crate) mod code {
     pub const FAILED: u8 = 1;
     pub const INVALID: u8 = 2;
     pub const BUSY: u8 = 75;
@@ -65,6 +67,32 @@ enum Cmd {
         /// Override a declared param: NAME=VALUE (VALUE read as YAML); repeatable
         #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
         sets: Vec<(String, String)>,
+        /// Fail as soon as the lock would change (a node's key or outputs differ from relabel.lock)
+        #[arg(long)]
+        locked: bool,
+        /// Like --locked, and compute nothing: every node comes from the local cache or the remote
+        #[arg(long)]
+        frozen: bool,
+        /// Do not write relabel.lock
+        #[arg(long, conflicts_with_all = ["locked", "frozen"])]
+        no_lock: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Say which nodes are stale against relabel.lock and why, without running anything
+    Status {
+        file: PathBuf,
+        /// Exit 1 when anything is stale (0 up to date, 2 error)
+        #[arg(long)]
+        exit_code: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        /// Override a declared param: NAME=VALUE (VALUE read as YAML); repeatable
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
+        sets: Vec<(String, String)>,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -93,6 +121,9 @@ enum Cmd {
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// text, github (Actions annotations) or json
+        #[arg(long, value_enum, default_value_t = DiagFormat::Text)]
+        format: DiagFormat,
         /// Override a declared param: NAME=VALUE (VALUE read as YAML); repeatable
         #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
         sets: Vec<(String, String)>,
@@ -127,6 +158,15 @@ enum Cmd {
         /// Write report.html and summary.md here [default: the run's folder]
         #[arg(long)]
         out: Option<PathBuf>,
+        /// html (a page), or markdown (a summary on stdout, for a pull-request comment)
+        #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
+        format: ReportFormat,
+        /// Compare with relabel.lock at this git ref (markdown): nodes changed and why, metrics with deltas
+        #[arg(long)]
+        baseline: Option<String>,
+        /// The manifest whose relabel.lock to compare [default: the run's manifest]
+        #[arg(long, short)]
+        manifest: Option<PathBuf>,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -150,6 +190,32 @@ enum CacheCmd {
     },
     /// Re-hash every artifact; evict entries whose artifacts are missing or corrupt
     Verify,
+}
+
+#[derive(clap::Args, Clone)]
+struct RemoteArgs {
+    /// A remote cache: s3://BUCKET/PREFIX, gs://, az:// or file:///PATH [default: $RELABEL_REMOTE]
+    #[arg(long)]
+    remote: Option<String>,
+    /// Also write this run's entries to the remote (for trusted jobs, e.g. the main branch)
+    #[arg(long)]
+    remote_write: bool,
+    /// Ignore the remote (and $RELABEL_REMOTE)
+    #[arg(long, conflicts_with = "remote")]
+    no_remote: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DiagFormat {
+    Text,
+    Github,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReportFormat {
+    Html,
+    Markdown,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -320,15 +386,81 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
     match cli.command {
-        Cmd::Validate { files, sets } => {
+        Cmd::Validate {
+            files,
+            sets,
+            format,
+        } => {
             let mut bad = 0;
+            let mut json = Vec::new();
             for f in &files {
-                match load_with(f, registry, &sets) {
-                    Ok(p) => println!("{}: ok ({} nodes)", f.display(), p.all_ids().len()),
-                    Err(_) => bad += 1,
+                let checked = Source::read(f)
+                    .map_err(|e| {
+                        relabel_engine::Diagnostics(vec![relabel_engine::Diagnostic {
+                            file: f.display().to_string(),
+                            loc: relabel_engine::diag::Location { line: 1, col: 1 },
+                            message: format!("cannot read it: {e}"),
+                            hint: None,
+                        }])
+                    })
+                    .and_then(|mut source| {
+                        source.overrides = sets.clone();
+                        load_pipeline(source, registry)
+                    });
+                let (nodes, diags) = match checked {
+                    Ok(p) => (Some(p.all_ids().len()), Vec::new()),
+                    Err(d) => {
+                        bad += 1;
+                        (None, d.0)
+                    }
+                };
+                match format {
+                    DiagFormat::Text => match nodes {
+                        Some(n) => println!("{}: ok ({n} nodes)", f.display()),
+                        None => {
+                            for d in &diags {
+                                eprintln!("{d}");
+                            }
+                            eprintln!(
+                                "{} problem{} found",
+                                diags.len(),
+                                if diags.len() == 1 { "" } else { "s" }
+                            );
+                        }
+                    },
+                    DiagFormat::Github => {
+                        for d in &diags {
+                            println!("{}", d.github());
+                        }
+                        if let Some(n) = nodes {
+                            println!("{}: ok ({n} nodes)", f.display());
+                        }
+                    }
+                    DiagFormat::Json => json.push(serde_json::json!({
+                        "file": f.display().to_string(),
+                        "ok": nodes.is_some(),
+                        "nodes": nodes,
+                        "diagnostics": diags.iter().map(|d| d.json()).collect::<Vec<_>>(),
+                    })),
                 }
             }
+            if format == DiagFormat::Json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json).expect("diagnostics serialize")
+                );
+            }
             Ok(ExitCode::from(if bad == 0 { 0 } else { code::INVALID }))
+        }
+        Cmd::Status {
+            file,
+            exit_code,
+            json,
+            sets,
+            cache,
+        } => {
+            let p = load_with(&file, registry, &sets)?;
+            gitops::status(&p, &cache_dir(&cache), exit_code, json)
         }
         Cmd::Env => {
             let worker = relabel_plugins::model::worker::path();
@@ -409,14 +541,46 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
             jobs,
             report: report_path,
             sets,
+            locked,
+            frozen,
+            no_lock,
+            remote,
             cache,
         } => {
             let p = Arc::new(load_with(&file, registry, &sets)?);
+            let lock_path = relabel_engine::lock::path_for(&p.source.dir);
+            let lock_file = relabel_engine::lock::LockFile::read(&lock_path).map_err(|e| {
+                eprintln!("relabel: {e}");
+                ExitCode::from(code::INVALID)
+            })?;
+            let lock_mode = if frozen {
+                LockMode::Frozen
+            } else if locked {
+                LockMode::Locked
+            } else {
+                LockMode::Update
+            };
+            let section = lock_file
+                .as_ref()
+                .and_then(|l| l.pipelines.get(&p.name))
+                .cloned();
+            if lock_mode != LockMode::Update && section.is_none() {
+                eprintln!(
+                    "relabel: {} has no lock for pipeline \"{}\"; run without --locked/--frozen to write it",
+                    lock_path.display(),
+                    p.name
+                );
+                return Err(ExitCode::from(code::FAILED));
+            }
+            let remote = gitops::open_remote(&remote)?;
             let c = Arc::new(open_cache(&cache)?);
             let mut opts = RunOptions {
                 targets,
                 force,
                 progress: ProgressSink::auto(),
+                lock: section.clone().map(Arc::new),
+                lock_mode,
+                remote,
                 ..RunOptions::default()
             };
             if let Some(j) = jobs {
@@ -460,7 +624,35 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
                 Ok((json, md)) => println!("\nreport: {} and {}", json.display(), md.display()),
                 Err(e) => eprintln!("relabel: cannot write the report in {}: {e}", dir.display()),
             }
+            let mut failed = false;
+            if let Some(r) = &rep.remote {
+                for e in &r.errors {
+                    eprintln!("relabel: {e}");
+                }
+                failed |= !r.errors.is_empty();
+            }
+            if !no_lock && lock_mode == LockMode::Update {
+                if let Some(new) = PipelineLock::from_run(
+                    &rep,
+                    &p,
+                    &gitops::manifest_name(&file),
+                    section.as_ref(),
+                ) {
+                    let mut all = lock_file.unwrap_or_else(|| LockFile {
+                        version: relabel_engine::lock::LOCK_VERSION,
+                        ..LockFile::default()
+                    });
+                    if all.pipelines.get(&p.name) != Some(&new) {
+                        all.pipelines.insert(p.name.clone(), new);
+                        if let Err(e) = all.write(&lock_path) {
+                            eprintln!("relabel: cannot write {}: {e}", lock_path.display());
+                            failed = true;
+                        }
+                    }
+                }
+            }
             Ok(ExitCode::from(match rep.status {
+                RunStatus::Ok if failed => code::FAILED,
                 RunStatus::Ok => 0,
                 RunStatus::Cancelled => code::CANCELLED,
                 RunStatus::Failed => code::FAILED,
@@ -493,34 +685,58 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Report { run, out, cache } => {
+        Cmd::Report {
+            run,
+            out,
+            format,
+            baseline,
+            manifest,
+            cache,
+        } => {
             let fail = |msg: String| {
                 eprintln!("relabel: {msg}");
                 ExitCode::from(code::FAILED)
             };
-            let path = if run.ends_with(".json") {
-                PathBuf::from(&run)
-            } else {
-                let runs = cache_dir(&cache).join("runs");
-                let id = if run == "latest" {
-                    let mut ids: Vec<String> = std::fs::read_dir(&runs)
-                        .map_err(|e| fail(format!("{}: {e}", runs.display())))?
-                        .flatten()
-                        .map(|e| e.file_name().to_string_lossy().to_string())
-                        .collect();
-                    ids.sort();
-                    ids.pop()
-                        .ok_or_else(|| fail(format!("no runs in {}", runs.display())))?
+            let read_report = || -> Result<(PathBuf, serde_json::Value), String> {
+                let path = if run.ends_with(".json") {
+                    PathBuf::from(&run)
                 } else {
-                    run.clone()
+                    let runs = cache_dir(&cache).join("runs");
+                    let id = if run == "latest" {
+                        let mut ids: Vec<String> = std::fs::read_dir(&runs)
+                            .map_err(|e| format!("{}: {e}", runs.display()))?
+                            .flatten()
+                            .map(|e| e.file_name().to_string_lossy().to_string())
+                            .collect();
+                        ids.sort();
+                        ids.pop()
+                            .ok_or_else(|| format!("no runs in {}", runs.display()))?
+                    } else {
+                        run.clone()
+                    };
+                    runs.join(id).join("report.json")
                 };
-                runs.join(id).join("report.json")
+                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let v = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok((path, v))
             };
-            let report: serde_json::Value = std::fs::read(&path)
-                .map_err(|e| fail(format!("{}: {e}", path.display())))
-                .and_then(|b| {
-                    serde_json::from_slice(&b).map_err(|e| fail(format!("{}: {e}", path.display())))
-                })?;
+            if format == ReportFormat::Markdown {
+                // With --manifest the lock alone is enough: a missing run report is no error.
+                let report = match read_report() {
+                    Ok((_, v)) => Some(v),
+                    Err(_) if manifest.is_some() => None,
+                    Err(e) => return Err(fail(e)),
+                };
+                let md = gitops::summary(report.as_ref(), manifest.as_deref(), baseline.as_deref())
+                    .map_err(fail)?;
+                print!("{md}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if baseline.is_some() {
+                return Err(fail("--baseline needs --format markdown".into()));
+            }
+            let (path, report) = read_report().map_err(fail)?;
             let dir = out.unwrap_or_else(|| path.parent().map(PathBuf::from).unwrap_or_default());
             let page = html_report::write(&report, &dir).map_err(fail)?;
             println!("{}", std::fs::canonicalize(&page).unwrap_or(page).display());

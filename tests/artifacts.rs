@@ -10,19 +10,8 @@ use std::process::Command;
 use common::{output_path, read_jsonl, Fixture};
 use serde_json::Value;
 
-/// The Python with pyarrow that `cargo xtask test` installs (`RELABEL_TEST_PYTHON` overrides).
 fn pyarrow_python() -> PathBuf {
-    let p = std::env::var_os("RELABEL_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            relabel_plugins::home::relabel_home().join("bench/pyarrow-venv/bin/python")
-        });
-    assert!(
-        p.exists(),
-        "{} is missing: `cargo xtask test` installs pyarrow into it",
-        p.display()
-    );
-    p
+    common::test_python()
 }
 
 fn python(script: &str, args: &[&std::path::Path]) -> Value {

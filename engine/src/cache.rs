@@ -117,6 +117,21 @@ pub trait Store: Send + Sync {
     /// Stores a memo value durably before returning.
     fn memo_put(&self, table: &str, key: &str, value: &[u8]) -> Result<(), CacheError>;
     fn memo_len(&self, table: &str) -> usize;
+    /// The memo tables that exist.
+    fn memo_tables(&self) -> Result<Vec<String>, CacheError> {
+        Ok(Vec::new())
+    }
+    /// Every key and value of memo table `table`, in key order.
+    fn memo_scan(&self, _table: &str) -> Result<Vec<(String, Vec<u8>)>, CacheError> {
+        Ok(Vec::new())
+    }
+    /// Stores many memo values, durably before returning.
+    fn memo_put_many(&self, table: &str, items: &[(String, Vec<u8>)]) -> Result<(), CacheError> {
+        for (k, v) in items {
+            self.memo_put(table, k, v)?;
+        }
+        Ok(())
+    }
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), CacheError>;
 }
@@ -237,6 +252,40 @@ impl Store for SledStore {
 
     fn memo_len(&self, table: &str) -> usize {
         self.memo_tree(table).map(|t| t.len()).unwrap_or(0)
+    }
+
+    fn memo_tables(&self) -> Result<Vec<String>, CacheError> {
+        Ok(self
+            .db
+            .tree_names()
+            .iter()
+            .filter_map(|n| {
+                std::str::from_utf8(n)
+                    .ok()?
+                    .strip_prefix("memo:")
+                    .map(String::from)
+            })
+            .collect())
+    }
+
+    fn memo_scan(&self, table: &str) -> Result<Vec<(String, Vec<u8>)>, CacheError> {
+        let mut out = Vec::new();
+        for kv in self.memo_tree(table)?.iter() {
+            let (k, v) = kv?;
+            out.push((String::from_utf8_lossy(&k).to_string(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn memo_put_many(&self, table: &str, items: &[(String, Vec<u8>)]) -> Result<(), CacheError> {
+        let t = self.memo_tree(table)?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in items {
+            batch.insert(k.as_bytes(), v.as_slice());
+        }
+        t.apply_batch(batch)?;
+        t.flush()?;
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), CacheError> {
@@ -665,7 +714,7 @@ fn libc_exdev() -> i32 {
 }
 
 /// A suffix no other import of this process uses at the same time.
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
         "{}-{}",

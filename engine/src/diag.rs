@@ -107,3 +107,63 @@ where
     }
     best.map(|(_, k)| format!("did you mean \"{k}\"?"))
 }
+
+/// GitHub Actions escapes a workflow command's message this way.
+fn gh_escape_data(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+/// ... and a property's value this way.
+fn gh_escape_property(s: &str) -> String {
+    gh_escape_data(s).replace(':', "%3A").replace(',', "%2C")
+}
+
+impl Diagnostic {
+    /// The diagnostic as a GitHub Actions annotation (`::error file=..,line=..,col=..::message`).
+    pub fn github(&self) -> String {
+        let mut message = self.message.clone();
+        if let Some(h) = &self.hint {
+            message.push_str("\nhelp: ");
+            message.push_str(h);
+        }
+        format!(
+            "::error file={},line={},col={},title=relabel validate::{}",
+            gh_escape_property(&self.file),
+            self.loc.line,
+            self.loc.col,
+            gh_escape_data(&message)
+        )
+    }
+
+    /// The diagnostic as a JSON object: file, line, col, message, hint.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "file": self.file,
+            "line": self.loc.line,
+            "col": self.loc.col,
+            "message": self.message,
+            "hint": self.hint,
+        })
+    }
+}
+
+#[cfg(test)]
+mod github_tests {
+    use super::*;
+
+    #[test]
+    fn annotations_escape_what_github_would_misread() {
+        let d = Diagnostic {
+            file: "a,b:c.yaml".into(),
+            loc: Location { line: 3, col: 7 },
+            message: "100% wrong\nsecond line".into(),
+            hint: None,
+        };
+        assert_eq!(
+            d.github(),
+            "::error file=a%2Cb%3Ac.yaml,line=3,col=7,title=relabel validate::100%25 wrong%0Asecond line"
+        );
+    }
+}

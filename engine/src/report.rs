@@ -80,16 +80,38 @@ pub fn markdown(r: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "Manifest {}, run `{}`, started {}, {:.2} s. Nodes: {} ran, {} cached, {} failed, {} skipped.\n",
+        "Manifest {}, run `{}`, started {}, {:.2} s. Nodes: {} ran, {} cached, {} restored, {} failed, {} skipped.\n",
         md_text(&r.manifest),
         r.run_id,
         r.started,
         r.seconds,
         r.count(Status::Ran),
         r.count(Status::Cached),
+        r.count(Status::Restored),
         r.count(Status::Failed),
         r.count(Status::Skipped)
     );
+    if let Some(rr) = &r.remote {
+        let _ = writeln!(
+            s,
+            "Remote {}{}: {} entries restored ({} artifacts, {} bytes); {} entries pushed ({} artifacts, {} bytes); LLM memo {} pulled, {} pushed.{}\n",
+            md_text(&rr.url),
+            if rr.write { "" } else { " (read-only)" },
+            rr.restored_entries,
+            rr.pulled_objects,
+            rr.pulled_bytes,
+            rr.pushed_entries,
+            rr.pushed_objects,
+            rr.pushed_bytes,
+            rr.memo_pulled,
+            rr.memo_pushed,
+            if rr.errors.is_empty() {
+                String::new()
+            } else {
+                format!(" {} problem(s): {}", rr.errors.len(), md_text(&rr.errors.join("; ")))
+            }
+        );
+    }
     let _ = writeln!(s, "| node | kind | status | time (s) | key figures |");
     let _ = writeln!(s, "|---|---|---|---:|---|");
     for n in &r.nodes {

@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::cache::{canonical_json, Cache, Digest, Entry, KeyParts, LastRecord};
+use crate::lock::{changes, LockMode, PipelineLock};
 use crate::plugin::{Artifact, Inputs, Metrics, NodeContext, NodeError};
 use crate::progress::ProgressSink;
+use crate::remote::{Remote, RemoteReport};
 use crate::resolve::{InputRef, LoopSpec, NodeSpec, Pipeline, Unit};
 
 /// How to run.
@@ -26,6 +28,11 @@ pub struct RunOptions {
     /// Run these nodes even when cached.
     pub force: Vec<String>,
     pub progress: ProgressSink,
+    /// The pipeline's section of the lock file, when there is one.
+    pub lock: Option<Arc<PipelineLock>>,
+    pub lock_mode: LockMode,
+    /// A remote cache: read on a local miss; written after the run when it allows writes.
+    pub remote: Option<Arc<Remote>>,
 }
 
 impl Default for RunOptions {
@@ -37,6 +44,9 @@ impl Default for RunOptions {
             targets: Vec::new(),
             force: Vec::new(),
             progress: ProgressSink::hidden(),
+            lock: None,
+            lock_mode: LockMode::Update,
+            remote: None,
         }
     }
 }
@@ -46,6 +56,8 @@ impl Default for RunOptions {
 pub enum Status {
     Ran,
     Cached,
+    /// Restored from the remote cache.
+    Restored,
     Failed,
     Skipped,
 }
@@ -88,6 +100,9 @@ pub struct NodeReport {
     pub seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// What the key was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<KeyParts>,
     pub metrics: Metrics,
     pub outputs: BTreeMap<String, OutputReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,6 +129,9 @@ pub struct RunReport {
     pub status: RunStatus,
     pub nodes: Vec<NodeReport>,
     pub loops: Vec<LoopReport>,
+    /// What moved to and from the remote cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteReport>,
 }
 
 impl RunReport {
@@ -199,18 +217,20 @@ pub fn new_run_id() -> String {
     format!("{}-{}", compact.trim_end_matches('Z'), std::process::id())
 }
 
+/// Digests a referenced file (through the cache's memo of file digests, or directly).
+pub type FileDigester<'a> = &'a dyn Fn(&std::path::Path) -> Result<Digest, String>;
+
 fn key_parts(
     spec: &NodeSpec,
     round: Option<u32>,
     inputs: &BTreeMap<String, Digest>,
-    cache: &Cache,
+    digest: FileDigester,
     manifest_dir: &std::path::Path,
 ) -> Result<KeyParts, String> {
     let mut files = BTreeMap::new();
     for f in &spec.files {
-        let d = cache
-            .file_digest(f)
-            .map_err(|e| format!("node \"{}\": file {}: {e}", spec.id, f.display()))?;
+        let d =
+            digest(f).map_err(|e| format!("node \"{}\": file {}: {e}", spec.id, f.display()))?;
         let shown = f
             .strip_prefix(manifest_dir)
             .unwrap_or(f)
@@ -278,6 +298,9 @@ pub async fn run(
         reports: Mutex::new(Vec::new()),
         loops: Mutex::new(Vec::new()),
     });
+    if let Some(remote) = &shared.opts.remote {
+        remote.pull_memo(&shared.cache).await;
+    }
     let top: Table = Arc::default();
     let n = pipeline.units.len();
     let outcome = {
@@ -334,6 +357,7 @@ pub async fn run(
                         status: Status::Skipped,
                         seconds: 0.0,
                         key: None,
+                        parts: None,
                         metrics: Metrics::new(),
                         outputs: BTreeMap::new(),
                         error: None,
@@ -373,6 +397,16 @@ pub async fn run(
             .unwrap_or(usize::MAX)
     });
     let loops = std::mem::take(&mut *shared.loops.lock().expect("loops lock"));
+    if let Some(remote) = &shared.opts.remote {
+        if remote.writes() {
+            let keys: Vec<String> = nodes
+                .iter()
+                .filter(|n| matches!(n.status, Status::Ran | Status::Cached))
+                .filter_map(|n| n.key.clone())
+                .collect();
+            remote.push(&shared.cache, &keys).await;
+        }
+    }
     Ok(RunReport {
         run_id: shared.run_id.clone(),
         pipeline: pipeline.name.clone(),
@@ -382,6 +416,7 @@ pub async fn run(
         status,
         nodes,
         loops,
+        remote: shared.opts.remote.as_ref().map(|r| r.report()),
     })
 }
 
@@ -651,6 +686,7 @@ async fn run_node(
         status: Status::Failed,
         seconds: 0.0,
         key: None,
+        parts: None,
         metrics: Metrics::new(),
         outputs: BTreeMap::new(),
         error: None,
@@ -723,39 +759,105 @@ async fn run_node_inner(
         let cache = cache.clone();
         let spec = spec.clone();
         let dir = manifest_dir.clone();
-        tokio::task::spawn_blocking(move || key_parts(&spec, round, &input_digests, &cache, &dir))
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .map_err(fail)?
+        tokio::task::spawn_blocking(move || {
+            let digest = |p: &std::path::Path| cache.file_digest(p).map_err(|e| e.to_string());
+            key_parts(&spec, round, &input_digests, &digest, &dir)
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(fail)?
     };
     let key = parts.key();
     report.key = Some(key.clone());
+    report.parts = Some(parts.clone());
     let scope_name = scope_key(&shared.pipeline.name, instance);
     let store = cache.store();
+    let mode = shared.opts.lock_mode;
+    let locked = if mode == LockMode::Update {
+        None
+    } else {
+        let flag = if mode == LockMode::Frozen {
+            "--frozen"
+        } else {
+            "--locked"
+        };
+        let Some(l) = shared.opts.lock.as_ref().and_then(|l| l.node(instance)) else {
+            return Err(fail(format!(
+                "the lock would change ({flag}): it has no entry for this node instance; run without {flag} to update it"
+            )));
+        };
+        if l.key != key {
+            return Err(fail(format!(
+                "the lock would change ({flag}): {}; run without {flag} to update it",
+                changes(&l.parts(), &parts).join("; ")
+            )));
+        }
+        Some(l.outputs.clone())
+    };
+    // The lock's digests outrank any cache's record of the same key.
+    let agrees = |outputs: &BTreeMap<String, Digest>| locked.as_ref().is_none_or(|l| l == outputs);
     let forced = shared
         .opts
         .force
         .iter()
         .any(|f| f == &spec.id || spec.loop_id.as_deref() == Some(f));
     if !forced {
+        let mut local = None;
         if let Ok(Some(entry)) = store.get(&key) {
-            if cache.entry_intact(&entry) {
-                let paths = entry
-                    .outputs
-                    .iter()
-                    .map(|(k, d)| (k.clone(), cache.object_path(d)))
-                    .collect();
-                spec.plugin
-                    .on_cached(&spec.config, &shared.pipeline.source.dir, &paths)
-                    .map_err(|e| fail(e.to_string()))?;
-                let _ = store.set_last(&scope_name, &LastRecord { key, parts });
-                report.status = Status::Cached;
-                return Ok(Produced {
-                    outputs: entry.outputs,
-                    metrics: entry.metrics,
-                });
+            if agrees(&entry.outputs) && cache.entry_intact(&entry) {
+                local = Some((entry, Status::Cached));
             }
         }
+        if local.is_none() {
+            if let Some(remote) = &shared.opts.remote {
+                match remote.entry(&key).await {
+                    Ok(Some(entry)) if agrees(&entry.outputs) => {
+                        remote
+                            .restore(cache, &key, &entry)
+                            .await
+                            .map_err(|e| fail(e.to_string()))?;
+                        local = Some((entry, Status::Restored));
+                    }
+                    Ok(Some(_)) => tracing::warn!(
+                        node = %instance,
+                        "the remote's entry for this key names other outputs than the lock; it is not used"
+                    ),
+                    Ok(None) => {}
+                    Err(e) if mode == LockMode::Frozen => return Err(fail(e.to_string())),
+                    Err(e) => {
+                        tracing::warn!(node = %instance, "remote cache: {e}; computing locally")
+                    }
+                }
+            }
+        }
+        if let Some((entry, status)) = local {
+            let paths = entry
+                .outputs
+                .iter()
+                .map(|(k, d)| (k.clone(), cache.object_path(d)))
+                .collect();
+            spec.plugin
+                .on_cached(&spec.config, &shared.pipeline.source.dir, &paths)
+                .map_err(|e| fail(e.to_string()))?;
+            let _ = store.set_last(&scope_name, &LastRecord { key, parts });
+            report.status = status;
+            return Ok(Produced {
+                outputs: entry.outputs,
+                metrics: entry.metrics,
+            });
+        }
+    }
+    if mode == LockMode::Frozen {
+        let whence = if shared.opts.remote.is_some() {
+            "is in neither the local cache nor the remote"
+        } else {
+            "is not in the local cache (and no remote is set)"
+        };
+        return Err(fail(format!(
+            "--frozen computes nothing, and key {} {whence}{}",
+            &key[..12],
+            if forced { " (--force was given)" } else { "" }
+        )));
     }
     // Run it.
     let work_dir = cache.tmp_dir().join(&shared.run_id).join(instance);
@@ -837,6 +939,12 @@ async fn run_node_inner(
         .map_err(|e| fail(e.to_string()))?;
     store.flush().map_err(|e| fail(e.to_string()))?;
     let _ = crate::cache::remove_all(&work_dir);
+    if !agrees(&outputs) {
+        return Err(fail(
+            "the lock would change (--locked): the node ran and its outputs differ from the lock's (is it deterministic?)"
+                .into(),
+        ));
+    }
     report.status = Status::Ran;
     Ok(Produced {
         outputs,
@@ -858,8 +966,80 @@ pub struct PlanStep {
     pub reason: String,
 }
 
+/// What a plan compares against: a cache's entries, or a lock's records.
+pub trait Basis {
+    /// The outputs and metrics recorded for `instance` under `key`, if any.
+    fn known(&self, instance: &str, key: &str) -> Option<(BTreeMap<String, Digest>, Metrics)>;
+    /// The key `instance` had last time.
+    fn last(&self, instance: &str) -> Option<LastRecord>;
+    /// A referenced file's digest.
+    fn digest(&self, path: &std::path::Path) -> Result<Digest, String>;
+}
+
+struct CacheBasis<'a> {
+    pipeline: &'a str,
+    cache: &'a Cache,
+}
+
+impl Basis for CacheBasis<'_> {
+    fn known(&self, _instance: &str, key: &str) -> Option<(BTreeMap<String, Digest>, Metrics)> {
+        let entry = self.cache.store().get(key).ok().flatten()?;
+        self.cache
+            .entry_looks_intact(&entry)
+            .then_some((entry.outputs, entry.metrics))
+    }
+    fn last(&self, instance: &str) -> Option<LastRecord> {
+        self.cache
+            .store()
+            .last(&scope_key(self.pipeline, instance))
+            .ok()
+            .flatten()
+    }
+    fn digest(&self, path: &std::path::Path) -> Result<Digest, String> {
+        self.cache.file_digest(path).map_err(|e| e.to_string())
+    }
+}
+
+/// A lock's records as a plan's basis; file digests through `cache`'s memo when given.
+pub struct LockBasis<'a> {
+    pub lock: &'a PipelineLock,
+    pub cache: Option<&'a Cache>,
+}
+
+impl Basis for LockBasis<'_> {
+    fn known(&self, instance: &str, key: &str) -> Option<(BTreeMap<String, Digest>, Metrics)> {
+        let n = self.lock.node(instance)?;
+        (n.key == key).then(|| (n.outputs.clone(), n.metrics.clone()))
+    }
+    fn last(&self, instance: &str) -> Option<LastRecord> {
+        let n = self.lock.node(instance)?;
+        Some(LastRecord {
+            key: n.key.clone(),
+            parts: n.parts(),
+        })
+    }
+    fn digest(&self, path: &std::path::Path) -> Result<Digest, String> {
+        match self.cache {
+            Some(c) => c.file_digest(path).map_err(|e| e.to_string()),
+            None => crate::cache::digest_path(path).map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// Says what a run would do, without running anything.
 pub fn plan(pipeline: &Pipeline, cache: &Cache, force: &[String]) -> Vec<PlanStep> {
+    plan_against(
+        pipeline,
+        &CacheBasis {
+            pipeline: &pipeline.name,
+            cache,
+        },
+        force,
+    )
+}
+
+/// Says which node instances match `basis` (action `cached`) and which do not (`run`), and why.
+pub fn plan_against(pipeline: &Pipeline, basis: &dyn Basis, force: &[String]) -> Vec<PlanStep> {
     let top: Table = Arc::default();
     let mut steps = Vec::new();
     for &i in &pipeline.dag.order {
@@ -869,12 +1049,12 @@ pub fn plan(pipeline: &Pipeline, cache: &Cache, force: &[String]) -> Vec<PlanSte
                     top: top.clone(),
                     round: None,
                 };
-                if let Some(p) = plan_node(pipeline, cache, spec, None, &scope, force, &mut steps) {
+                if let Some(p) = plan_node(pipeline, basis, spec, None, &scope, force, &mut steps) {
                     top.lock().expect("table lock").insert(spec.id.clone(), p);
                 }
             }
             Unit::Loop(l) => {
-                if let Some(p) = plan_loop(pipeline, cache, l, &top, force, &mut steps) {
+                if let Some(p) = plan_loop(pipeline, basis, l, &top, force, &mut steps) {
                     top.lock().expect("table lock").insert(l.id.clone(), p);
                 }
             }
@@ -885,7 +1065,7 @@ pub fn plan(pipeline: &Pipeline, cache: &Cache, force: &[String]) -> Vec<PlanSte
 
 fn plan_loop(
     pipeline: &Pipeline,
-    cache: &Cache,
+    basis: &dyn Basis,
     l: &LoopSpec,
     top: &Table,
     force: &[String],
@@ -914,7 +1094,7 @@ fn plan_loop(
         let mut all_cached = known;
         for &j in &l.body_dag.order {
             let spec = &l.body[j];
-            match plan_node(pipeline, cache, spec, Some(round), &scope, force, steps) {
+            match plan_node(pipeline, basis, spec, Some(round), &scope, force, steps) {
                 Some(p) => {
                     table.lock().expect("table lock").insert(spec.id.clone(), p);
                 }
@@ -963,7 +1143,7 @@ fn plan_loop(
 
 fn plan_node(
     pipeline: &Pipeline,
-    cache: &Cache,
+    basis: &dyn Basis,
     spec: &NodeSpec,
     round: Option<u32>,
     scope: &Scope,
@@ -971,11 +1151,7 @@ fn plan_node(
     steps: &mut Vec<PlanStep>,
 ) -> Option<Produced> {
     let instance = instance_name(&spec.id, round);
-    let last = cache
-        .store()
-        .last(&scope_key(&pipeline.name, &instance))
-        .ok()
-        .flatten();
+    let last = basis.last(&instance);
     let mut step = PlanStep {
         id: spec.id.clone(),
         instance: instance.clone(),
@@ -1003,7 +1179,8 @@ fn plan_node(
         steps.push(step);
         return None;
     }
-    let parts = match key_parts(spec, round, &inputs, cache, &pipeline.source.dir) {
+    let digest = |p: &std::path::Path| basis.digest(p);
+    let parts = match key_parts(spec, round, &inputs, &digest, &pipeline.source.dir) {
         Ok(p) => p,
         Err(e) => {
             step.reason = format!("cannot compute its key: {e}");
@@ -1016,16 +1193,11 @@ fn plan_node(
         .iter()
         .any(|f| f == &spec.id || spec.loop_id.as_deref() == Some(f));
     if !forced {
-        if let Ok(Some(entry)) = cache.store().get(&key) {
-            if cache.entry_looks_intact(&entry) {
-                step.action = "cached".into();
-                step.reason = "cached".into();
-                steps.push(step);
-                return Some(Produced {
-                    outputs: entry.outputs,
-                    metrics: entry.metrics,
-                });
-            }
+        if let Some((outputs, metrics)) = basis.known(&instance, &key) {
+            step.action = "cached".into();
+            step.reason = "cached".into();
+            steps.push(step);
+            return Some(Produced { outputs, metrics });
         }
     }
     step.reason = if forced {
@@ -1035,26 +1207,7 @@ fn plan_node(
             None => "new".into(),
             Some(l) if l.key == key => "not in cache (evicted or removed)".into(),
             Some(l) => {
-                let mut why = Vec::new();
-                if l.parts.version != parts.version || l.parts.kind != parts.kind {
-                    why.push(format!(
-                        "plugin version changed ({} -> {})",
-                        l.parts.version, parts.version
-                    ));
-                }
-                if l.parts.config != parts.config {
-                    why.push("config changed".into());
-                }
-                for (f, d) in &parts.files {
-                    if l.parts.files.get(f) != Some(d) {
-                        why.push(format!("file changed: {f}"));
-                    }
-                }
-                for (n, d) in &parts.inputs {
-                    if l.parts.inputs.get(n) != Some(d) {
-                        why.push(format!("input changed: {n}"));
-                    }
-                }
+                let mut why = changes(&l.parts, &parts);
                 if why.is_empty() {
                     why.push("inputs or files removed".into());
                 }

@@ -3,6 +3,8 @@
 //! reply a handler scripts (a status, headers, a body, a delay, a hang, a dropped connection,
 //! a trickled body), or is forwarded to a real server while being counted.
 
+pub mod s3;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

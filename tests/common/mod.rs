@@ -49,10 +49,15 @@ impl Fixture {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_in(&self.cache(), args)
+    }
+
+    /// [`Fixture::cmd`] on another cache folder.
+    pub fn cmd_in(&self, cache: &Path, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_relabel"));
         c.args(args)
             .arg("--cache")
-            .arg(self.cache())
+            .arg(cache)
             .current_dir(self.path())
             .env("RELABEL_LOG", "warn");
         for (k, v) in &self.envs {
@@ -205,4 +210,20 @@ pub fn pids_with(marker: &str, starts: bool) -> Vec<u32> {
         }
     }
     out
+}
+
+/// The tests' Python that `cargo xtask test` installs (pyarrow, seqeval, moto's S3 server);
+/// `RELABEL_TEST_PYTHON` overrides.
+pub fn test_python() -> PathBuf {
+    let p = std::env::var_os("RELABEL_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            relabel_plugins::home::relabel_home().join("bench/pyarrow-venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: `cargo xtask test` installs it",
+        p.display()
+    );
+    p
 }

@@ -72,9 +72,9 @@ fn main() -> Result<()> {
 /// The pyarrow the artifact tests and `bench artifacts` use as the peer reader.
 pub const PYARROW: &str = "pyarrow==26.0.1";
 
-/// What the tests' Python has (`RELABEL_TEST_PYTHON`): pyarrow, and seqeval for the tagging
-/// scores (the benches use the same venv).
-pub const TEST_PYTHON: &[&str] = &[PYARROW, "seqeval==1.2.2"];
+/// What the tests' Python has (`RELABEL_TEST_PYTHON`): pyarrow, seqeval for the tagging
+/// scores, and moto's S3 server for the remote cache (the benches use the same venv).
+pub const TEST_PYTHON: &[&str] = &[PYARROW, "seqeval==1.2.2", "moto[server]==5.2.5"];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,0 +1,421 @@
+//! GitOps end to end: relabel.lock, --locked/--frozen, status, the remote cache on a real S3 server (moto), the PR summary, validate's CI formats.
+
+use std::process::Command;
+
+use relabel_testkit::s3::{env_for, CutProxy, S3Server};
+use serde_json::Value;
+
+mod common;
+use common::*;
+
+/// Three command nodes; `b` reads b.sh and writes a metric, `big` writes `big` bytes.
+fn manifest(accuracy: f64, big: usize) -> String {
+    format!(
+        r#"
+version: 1
+name: gitops
+nodes:
+  - id: a
+    kind: command
+    config: {{run: "echo a > ${{outputs.out}}", outputs: [out]}}
+  - id: b
+    kind: command
+    inputs: [a.out]
+    config: {{run: "sh b.sh ${{inputs.out}} > ${{outputs.out}}; echo '{{\"accuracy\": {accuracy}, \"seconds\": 1.5}}' > ${{metrics}}", outputs: [out], files: [b.sh]}}
+  - id: big
+    kind: command
+    config: {{run: "mkdir -p ${{outputs.out}}/d; yes relabel | head -c {big} > ${{outputs.out}}/d/blob; echo x > ${{outputs.out}}/x", outputs: [out]}}
+  - id: evaluate
+    kind: command
+    inputs: {{b: b.out, big: big.out}}
+    config: {{run: "cat ${{inputs.b}} > ${{outputs.out}}; echo '{{\"test_accuracy\": {accuracy}}}' > ${{metrics}}", outputs: [out]}}
+"#
+    )
+}
+
+fn fixture(accuracy: f64, big: usize) -> Fixture {
+    let f = Fixture::new(&manifest(accuracy, big));
+    f.write("b.sh", "cat $1; echo b\n");
+    f
+}
+
+fn lock_text(f: &Fixture) -> String {
+    std::fs::read_to_string(f.path().join("relabel.lock")).unwrap()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn the_lock_is_stable_and_locked_frozen_and_status_hold_to_it() {
+    let mut f = fixture(0.5, 1000);
+    let (code, _) = f.run(&[]);
+    assert_eq!(code, 0);
+    let first = lock_text(&f);
+    let lock: Value = serde_json::from_str(&first).unwrap();
+    let nodes = lock["pipelines"]["gitops"]["nodes"].as_array().unwrap();
+    let ids: Vec<&str> = nodes
+        .iter()
+        .map(|n| n["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 4);
+    assert_eq!(ids.last(), Some(&"evaluate"));
+    let b = nodes.iter().find(|n| n["instance"] == "b").unwrap();
+    assert_eq!(
+        b["metrics"],
+        serde_json::json!({"accuracy": 0.5}),
+        "seconds stay out"
+    );
+    assert!(b["files"]["b.sh"].is_string());
+    assert!(
+        !first.contains("2026-") && !first.contains("created"),
+        "no timestamps: {first}"
+    );
+
+    // A second run, and a run on a fresh cache (everything recomputed), give the same bytes.
+    f.run(&[]);
+    assert_eq!(lock_text(&f), first);
+    let fresh = f.path().join("fresh");
+    let o = f.cmd_in(&fresh, &["run", "p.yaml"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(lock_text(&f), first, "recomputing gives the same lock");
+
+    // status: up to date, exit 0, fast, and it creates no cache.
+    let o = f.output(&["status", "p.yaml", "--exit-code"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // --locked and --frozen pass while nothing changed; --frozen executes nothing.
+    let (code, r) = f.run(&["--frozen"]);
+    assert_eq!(code, 0);
+    assert!(with_status(&r, "ran").is_empty());
+
+    // Change a referenced file: status names it and what depends on it.
+    f.write("b.sh", "cat $1; echo b2\n");
+    let o = f.output(&["status", "p.yaml", "--exit-code", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let state = |n: &str| {
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["node"] == n)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(state("a")["state"], "up to date");
+    assert_eq!(state("b")["reason"], "file changed: b.sh");
+    assert_eq!(state("big")["state"], "up to date");
+    assert_eq!(state("evaluate")["state"], "stale");
+    // Without --exit-code, stale is still exit 0.
+    assert_eq!(f.output(&["status", "p.yaml"]).status.code(), Some(0));
+
+    // --locked refuses to change the lock, and leaves it as it was.
+    let (code, r) = f.run(&["--locked"]);
+    assert_eq!(code, 1);
+    let err = node(&r, "b")["error"].as_str().unwrap().to_string();
+    assert!(
+        err.contains("the lock would change") && err.contains("file changed: b.sh"),
+        "{err}"
+    );
+    assert_eq!(lock_text(&f), first);
+
+    // --frozen on an empty cache computes nothing and says what is missing.
+    let empty = f.path().join("empty");
+    let o = f
+        .cmd_in(&empty, &["run", "p.yaml", "--frozen"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &stderr(&o);
+    assert!(out.contains("--frozen computes nothing"), "{out}");
+
+    // A plain run updates the lock: b and evaluate change, a and big keep their records.
+    let (code, _) = f.run(&[]);
+    assert_eq!(code, 0);
+    let second: Value = serde_json::from_str(&lock_text(&f)).unwrap();
+    let key = |l: &Value, n: &str| {
+        l["pipelines"]["gitops"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["instance"] == n)
+            .unwrap()["key"]
+            .clone()
+    };
+    assert_eq!(key(&lock, "a"), key(&second, "a"));
+    assert_ne!(key(&lock, "b"), key(&second, "b"));
+    assert_eq!(
+        f.output(&["status", "p.yaml", "--exit-code"]).status.code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn a_damaged_lock_is_an_error_with_its_line() {
+    let f = fixture(0.5, 10);
+    f.write("relabel.lock", "{\n  \"version\": 1,\n  \"pipelines\": [\n");
+    let o = f.output(&["status", "p.yaml", "--exit-code"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("relabel.lock:3:15: not a relabel lock: invalid type: sequence"),
+        "{}",
+        stderr(&o)
+    );
+    let o = f.output(&["run", "p.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let o = Command::new("git")
+        .args(["-c", "user.email=t@example.invalid", "-c", "user.name=t"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "git {args:?}: {}", stderr(&o));
+}
+
+#[test]
+fn the_pr_summary_compares_with_the_lock_at_a_git_ref() {
+    let mut f = fixture(0.5, 10);
+    f.run(&[]);
+    git(f.path(), &["init", "-q"]);
+    git(f.path(), &["add", "p.yaml", "b.sh", "relabel.lock"]);
+    git(f.path(), &["commit", "-qm", "base"]);
+    f.write("p.yaml", &manifest(0.75, 10));
+    let (code, _) = f.run(&[]);
+    assert_eq!(code, 0);
+    let o = f.output(&["report", "--format", "markdown", "--baseline", "HEAD"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(md.contains("| b | command | config changed |"), "{md}");
+    assert!(
+        md.contains("| evaluate | command | config changed |"),
+        "{md}"
+    );
+    assert!(md.contains("2 node instances changed, 2 unchanged"), "{md}");
+    assert!(
+        md.contains("| evaluate | test_accuracy | 0.5000 | 0.7500 | +0.2500 |"),
+        "{md}"
+    );
+    // The summary reads locks only: without a run report it still works with --manifest.
+    let o = f.output(&[
+        "report",
+        "--format",
+        "markdown",
+        "--baseline",
+        "HEAD",
+        "--manifest",
+        "p.yaml",
+        "no-such-run",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A ref without a lock: every node is new.
+    git(f.path(), &["checkout", "-q", "--orphan", "empty"]);
+    git(f.path(), &["rm", "-q", "-f", "--cached", "-r", "."]);
+    git(f.path(), &["commit", "-q", "--allow-empty", "-m", "empty"]);
+    let o = f.output(&["report", "--format", "markdown", "--baseline", "empty"]);
+    let md = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        md.contains("every node is new") && md.contains("| a | command | new |"),
+        "{md}"
+    );
+}
+
+#[test]
+fn validate_speaks_github_annotations_and_json() {
+    let f = Fixture::new("version: 1\nname: x\nnodes:\n  - id: a\n    kind: comand\n");
+    let validate = |format: &str| {
+        Command::new(env!("CARGO_BIN_EXE_relabel"))
+            .args(["validate", "p.yaml", "--format", format])
+            .current_dir(f.path())
+            .output()
+            .unwrap()
+    };
+    let o = validate("github");
+    assert_eq!(o.status.code(), Some(2));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("::error file=p.yaml,line=5,col=11,title=relabel validate::"),
+        "{out}"
+    );
+    let o = validate("json");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["ok"], false);
+    assert_eq!(v[0]["diagnostics"][0]["line"], 5);
+}
+
+/// moto's S3 server with a bucket, and the environment that points relabel at it.
+fn s3() -> S3Server {
+    let server = S3Server::start(&test_python()).expect("moto's S3 server starts");
+    server.create_bucket("team").unwrap();
+    server
+}
+
+fn with_env(f: &mut Fixture, endpoint: &str) {
+    f.envs = env_for(endpoint);
+    f.envs
+        .push(("RELABEL_REMOTE".into(), "s3://team/cache".into()));
+    f.envs.push(("RELABEL_REMOTE_RETRIES".into(), "0".into()));
+}
+
+fn run_with_cache(f: &Fixture, cache: &str, extra: &[&str]) -> (i32, Value, String) {
+    let report = f.path().join(format!("{cache}.json"));
+    let o = f
+        .cmd_in(
+            &f.path().join(cache),
+            &["run", "p.yaml", "--report", report.to_str().unwrap()],
+        )
+        .args(extra)
+        .output()
+        .unwrap();
+    let r = std::fs::read_to_string(&report)
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap_or(Value::Null);
+    (o.status.code().unwrap_or(-1), r, stderr(&o))
+}
+
+#[test]
+fn a_remote_on_s3_shares_entries_and_refuses_what_it_must() {
+    let server = s3();
+    let mut f = fixture(0.5, 300_000);
+    with_env(&mut f, &server.endpoint());
+
+    // A pull request's run (read-only) writes nothing.
+    let (code, r, err) = run_with_cache(&f, "pr", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(with_status(&r, "ran").len(), 4);
+    assert!(server.keys("team", "cache/").unwrap().is_empty());
+
+    // "main" pushes; a fresh cache with the remote executes nothing, even --frozen.
+    let (code, r, err) = run_with_cache(&f, "main", &["--remote-write"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["remote"]["pushed_entries"], 4, "{}", r["remote"]);
+    let keys = server.keys("team", "cache/").unwrap();
+    assert_eq!(
+        keys.iter().filter(|k| k.contains("/entries/")).count(),
+        4,
+        "{keys:?}"
+    );
+    let (code, r, err) = run_with_cache(&f, "fresh", &["--frozen"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(with_status(&r, "restored").len(), 4, "{}", r["nodes"]);
+    let a = output_path(&r, "big", "out");
+    assert_eq!(std::fs::metadata(a.join("d/blob")).unwrap().len(), 300_000);
+
+    // Tamper with the big artifact on the remote: a fresh cache refuses it and fails.
+    let big = node(&r, "big")["outputs"]["out"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server
+        .put(
+            "team",
+            &format!("cache/objects/{big}.tar"),
+            b"not the artifact",
+        )
+        .unwrap();
+    let (code, r, _) = run_with_cache(&f, "victim", &["--frozen"]);
+    assert_eq!(code, 1);
+    let e = node(&r, "big")["error"].as_str().unwrap().to_string();
+    assert!(e.contains("unpacking") || e.contains("tampered"), "{e}");
+    // A well-formed archive of other bytes is caught by the digest.
+    let evil = f.path().join("evil");
+    std::fs::create_dir_all(evil.join("artifact")).unwrap();
+    std::fs::write(evil.join("artifact/x"), b"y\n").unwrap();
+    let tar = Command::new("tar")
+        .args(["-cf", "-", "artifact"])
+        .current_dir(&evil)
+        .output()
+        .unwrap();
+    server
+        .put("team", &format!("cache/objects/{big}.tar"), &tar.stdout)
+        .unwrap();
+    let (code, r, _) = run_with_cache(&f, "victim2", &["--frozen"]);
+    assert_eq!(code, 1);
+    let e = node(&r, "big")["error"].as_str().unwrap().to_string();
+    assert!(
+        e.contains("does not match its digest") && e.contains("tampered"),
+        "{e}"
+    );
+    let victim = f.path().join("victim2/objects");
+    assert!(
+        !common::walk(&victim)
+            .iter()
+            .any(|p| p.to_string_lossy().contains(&big)),
+        "a tampered artifact entered the cache"
+    );
+    // Nothing here printed the credentials.
+    let report = std::fs::read_to_string(f.path().join("victim2.json")).unwrap();
+    assert!(!report.contains("AWS_SECRET") && !report.contains("\"test\""));
+}
+
+#[test]
+fn a_push_cut_off_midway_leaves_a_consistent_remote_and_the_next_push_completes_it() {
+    let server = s3();
+    let proxy = CutProxy::start(server.port).unwrap();
+    let mut f = fixture(0.5, 3_000_000);
+    with_env(&mut f, &proxy.endpoint());
+    // Die after about 1 MB: in the middle of the big artifact.
+    proxy.cut_after(1_000_000);
+    let (code, r, err) = run_with_cache(&f, "main", &["--remote-write"]);
+    assert!(proxy.is_cut(), "the proxy never cut: {err}");
+    assert_eq!(code, 1, "a failed push fails the run: {err}");
+    assert!(!r["remote"]["errors"].as_array().unwrap().is_empty());
+    // Every entry the remote has names artifacts it has.
+    let check = |server: &S3Server| -> usize {
+        let keys = server.keys("team", "cache/").unwrap();
+        let entries: Vec<&String> = keys.iter().filter(|k| k.contains("/entries/")).collect();
+        for e in &entries {
+            let v: Value = serde_json::from_slice(&server.get("team", e).unwrap()).unwrap();
+            for d in v["outputs"].as_object().unwrap().values() {
+                let obj = format!("cache/objects/{}.tar", d.as_str().unwrap());
+                assert!(keys.contains(&obj), "{e} names {obj}, which is missing");
+            }
+        }
+        entries.len()
+    };
+    assert!(check(&server) < 4);
+    // The local cache is whole: the next run computes nothing and pushes the rest.
+    proxy.resume();
+    let (code, r, err) = run_with_cache(&f, "main", &["--remote-write"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(with_status(&r, "ran").is_empty());
+    assert_eq!(check(&server), 4);
+    let (code, r, err) = run_with_cache(&f, "fresh", &["--frozen"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(with_status(&r, "restored").len(), 4);
+}
+
+#[test]
+fn concurrent_pushes_of_the_same_entries_agree() {
+    let server = s3();
+    let mut f = fixture(0.5, 200_000);
+    with_env(&mut f, &server.endpoint());
+    // moto answers some simultaneous writes of one key with a 500: retried, as on any store.
+    f.envs.retain(|(k, _)| k != "RELABEL_REMOTE_RETRIES");
+    // Two caches compute the same results; they push at the same time.
+    let spawn = |cache: &str| {
+        f.cmd_in(&f.path().join(cache), &["run", "p.yaml", "--remote-write"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (x, y) = (spawn("x"), spawn("y"));
+    for c in [x, y] {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let keys = server.keys("team", "cache/").unwrap();
+    assert_eq!(keys.iter().filter(|k| k.contains("/entries/")).count(), 4);
+    let (code, r, err) = run_with_cache(&f, "fresh", &["--frozen"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(with_status(&r, "restored").len(), 4);
+}

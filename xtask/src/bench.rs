@@ -40,10 +40,11 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
         #[cfg(feature = "artifacts")]
         "quality" => crate::bench_quality::quality(root, args)?,
         "artifacts" => crate::bench_artifacts::artifacts(root, args)?,
+        "remote" => crate::bench_remote::remote(root, args)?,
         #[cfg(feature = "artifacts")]
         "ner" => crate::bench_ner::ner(root, args)?,
         other => {
-            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, knn, votes, quality, artifacts, ner")
+            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, knn, votes, quality, artifacts, ner, remote")
         }
     };
     let out = json!({
@@ -128,7 +129,7 @@ fn times(n: usize, mut make: impl FnMut() -> Command) -> Result<Vec<f64>> {
 }
 
 /// The 10 stages: five generators of `mb` MB each and five transforms of them.
-fn stages(mb: usize) -> Vec<(String, String, Option<String>)> {
+pub fn stages(mb: usize) -> Vec<(String, String, Option<String>)> {
     let mut s = Vec::new();
     for i in 1..=5 {
         s.push((

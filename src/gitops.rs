@@ -14,19 +14,29 @@ use relabel_engine::Pipeline;
 
 use crate::{code, RemoteArgs};
 
-/// The remote named by `--remote` or `$RELABEL_REMOTE`, unless `--no-remote`.
-pub fn open_remote(args: &RemoteArgs) -> Result<Option<Arc<Remote>>, ExitCode> {
+/// The remote named by `--remote`, `$RELABEL_REMOTE` or the manifest's `remote:`, unless
+/// `--no-remote`.
+pub fn open_remote(
+    args: &RemoteArgs,
+    manifest: Option<&str>,
+) -> Result<Option<Arc<Remote>>, ExitCode> {
     if args.no_remote {
         return Ok(None);
     }
-    let url = args.remote.clone().or_else(|| {
-        std::env::var("RELABEL_REMOTE")
-            .ok()
-            .filter(|s| !s.is_empty())
-    });
+    let url = args
+        .remote
+        .clone()
+        .or_else(|| {
+            std::env::var("RELABEL_REMOTE")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .or_else(|| manifest.map(String::from));
     let Some(url) = url else {
         if args.remote_write {
-            eprintln!("relabel: --remote-write needs a remote (--remote or $RELABEL_REMOTE)");
+            eprintln!(
+                "relabel: --remote-write needs a remote (--remote, $RELABEL_REMOTE or the manifest's remote:)"
+            );
             return Err(ExitCode::from(code::INVALID));
         }
         return Ok(None);

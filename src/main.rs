@@ -194,7 +194,7 @@ enum CacheCmd {
 
 #[derive(clap::Args, Clone)]
 struct RemoteArgs {
-    /// A remote cache: s3://BUCKET/PREFIX, gs://, az:// or file:///PATH [default: $RELABEL_REMOTE]
+    /// A remote cache: s3://BUCKET/PREFIX, gs://, az:// or file:///PATH [default: $RELABEL_REMOTE, else the manifest's remote:]
     #[arg(long)]
     remote: Option<String>,
     /// Also write this run's entries to the remote (for trusted jobs, e.g. the main branch)
@@ -572,7 +572,7 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
                 );
                 return Err(ExitCode::from(code::FAILED));
             }
-            let remote = gitops::open_remote(&remote)?;
+            let remote = gitops::open_remote(&remote, p.remote.as_deref())?;
             let c = Arc::new(open_cache(&cache)?);
             let mut opts = RunOptions {
                 targets,

@@ -419,3 +419,35 @@ fn concurrent_pushes_of_the_same_entries_agree() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(with_status(&r, "restored").len(), 4);
 }
+
+#[test]
+fn the_manifest_can_name_its_remote_and_a_bad_one_is_located() {
+    let t = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", t.path().join("shared").display());
+    let text = manifest(0.5, 1000).replace(
+        "name: gitops\n",
+        &format!("name: gitops\nremote: \"{url}\"\n"),
+    );
+    let f = Fixture::new(&text);
+    f.write("b.sh", "cat $1; echo b\n");
+    let (code, _, err) = run_with_cache(&f, "main", &["--remote-write"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, r, err) = run_with_cache(&f, "fresh", &["--frozen"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(with_status(&r, "restored").len(), 4);
+    // --no-remote ignores it.
+    let (code, _, _) = run_with_cache(&f, "alone", &["--frozen", "--no-remote"]);
+    assert_eq!(code, 1);
+
+    let bad = Fixture::new(&manifest(0.5, 10).replace(
+        "name: gitops\n",
+        "name: gitops\nremote: \"http://example.com/x\"\n",
+    ));
+    let o = bad.output(&["run", "p.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("p.yaml:4:9: \"remote\" must be a URL"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -15,7 +15,14 @@ use crate::span::{Path, SpanIndex};
 pub const VERSION: u64 = 1;
 
 /// The engine's top-level keys; the registry's resource sections (`llm`, ...) go before `nodes`.
-const TOP_KEYS: &[&str] = &["version", "name", "description", "params", "nodes"];
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "name",
+    "description",
+    "params",
+    "remote",
+    "nodes",
+];
 const NODE_KEYS: &[&str] = &["id", "kind", "description", "inputs", "config"];
 const LOOP_ITEM_KEYS: &[&str] = &["id", "description", "loop", "nodes"];
 const LOOP_KEYS: &[&str] = &["max_rounds", "until", "carry"];
@@ -168,6 +175,8 @@ pub struct RawManifest {
     pub spans: SpanIndex,
     pub name: String,
     pub params: Mapping,
+    /// The remote cache's URL (`remote:`), params and `${env.X}` substituted.
+    pub remote: Option<String>,
     /// Resource sections by name: each entry's name, value (params substituted) and path.
     pub resources: BTreeMap<String, Vec<(String, Value, Path)>>,
     pub items: Vec<RawItem>,
@@ -508,6 +517,33 @@ pub fn load(
         sections.insert(section.to_string(), entries);
     }
 
+    let mut remote = None;
+    if let Some(mut v) = get(map, "remote").cloned() {
+        let p = top.key("remote");
+        substitute(&mut r, &mut v, &p, Some(&params));
+        match v {
+            Value::Null => {}
+            Value::String(url)
+                if ["s3://", "s3a://", "gs://", "az://", "azure://", "abfs://", "abfss://", "file://"]
+                    .iter()
+                    .any(|s| url.starts_with(s)) =>
+            {
+                remote = Some(url)
+            }
+            other => r.value(
+                &p,
+                format!(
+                    "\"remote\" must be a URL: s3://BUCKET/PREFIX, gs://, az:// or file:///PATH; found {}",
+                    match &other {
+                        Value::String(s) => format!("\"{s}\""),
+                        v => type_name(v).to_string(),
+                    }
+                ),
+                None,
+            ),
+        }
+    }
+
     let mut items = Vec::new();
     match get(map, "nodes").cloned() {
         None => r.value(&top, "missing \"nodes\" (the list of pipeline nodes)", None),
@@ -539,6 +575,7 @@ pub fn load(
         spans,
         name,
         params,
+        remote,
         resources: sections,
         items,
     };

@@ -99,6 +99,8 @@ pub struct Pipeline {
     /// Resource sections: named entries, as checked (never holding a secret: only variable
     /// names).
     pub resources: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// The manifest's remote cache URL (`remote:`); `--remote` and `$RELABEL_REMOTE` outrank it.
+    pub remote: Option<String>,
 }
 
 impl Pipeline {
@@ -689,6 +691,7 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
         units,
         dag: dag.expect("no diagnostics means the DAG was built"),
         resources,
+        remote: raw.remote.clone(),
     })
 }
 

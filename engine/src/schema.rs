@@ -104,6 +104,7 @@ pub fn json_schema(registry: &Registry) -> Value {
         "name": {"type": "string", "minLength": 1},
         "description": {"type": "string"},
         "params": {"type": "object", "description": "Values substituted for `${params.NAME}` in node configs and inputs."},
+        "remote": {"type": "string", "pattern": "^(s3|s3a|gs|az|azure|abfs|abfss|file)://", "description": "A remote cache shared by machines (s3://BUCKET/PREFIX, gs://, az://, file:///PATH); `--remote` and `$RELABEL_REMOTE` outrank it. Credentials come from the environment only."},
     });
     for (section, noun, schema) in resources {
         properties[section] = json!({"type": "object", "description": format!("Named {noun}s."), "additionalProperties": schema});

@@ -88,9 +88,7 @@ fn run_workflow(repo: &Path, event: &str, server: &S3Server) -> String {
     // The real S3 server stands in for AWS: the bucket and the endpoint change, nothing else.
     env.insert("RELABEL_REMOTE".into(), "s3://team/main".into());
     for (k, v) in server.env() {
-        if !env.contains_key(&k) {
-            env.insert(k, v);
-        }
+        env.entry(k).or_insert(v);
     }
     env.insert("GITHUB_STEP_SUMMARY".into(), summary.display().to_string());
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_relabel")).parent().unwrap();
@@ -167,7 +165,7 @@ fn the_documented_workflow_shares_mains_results_and_summarises_a_pull_request() 
     // Push to main: --locked holds, and the results go to the remote.
     sh(t.path(), "git clone -q upstream main-runner");
     run_workflow(&t.path().join("main-runner"), "push", &server);
-    let entries = |s: &S3Server| s.keys("team", "main/entries/").unwrap().into_iter().count();
+    let entries = |s: &S3Server| s.keys("team", "main/entries/").unwrap().len();
     assert_eq!(entries(&server), 3);
 
     // A pull request that changes the evaluator: a fresh runner restores what did not change,

@@ -151,17 +151,9 @@ pub fn stages(mb: usize) -> Vec<(String, String, Option<String>)> {
     s
 }
 
-fn engine(root: &Path, args: &[String]) -> Result<Value> {
-    let mb: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(25);
-    let reps = 15;
-    run(Command::new("cargo").args(["build", "--release", "--quiet", "--bin", "relabel"]))?;
-    let bin = root.join("target/release/relabel");
-    let work = root.join("target/bench-engine");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-
-    // relabel
-    let mut manifest = String::from("version: 1\nname: bench-engine\nnodes:\n");
+/// [`stages`] as a relabel manifest of `command` nodes.
+pub fn stages_manifest(name: &str, mb: usize) -> String {
+    let mut manifest = format!("version: 1\nname: {name}\nnodes:\n");
     for (id, cmd, input) in stages(mb) {
         match input {
             None => manifest.push_str(&format!(
@@ -172,6 +164,34 @@ fn engine(root: &Path, args: &[String]) -> Result<Value> {
             )),
         }
     }
+    manifest
+}
+
+/// [`stages`] as DVC's dvc.yaml.
+pub fn stages_dvc_yaml(mb: usize) -> String {
+    let mut yaml = String::from("stages:\n");
+    for (id, cmd, input) in stages(mb) {
+        match input {
+            None => yaml.push_str(&format!("  {id}:\n    cmd: {cmd} > {id}.out\n    outs: [{id}.out]\n")),
+            Some(inp) => yaml.push_str(&format!(
+                "  {id}:\n    cmd: {cmd} < {inp}.out > {id}.out\n    deps: [{inp}.out]\n    outs: [{id}.out]\n"
+            )),
+        }
+    }
+    yaml.replace('\'', "\"")
+}
+
+fn engine(root: &Path, args: &[String]) -> Result<Value> {
+    let mb: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(25);
+    let reps = 15;
+    run(Command::new("cargo").args(["build", "--release", "--quiet", "--bin", "relabel"]))?;
+    let bin = root.join("target/release/relabel");
+    let work = root.join("target/bench-engine");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+
+    // relabel
+    let manifest = stages_manifest("bench-engine", mb);
     std::fs::write(work.join("pipeline.yaml"), &manifest)?;
     let relabel = |args: &[&str]| {
         let mut c = Command::new(&bin);
@@ -321,16 +341,7 @@ fn dvc(work: &Path, mb: usize) -> Result<Value> {
         c
     };
     run(&mut dvc(&["init", "-q"]))?;
-    let mut yaml = String::from("stages:\n");
-    for (id, cmd, input) in stages(mb) {
-        match input {
-            None => yaml.push_str(&format!("  {id}:\n    cmd: {cmd} > {id}.out\n    outs: [{id}.out]\n")),
-            Some(inp) => yaml.push_str(&format!(
-                "  {id}:\n    cmd: {cmd} < {inp}.out > {id}.out\n    deps: [{inp}.out]\n    outs: [{id}.out]\n"
-            )),
-        }
-    }
-    std::fs::write(dir.join("dvc.yaml"), yaml.replace("'", "\""))?;
+    std::fs::write(dir.join("dvc.yaml"), stages_dvc_yaml(mb))?;
     let cold = time(&mut dvc(&["repro", "-q"]))?;
     let reps = 5;
     let noop = times(reps, || dvc(&["repro", "-q"]))?;

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use relabel_testkit::s3::S3Server;
 use serde_json::{json, Value};
 
-use crate::bench::{bench_venv, median, stages, target, time};
+use crate::bench::{bench_venv, median, stages_dvc_yaml, stages_manifest, target, time};
 use crate::{run, TEST_PYTHON};
 
 pub fn remote(root: &Path, args: &[String]) -> Result<Value> {
@@ -23,17 +23,7 @@ pub fn remote(root: &Path, args: &[String]) -> Result<Value> {
     server.create_bucket("bench")?;
     let env = server.env();
 
-    let mut manifest = String::from("version: 1\nname: bench-remote\nnodes:\n");
-    for (id, cmd, input) in stages(mb) {
-        match input {
-            None => manifest.push_str(&format!(
-                "  - id: {id}\n    kind: command\n    config: {{run: \"{cmd} > ${{outputs.out}}\", outputs: [out]}}\n"
-            )),
-            Some(inp) => manifest.push_str(&format!(
-                "  - id: {id}\n    kind: command\n    inputs: [{inp}.out]\n    config: {{run: \"{cmd} < ${{inputs.out}} > ${{outputs.out}}\", outputs: [out]}}\n"
-            )),
-        }
-    }
+    let manifest = stages_manifest("bench-remote", mb);
     std::fs::write(work.join("pipeline.yaml"), &manifest)?;
     let relabel = |cache: &str, args: &[&str]| {
         let mut c = Command::new(&bin);
@@ -140,16 +130,7 @@ fn dvc_remote(work: &Path, mb: usize, server: &S3Server, reps: usize) -> Result<
         &dir,
         &["remote", "modify", "s3", "endpointurl", &server.endpoint()],
     ))?;
-    let mut yaml = String::from("stages:\n");
-    for (id, cmd, input) in stages(mb) {
-        match input {
-            None => yaml.push_str(&format!("  {id}:\n    cmd: {cmd} > {id}.out\n    outs: [{id}.out]\n")),
-            Some(inp) => yaml.push_str(&format!(
-                "  {id}:\n    cmd: {cmd} < {inp}.out > {id}.out\n    deps: [{inp}.out]\n    outs: [{id}.out]\n"
-            )),
-        }
-    }
-    std::fs::write(dir.join("dvc.yaml"), yaml.replace('\'', "\""))?;
+    std::fs::write(dir.join("dvc.yaml"), stages_dvc_yaml(mb))?;
     let cold = time(&mut dvc(&dir, &["repro", "-q"]))?;
     let push = time(&mut dvc(&dir, &["push", "-q"]))?;
     git(&dir, &["add", "-A"])?;

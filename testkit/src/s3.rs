@@ -1,4 +1,4 @@
-//! A real S3 server for tests (moto's, run by the tests' Python) and a TCP proxy that can cut it off mid-transfer.
+//! Real S3 servers for tests (moto's, run by the tests' Python, and SeaweedFS's `weed mini`) and a TCP proxy that can cut one off mid-transfer.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -8,11 +8,25 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A client for an S3 server at a loopback endpoint, through boto3 in the tests' Python.
+#[derive(Clone)]
+pub struct S3Client {
+    endpoint: String,
+    python: PathBuf,
+}
+
 /// moto's S3 server on a loopback port; stopped when dropped.
 pub struct S3Server {
     child: Child,
     pub port: u16,
-    python: PathBuf,
+    client: S3Client,
+}
+
+impl std::ops::Deref for S3Server {
+    type Target = S3Client;
+    fn deref(&self) -> &S3Client {
+        &self.client
+    }
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -32,20 +46,32 @@ impl S3Server {
         let server = S3Server {
             child,
             port,
-            python: python.to_path_buf(),
+            client: S3Client {
+                endpoint: format!("http://127.0.0.1:{port}"),
+                python: python.to_path_buf(),
+            },
         };
-        let t0 = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if t0.elapsed() > Duration::from_secs(30) {
-                return Err(std::io::Error::other("moto's server did not start in 30 s"));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for(port, "moto's server")?;
         Ok(server)
     }
+}
 
+fn wait_for(port: u16, what: &str) -> std::io::Result<()> {
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err(std::io::Error::other(format!(
+                "{what} did not start in 60 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+impl S3Client {
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.endpoint.clone()
     }
 
     /// The variables a client needs: dummy credentials, the endpoint, plain HTTP.
@@ -101,7 +127,7 @@ impl S3Server {
         let tmp = std::env::temp_dir().join(format!(
             "relabel-s3-put-{}-{}",
             std::process::id(),
-            self.port
+            blake3::hash(self.endpoint.as_bytes()).to_hex()
         ));
         std::fs::write(&tmp, body)?;
         let r = self.boto(
@@ -117,6 +143,134 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// SeaweedFS's all-in-one server (`weed mini`) with its data in a folder, so it can be killed
+/// and started again with what it held; stopped when dropped.
+pub struct WeedServer {
+    child: Option<Child>,
+    weed: PathBuf,
+    dir: PathBuf,
+    bucket: String,
+    pub port: u16,
+    client: S3Client,
+}
+
+impl std::ops::Deref for WeedServer {
+    type Target = S3Client;
+    fn deref(&self) -> &S3Client {
+        &self.client
+    }
+}
+
+impl WeedServer {
+    /// Starts `weed mini` on free loopback ports with data in `dir`, credentials `test`/`test`
+    /// and `bucket` created.
+    pub fn start(weed: &Path, python: &Path, dir: &Path, bucket: &str) -> std::io::Result<Self> {
+        let port = free_port()?;
+        let mut w = WeedServer {
+            child: None,
+            weed: weed.to_path_buf(),
+            dir: dir.to_path_buf(),
+            bucket: bucket.to_string(),
+            port,
+            client: S3Client {
+                endpoint: format!("http://127.0.0.1:{port}"),
+                python: python.to_path_buf(),
+            },
+        };
+        w.restart()?;
+        Ok(w)
+    }
+
+    /// Kills the server at once (no clean shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it (again) on the same ports and folder.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.kill();
+        std::fs::create_dir_all(&self.dir)?;
+        // Every port it opens, chosen free, so it does not collide with a service already here.
+        let mut args = vec![
+            format!("-dir={}", self.dir.display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-bucket={}", self.bucket),
+            "-admin.ui=false".into(),
+            format!("-s3.port={}", self.port),
+        ];
+        let ports_file = self.dir.join("relabel-test-ports");
+        let others: Vec<u16> = match std::fs::read_to_string(&ports_file) {
+            Ok(t) => t
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
+            Err(_) => {
+                let mut ps = Vec::new();
+                while ps.len() < 8 {
+                    // grpc ports default to port + 10000: keep the bases low enough.
+                    let p = free_port()?;
+                    if p < 50000 && !ps.contains(&p) {
+                        ps.push(p);
+                    }
+                }
+                std::fs::write(
+                    &ports_file,
+                    ps.iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )?;
+                ps
+            }
+        };
+        for (flag, p) in [
+            "-master.port",
+            "-volume.port",
+            "-filer.port",
+            "-webdav.port",
+            "-admin.port",
+            "-s3.port.iceberg",
+            "-s3.port.lance",
+            "-metricsPort",
+        ]
+        .iter()
+        .zip(&others)
+        {
+            args.push(format!("{flag}={p}"));
+        }
+        let child = Command::new(&self.weed)
+            .arg("mini")
+            .args(&args)
+            .current_dir(&self.dir)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        wait_for(self.port, "SeaweedFS")?;
+        // The S3 port opens before the bucket exists: wait until it lists.
+        let t0 = Instant::now();
+        while self.keys(&self.bucket, "").is_err() {
+            if t0.elapsed() > Duration::from_secs(60) {
+                return Err(std::io::Error::other("SeaweedFS's bucket never appeared"));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WeedServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

@@ -40,10 +40,30 @@ pub fn remote(root: &Path, args: &[String]) -> Result<Value> {
         "a",
         &["run", "pipeline.yaml", "--jobs", "2", "--remote-write"],
     ))?;
+    let report = work.join("restore-report.json");
     let restore = time(&mut relabel(
         "b",
-        &["run", "pipeline.yaml", "--jobs", "2", "--frozen"],
+        &[
+            "run",
+            "pipeline.yaml",
+            "--jobs",
+            "2",
+            "--frozen",
+            "--report",
+            report.to_str().unwrap_or_default(),
+        ],
     ))?;
+    // The figure means something only if the restore executed nothing and restored everything.
+    let r: Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+    let restored = r["nodes"]
+        .as_array()
+        .map(|n| n.iter().filter(|x| x["status"] == "restored").count())
+        .unwrap_or(0);
+    anyhow::ensure!(
+        restored == 10,
+        "the restore run restored {restored} of 10 nodes"
+    );
+    let restored_bytes = r["remote"]["pulled_bytes"].as_u64().unwrap_or(0);
     let recompute = time(&mut relabel(
         "c",
         &["run", "pipeline.yaml", "--jobs", "2", "--no-remote"],
@@ -79,6 +99,8 @@ pub fn remote(root: &Path, args: &[String]) -> Result<Value> {
         "relabel": {
             "cold_run_and_push_s": cold_push,
             "restore_from_remote_s": restore,
+            "restored_nodes": restored,
+            "restored_bytes": restored_bytes,
             "recompute_s": recompute,
             "status_median_ms": status_ms,
         },

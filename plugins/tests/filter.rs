@@ -2,7 +2,8 @@
 //! nothing it must not; the budget is exact; candidates differ; ties are ordered deterministically.
 
 use relabel_plugins::find::disagreement_filter::{
-    confident_learning, filter, fired, ClMethod, Combine, FilterConfig, Rule,
+    budget_for, confident_learning, estimated_issues, filter, fired, ClMethod, Combine,
+    FilterConfig, Rule,
 };
 use relabel_plugins::predictions::SplitPredictions;
 
@@ -160,6 +161,44 @@ fn the_budget_is_exact_and_keeps_the_most_suspicious() {
         60,
         "never more than the rules flagged"
     );
+}
+
+/// `n` rows with every `every`-th one noisy (the rest clean): a noise rate of 1/every.
+fn noisy_every(n: usize, every: usize) -> Vec<Kind> {
+    (0..n)
+        .map(|i| {
+            if i % every == 0 {
+                Kind::Noisy
+            } else {
+                Kind::Clean
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn an_estimated_budget_follows_the_noise_and_stays_under_the_cap() {
+    let rules = "rules: [pred_neq_label, {loss_above: 1.0}]\nbudget: estimated\n";
+    // 10% noise with a 30% cap: the estimate (30 of 300), not the cap (90), sizes the round.
+    let p = planted(&noisy_every(300, 10));
+    assert_eq!(estimated_issues(&p), 30);
+    let c = cfg(&format!("{rules}max_fraction: 0.3\n"));
+    assert_eq!(budget_for(&[("train", &p)], &c), (30, Some(30)));
+    let chosen = filter(&[("train", &p)], &c);
+    assert_eq!(chosen.len(), 30);
+    assert!(
+        chosen.iter().all(|c| c.row % 10 == 0),
+        "only the noisy rows"
+    );
+    // 50% noise: the estimate (150) is capped at 20% (60).
+    let p = planted(&noisy_every(300, 2));
+    assert_eq!(estimated_issues(&p), 150);
+    let c = cfg(&format!("{rules}max_fraction: 0.2\n"));
+    assert_eq!(budget_for(&[("train", &p)], &c), (60, Some(150)));
+    assert_eq!(filter(&[("train", &p)], &c).len(), 60);
+    // The fixed budget is unchanged: max_fraction of the rows.
+    let c = cfg("rules: [pred_neq_label]\nmax_fraction: 0.3\n");
+    assert_eq!(budget_for(&[("train", &p)], &c), (90, None));
 }
 
 #[test]

@@ -87,6 +87,19 @@ pub enum RankBy {
     Loss,
 }
 
+/// How many flags a round may have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    /// `max_fraction` of the flagged splits' rows.
+    #[default]
+    Fixed,
+    /// The number of label issues confident learning estimates (the off-diagonal mass of the
+    /// calibrated confident joint, as cleanlab's `num_label_issues` counts it), capped by
+    /// `max_fraction`: 10% noise is not over-flagged, and the cap bounds the judge's work.
+    Estimated,
+}
+
 fn d_rules() -> Vec<Rule> {
     vec![Rule::PredNeqLabel]
 }
@@ -115,6 +128,10 @@ pub struct FilterConfig {
     /// Most flags, as a fraction of the rows of the flagged splits (the paper: about 2-10%).
     #[serde(default = "d_fraction")]
     pub max_fraction: f64,
+    /// `fixed` (`max_fraction` of the rows) or `estimated` (the estimated number of label
+    /// errors, at most `max_fraction`; classification only).
+    #[serde(default)]
+    pub budget: Budget,
     /// Most flags per (given) class, as a fraction of that class's rows.
     #[serde(default)]
     pub per_class_max_fraction: Option<f64>,
@@ -259,6 +276,39 @@ pub fn confident_joint(p: &SplitPredictions) -> Vec<Vec<usize>> {
         cj[i] = floors;
     }
     cj
+}
+
+/// The number of label issues confident learning estimates in `p`: the off-diagonal mass of
+/// the calibrated confident joint.
+pub fn estimated_issues(p: &SplitPredictions) -> usize {
+    let cj = confident_joint(p);
+    cj.iter()
+        .enumerate()
+        .map(|(i, row)| {
+            row.iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, n)| n)
+                .sum::<usize>()
+        })
+        .sum()
+}
+
+/// The number of flags `cfg` allows over `splits`, and the estimate it came from (for
+/// `budget: estimated`).
+pub fn budget_for(
+    splits: &[(&str, &SplitPredictions)],
+    cfg: &FilterConfig,
+) -> (usize, Option<usize>) {
+    let total: usize = splits.iter().map(|(_, p)| p.rows()).sum();
+    let cap = (cfg.max_fraction * total as f64).floor() as usize;
+    match cfg.budget {
+        Budget::Fixed => (cap, None),
+        Budget::Estimated => {
+            let est: usize = splits.iter().map(|(_, p)| estimated_issues(p)).sum();
+            (cap.min(est), Some(est))
+        }
+    }
 }
 
 /// The `k` (value, row) pairs with the largest values, ties to the lower row; unordered.
@@ -606,6 +656,17 @@ pub fn filter_skipping(
     cfg: &FilterConfig,
     skip: &[Vec<bool>],
 ) -> Vec<Candidate> {
+    let (budget, _) = budget_for(splits, cfg);
+    filter_within(splits, cfg, skip, budget)
+}
+
+/// [`filter_skipping`] with the number of flags given.
+fn filter_within(
+    splits: &[(&str, &SplitPredictions)],
+    cfg: &FilterConfig,
+    skip: &[Vec<bool>],
+    budget: usize,
+) -> Vec<Candidate> {
     let classes = splits.first().map(|(_, p)| p.classes).unwrap_or(0);
     let rule_names: Vec<std::sync::Arc<str>> = cfg.rules.iter().map(|r| r.name().into()).collect();
     let all_rows_name: std::sync::Arc<str> = "all_rows".into();
@@ -652,7 +713,7 @@ pub fn filter_skipping(
             cands.extend(made);
         }
     }
-    let budget = (cfg.max_fraction * total as f64).floor() as usize;
+    debug_assert!(budget <= total);
     select(cands, budget, &class_rows, cfg)
 }
 
@@ -743,12 +804,26 @@ pub fn run_filter(
     out: &std::path::Path,
 ) -> Result<Metrics, String> {
     let ds = Dataset::read(ds_dir).map_err(|e| e.to_string())?;
-    let (flags, total, skipped) = match ds.task {
-        relabel_tasks::task::TaskKind::Tagging => span_flags(c, &ds, pred_dir, ds_dir)?,
+    let (flags, total, skipped, estimate) = match ds.task {
+        relabel_tasks::task::TaskKind::Tagging => {
+            if c.budget == Budget::Estimated {
+                return Err("budget: estimated counts label errors from per-row class probabilities; a tagging dataset uses budget: fixed".into());
+            }
+            let (f, t, s) = span_flags(c, &ds, pred_dir, ds_dir)?;
+            (f, t, s, None)
+        }
         relabel_tasks::task::TaskKind::Classification => row_flags(c, &ds, pred_dir, ds_dir)?,
     };
     flags::write(out, &flags).map_err(|e| e.to_string())?;
-    flag_metrics(&flags, total, skipped)
+    let mut m = flag_metrics(&flags, total, skipped)?;
+    if let Some(e) = estimate {
+        m.insert("estimated_issues".into(), e.into());
+        m.insert(
+            "estimated_issue_rate".into(),
+            (e as f64 / total.max(1) as f64).into(),
+        );
+    }
+    Ok(m)
 }
 
 /// The judged pairs of a dataset version as (split, id, sorted pair).
@@ -850,13 +925,14 @@ fn span_flags(
     Ok((flags, total, skipped))
 }
 
-/// Classification: rows flagged by the rules, ranked, under the budget.
+/// Classification: rows flagged by the rules, ranked, under the budget; also the estimated
+/// number of label issues when the budget is `estimated`.
 fn row_flags(
     c: &FilterConfig,
     ds: &Dataset,
     pred_dir: &std::path::Path,
     ds_dir: &std::path::Path,
-) -> Result<(Vec<Flag>, usize, usize), String> {
+) -> Result<(Vec<Flag>, usize, usize, Option<usize>), String> {
     let names = ds.labels.names();
     let mut preds = Vec::new();
     for s in &c.splits {
@@ -901,7 +977,8 @@ fn row_flags(
             skip.push(mask);
         }
     }
-    let chosen = filter_skipping(&views, c, &skip);
+    let (budget, estimate) = budget_for(&views, c);
+    let chosen = filter_within(&views, c, &skip, budget);
     let mut flags = Vec::with_capacity(chosen.len());
     for cand in &chosen {
         let (split_name, p) = views[cand.split];
@@ -924,7 +1001,7 @@ fn row_flags(
         });
     }
     let total: usize = views.iter().map(|(_, p)| p.rows()).sum();
-    Ok((flags, total, skipped))
+    Ok((flags, total, skipped, estimate))
 }
 
 /// The filter's metrics over the flags it chose from `total` rows.

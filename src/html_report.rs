@@ -16,9 +16,8 @@ pub struct Summary {
     pub pipeline: String,
     pub run_id: String,
     pub status: String,
-    /// (round, or outside loops the evaluator's position in the run: 1, 2, ...; dev accuracy,
-    /// test accuracy) per evaluator instance.
-    pub accuracy: Vec<(u32, Option<f64>, Option<f64>)>,
+    /// One point per evaluator instance, in round order.
+    pub accuracy: Vec<Point>,
     /// label -> number of flags (all filters and miners of the run).
     pub flags_per_class: BTreeMap<String, u64>,
     /// "old -> new" -> rows changed (all apply_labels instances).
@@ -26,12 +25,64 @@ pub struct Summary {
     /// The last evaluation's labels and test confusion matrix.
     pub labels: Vec<String>,
     pub confusion: Vec<Vec<u64>>,
-    /// (text, old, new, confidence, source) of applied changes.
-    pub examples: Vec<(String, String, String, Option<f64>, String)>,
+    /// Applied changes, with their evidence.
+    pub examples: Vec<Example>,
     /// What the per-round figures are: accuracy (classification) or entity F1 (tagging).
     pub measure: String,
     /// Tagging: the last evaluation's test scores per entity type (type, P, R, F1, support).
     pub per_type: Vec<(String, f64, f64, f64, u64)>,
+    /// The fixed test's rows, its measure before and after (the first evaluation of a loop's
+    /// first round, else the run's first evaluation; the run's last), and its per-class F1 then.
+    pub test_rows: Option<u64>,
+    pub test_before: Option<f64>,
+    pub test_after: Option<f64>,
+    pub first_class_f1: BTreeMap<String, f64>,
+    pub last_class_f1: BTreeMap<String, f64>,
+    /// Rows flagged (filters and miners), judge outcomes, and what the questions cost.
+    pub flagged: u64,
+    pub keep: u64,
+    pub change: u64,
+    pub undecided: u64,
+    pub tokens: u64,
+    pub cost_usd: Option<f64>,
+    /// Nodes' warnings (`node: text`), e.g. a miner reading the fixed test's badcases.
+    pub warnings: Vec<String>,
+}
+
+/// A changed row as the page shows it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Example {
+    pub text: String,
+    pub old: String,
+    pub new: String,
+    pub confidence: Option<f64>,
+    pub by: String,
+    /// The model's probabilities of both labels and the rule that flagged the row.
+    pub evidence: String,
+    /// The judge's raw answer.
+    pub answer: String,
+}
+
+/// One evaluation: its round (or, outside loops, its position in the run: 1, 2, ...) and the
+/// measure on dev, on the fixed test split, and on the badcase split when there is one.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Point {
+    pub step: u32,
+    pub dev: Option<f64>,
+    pub test: Option<f64>,
+    pub badcase: Option<f64>,
+}
+
+/// Per-class F1 of an evaluation's test scores.
+fn class_f1(ev: &Value) -> BTreeMap<String, f64> {
+    ev["test"]["per_class"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| v["f1"].as_f64().map(|f| (k.clone(), f)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn add(map: &mut BTreeMap<String, u64>, v: &Value) {
@@ -56,8 +107,19 @@ pub fn summarise(report: &Value) -> Summary {
             .as_str()
             .map(std::path::PathBuf::from)
     };
+    // (is a loop's round 1, position in the run, test measure, per-class F1) of the evaluation
+    // that counts as "before", and of the last one.
+    type Eval = (bool, usize, Option<f64>, BTreeMap<String, f64>);
+    let mut first_eval: Option<Eval> = None;
+    let mut last_eval: Option<Eval> = None;
     for n in &nodes {
         let m = &n["metrics"];
+        if let Some(w) = m["warning"].as_str() {
+            s.warnings.push(format!(
+                "{}: {w}",
+                n["instance"].as_str().or(n["id"].as_str()).unwrap_or("")
+            ));
+        }
         match n["kind"].as_str().unwrap_or("") {
             "evaluator" => {
                 let step = n["round"]
@@ -68,15 +130,35 @@ pub fn summarise(report: &Value) -> Summary {
                 let tagging = m["test_f1"].is_number() || m["dev_f1"].is_number();
                 let key = if tagging { "f1" } else { "accuracy" };
                 s.measure = if tagging { "Entity F1" } else { "Accuracy" }.into();
-                s.accuracy.push((
+                s.accuracy.push(Point {
                     step,
-                    m[format!("dev_{key}")].as_f64(),
-                    m[format!("test_{key}")].as_f64(),
-                ));
+                    dev: m[format!("dev_{key}")].as_f64(),
+                    test: m[format!("test_{key}")].as_f64(),
+                    badcase: m[format!("badcase_{key}")].as_f64(),
+                });
                 if let Some(ev) = path_of(n, "evaluation")
                     .and_then(|p| std::fs::read(p).ok())
                     .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
                 {
+                    if let Some(rows) = ev["test"]["rows"].as_u64() {
+                        s.test_rows = Some(rows);
+                    }
+                    let here: Eval = (
+                        n["round"].as_u64() == Some(1),
+                        s.accuracy.len(),
+                        m[format!("test_{key}")].as_f64(),
+                        class_f1(&ev),
+                    );
+                    // A loop's first round is the baseline (a reference model evaluated before
+                    // it is not); else the run's first evaluation.
+                    let better = match &first_eval {
+                        None => true,
+                        Some((r1, pos, _, _)) => here.0 && (!r1 || here.1 < *pos),
+                    };
+                    if better {
+                        first_eval = Some(here.clone());
+                    }
+                    last_eval = Some(here);
                     if let Some(t) = ev["test"]["per_type"].as_object() {
                         s.per_type = t
                             .iter()
@@ -112,8 +194,14 @@ pub fn summarise(report: &Value) -> Summary {
                     }
                 }
             }
-            "disagreement_filter" => add(&mut s.flags_per_class, &m["flags_per_class"]),
-            "similarity_miner" => add(&mut s.flags_per_class, &m["flags_per_candidate"]),
+            "disagreement_filter" => {
+                add(&mut s.flags_per_class, &m["flags_per_class"]);
+                s.flagged += m["flags"].as_u64().unwrap_or(0);
+            }
+            "similarity_miner" => {
+                add(&mut s.flags_per_class, &m["flags_per_candidate"]);
+                s.flagged += m["flags"].as_u64().unwrap_or(0);
+            }
             "apply_labels" => {
                 if let Some(p) = path_of(n, "audit") {
                     for line in std::fs::read_to_string(p).unwrap_or_default().lines() {
@@ -129,19 +217,47 @@ pub fn summarise(report: &Value) -> Summary {
                 }
             }
             "binary_relabeler" => {
+                s.keep += m["keep"].as_u64().unwrap_or(0);
+                s.change += m["change"].as_u64().unwrap_or(0);
+                s.undecided += m["undecided"].as_u64().unwrap_or(0);
+                s.tokens += m["prompt_tokens"].as_u64().unwrap_or(0)
+                    + m["completion_tokens"].as_u64().unwrap_or(0);
+                if let Some(c) = m["cost_usd"].as_f64() {
+                    *s.cost_usd.get_or_insert(0.0) += c;
+                }
                 if let Some(p) = path_of(n, "decisions") {
                     for line in std::fs::read_to_string(p).unwrap_or_default().lines() {
                         let Ok(d) = serde_json::from_str::<Value>(line) else {
                             continue;
                         };
                         if d["outcome"] == "change" && s.examples.len() < 30 {
-                            s.examples.push((
-                                d["text"].as_str().unwrap_or("").to_string(),
-                                d["label"].as_str().unwrap_or("").to_string(),
-                                d["chosen"].as_str().unwrap_or("").to_string(),
-                                d["confidence"].as_f64(),
-                                d["source"].as_str().unwrap_or("").to_string(),
-                            ));
+                            // The evidence: the model's probabilities of the two labels, and
+                            // the judge's answer.
+                            let prob = |k: &str| {
+                                d[k].as_f64()
+                                    .map(|p| format!("{p:.2}"))
+                                    .unwrap_or("-".into())
+                            };
+                            let evidence = format!(
+                                "model: {} {} vs {} {}{}",
+                                d["label"].as_str().unwrap_or(""),
+                                prob("label_prob"),
+                                d["candidate"].as_str().unwrap_or(""),
+                                prob("candidate_prob"),
+                                d["rule"]
+                                    .as_str()
+                                    .map(|r| format!("; flagged by {r}"))
+                                    .unwrap_or_default()
+                            );
+                            s.examples.push(Example {
+                                text: d["text"].as_str().unwrap_or("").to_string(),
+                                old: d["label"].as_str().unwrap_or("").to_string(),
+                                new: d["chosen"].as_str().unwrap_or("").to_string(),
+                                confidence: d["confidence"].as_f64(),
+                                by: d["source"].as_str().unwrap_or("").to_string(),
+                                evidence,
+                                answer: d["answer"].as_str().unwrap_or("").to_string(),
+                            });
                         }
                     }
                 }
@@ -149,7 +265,15 @@ pub fn summarise(report: &Value) -> Summary {
             _ => {}
         }
     }
-    s.accuracy.sort_by_key(|a| a.0);
+    s.accuracy.sort_by_key(|a| a.step);
+    if let Some((_, _, t, f1)) = first_eval {
+        s.test_before = t;
+        s.first_class_f1 = f1;
+    }
+    if let Some((_, _, t, f1)) = last_eval {
+        s.test_after = t;
+        s.last_class_f1 = f1;
+    }
     s
 }
 
@@ -160,60 +284,106 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Dev and test accuracy per round, as an SVG line chart.
-fn accuracy_chart(
-    acc: &[(u32, Option<f64>, Option<f64>)],
-    measure: &str,
-) -> Result<String, String> {
+/// The chart's series: name, colour, and the value it takes from a point.
+type Series = (&'static str, RGBColor, fn(&Point) -> Option<f64>);
+
+const SERIES: [Series; 3] = [
+    (
+        "dev (labels change: inflated)",
+        RGBColor(40, 90, 200),
+        |p| p.dev,
+    ),
+    ("fixed test", RGBColor(200, 30, 30), |p| p.test),
+    ("badcase split (mined)", RGBColor(30, 140, 60), |p| {
+        p.badcase
+    }),
+];
+
+/// The series a run has values for.
+fn present(acc: &[Point]) -> Vec<&'static Series> {
+    SERIES
+        .iter()
+        .filter(|(_, _, pick)| acc.iter().any(|p| pick(p).is_some()))
+        .collect()
+}
+
+/// The measure per round on dev, the fixed test (and the badcase split), as an SVG line chart
+/// whose axis spans the values (the legend is HTML under it, so it never covers a line).
+fn accuracy_chart(acc: &[Point], measure: &str) -> Result<String, String> {
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (640, 320)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (640, 300)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let ys: Vec<f64> = acc.iter().flat_map(|a| [a.1, a.2]).flatten().collect();
-        let lo = ys.iter().cloned().fold(1.0f64, f64::min).min(0.9) - 0.02;
-        let xmax = acc.iter().map(|a| a.0).max().unwrap_or(1).max(1) as f64 + 0.5;
+        let ys: Vec<f64> = acc
+            .iter()
+            .flat_map(|p| SERIES.iter().filter_map(|(_, _, pick)| pick(p)))
+            .collect();
+        let (min, max) = ys
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), y| (l.min(*y), h.max(*y)));
+        let pad = ((max - min) * 0.15).max(0.01);
+        let (lo, hi) = ((min - pad).max(0.0), (max + pad).min(1.0));
+        let xmax = acc.iter().map(|a| a.step).max().unwrap_or(1).max(1) as f64 + 0.5;
         let mut chart = ChartBuilder::on(&root)
             .caption(format!("{measure} per round"), ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(32)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0.5f64..xmax, lo.max(0.0)..1.0f64)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.5f64..xmax, lo..hi)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .x_desc("round")
-            .y_desc("accuracy")
+            .y_desc(measure.to_lowercase())
             .x_labels(acc.len().max(2))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{:.1}%", 100.0 * y))
             .draw()
             .map_err(|e| e.to_string())?;
         let x = |r: u32| if r == 0 { 1.0 } else { r as f64 };
-        for (name, color, pick) in [
-            ("dev (labels change: inflated)", BLUE, 1usize),
-            ("fixed test", RED, 2usize),
-        ] {
+        for (_, color, pick) in present(acc) {
             let pts: Vec<(f64, f64)> = acc
                 .iter()
-                .filter_map(|a| if pick == 1 { a.1 } else { a.2 }.map(|v| (x(a.0), v)))
+                .filter_map(|a| pick(a).map(|v| (x(a.step), v)))
                 .collect();
             chart
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                .map_err(|e| e.to_string())?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+                .map_err(|e| e.to_string())?;
             chart
                 .draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))
                 .map_err(|e| e.to_string())?;
         }
-        chart
-            .configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()
-            .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
+}
+
+/// The chart's legend, in HTML.
+fn legend(acc: &[Point]) -> String {
+    let mut h = String::from("<p class=\"legend\">");
+    for (name, c, _) in present(acc) {
+        let _ = write!(
+            h,
+            "<span><i style=\"background:rgb({},{},{})\"></i>{}</span>",
+            c.0,
+            c.1,
+            c.2,
+            esc(name)
+        );
+    }
+    h.push_str("</p>");
+    h
+}
+
+/// A label shortened to `max` characters (an ellipsis marks the cut).
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
 }
 
 /// Horizontal bars of `items` (label, count), largest first, at most 25.
@@ -224,18 +394,21 @@ fn bar_chart(title: &str, items: &BTreeMap<String, u64>) -> Result<String, Strin
     let h = (90 + 28 * v.len() as u32).max(170);
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (640, h)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (760, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let max = v.iter().map(|x| *x.1).max().unwrap_or(1).max(1);
         let n = v.len().max(1);
+        // Long names are shortened; the label area fits the longest one left (about 7 px a
+        // character at this size).
+        let names: Vec<String> = v.iter().map(|x| shorten(x.0, 48)).collect();
+        let longest = names.iter().map(|n| n.chars().count()).max().unwrap_or(0) as u32;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(28)
-            .y_label_area_size(230)
+            .y_label_area_size((longest * 7 + 16).clamp(80, 360))
             .build_cartesian_2d(0u64..max + max / 10 + 1, (0..n).into_segmented())
             .map_err(|e| e.to_string())?;
-        let names: Vec<String> = v.iter().map(|x| x.0.clone()).collect();
         chart
             .configure_mesh()
             .disable_y_mesh()
@@ -320,19 +493,103 @@ fn heatmap(labels: &[String], m: &[Vec<u64>]) -> String {
     s
 }
 
-/// The HTML page.
+/// The 95% Wilson interval of an accuracy `acc` over `n` rows, as percentages.
+fn interval(acc: f64, n: u64) -> (f64, f64) {
+    let (lo, hi) = relabel_plugins::score::evaluator::wilson((acc * n as f64).round() as u64, n);
+    (100.0 * lo, 100.0 * hi)
+}
+
+/// The fixed test before -> after, with 95% intervals when the row count is known.
+fn test_headline(s: &Summary) -> Option<String> {
+    let (first, last) = (s.test_before?, s.test_after?);
+    let evaluations = s.accuracy.iter().filter(|p| p.test.is_some()).count();
+    let with_ci = |a: f64| match s.test_rows {
+        Some(n) if n > 0 => {
+            let (lo, hi) = interval(a, n);
+            format!("{:.2}% (95% CI {lo:.1}-{hi:.1})", 100.0 * a)
+        }
+        _ => format!("{:.2}%", 100.0 * a),
+    };
+    let rows = s
+        .test_rows
+        .map(|n| format!(" over {n} rows"))
+        .unwrap_or_default();
+    Some(if evaluations < 2 {
+        format!("fixed test {}{rows}", with_ci(first))
+    } else {
+        format!(
+            "fixed test {} -> {} ({:+.2} points){rows}",
+            with_ci(first),
+            with_ci(last),
+            100.0 * (last - first)
+        )
+    })
+}
+
+/// The headline figures, one per line: what was flagged, asked and changed, the judge's
+/// outcomes, the fixed test before -> after, and what the questions cost.
+pub fn headline(s: &Summary) -> Vec<String> {
+    let changed: u64 = s.changes.values().sum();
+    let asked = s.keep + s.change + s.undecided;
+    let mut out = vec![format!(
+        "{} flagged, {asked} asked, {changed} changed",
+        s.flagged
+    )];
+    if asked > 0 {
+        out.push(format!(
+            "judge: {} kept, {} changed, {} undecided",
+            s.keep, s.change, s.undecided
+        ));
+    }
+    if let Some(t) = test_headline(s) {
+        out.push(t);
+    }
+    if asked > 0 {
+        let cost = s.cost_usd.map(|c| format!(", ${c:.4}")).unwrap_or_default();
+        out.push(format!("{asked} questions, {} tokens{cost}", s.tokens));
+    }
+    out
+}
+
+/// Classes whose fixed-test F1 moved most between the first and the last evaluation.
+fn class_deltas(s: &Summary) -> Vec<(String, f64, f64)> {
+    let mut d: Vec<(String, f64, f64)> = s
+        .last_class_f1
+        .iter()
+        .filter_map(|(k, last)| s.first_class_f1.get(k).map(|f| (k.clone(), *f, *last)))
+        .filter(|(_, f, l)| (l - f).abs() > 1e-12)
+        .collect();
+    d.sort_by(|a, b| {
+        (b.2 - b.1)
+            .abs()
+            .total_cmp(&(a.2 - a.1).abs())
+            .then(a.0.cmp(&b.0))
+    });
+    d.truncate(15);
+    d
+}
+
+/// The HTML page: the headline first, then the per-round chart, per-class deltas, the changed
+/// examples with their evidence, and the detail charts.
 pub fn html(s: &Summary) -> Result<String, String> {
     let mut h = String::new();
     let _ = write!(
         h,
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>relabel: {p} {id}</title>
-<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.note{{background:#fff6dd;padding:8px}}figure{{margin:1em 0}}</style></head><body>
-<h1>relabel: {p}</h1><p>run {id}: {st}</p>
-<p class="note">Dev labels change during relabelling, so dev gains are inflated; the fixed human test split is the honest measure.</p>"#,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>relabel: {p} {id}</title>
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}.note{{background:#fff6dd;padding:8px}}.warn{{background:#fde2e1;border-left:4px solid #c00;padding:8px}}.headline{{font-size:1.15em;line-height:1.6}}.legend span{{margin-right:1.5em;white-space:nowrap}}.legend i{{display:inline-block;width:14px;height:4px;margin-right:6px;vertical-align:middle}}figure{{margin:1em 0;overflow-x:auto}}svg{{max-width:100%;height:auto}}table.ex{{width:100%;table-layout:fixed}}table.ex td{{overflow-wrap:break-word}}</style></head><body>
+<h1>relabel: {p}</h1><p>run {id}: {st}</p>"#,
         p = esc(&s.pipeline),
         id = esc(&s.run_id),
         st = esc(&s.status)
     );
+    for w in &s.warnings {
+        let _ = write!(h, "<p class=\"warn\">Warning: {}</p>", esc(w));
+    }
+    h.push_str("<ul class=\"headline\">");
+    for line in headline(s) {
+        let _ = write!(h, "<li>{}</li>", esc(&line));
+    }
+    h.push_str("</ul><p class=\"note\">Dev labels change during relabelling, so dev gains are inflated; the fixed human test split is the honest measure. A single run has no seed spread: a gain inside the 95% intervals may be training noise.</p>");
     let measure = if s.measure.is_empty() {
         "Accuracy"
     } else {
@@ -342,7 +599,18 @@ pub fn html(s: &Summary) -> Result<String, String> {
     if s.accuracy.is_empty() {
         h.push_str("<p>No evaluator ran in this run.</p>");
     } else {
-        h.push_str("<table><tr><th>round (or evaluation)</th><th>dev</th><th>fixed test</th></tr>");
+        let _ = write!(
+            h,
+            "<figure>{}{}</figure>",
+            accuracy_chart(&s.accuracy, measure)?,
+            legend(&s.accuracy)
+        );
+        let badcase = s.accuracy.iter().any(|p| p.badcase.is_some());
+        h.push_str("<table><tr><th>round (or evaluation)</th><th>dev</th><th>fixed test</th>");
+        if badcase {
+            h.push_str("<th>badcase split (mined)</th>");
+        }
+        h.push_str("</tr>");
         let f = |x: Option<f64>| {
             x.map(|v| format!("{:.2}%", 100.0 * v))
                 .unwrap_or("-".into())
@@ -350,18 +618,51 @@ pub fn html(s: &Summary) -> Result<String, String> {
         for a in &s.accuracy {
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                a.0,
-                f(a.1),
-                f(a.2)
+                "<tr><td>{}</td><td>{}</td><td>{}</td>",
+                a.step,
+                f(a.dev),
+                f(a.test)
+            );
+            if badcase {
+                let _ = write!(h, "<td>{}</td>", f(a.badcase));
+            }
+            h.push_str("</tr>");
+        }
+        h.push_str("</table>");
+    }
+    let deltas = class_deltas(s);
+    if !deltas.is_empty() {
+        h.push_str("<h2>Per-class change on the fixed test</h2><p>F1 at the first and the last evaluation; the largest moves first.</p><table><tr><th>class</th><th>first</th><th>last</th><th>change</th></tr>");
+        for (k, f, l) in &deltas {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{:.1}%</td><td>{:.1}%</td><td>{:+.1}</td></tr>",
+                esc(k),
+                100.0 * f,
+                100.0 * l,
+                100.0 * (l - f)
             );
         }
         h.push_str("</table>");
-        let _ = write!(
-            h,
-            "<figure>{}</figure>",
-            accuracy_chart(&s.accuracy, measure)?
-        );
+    }
+    if !s.examples.is_empty() {
+        h.push_str("<h2>Changed examples</h2><table class=\"ex\"><colgroup><col style=\"width:30%\"><col style=\"width:15%\"><col style=\"width:15%\"><col style=\"width:20%\"><col style=\"width:14%\"><col style=\"width:6%\"></colgroup><tr><th>text</th><th>old</th><th>new</th><th>evidence</th><th>judge's answer</th><th>by</th></tr>");
+        for e in &s.examples {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&e.text),
+                esc(&e.old),
+                esc(&e.new),
+                esc(&e.evidence),
+                e.confidence
+                    .map(|c| format!("; confidence {c:.2}"))
+                    .unwrap_or_default(),
+                esc(&shorten(&e.answer, 200)),
+                esc(&e.by)
+            );
+        }
+        h.push_str("</table>");
     }
     if !s.per_type.is_empty() {
         h.push_str("<h2>Fixed test split, per entity type</h2><table><tr><th>type</th><th>precision</th><th>recall</th><th>F1</th><th>entities</th></tr>");
@@ -404,21 +705,6 @@ pub fn html(s: &Summary) -> Result<String, String> {
             heatmap(&s.labels, &s.confusion)
         );
     }
-    if !s.examples.is_empty() {
-        h.push_str("<h2>Changed examples</h2><table><tr><th>text</th><th>old</th><th>new</th><th>confidence</th><th>by</th></tr>");
-        for (t, o, n, c, by) in &s.examples {
-            let _ = write!(
-                h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(t),
-                esc(o),
-                esc(n),
-                c.map(|c| format!("{c:.2}")).unwrap_or("-".into()),
-                esc(by)
-            );
-        }
-        h.push_str("</table>");
-    }
     h.push_str("</body></html>\n");
     Ok(h)
 }
@@ -432,14 +718,39 @@ pub fn markdown(s: &Summary) -> String {
         md_text(&s.run_id),
         md_text(&s.status)
     );
+    for w in &s.warnings {
+        let _ = writeln!(m, "> **Warning:** {}\n", md_text(w));
+    }
+    for line in headline(s) {
+        let _ = writeln!(m, "- {}", md_text(&line));
+    }
+    m.push('\n');
     if !s.accuracy.is_empty() {
-        m.push_str("| round | dev | fixed test |\n|---:|---:|---:|\n");
+        let badcase = s.accuracy.iter().any(|p| p.badcase.is_some());
+        if badcase {
+            m.push_str(
+                "| round | dev | fixed test | badcase split (mined) |\n|---:|---:|---:|---:|\n",
+            );
+        } else {
+            m.push_str("| round | dev | fixed test |\n|---:|---:|---:|\n");
+        }
         let f = |x: Option<f64>| {
             x.map(|v| format!("{:.2}%", 100.0 * v))
                 .unwrap_or("-".into())
         };
         for a in &s.accuracy {
-            let _ = writeln!(m, "| {} | {} | {} |", a.0, f(a.1), f(a.2));
+            if badcase {
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {} | {} |",
+                    a.step,
+                    f(a.dev),
+                    f(a.test),
+                    f(a.badcase)
+                );
+            } else {
+                let _ = writeln!(m, "| {} | {} | {} |", a.step, f(a.dev), f(a.test));
+            }
         }
         m.push_str("\nDev labels change during relabelling (dev gains are inflated); judge by the fixed test split.\n\n");
     }

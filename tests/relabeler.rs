@@ -505,6 +505,89 @@ fn asking_in_both_orders_leaves_position_followers_undecided() {
 }
 
 #[test]
+fn votes_take_the_majority_and_leave_ties_undecided() {
+    // A judge that reads the item, except on its second sample of each question (request seed
+    // 1000), where it takes the first option shown: with 3 votes the item wins 2 to 1 or 3 to 0;
+    // with 2 votes an order-following second vote against the truth is a tie.
+    for votes in [3u64, 2] {
+        let server = Server::start(Arc::new(move |req| {
+            let body = req.json().unwrap_or(Value::Null);
+            let pair = offered(&body);
+            let msg = user_message(&body);
+            let key = msg
+                .split("\nItem: \"")
+                .nth(1)
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let truth = ROWS
+                .iter()
+                .find(|r| r.0.starts_with(&key))
+                .map(|r| r.2.to_string())
+                .unwrap();
+            let pick = if body["seed"] == 1000 {
+                pair[0].clone()
+            } else {
+                truth
+            };
+            Reply::ok(chat_completion(&json!({ "label": pick }).to_string()))
+        }))
+        .unwrap();
+        let text = manifest(&server.base_url(), "").replace(
+            "answer_retries: 1}",
+            &format!("answer_retries: 0, votes: {votes}}}"),
+        );
+        let mut f = Fixture::new(&text);
+        write_inputs(&f);
+        f.envs.push(("RELABEL_TEST_KEY".into(), "k".into()));
+        let (code, report) = f.run(&[]);
+        assert_eq!(code, 0, "{report:#}");
+        let m = &node(&report, "relabel")["metrics"];
+        assert_eq!(
+            server.count(),
+            votes * ROWS.len() as u64,
+            "one request per vote"
+        );
+        assert_eq!(m["votes"], votes);
+        let decisions = read_jsonl(&output_path(&report, "relabel", "decisions"));
+        let decided: Vec<&Value> = decisions
+            .iter()
+            .filter(|d| d["chosen"].is_string())
+            .collect();
+        if votes == 3 {
+            // Every row decided, for its truth, whatever the second vote said.
+            assert_eq!(decided.len(), ROWS.len(), "{m:#}");
+            for d in &decided {
+                let truth = ROWS.iter().find(|r| r.0 == d["text"]).unwrap().2;
+                assert_eq!(d["chosen"], truth, "{d:#}");
+                let c = d["confidence"].as_f64().unwrap();
+                assert!(c == 1.0 || (c - 2.0 / 3.0).abs() < 1e-9, "{d:#}");
+            }
+        } else {
+            // Vote 2 shows the swapped order and takes its first option: the seeded second
+            // candidate. It disagrees with the truth exactly when that is not the truth.
+            for d in &decisions {
+                let truth = ROWS.iter().find(|r| r.0 == d["text"]).unwrap().2;
+                let second_shown = if d["first_option"] == d["label"] {
+                    &d["candidate"]
+                } else {
+                    &d["label"]
+                };
+                if *second_shown == truth {
+                    assert_eq!(d["chosen"], truth, "{d:#}");
+                } else {
+                    assert!(d["chosen"].is_null(), "a tie is undecided: {d:#}");
+                    assert_eq!(d["failure"], "inconsistent");
+                }
+            }
+            assert!(m["failures"]["inconsistent"].as_u64().unwrap() > 0, "{m:#}");
+        }
+    }
+}
+
+#[test]
 fn the_miner_flags_similar_rows_and_never_proposes_equal_candidates() {
     let f = Fixture::new(
         r#"

@@ -176,6 +176,30 @@ fn the_badcase_loop_runs_and_its_report_renders_in_headless_chromium() {
     );
     assert!(dom.contains("aria-label=\"confusion matrix\""));
     assert!(dom.contains("fixed test"));
+    // The headline leads: flagged, asked, changed, the judge's outcomes, test before -> after
+    // with its interval.
+    let head = dom.find("class=\"headline\"").expect("a headline");
+    assert!(
+        head < dom.find("<svg").unwrap(),
+        "the headline comes before the charts"
+    );
+    let flagged: u64 = ["mine@1", "mine@2"]
+        .iter()
+        .map(|n| node(&report, n)["metrics"]["flags"].as_u64().unwrap())
+        .sum();
+    assert!(dom.contains(&format!("{flagged} flagged, ")), "{dom:.2000}");
+    assert!(
+        dom.contains("judge: ") && dom.contains("95% CI"),
+        "{dom:.2000}"
+    );
+    // This loop mines the fixed test's own errors: the miner and the page say what that costs.
+    let warning = node(&report, "mine@1")["metrics"]["warning"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(warning.contains("fixed test split"), "{warning}");
+    assert!(dom.contains("class=\"warn\""), "no warning on the page");
+    assert!(summary.contains("**Warning:**"), "{summary}");
 
     // A screenshot is a picture with content (not a blank page).
     let shot = f.path().join("shot.png");
@@ -203,4 +227,61 @@ fn the_badcase_loop_runs_and_its_report_renders_in_headless_chromium() {
         (Some(1), Some("until"))
     );
     assert_eq!(node(&report, "evaluate@1")["status"], "cached");
+}
+
+#[test]
+fn a_separate_badcase_split_is_mined_instead_of_the_fixed_test_and_the_report_shows_both() {
+    let server = Server::start(Arc::new(|req| {
+        let body = req.json().unwrap_or_default();
+        let pair = offered(&body);
+        Reply::ok(chat_completion(&json!({"label": pair[0]}).to_string()))
+    }))
+    .unwrap();
+    let yaml = manifest(&server.base_url()).replace(
+        "labels: labels.yaml, id_column: id}",
+        "labels: labels.yaml, id_column: id, badcase_fraction: 0.5}",
+    );
+    assert!(yaml.contains("badcase_fraction"));
+    let mut f = Fixture::new(&yaml);
+    f.add_script("make_intents.py");
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    let d = &node(&report, "data")["metrics"];
+    let (test, bad) = (
+        d["test_rows"].as_u64().unwrap(),
+        d["badcase_rows"].as_u64().unwrap(),
+    );
+    assert!(test > 0 && bad > 0, "{d}");
+    let e1 = &node(&report, "evaluate@1")["metrics"];
+    assert_eq!(e1["badcase_split"], "badcase");
+    assert!(
+        e1["test_accuracy"].is_number() && e1["badcase_accuracy"].is_number(),
+        "{e1}"
+    );
+    // The badcases are the badcase split's errors, and they alone are mined: no warning.
+    let bad_rows = read_jsonl(&output_path(&report, "evaluate@1", "badcases"));
+    assert!(!bad_rows.is_empty());
+    assert!(
+        bad_rows.iter().all(|b| b["split"] == "badcase"),
+        "{bad_rows:?}"
+    );
+    let m = &node(&report, "mine@1")["metrics"];
+    assert!(m["warning"].is_null(), "{m}");
+    // Neither human split is ever changed.
+    let audit = read_jsonl(&output_path(&report, "apply@1", "audit"));
+    assert!(
+        audit
+            .iter()
+            .all(|a| a["split"] == "train" || a["split"] == "dev"),
+        "{audit:?}"
+    );
+    let out = f.output(&["report", "latest", "--out", "html"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(f.path().join("html/report.html")).unwrap();
+    assert!(page.contains("badcase split (mined)"), "no badcase column");
+    assert!(!page.contains("class=\"warn\""));
 }

@@ -598,9 +598,8 @@ fn identity(e: &Endpoint) -> Value {
         }),
         Provider::Local => {
             let path = e
-                .model_path
-                .clone()
-                .unwrap_or_else(crate::endpoint::local_model_path);
+                .local_weights()
+                .unwrap_or_else(|_| crate::endpoint::local_model_path());
             json!({"provider": "local", "model": e.model, "weights": weights_digest(&path)})
         }
     }

@@ -110,6 +110,40 @@ pub fn local_model_path() -> std::path::PathBuf {
     relabel_home().join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
 }
 
+/// The models `provider: local` serves by `model:` alone, and their weights' file under the
+/// cache folder (both fetched by `cargo xtask setup`).
+pub const LOCAL_MODELS: [(&str, &str); 2] = [
+    (
+        LOCAL_MODEL_ALIAS,
+        "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    ),
+    (
+        "qwen2.5-1.5b",
+        "models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    ),
+];
+
+impl Endpoint {
+    /// `provider: local`: the weights to serve (`model_path`, else the file of a known `model`
+    /// alias); an error names the known aliases.
+    pub fn local_weights(&self) -> Result<std::path::PathBuf, String> {
+        if let Some(p) = &self.model_path {
+            return Ok(p.clone());
+        }
+        LOCAL_MODELS
+            .iter()
+            .find(|(alias, _)| *alias == self.model)
+            .map(|(_, file)| relabel_home().join(file))
+            .ok_or_else(|| {
+                format!(
+                    "provider: local has no model \"{}\"; known: {} (or give model_path: a GGUF file)",
+                    self.model,
+                    LOCAL_MODELS.map(|(a, _)| a).join(", ")
+                )
+            })
+    }
+}
+
 /// The fields of an endpoint that can change its answers: they join the cache key of the nodes
 /// using it. Concurrency, rate limits, timeouts, retries, key names and prices do not.
 pub fn cache_key(endpoint: &serde_json::Value) -> serde_json::Value {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::endpoint::{llama_server_path, local_model_path, Endpoint};
+use crate::endpoint::{llama_server_path, Endpoint};
 
 pub struct LocalServer {
     child: tokio::process::Child,
@@ -17,7 +17,7 @@ impl LocalServer {
     /// Starts the server for `endpoint` and waits (up to 120 s) until `/health` answers 200.
     pub async fn start(endpoint: &Endpoint, log: Option<&Path>) -> Result<LocalServer, String> {
         let bin = llama_server_path();
-        let model = endpoint.model_path.clone().unwrap_or_else(local_model_path);
+        let model = endpoint.local_weights()?;
         for (what, p) in [("llama-server", &bin), ("the local model", &model)] {
             if !p.exists() {
                 return Err(format!(

@@ -275,3 +275,68 @@ fn the_dataset_artifact_records_its_task() {
         relabel_tasks::task::TaskKind::Classification
     );
 }
+
+#[test]
+fn a_badcase_split_is_held_out_of_test_by_id_and_never_relabelled() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "labels.yaml", LABELS);
+    write(
+        d.path(),
+        "train.jsonl",
+        "{\"id\": 1, \"text\": \"refund please\", \"label\": \"billing\"}\n{\"id\": 2, \"text\": \"late parcel\", \"label\": \"shipping\"}\n",
+    );
+    let test: String = (0..400)
+        .map(|i| {
+            format!("{{\"id\": \"t{i}\", \"text\": \"question {i}\", \"label\": \"billing\"}}\n")
+        })
+        .collect();
+    write(d.path(), "test.jsonl", &test);
+    write(
+        d.path(),
+        "dev.jsonl",
+        "{\"id\": \"d1\", \"text\": \"charged twice\", \"label\": \"billing\"}\n",
+    );
+    let base = "train: train.jsonl\ndev: dev.jsonl\ntest: test.jsonl\nlabels: labels.yaml\nid_column: id\n";
+    let (ds, m) = build(&config(&format!("{base}badcase_fraction: 0.5\n")), d.path()).unwrap();
+    let (t, b) = (ds.split("test").unwrap(), ds.split("badcase").unwrap());
+    assert_eq!(t.len() + b.len(), 400);
+    assert!((150..250).contains(&b.len()), "about half: {}", b.len());
+    assert!(t.ids.iter().all(|id| !b.ids.contains(id)), "disjoint");
+    assert_eq!(m["badcase_rows"], b.len());
+    // Stable: the same rows again, and the artifact round-trips with its fourth split.
+    let (again, _) = build(&config(&format!("{base}badcase_fraction: 0.5\n")), d.path()).unwrap();
+    assert_eq!(again.split("badcase").unwrap().ids, b.ids);
+    ds.write(&d.path().join("out")).unwrap();
+    assert_eq!(Dataset::read(&d.path().join("out")).unwrap(), ds);
+    // Without it, no badcase split; with a file, that file.
+    let (plain, _) = build(&config(base), d.path()).unwrap();
+    assert!(plain.split("badcase").is_none());
+    assert_eq!(plain.split("test").unwrap().len(), 400);
+    write(
+        d.path(),
+        "badcase.jsonl",
+        "{\"id\": \"b1\", \"text\": \"money back\", \"label\": \"billing\"}\n",
+    );
+    let (file, _) = build(
+        &config(&format!("{base}badcase: badcase.jsonl\n")),
+        d.path(),
+    )
+    .unwrap();
+    assert_eq!(file.split("badcase").unwrap().ids, vec!["b1".to_string()]);
+    // Its rows are human gold, like test's: never relabelled.
+    let e = relabel_plugins::data::relabelable("badcase").unwrap_err();
+    assert!(e.to_string().contains("never relabelled"), "{e}");
+    // Both at once, or a fraction out of range, is a config problem at its key.
+    use relabel_engine::plugin::NodeKind;
+    let both = config(&format!(
+        "{base}badcase: badcase.jsonl\nbadcase_fraction: 0.5\n"
+    ));
+    let p = relabel_plugins::sources::dataset::DatasetNode::check(&both, &[]);
+    assert!(
+        p.iter()
+            .any(|x| format!("{x:?}").contains("badcase_fraction")),
+        "{p:?}"
+    );
+    let out_of_range = config(&format!("{base}badcase_fraction: 1.5\n"));
+    assert!(!relabel_plugins::sources::dataset::DatasetNode::check(&out_of_range, &[]).is_empty());
+}

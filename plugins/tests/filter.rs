@@ -1,6 +1,7 @@
 //! The disagreement filter on probabilities with planted noise: each rule flags what it must and
 //! nothing it must not; the budget is exact; candidates differ; ties are ordered deterministically.
 
+use relabel_engine::plugin::Metrics;
 use relabel_plugins::find::disagreement_filter::{
     budget_for, confident_learning, estimated_issues, filter, fired, ClMethod, Combine,
     FilterConfig, Rule,
@@ -302,12 +303,10 @@ fn the_node_writes_flags_with_two_different_candidates() {
     assert_eq!(flags[0].id, format!("r{}", flags[0].row));
 }
 
-#[test]
-fn pairs_a_judge_already_decided_are_not_asked_again_and_free_the_budget() {
-    use relabel_plugins::data::{Dataset, Judged, LabelSpec, Split, JUDGED_FILE};
-    let k = kinds();
-    let p = planted(&k);
-    let dir = tempfile::tempdir().unwrap();
+/// The planted 300-row, 3-class dataset and its predictions written under `dir` (`ds`, `pred`).
+fn write_planted(dir: &std::path::Path) {
+    use relabel_plugins::data::{Dataset, LabelSpec, Split};
+    let p = planted(&kinds());
     let ds = Dataset {
         task: Default::default(),
         labels: LabelSpec::from_names(["a", "b", "c"].map(String::from)),
@@ -322,46 +321,69 @@ fn pairs_a_judge_already_decided_are_not_asked_again_and_free_the_budget() {
         )]
         .into(),
     };
-    ds.write(&dir.path().join("ds")).unwrap();
-    std::fs::create_dir_all(dir.path().join("pred")).unwrap();
+    ds.write(&dir.join("ds")).unwrap();
+    std::fs::create_dir_all(dir.join("pred")).unwrap();
     p.write(
-        &dir.path().join("pred/train.parquet"),
+        &dir.join("pred/train.parquet"),
         &ds.splits["train"].ids,
         &ds.labels.names(),
     )
     .unwrap();
-    let run = |yaml: &str| {
-        let out = dir.path().join("flags.jsonl");
-        let m = relabel_plugins::find::disagreement_filter::run_filter(
-            &cfg(yaml),
-            &dir.path().join("pred"),
-            &dir.path().join("ds"),
-            &out,
-        )
-        .unwrap();
-        (relabel_plugins::flags::read(&out).unwrap(), m)
-    };
-    let (first, _) = run("max_fraction: 0.05\n");
-    assert_eq!(first.len(), 15);
-    // A judge decided the first five (in either order of the pair); a sixth was asked about a
-    // different pair, which does not count.
+}
+
+/// The filter node's flags and metrics over [`write_planted`]'s data under `dir`.
+fn run_planted(dir: &std::path::Path, yaml: &str) -> (Vec<relabel_plugins::flags::Flag>, Metrics) {
+    let out = dir.join("flags.jsonl");
+    let m = relabel_plugins::find::disagreement_filter::run_filter(
+        &cfg(yaml),
+        &dir.join("pred"),
+        &dir.join("ds"),
+        &out,
+    )
+    .unwrap();
+    (relabel_plugins::flags::read(&out).unwrap(), m)
+}
+
+/// Records that a judge chose each flag's label over `pair`'s other class.
+fn write_judged(dir: &std::path::Path, judged: &[(&relabel_plugins::flags::Flag, [String; 2])]) {
+    use relabel_plugins::data::{Judged, JUDGED_FILE};
     let mut text = String::new();
-    for (n, f) in first.iter().take(6).enumerate() {
-        let pair = match n {
-            5 => [f.label.clone(), "zzz".to_string()],
-            n if n % 2 == 0 => [f.label.clone(), f.candidate.clone()],
-            _ => [f.candidate.clone(), f.label.clone()],
-        };
+    for (f, pair) in judged {
         let j = Judged {
             split: "train".into(),
             id: f.id.clone(),
-            pair,
+            pair: pair.clone(),
             chosen: f.label.clone(),
         };
         text.push_str(&serde_json::to_string(&j).unwrap());
         text.push('\n');
     }
-    std::fs::write(dir.path().join("ds").join(JUDGED_FILE), text).unwrap();
+    std::fs::write(dir.join("ds").join(JUDGED_FILE), text).unwrap();
+}
+
+#[test]
+fn pairs_a_judge_already_decided_are_not_asked_again_and_free_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    write_planted(dir.path());
+    let run = |yaml: &str| run_planted(dir.path(), yaml);
+    let (first, _) = run("max_fraction: 0.05\n");
+    assert_eq!(first.len(), 15);
+    // A judge decided the first five (in either order of the pair); a sixth was asked about a
+    // different pair, which does not count.
+    let judged: Vec<_> = first
+        .iter()
+        .take(6)
+        .enumerate()
+        .map(|(n, f)| {
+            let pair = match n {
+                5 => [f.label.clone(), "zzz".to_string()],
+                n if n % 2 == 0 => [f.label.clone(), f.candidate.clone()],
+                _ => [f.candidate.clone(), f.label.clone()],
+            };
+            (f, pair)
+        })
+        .collect();
+    write_judged(dir.path(), &judged);
     let (second, m) = run("max_fraction: 0.05\nskip_judged: true\n");
     assert_eq!(second.len(), 15, "the budget is spent on other rows");
     assert_eq!(m["judged_pairs_skipped"], 5);
@@ -375,6 +397,64 @@ fn pairs_a_judge_already_decided_are_not_asked_again_and_free_the_budget() {
     let (again, m) = run("max_fraction: 0.05\n");
     assert_eq!(again, first);
     assert_eq!(m["judged_pairs_skipped"], 0);
+}
+
+#[test]
+fn a_rejected_candidate_makes_way_for_the_next_most_probable_class() {
+    let dir = tempfile::tempdir().unwrap();
+    write_planted(dir.path());
+    let run = |yaml: &str| run_planted(dir.path(), yaml);
+    let all = "max_fraction: 1.0\n";
+    let (first, _) = run(all);
+    // The judge kept the label against the model's candidate on the first four rows.
+    let kept: Vec<_> = first
+        .iter()
+        .take(4)
+        .map(|f| (f, [f.label.clone(), f.candidate.clone()]))
+        .collect();
+    write_judged(dir.path(), &kept);
+    let (next, m) = run("max_fraction: 1.0\nnext_candidates: 1\n");
+    assert_eq!(m["judged_pairs_skipped"], 0);
+    assert_eq!(m["next_candidates_flagged"], 4);
+    for f in first.iter().take(4) {
+        let again = next.iter().find(|g| g.id == f.id).expect("offered again");
+        // Three classes: the only other pair is the label against the third class.
+        let third = ["a", "b", "c"]
+            .into_iter()
+            .find(|c| *c != f.label && *c != f.candidate)
+            .unwrap();
+        assert_eq!(
+            (again.label.as_str(), again.candidate.as_str()),
+            (f.label.as_str(), third)
+        );
+        assert!(
+            again.candidate_prob <= f.candidate_prob,
+            "{again:?} vs {f:?}"
+        );
+        // The margin is taken against the class offered, so the row ranks no higher than before.
+        assert!(again.score <= f.score + 1e-12, "{again:?} vs {f:?}");
+    }
+    // Every other flag is as it was.
+    for f in first.iter().skip(4) {
+        assert!(next.contains(f), "{f:?}");
+    }
+    // Once the third class was judged too, the row has nothing left to ask.
+    let mut both = kept.clone();
+    let thirds: Vec<_> = next
+        .iter()
+        .filter(|g| first.iter().take(4).any(|f| f.id == g.id))
+        .cloned()
+        .collect();
+    both.extend(
+        thirds
+            .iter()
+            .map(|g| (g, [g.label.clone(), g.candidate.clone()])),
+    );
+    write_judged(dir.path(), &both);
+    let (last, m) = run("max_fraction: 1.0\nnext_candidates: 1\n");
+    assert_eq!(m["judged_pairs_skipped"], 4);
+    assert_eq!(m["next_candidates_flagged"], 0);
+    assert_eq!(last.len(), first.len() - 4);
 }
 
 /// Confident learning's prune-by-noise-rate written the plain way: for every class i and every

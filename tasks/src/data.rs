@@ -293,17 +293,27 @@ pub fn read_judged(dir: &Path) -> io::Result<Vec<Judged>> {
 /// The split that is the fixed yardstick: never flagged, mined, judged or changed.
 pub const FIXED_SPLIT: &str = "test";
 
-/// Why a row of the fixed split cannot be relabelled.
+/// Human-labelled rows kept apart from the fixed test for the badcase loop to mine: scored every
+/// round and never relabelled, so that mining them leaves the fixed test unbiased.
+pub const BADCASE_SPLIT: &str = "badcase";
+
+/// Why a row of a human-labelled yardstick split cannot be relabelled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the {FIXED_SPLIT} split is the fixed yardstick and is never relabelled")]
-pub struct FixedSplit;
+pub enum FixedSplit {
+    #[error("the {FIXED_SPLIT} split is the fixed yardstick and is never relabelled")]
+    Test,
+    #[error(
+        "the {BADCASE_SPLIT} split holds human labels for mining badcases and is never relabelled"
+    )]
+    Badcase,
+}
 
 /// The one check that a split may be relabelled (flagged, mined, judged, changed).
 pub fn relabelable(split: &str) -> Result<(), FixedSplit> {
-    if split == FIXED_SPLIT {
-        Err(FixedSplit)
-    } else {
-        Ok(())
+    match split {
+        FIXED_SPLIT => Err(FixedSplit::Test),
+        BADCASE_SPLIT => Err(FixedSplit::Badcase),
+        _ => Ok(()),
     }
 }
 
@@ -316,7 +326,7 @@ pub fn split_file(name: &str) -> String {
 }
 
 /// The split names a dataset may have, in order.
-pub const SPLITS: [&str; 3] = ["train", "dev", "test"];
+pub const SPLITS: [&str; 4] = ["train", "dev", "test", BADCASE_SPLIT];
 
 /// A dataset artifact: a folder with `dataset.json` (task, splits), `labels.json` and one
 /// `SPLIT.parquet` per split (columns: see [`Split::write`]).

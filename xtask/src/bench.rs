@@ -11,7 +11,7 @@ use crate::{home_cache, run};
 
 /// Benchmarks that read dataset and prediction artifacts: xtask runs them as itself rebuilt
 /// with its `artifacts` feature (relabel-tasks and Parquet), which plain set-up does not wait for.
-const NEEDS_ARTIFACTS: &[&str] = &["flag", "votes", "quality", "ner"];
+const NEEDS_ARTIFACTS: &[&str] = &["flag", "votes", "quality", "ner", "badcase"];
 
 pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
     if NEEDS_ARTIFACTS.contains(&name) && !cfg!(feature = "artifacts") {
@@ -39,12 +39,14 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
         "votes" => crate::bench_votes::votes(root, args)?,
         #[cfg(feature = "artifacts")]
         "quality" => crate::bench_quality::quality(root, args)?,
+        #[cfg(feature = "artifacts")]
+        "badcase" => crate::bench_badcase::badcase(root, args)?,
         "artifacts" => crate::bench_artifacts::artifacts(root, args)?,
         "remote" => crate::bench_remote::remote(root, args)?,
         #[cfg(feature = "artifacts")]
         "ner" => crate::bench_ner::ner(root, args)?,
         other => {
-            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, knn, votes, quality, artifacts, ner, remote")
+            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, knn, votes, quality, badcase, artifacts, ner, remote")
         }
     };
     let out = json!({

@@ -3,6 +3,8 @@
 mod bench;
 mod bench_artifacts;
 #[cfg(feature = "artifacts")]
+mod bench_badcase;
+#[cfg(feature = "artifacts")]
 mod bench_flag;
 mod bench_knn;
 mod bench_llm;
@@ -63,7 +65,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask COMMAND\n\n  setup            fetch libtorch (CPU), all-MiniLM-L6-v2, GloVe 6B 50d, CoNLL-2003, llama-server and Qwen2.5 0.5B into ~/.cache/relabel (idempotent)\n  demo             setup, then run the demo pipeline\n  test             setup, then run every test\n  schema [--check] regenerate (or check) manifests/relabel.schema.json\n  bench NAME       run a benchmark (engine, train, flag, llm, knn, votes, quality, artifacts, ner, remote) and write docs/bench/NAME.json"
+                "usage: cargo xtask COMMAND\n\n  setup            fetch libtorch (CPU), all-MiniLM-L6-v2, GloVe 6B 50d, CoNLL-2003, llama-server and Qwen2.5 0.5B into ~/.cache/relabel (idempotent)\n  demo             setup, then run the demo pipeline\n  test             setup, then run every test\n  schema [--check] regenerate (or check) manifests/relabel.schema.json\n  bench NAME       run a benchmark (engine, train, flag, llm, knn, votes, quality, badcase, artifacts, ner, remote) and write docs/bench/NAME.json"
             );
             bail!("unknown or missing command")
         }

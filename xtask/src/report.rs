@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-fn node<'a>(r: &'a Value, instance: &str) -> Option<&'a Value> {
+pub(crate) fn node<'a>(r: &'a Value, instance: &str) -> Option<&'a Value> {
     r["nodes"]
         .as_array()?
         .iter()

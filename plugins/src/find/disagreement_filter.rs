@@ -156,6 +156,31 @@ pub struct FilterConfig {
     /// imperfect judge then sometimes corrupted (docs/BENCHMARKS.md, quality).
     #[serde(default)]
     pub skip_judged: bool,
+    /// Second candidates: when a judge kept a row's label against the model's best other class,
+    /// a later round offers the next most probable class not yet judged against that label (a
+    /// new pair), up to this many classes past the first; a row with every such pair judged is
+    /// left out. 0 (the default): no second candidates. Above 0 implies `skip_judged`.
+    /// Classification only.
+    #[serde(default)]
+    pub next_candidates: usize,
+}
+
+impl FilterConfig {
+    /// Whether already-judged pairs are left out (or replaced by a next candidate).
+    pub fn skips_judged(&self) -> bool {
+        self.skip_judged || self.next_candidates > 0
+    }
+}
+
+/// What a row may be asked, given the pairs a judge already decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Its label against the model's best other class (the default).
+    Best,
+    /// Its label against this class: the best one not yet judged against the label.
+    Next(u32),
+    /// Nothing: every pair it could be offered was judged.
+    Skip,
 }
 
 /// Per-class thresholds: the mean predicted probability of class j over rows labelled j.
@@ -540,13 +565,38 @@ fn best_other(row: &[f32], given: usize) -> (usize, f32) {
 
 /// The suspicion score of a row under a ranking (higher: more suspicious).
 pub fn score(p: &SplitPredictions, i: usize, rank: RankBy) -> f64 {
+    score_against(p, i, rank, None)
+}
+
+/// [`score`], with the margin taken against class `other` instead of the best other class.
+fn score_against(p: &SplitPredictions, i: usize, rank: RankBy, other: Option<usize>) -> f64 {
     let given = p.label[i] as usize;
     let row = p.row(i);
     match rank {
         RankBy::SelfConfidence => 1.0 - p.label_prob[i] as f64,
-        RankBy::NormalizedMargin => (1.0 - (row[given] - best_other(row, given).1) as f64) / 2.0,
+        RankBy::NormalizedMargin => {
+            let q = other.map_or_else(|| best_other(row, given).1, |k| row[k]);
+            (1.0 - (row[given] - q) as f64) / 2.0
+        }
         RankBy::Loss => p.loss[i] as f64,
     }
+}
+
+/// The classes a row may be offered against its label, most probable first: the model's best
+/// other class, then up to `depth` more.
+fn offer_order(p: &SplitPredictions, i: usize, depth: usize) -> Vec<usize> {
+    let given = p.label[i] as usize;
+    let first = candidate(p, i);
+    let mut out = vec![first];
+    if depth > 0 {
+        let row = p.row(i);
+        let mut rest: Vec<usize> = (0..p.classes)
+            .filter(|&k| k != given && k != first)
+            .collect();
+        rest.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        out.extend(rest.into_iter().take(depth));
+    }
+    out
 }
 
 /// For each row, the first rule (index into `rules`) that fired, under `combine`.
@@ -646,25 +696,16 @@ pub fn select(
 
 /// Flags rows of `splits` (name, predictions) under `cfg`; returns the chosen candidates in rank order.
 pub fn filter(splits: &[(&str, &SplitPredictions)], cfg: &FilterConfig) -> Vec<Candidate> {
-    filter_skipping(splits, cfg, &[])
-}
-
-/// [`filter`], leaving out the rows marked in `skip` (per split; an empty or short mask skips
-/// nothing there).
-pub fn filter_skipping(
-    splits: &[(&str, &SplitPredictions)],
-    cfg: &FilterConfig,
-    skip: &[Vec<bool>],
-) -> Vec<Candidate> {
     let (budget, _) = budget_for(splits, cfg);
-    filter_within(splits, cfg, skip, budget)
+    filter_within(splits, cfg, &[], budget)
 }
 
-/// [`filter_skipping`] with the number of flags given.
+/// [`filter`] with the number of flags given and each row's [`Offer`] in `offers` (per split;
+/// an empty or short list offers the best other class there).
 fn filter_within(
     splits: &[(&str, &SplitPredictions)],
     cfg: &FilterConfig,
-    skip: &[Vec<bool>],
+    offers: &[Vec<Offer>],
     budget: usize,
 ) -> Vec<Candidate> {
     let classes = splits.first().map(|(_, p)| p.classes).unwrap_or(0);
@@ -693,9 +734,13 @@ fn filter_within(
                 .enumerate()
                 .with_min_len(1 << 14)
                 .filter_map(|(i, f)| {
-                    let skipped = skip.get(s).and_then(|m| m.get(i)).copied().unwrap_or(false);
-                    f.filter(|_| !skipped)
-                        .map(|r| (i, r, score(p, i, cfg.rank_by)))
+                    let offer = offers.get(s).and_then(|m| m.get(i)).copied();
+                    let other = match offer {
+                        Some(Offer::Skip) => return None,
+                        Some(Offer::Next(k)) => Some(k as usize),
+                        Some(Offer::Best) | None => None,
+                    };
+                    f.map(|r| (i, r, score_against(p, i, cfg.rank_by, other)))
                 })
                 .collect();
             cands.reserve(made.len());
@@ -804,18 +849,28 @@ pub fn run_filter(
     out: &std::path::Path,
 ) -> Result<Metrics, String> {
     let ds = Dataset::read(ds_dir).map_err(|e| e.to_string())?;
-    let (flags, total, skipped, estimate) = match ds.task {
+    let (flags, total, skipped, estimate, next) = match ds.task {
         relabel_tasks::task::TaskKind::Tagging => {
             if c.budget == Budget::Estimated {
                 return Err("budget: estimated counts label errors from per-row class probabilities; a tagging dataset uses budget: fixed".into());
             }
+            if c.next_candidates > 0 {
+                return Err("next_candidates offers a row's next most probable class; a tagging dataset's disputes are spans (use skip_judged)".into());
+            }
             let (f, t, s) = span_flags(c, &ds, pred_dir, ds_dir)?;
-            (f, t, s, None)
+            (f, t, s, None, None)
         }
-        relabel_tasks::task::TaskKind::Classification => row_flags(c, &ds, pred_dir, ds_dir)?,
+        relabel_tasks::task::TaskKind::Classification => {
+            let r = row_flags(c, &ds, pred_dir, ds_dir)?;
+            let next = (c.next_candidates > 0).then_some(r.next);
+            (r.flags, r.total, r.skipped, r.estimate, next)
+        }
     };
     flags::write(out, &flags).map_err(|e| e.to_string())?;
     let mut m = flag_metrics(&flags, total, skipped)?;
+    if let Some(n) = next {
+        m.insert("next_candidates_flagged".into(), n.into());
+    }
     if let Some(e) = estimate {
         m.insert("estimated_issues".into(), e.into());
         m.insert(
@@ -855,7 +910,7 @@ fn span_flags(
             r.name()
         ));
     }
-    let judged = if c.skip_judged {
+    let judged = if c.skips_judged() {
         judged_set(ds_dir)?
     } else {
         Default::default()
@@ -932,7 +987,7 @@ fn row_flags(
     ds: &Dataset,
     pred_dir: &std::path::Path,
     ds_dir: &std::path::Path,
-) -> Result<(Vec<Flag>, usize, usize, Option<usize>), String> {
+) -> Result<RowFlags, String> {
     let names = ds.labels.names();
     let mut preds = Vec::new();
     for s in &c.splits {
@@ -946,13 +1001,14 @@ fn row_flags(
         preds.push((s.as_str(), p));
     }
     let views: Vec<(&str, &SplitPredictions)> = preds.iter().map(|(s, p)| (*s, p)).collect();
-    // Rows whose current {label, candidate} pair a judge already decided.
-    let judged = if c.skip_judged {
+    // Rows whose current {label, candidate} pair a judge already decided: left out, or offered
+    // their next candidate.
+    let judged = if c.skips_judged() {
         crate::data::read_judged(ds_dir).map_err(|e| e.to_string())?
     } else {
         Vec::new()
     };
-    let mut skip: Vec<Vec<bool>> = Vec::new();
+    let mut offers: Vec<Vec<Offer>> = Vec::new();
     let mut skipped = 0usize;
     if !judged.is_empty() {
         let pairs: std::collections::HashSet<(&str, &str, [&str; 2])> = judged
@@ -965,27 +1021,45 @@ fn row_flags(
             .collect();
         for (split_name, p) in &views {
             let split = ds.split(split_name).expect("split read above");
-            let mask: Vec<bool> = (0..p.rows())
+            let asked = |i: usize, other: usize| {
+                let mut pair = [names[p.label[i] as usize], names[other]];
+                pair.sort();
+                pairs.contains(&(*split_name, split.ids[i].as_str(), pair))
+            };
+            let row_offers: Vec<Offer> = (0..p.rows())
                 .map(|i| {
-                    let (given, other) = (p.label[i] as usize, candidate(p, i));
-                    let mut pair = [names[given], names[other]];
-                    pair.sort();
-                    pairs.contains(&(*split_name, split.ids[i].as_str(), pair))
+                    if !asked(i, candidate(p, i)) {
+                        return Offer::Best;
+                    }
+                    match offer_order(p, i, c.next_candidates)
+                        .into_iter()
+                        .find(|&k| !asked(i, k))
+                    {
+                        Some(k) => Offer::Next(k as u32),
+                        None => Offer::Skip,
+                    }
                 })
                 .collect();
-            skipped += mask.iter().filter(|x| **x).count();
-            skip.push(mask);
+            skipped += row_offers.iter().filter(|x| **x == Offer::Skip).count();
+            offers.push(row_offers);
         }
     }
     let (budget, estimate) = budget_for(&views, c);
-    let chosen = filter_within(&views, c, &skip, budget);
+    let chosen = filter_within(&views, c, &offers, budget);
     let mut flags = Vec::with_capacity(chosen.len());
+    let mut next = 0usize;
     for cand in &chosen {
         let (split_name, p) = views[cand.split];
         let split = ds.split(split_name).expect("split read above");
         let given = p.label[cand.row] as usize;
         let row = p.row(cand.row);
-        let other = candidate(p, cand.row);
+        let other = match offers.get(cand.split).map(|o| o[cand.row]) {
+            Some(Offer::Next(k)) => {
+                next += 1;
+                k as usize
+            }
+            _ => candidate(p, cand.row),
+        };
         flags.push(Flag {
             split: split_name.to_string(),
             row: cand.row,
@@ -1001,7 +1075,26 @@ fn row_flags(
         });
     }
     let total: usize = views.iter().map(|(_, p)| p.rows()).sum();
-    Ok((flags, total, skipped, estimate))
+    Ok(RowFlags {
+        flags,
+        total,
+        skipped,
+        estimate,
+        next,
+    })
+}
+
+/// What [`row_flags`] found.
+struct RowFlags {
+    flags: Vec<Flag>,
+    /// Rows of the flagged splits.
+    total: usize,
+    /// Rows left out because every pair they could be offered was judged.
+    skipped: usize,
+    /// The estimated number of label issues (`budget: estimated`).
+    estimate: Option<usize>,
+    /// Flags offering a next candidate.
+    next: usize,
 }
 
 /// The filter's metrics over the flags it chose from `total` rows.

@@ -57,7 +57,12 @@ fn default_batch() -> usize {
 }
 
 fn all_splits() -> Vec<String> {
-    vec!["train".into(), "dev".into(), "test".into()]
+    vec![
+        "train".into(),
+        "dev".into(),
+        "test".into(),
+        "badcase".into(),
+    ]
 }
 
 /// The embeddings artifact: `meta.json` (`dim`, rows per split) and `SPLIT.f32` per split.
@@ -485,6 +490,10 @@ impl NodeKind for SimilarityMiner {
         flags::write(&out, &out_flags).map_err(|e| NodeError::io("writing flags", e))?;
         let mut m = Metrics::new();
         m.insert("badcases".into(), json!(badcases.len()));
+        if let Some(w) = fixed_test_warning(&badcases) {
+            tracing::warn!("{w}");
+            m.insert("warning".into(), json!(w));
+        }
         m.insert("flags".into(), json!(out_flags.len()));
         m.insert("threshold".into(), json!(threshold));
         m.insert("skipped_same_label".into(), json!(equal));
@@ -503,6 +512,20 @@ impl NodeKind for SimilarityMiner {
             metrics: m,
         })
     }
+}
+
+/// The warning for mining the fixed test split's badcases: its accuracy then overstates the
+/// model, since rows like its errors were relabelled to its labels.
+pub fn fixed_test_warning(badcases: &[Badcase]) -> Option<String> {
+    let n = badcases
+        .iter()
+        .filter(|b| b.split == crate::data::FIXED_SPLIT)
+        .count();
+    (n > 0).then(|| format!(
+        "{n} badcases come from the fixed {} split: after mining them its accuracy overstates the model (the paper: annotate a new test set once it improves); mine a separate `{}` split instead (dataset: badcase or badcase_fraction)",
+        crate::data::FIXED_SPLIT,
+        crate::data::BADCASE_SPLIT
+    ))
 }
 
 /// kNN over embeddings in the ML worker: corpus = the mined splits' rows, queries = the

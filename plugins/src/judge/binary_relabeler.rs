@@ -79,6 +79,16 @@ pub struct RelabelerConfig {
     /// (the model followed the position, not the item) stay undecided. Doubles the requests.
     #[serde(default)]
     pub both_orders: bool,
+    /// Agreement of answers: ask every row this many times, each with its own example set
+    /// (seeded `seed + i`), the candidate order alternating, and the votes after the first at
+    /// `vote_temperature`; take the majority, and leave a tie (or no decided vote) undecided.
+    /// 1 (the default): ask once. Multiplies the requests.
+    #[serde(default = "one_vote")]
+    pub votes: u32,
+    /// The sampling temperature of the votes after the first (a temperature-0 LLM answers the
+    /// same question the same way, so repeated votes would agree by construction).
+    #[serde(default = "default_vote_temperature")]
+    pub vote_temperature: f64,
     /// Extra tries (at temperature 0.7) after a malformed, refused or out-of-set answer.
     #[serde(default = "default_answer_retries")]
     pub answer_retries: u32,
@@ -97,6 +107,14 @@ pub struct RelabelerConfig {
 
 fn default_max_failure_rate() -> f64 {
     0.5
+}
+
+fn one_vote() -> u32 {
+    1
+}
+
+fn default_vote_temperature() -> f64 {
+    0.7
 }
 
 fn default_examples() -> usize {
@@ -444,6 +462,23 @@ impl NodeKind for BinaryRelabeler {
                 ));
             }
         }
+        if c.votes == 0 {
+            p.push(ConfigProblem::new(
+                CfgPath::root().key("votes"),
+                "ask at least once (1: no repeated votes)",
+            ));
+        } else if c.votes > 1 && c.both_orders {
+            p.push(ConfigProblem::new(
+                CfgPath::root().key("both_orders"),
+                "votes already alternate the candidate order; use one of votes and both_orders",
+            ));
+        }
+        if !(0.0..=2.0).contains(&c.vote_temperature) {
+            p.push(ConfigProblem::new(
+                CfgPath::root().key("vote_temperature"),
+                format!("must be between 0 and 2; found {}", c.vote_temperature),
+            ));
+        }
         p.extend(crate::inputs::require_inputs(
             inputs,
             &["flags", "dataset"],
@@ -481,10 +516,23 @@ impl NodeKind for BinaryRelabeler {
         let (decisions, mut metrics) = match c.mode {
             Mode::Human => {
                 let export = ctx.output_path("export");
+                if c.votes > 1 {
+                    return Err(fail("votes repeat an LLM's question; a person answers each row once (mode: human)".into()));
+                }
                 let m = human::run(&ctx, &c, &prompter, flags, &export)?;
                 (m.0, m.1)
             }
-            Mode::Llm => judge_all(&ctx, &c, &prompter, flags).await?,
+            Mode::Llm => {
+                // One prompter per vote after the first: its own example set.
+                let mut voters = vec![prompter];
+                for i in 1..c.votes.max(1) as u64 {
+                    voters.push(
+                        Prompter::new(&template, &ds, &flagged, c.examples, c.seed + i)
+                            .map_err(fail)?,
+                    );
+                }
+                judge_all(&ctx, &c, &voters, flags).await?
+            }
         };
         write_decisions(&out, &decisions).map_err(|e| NodeError::io("writing decisions", e))?;
         summarise(&decisions, &mut metrics);
@@ -531,9 +579,10 @@ fn summarise(ds: &[Decision], m: &mut Metrics) {
 async fn judge_all(
     ctx: &NodeContext,
     c: &RelabelerConfig,
-    prompter: &Prompter,
+    voters: &[Prompter],
     flags: Vec<Flag>,
 ) -> Result<(Vec<Decision>, Metrics), NodeError> {
+    let prompter = &voters[0];
     let client = Arc::new(Client::for_node(ctx).map_err(NodeError::Failed)?);
     ctx.progress.set_length(flags.len() as u64);
     ctx.progress
@@ -545,7 +594,11 @@ async fn judge_all(
         .map(|(i, flag)| {
             let client = client.clone();
             async move {
-                let d = judge(&client, c, prompter, flag).await?;
+                let d = if voters.len() > 1 {
+                    judge_votes(&client, c, voters, flag).await?
+                } else {
+                    judge(&client, c, prompter, flag).await?
+                };
                 ctx.progress.inc(1);
                 Ok::<_, CallError>((i, d))
             }
@@ -580,6 +633,9 @@ async fn judge_all(
         json!(client.server_started().await),
     );
     m.insert("template_digest".into(), json!(prompter.digest));
+    if voters.len() > 1 {
+        m.insert("votes".into(), json!(voters.len()));
+    }
     Ok((decisions, m))
 }
 
@@ -601,6 +657,7 @@ async fn ask(
     prompter: &Prompter,
     flag: &Flag,
     order: [&str; 2],
+    vote: u32,
 ) -> Result<Asked, CallError> {
     let prompt = prompter.render(flag, order).map_err(CallError::Rejected)?;
     let mut a = Asked {
@@ -613,13 +670,16 @@ async fn ask(
     };
     for attempt in 0..=c.answer_retries {
         a.attempts = attempt + 1;
-        let mut req = request(
-            &prompt,
-            order,
-            client.endpoint.temperature,
-            c.logprobs,
-            attempt,
-        );
+        let temperature = if vote == 0 {
+            client.endpoint.temperature
+        } else {
+            c.vote_temperature
+        };
+        let mut req = request(&prompt, order, temperature, c.logprobs, attempt);
+        if vote > 0 {
+            // Each vote its own sample (and its own answer in the LLM cache).
+            req["seed"] = json!(1000 * vote + attempt);
+        }
         // Which row the question is about, for servers that use it (sent only when the
         // endpoint's `send_metadata` is set; never part of the answer's key).
         req["metadata"] = json!({"relabel_split": flag.split, "relabel_id": flag.id});
@@ -678,9 +738,9 @@ async fn judge(
 ) -> Result<Decision, CallError> {
     let order = prompter.order(&flag);
     let order = [order[0].to_string(), order[1].to_string()];
-    let first = ask(client, c, prompter, &flag, [&order[0], &order[1]]).await?;
+    let first = ask(client, c, prompter, &flag, [&order[0], &order[1]], 0).await?;
     let second = if c.both_orders && first.chosen.is_some() {
-        Some(ask(client, c, prompter, &flag, [&order[1], &order[0]]).await?)
+        Some(ask(client, c, prompter, &flag, [&order[1], &order[0]], 0).await?)
     } else {
         None
     };
@@ -726,6 +786,71 @@ async fn judge(
         }
     }
     d.decide(&chosen);
+    if let (Some(min), Some(conf)) = (c.min_confidence, d.confidence) {
+        if conf < min {
+            d.outcome = Outcome::Undecided;
+            d.failure = Some(Failure::LowConfidence);
+        }
+    }
+    Ok(d)
+}
+
+/// One row asked `voters.len()` times: vote i with voter i's examples, the candidate order
+/// alternating from the row's seeded one; the majority of the decided votes wins, and a tie (or
+/// no decided vote) leaves the row undecided. Confidence: the winner's share of all votes.
+async fn judge_votes(
+    client: &Client,
+    c: &RelabelerConfig,
+    voters: &[Prompter],
+    flag: Flag,
+) -> Result<Decision, CallError> {
+    let order = voters[0].order(&flag);
+    let order = [order[0].to_string(), order[1].to_string()];
+    let mut asked = Vec::with_capacity(voters.len());
+    for (i, voter) in voters.iter().enumerate() {
+        let o = if i % 2 == 0 {
+            [order[0].as_str(), order[1].as_str()]
+        } else {
+            [order[1].as_str(), order[0].as_str()]
+        };
+        asked.push(ask(client, c, voter, &flag, o, i as u32).await?);
+    }
+    let mut d = Decision::undecided(flag, Source::Llm, Failure::Malformed);
+    d.first_option = Some(order[0].clone());
+    d.endpoint = Some(client.describe());
+    d.model = Some(client.endpoint.model.clone());
+    d.template_digest = Some(voters[0].digest.clone());
+    d.attempts = asked.iter().map(|a| a.attempts).sum();
+    d.at = asked.iter().rev().find_map(|a| a.at.clone());
+    d.answer = Some(
+        asked
+            .iter()
+            .map(|a| a.answer.as_deref().unwrap_or("-"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+    );
+    let tally = |name: &str| {
+        asked
+            .iter()
+            .filter(|a| a.chosen.as_deref() == Some(name))
+            .count()
+    };
+    let (a, b) = (tally(&order[0]), tally(&order[1]));
+    if a + b == 0 {
+        d.failure = asked.iter().find_map(|a| a.failure);
+        return Ok(d);
+    }
+    if a == b {
+        d.failure = Some(Failure::Inconsistent);
+        return Ok(d);
+    }
+    let (winner, n) = if a > b {
+        (&order[0], a)
+    } else {
+        (&order[1], b)
+    };
+    d.confidence = Some(n as f64 / voters.len() as f64);
+    d.decide(winner);
     if let (Some(min), Some(conf)) = (c.min_confidence, d.confidence) {
         if conf < min {
             d.outcome = Outcome::Undecided;

@@ -21,9 +21,11 @@ pub struct EvaluatorConfig {
     /// Splits to score (those present): dev labels change during relabelling, test's never do.
     #[serde(default = "default_splits")]
     pub splits: Vec<String>,
-    /// The split whose wrong predictions are the badcases.
-    #[serde(default = "default_badcase_split")]
-    pub badcase_split: String,
+    /// The split whose wrong predictions are the badcases [default: `badcase` when the dataset
+    /// has one, else `test`]. Mining the fixed test's badcases biases its accuracy upward (the
+    /// `similarity_miner` then warns).
+    #[serde(default)]
+    pub badcase_split: Option<String>,
     /// A file of people's judgements of model outputs: CSV or JSONL with `id` and
     /// `correct` (right/wrong, true/false, 1/0).
     #[serde(default)]
@@ -31,11 +33,7 @@ pub struct EvaluatorConfig {
 }
 
 fn default_splits() -> Vec<String> {
-    vec!["dev".into(), "test".into()]
-}
-
-fn default_badcase_split() -> String {
-    "test".into()
+    vec!["dev".into(), "test".into(), "badcase".into()]
 }
 
 pub use relabel_tasks::classification::{score, ClassScores, SplitScores};
@@ -190,6 +188,14 @@ impl NodeKind for Evaluator {
         let mut evaluation = serde_json::Map::new();
         let mut badcases = String::new();
         let mut by_id: HashMap<String, (String, u32, u32)> = HashMap::new();
+        let badcase_split = c.badcase_split.clone().unwrap_or_else(|| {
+            if ds.split(crate::data::BADCASE_SPLIT).is_some() {
+                crate::data::BADCASE_SPLIT.to_string()
+            } else {
+                crate::data::FIXED_SPLIT.to_string()
+            }
+        });
+        m.insert("badcase_split".into(), json!(badcase_split));
         for split in &c.splits {
             let Some(rows) = ds.split(split) else {
                 continue;
@@ -201,7 +207,7 @@ impl NodeKind for Evaluator {
             )
             .map_err(|e| fail(format!("predictions for {split}: {e}")))?;
             if ds.task == TaskKind::Tagging {
-                let (v, bad, n) = score_tagging(&ds, split, rows, &p, *split == c.badcase_split);
+                let (v, bad, n) = score_tagging(&ds, split, rows, &p, *split == badcase_split);
                 for (k, x) in [
                     ("f1", v.f1),
                     ("precision", v.precision),
@@ -213,7 +219,7 @@ impl NodeKind for Evaluator {
                 for id in &rows.ids {
                     by_id.insert(id.clone(), (split.clone(), 0, 0));
                 }
-                if *split == c.badcase_split {
+                if *split == badcase_split {
                     badcases.push_str(&bad);
                     m.insert("badcases".into(), json!(n));
                     m.insert(
@@ -241,7 +247,7 @@ impl NodeKind for Evaluator {
                     (split.clone(), rows.labels[i], p.predicted[i]),
                 );
             }
-            if *split == c.badcase_split {
+            if *split == badcase_split {
                 let mut n = 0usize;
                 for i in 0..rows.len() {
                     if p.predicted[i] != rows.labels[i] {

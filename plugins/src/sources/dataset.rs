@@ -36,6 +36,15 @@ pub struct DatasetConfig {
     /// The FIXED human-labelled test split: evaluated every round, never relabelled.
     #[serde(default)]
     pub test: Option<PathBuf>,
+    /// Human-labelled rows for the badcase loop to mine (the `badcase` split): scored every
+    /// round and never relabelled, kept apart from `test` so that mining leaves the fixed test
+    /// an unbiased yardstick.
+    #[serde(default)]
+    pub badcase: Option<PathBuf>,
+    /// Without a `badcase` file: this fraction of the test rows (by row id, stable) becomes the
+    /// badcase split and leaves the test split. 0 (the default): none.
+    #[serde(default)]
+    pub badcase_fraction: f64,
     #[serde(default = "default_dev_fraction")]
     pub dev_fraction: f64,
     #[serde(default)]
@@ -216,6 +225,17 @@ fn hold_out_dev(c: &DatasetConfig, splits: &mut BTreeMap<String, Split>) {
     }
 }
 
+/// `badcase_fraction` of the test rows become the badcase split (without a `badcase` file).
+fn hold_out_badcase(c: &DatasetConfig, splits: &mut BTreeMap<String, Split>) {
+    if c.badcase.is_none() && c.badcase_fraction > 0.0 {
+        if let Some(test) = splits.remove("test") {
+            let (keep, badcase) = hold_out(test, c.badcase_fraction);
+            splits.insert("test".into(), keep);
+            splits.insert("badcase".into(), badcase);
+        }
+    }
+}
+
 /// Holds out `fraction` of `train` as dev, chosen by row id (stable).
 fn hold_out(train: Split, fraction: f64) -> (Split, Split) {
     let (mut keep, mut dev) = (Split::default(), Split::default());
@@ -244,6 +264,7 @@ fn build_tagging(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), St
     let mut files = vec![("train", c.train.clone())];
     files.extend(c.dev.iter().map(|p| ("dev", p.clone())));
     files.extend(c.test.iter().map(|p| ("test", p.clone())));
+    files.extend(c.badcase.iter().map(|p| ("badcase", p.clone())));
     let mut read = Vec::new();
     for (name, p) in &files {
         read.push((
@@ -300,6 +321,7 @@ fn build_tagging(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), St
     }
     refuse_bad(c, &bad_rows, "sentence")?;
     hold_out_dev(c, &mut splits);
+    hold_out_badcase(c, &mut splits);
     if splits.get("train").is_none_or(Split::is_empty) {
         return Err(format!(
             "{}: the train split has no sentences",
@@ -398,7 +420,7 @@ pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String
     );
     bad_rows.extend(bad);
     splits.insert("train".to_string(), train);
-    for (name, path) in [("dev", &c.dev), ("test", &c.test)] {
+    for (name, path) in [("dev", &c.dev), ("test", &c.test), ("badcase", &c.badcase)] {
         if let Some(p) = path {
             let rows = read_rows(&resolve(p), c.format, &c.columns())?;
             let (s, bad) = check_rows(&p.display().to_string(), rows, &spec, c, &mut seen);
@@ -408,6 +430,7 @@ pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String
     }
     refuse_bad(c, &bad_rows, "row")?;
     hold_out_dev(c, &mut splits);
+    hold_out_badcase(c, &mut splits);
     if splits.get("train").is_none_or(Split::is_empty) {
         return Err(format!(
             "{}: the train split has no rows{}; a model cannot be trained on nothing",
@@ -479,6 +502,7 @@ impl NodeKind for DatasetNode {
         let mut f = vec![c.train.clone()];
         f.extend(c.dev.iter().cloned());
         f.extend(c.test.iter().cloned());
+        f.extend(c.badcase.iter().cloned());
         f.extend(c.labels.iter().cloned());
         f
     }
@@ -495,6 +519,23 @@ impl NodeKind for DatasetNode {
             p.push(relabel_engine::plugin::ConfigProblem::new(
                 relabel_engine::span::Path::root().key("dev_fraction"),
                 "must be above 0 and below 1 when there is no `dev` file",
+            ));
+        }
+        let at = relabel_engine::span::Path::root().key("badcase_fraction");
+        if !(0.0..1.0).contains(&c.badcase_fraction) {
+            p.push(relabel_engine::plugin::ConfigProblem::new(
+                at,
+                "must be at least 0 and below 1",
+            ));
+        } else if c.badcase_fraction > 0.0 && c.badcase.is_some() {
+            p.push(relabel_engine::plugin::ConfigProblem::new(
+                at,
+                "give a `badcase` file or a badcase_fraction of the test split, not both",
+            ));
+        } else if c.badcase_fraction > 0.0 && c.test.is_none() {
+            p.push(relabel_engine::plugin::ConfigProblem::new(
+                at,
+                "takes its rows from the test split; this dataset has no `test` file",
             ));
         }
         p

@@ -224,3 +224,30 @@ pub const RESOURCE: relabel_engine::plugin::ResourceKind = relabel_engine::plugi
     schema,
     key: cache_key,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_model_is_chosen_by_its_alias_or_its_path() {
+        let mut e = Endpoint::default_local();
+        let small = e.local_weights().unwrap();
+        assert!(small.ends_with("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"));
+        e.model = "qwen2.5-1.5b".into();
+        let big = e.local_weights().unwrap();
+        assert!(big.ends_with("models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"));
+        assert_eq!(small.parent(), big.parent());
+        e.model = "qwen-7b".into();
+        let err = e.local_weights().unwrap_err();
+        assert!(
+            err.contains("\"qwen-7b\"") && err.contains("qwen2.5-0.5b, qwen2.5-1.5b"),
+            "{err}"
+        );
+        e.model_path = Some("/models/mine.gguf".into());
+        assert_eq!(
+            e.local_weights().unwrap(),
+            std::path::PathBuf::from("/models/mine.gguf")
+        );
+    }
+}

@@ -649,6 +649,26 @@ fn targets(results: &BTreeMap<String, Value>) -> Value {
         t["clean_test_accuracy"] = json!(clean);
         out.push(t);
     }
+    // Issue 20: the better local judge is right on >= 88% of the pairs that offer the truth.
+    let local: Vec<(&str, f64)> = ["uniform-0.2-qwen", "uniform-0.2-qwen1.5b"]
+        .into_iter()
+        .filter_map(|n| {
+            get(n)
+                .and_then(|r| r["rounds"][0]["judge_accuracy_where_truth_offered"].as_f64())
+                .map(|a| (n, a))
+        })
+        .collect();
+    if let Some((best, acc)) = local.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1)) {
+        let mut t = crate::bench::target(
+            "the better local judge's accuracy where the truth is offered (Banking77 pairs)",
+            ">= 0.88",
+            acc,
+            acc >= 0.88,
+        );
+        t["setting"] = json!(best);
+        t["judges"] = json!(local);
+        out.push(t);
+    }
     // At 10% noise, the levers do no worse than the fixed budget (train labels and fixed test).
     for lever in ["-flag20-est", "-flag20-est-next2"] {
         let (Some(base), Some(r)) = (

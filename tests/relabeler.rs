@@ -451,6 +451,21 @@ fn people_judge_the_exported_pairs_and_bad_answers_are_refused_with_row_numbers(
     assert_eq!(d["splits"]["train"]["changed"], expect.len());
 }
 
+/// The right label (of ROWS) for the row a prompt's `Item:` line shows.
+fn truth_of_item(msg: &str) -> String {
+    let key = msg
+        .split("\nItem: \"")
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .next()
+        .unwrap_or("");
+    ROWS.iter()
+        .find(|r| r.0.starts_with(key))
+        .map(|r| r.2.to_string())
+        .unwrap()
+}
+
 #[test]
 fn asking_in_both_orders_leaves_position_followers_undecided() {
     // A judge that always takes the first option it is shown, and one that reads the item.
@@ -462,18 +477,7 @@ fn asking_in_both_orders_leaves_position_followers_undecided() {
             let pick = if follows_position {
                 pair[0].clone()
             } else {
-                let key = msg
-                    .split("\nItem: \"")
-                    .nth(1)
-                    .unwrap_or("")
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                ROWS.iter()
-                    .find(|r| r.0.starts_with(&key))
-                    .map(|r| r.2.to_string())
-                    .unwrap()
+                truth_of_item(&msg)
             };
             Reply::ok(chat_completion(&json!({ "label": pick }).to_string()))
         }))
@@ -513,20 +517,7 @@ fn votes_take_the_majority_and_leave_ties_undecided() {
         let server = Server::start(Arc::new(move |req| {
             let body = req.json().unwrap_or(Value::Null);
             let pair = offered(&body);
-            let msg = user_message(&body);
-            let key = msg
-                .split("\nItem: \"")
-                .nth(1)
-                .unwrap_or("")
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_string();
-            let truth = ROWS
-                .iter()
-                .find(|r| r.0.starts_with(&key))
-                .map(|r| r.2.to_string())
-                .unwrap();
+            let truth = truth_of_item(&user_message(&body));
             let pick = if body["seed"] == 1000 {
                 pair[0].clone()
             } else {

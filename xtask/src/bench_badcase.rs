@@ -23,13 +23,7 @@ const SIM_PORT: u16 = 18078;
 /// Scores one run: per badcase round, both halves' accuracy (the model trained before the
 /// round's mining), what was mined and judged, and the train labels after; then the final model.
 fn score(r: &Value, rounds: usize, truth: &HashMap<String, String>) -> Result<Value> {
-    let is_truth = |v: &Value, field: &str| {
-        v[field].is_string()
-            && truth
-                .get(v["id"].as_str().unwrap_or(""))
-                .map(String::as_str)
-                == v[field].as_str()
-    };
+    let is_truth = |v: &Value, field: &str| crate::bench_quality::holds_truth(truth, v, field);
     let start = Dataset::read(&output(r, "data", "dataset")?)?;
     // The manifest's first loop runs one round.
     let after_first = Dataset::read(&output(r, "apply@1", "dataset")?)?;

@@ -188,6 +188,15 @@ pub(crate) fn label_accuracy(ds: &Dataset, truth: &HashMap<String, String>) -> (
     (right as f64 / t.len().max(1) as f64, t.len())
 }
 
+/// Whether a flag's or decision's `field` holds its row's true label.
+pub(crate) fn holds_truth(truth: &HashMap<String, String>, v: &Value, field: &str) -> bool {
+    v[field].is_string()
+        && truth
+            .get(v["id"].as_str().unwrap_or(""))
+            .map(String::as_str)
+            == v[field].as_str()
+}
+
 /// Scores one run against the planted truth: per round, flag precision/recall, train-label
 /// accuracy after the round, fixed-test accuracy of the model trained after it, judge accuracy,
 /// requests and tokens. Every figure comes from the run's artifacts and metrics.
@@ -215,14 +224,7 @@ fn score(r: &Value, rounds: usize) -> Result<Value> {
                 .filter(|(id, l)| truth.get(*id).map(String::as_str) != Some(names[**l as usize]))
                 .count()
         };
-        // Whether a flag's or decision's `field` holds its row's true label.
-        let is_truth = |v: &Value, field: &str| {
-            v[field].is_string()
-                && truth
-                    .get(v["id"].as_str().unwrap_or(""))
-                    .map(String::as_str)
-                    == v[field].as_str()
-        };
+        let is_truth = |v: &Value, field: &str| holds_truth(&truth, v, field);
         let wrong_flagged = flags.iter().filter(|f| !is_truth(f, "label")).count();
         let fixable = flags.iter().filter(|f| is_truth(f, "candidate")).count();
         let decisions = read_jsonl(&output(r, &format!("relabel@{k}"), "decisions")?)?;

@@ -324,13 +324,7 @@ fn planted_type_swaps_are_found_judged_and_fixed_and_scored_on_test() {
     assert!(text.contains("->") && text.contains("[["), "{text}");
 
     // The HTML report shows entity F1, the per-type test scores and the changed spans.
-    let out = f.output(&["report", "latest", "--out", "html"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let page = std::fs::read_to_string(f.path().join("html/report.html")).unwrap();
+    let page = std::fs::read_to_string(f.html_report()).unwrap();
     assert!(page.contains("Entity F1 per round"), "no entity F1 section");
     assert!(page.contains("per entity type") && page.contains("<td>MISC</td>"));
     // The changed examples: marked sentences with their old and new readings.

@@ -451,6 +451,21 @@ fn people_judge_the_exported_pairs_and_bad_answers_are_refused_with_row_numbers(
     assert_eq!(d["splits"]["train"]["changed"], expect.len());
 }
 
+/// Runs the relabel manifest against `server`, no answer retries, with `extra` relabeler
+/// config; the run must succeed. The fixture holds the run's artifacts.
+fn relabel_with(server: &Server, extra: &str) -> (Fixture, Value) {
+    let text = manifest(&server.base_url(), "").replace(
+        "answer_retries: 1}",
+        &format!("answer_retries: 0, {extra}}}"),
+    );
+    let mut f = Fixture::new(&text);
+    write_inputs(&f);
+    f.envs.push(("RELABEL_TEST_KEY".into(), "k".into()));
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    (f, report)
+}
+
 /// The right label (of ROWS) for the row a prompt's `Item:` line shows.
 fn truth_of_item(msg: &str) -> String {
     let key = msg
@@ -482,15 +497,7 @@ fn asking_in_both_orders_leaves_position_followers_undecided() {
             Reply::ok(chat_completion(&json!({ "label": pick }).to_string()))
         }))
         .unwrap();
-        let text = manifest(&server.base_url(), "").replace(
-            "answer_retries: 1}",
-            "answer_retries: 0, both_orders: true}",
-        );
-        let mut f = Fixture::new(&text);
-        write_inputs(&f);
-        f.envs.push(("RELABEL_TEST_KEY".into(), "k".into()));
-        let (code, report) = f.run(&[]);
-        assert_eq!(code, 0, "{report:#}");
+        let (_f, report) = relabel_with(&server, "both_orders: true");
         let m = &node(&report, "relabel")["metrics"];
         assert_eq!(
             m["keep"].as_u64().unwrap() + m["change"].as_u64().unwrap(),
@@ -526,15 +533,7 @@ fn votes_take_the_majority_and_leave_ties_undecided() {
             Reply::ok(chat_completion(&json!({ "label": pick }).to_string()))
         }))
         .unwrap();
-        let text = manifest(&server.base_url(), "").replace(
-            "answer_retries: 1}",
-            &format!("answer_retries: 0, votes: {votes}}}"),
-        );
-        let mut f = Fixture::new(&text);
-        write_inputs(&f);
-        f.envs.push(("RELABEL_TEST_KEY".into(), "k".into()));
-        let (code, report) = f.run(&[]);
-        assert_eq!(code, 0, "{report:#}");
+        let (_f, report) = relabel_with(&server, &format!("votes: {votes}"));
         let m = &node(&report, "relabel")["metrics"];
         assert_eq!(
             server.count(),

@@ -140,13 +140,7 @@ fn the_badcase_loop_runs_and_its_report_renders_in_headless_chromium() {
         (Some(2), Some("max_rounds"))
     );
 
-    let out = f.output(&["report", "latest", "--out", "html"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let page = f.path().join("html/report.html");
+    let page = f.html_report();
     let summary = std::fs::read_to_string(f.path().join("html/summary.md")).unwrap();
     assert!(summary.contains("| 2 |"), "{summary}");
 
@@ -275,13 +269,7 @@ fn a_separate_badcase_split_is_mined_instead_of_the_fixed_test_and_the_report_sh
             .all(|a| a["split"] == "train" || a["split"] == "dev"),
         "{audit:?}"
     );
-    let out = f.output(&["report", "latest", "--out", "html"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let page = std::fs::read_to_string(f.path().join("html/report.html")).unwrap();
+    let page = std::fs::read_to_string(f.html_report()).unwrap();
     assert!(page.contains("badcase split (mined)"), "no badcase column");
     assert!(!page.contains("class=\"warn\""));
 }

@@ -97,6 +97,17 @@ impl Fixture {
     pub fn output(&self, args: &[&str]) -> Output {
         self.cmd(args).output().unwrap()
     }
+
+    /// Renders the latest run with `relabel report` into `html/`; returns report.html's path.
+    pub fn html_report(&self) -> PathBuf {
+        let out = self.output(&["report", "latest", "--out", "html"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.path().join("html/report.html")
+    }
 }
 
 /// instance -> status

@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 pub(crate) mod code {
     pub const FAILED: u8 = 1;
     pub const INVALID: u8 = 2;
+    /// Nothing failed, but a node waits on a batch it submitted: run again later to collect.
+    pub const PENDING: u8 = 3;
     pub const BUSY: u8 = 75;
     pub const CANCELLED: u8 = 130;
 }
@@ -656,6 +658,13 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
                 RunStatus::Ok => 0,
                 RunStatus::Cancelled => code::CANCELLED,
                 RunStatus::Failed => code::FAILED,
+                RunStatus::Pending => {
+                    eprintln!(
+                        "relabel: pending: a node waits on a batch it submitted; nothing it would compute is recorded yet. Run the same command again to collect (exit {})",
+                        code::PENDING
+                    );
+                    code::PENDING
+                }
             }))
         }
         Cmd::Diff {

@@ -129,6 +129,8 @@ const VOLATILE: &[&str] = &[
     "completion_tokens",
     "local_server_started",
     "cost_usd",
+    "cost",
+    "batch",
 ];
 
 fn volatile(name: &str) -> bool {
@@ -222,7 +224,7 @@ impl PipelineLock {
         for n in &report.nodes {
             match n.status {
                 Status::Ran | Status::Cached | Status::Restored => {}
-                Status::Failed => return None,
+                Status::Failed | Status::Pending => return None,
                 // Not selected (a --target run), or not reached.
                 Status::Skipped => continue,
             }

@@ -70,6 +70,11 @@ pub enum NodeError {
     Failed(String),
     #[error("cancelled")]
     Cancelled,
+    /// The node handed work to a system that answers later (a batch API): nothing is
+    /// recorded, its dependents wait, and the next run picks it up where it stands. The text
+    /// says what it waits for.
+    #[error("{0}")]
+    Pending(String),
     #[error("{context}: {source}")]
     Io {
         context: String,

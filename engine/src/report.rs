@@ -80,7 +80,7 @@ pub fn markdown(r: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "Manifest {}, run `{}`, started {}, {:.2} s. Nodes: {} ran, {} cached, {} restored, {} failed, {} skipped.\n",
+        "Manifest {}, run `{}`, started {}, {:.2} s. Nodes: {} ran, {} cached, {} restored, {} failed, {} pending, {} skipped.\n",
         md_text(&r.manifest),
         r.run_id,
         r.started,
@@ -89,6 +89,7 @@ pub fn markdown(r: &RunReport) -> String {
         r.count(Status::Cached),
         r.count(Status::Restored),
         r.count(Status::Failed),
+        r.count(Status::Pending),
         r.count(Status::Skipped)
     );
     if let Some(rr) = &r.remote {

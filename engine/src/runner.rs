@@ -60,6 +60,8 @@ pub enum Status {
     Restored,
     Failed,
     Skipped,
+    /// Waiting on work handed elsewhere (a batch); not recorded, rerun to collect.
+    Pending,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +77,8 @@ pub enum RunStatus {
     Ok,
     Failed,
     Cancelled,
+    /// Nothing failed, but a node waits on work handed elsewhere (a batch): run again later.
+    Pending,
 }
 
 impl std::fmt::Display for RunStatus {
@@ -83,6 +87,7 @@ impl std::fmt::Display for RunStatus {
             RunStatus::Ok => "ok",
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
+            RunStatus::Pending => "pending",
         })
     }
 }
@@ -165,6 +170,8 @@ struct Shared {
 enum Stop {
     Failed,
     Cancelled,
+    /// The node waits on a batch; its dependents do not start, independent nodes go on.
+    Pending,
 }
 
 /// Where a node's inputs come from in one round.
@@ -370,6 +377,8 @@ pub async fn run(
         RunStatus::Cancelled
     } else if outcome.contains(&Outcome::Failed) {
         RunStatus::Failed
+    } else if outcome.contains(&Outcome::Pending) {
+        RunStatus::Pending
     } else {
         RunStatus::Ok
     };
@@ -445,6 +454,8 @@ enum Outcome {
     NotStarted,
     Done,
     Failed,
+    /// Waiting on a batch: its dependents never start, but other members do.
+    Pending,
 }
 
 /// Starts members as soon as their dependencies are done, until all are done, one fails, or
@@ -485,6 +496,7 @@ where
         };
         match joined {
             Ok((i, Ok(()))) => outcome[i] = Outcome::Done,
+            Ok((i, Err(Stop::Pending))) => outcome[i] = Outcome::Pending,
             Ok((i, Err(_))) => {
                 outcome[i] = Outcome::Failed;
                 stop = true;
@@ -581,21 +593,19 @@ async fn run_loop(shared: Arc<Shared>, l: LoopSpec, top: Table) -> Result<Produc
             .await
         };
         if outcome.iter().any(|o| *o != Outcome::Done) {
-            let why = if shared.cancel.is_cancelled() {
-                "cancelled"
+            let (why, stop) = if shared.cancel.is_cancelled() {
+                ("cancelled", Stop::Cancelled)
+            } else if outcome.contains(&Outcome::Failed) {
+                ("failed", Stop::Failed)
             } else {
-                "failed"
+                ("pending", Stop::Pending)
             };
             shared.loops.lock().expect("loops lock").push(LoopReport {
                 id: l.id.clone(),
                 rounds: round,
                 stopped_by: why.into(),
             });
-            return Err(if shared.cancel.is_cancelled() {
-                Stop::Cancelled
-            } else {
-                Stop::Failed
-            });
+            return Err(stop);
         }
         let produced = table.lock().expect("table lock").clone();
         for c in &l.carry {
@@ -715,13 +725,19 @@ async fn run_node(
             report.status = match stop {
                 Stop::Cancelled => Status::Skipped,
                 Stop::Failed => Status::Failed,
+                Stop::Pending => Status::Pending,
             };
             report.error = Some(msg.clone());
-            if matches!(stop, Stop::Failed) {
-                shared
+            match stop {
+                Stop::Failed => shared
                     .opts
                     .progress
-                    .println(&format!("node \"{instance}\" failed: {msg}"));
+                    .println(&format!("node \"{instance}\" failed: {msg}")),
+                Stop::Pending => shared
+                    .opts
+                    .progress
+                    .println(&format!("node \"{instance}\" is pending: {msg}")),
+                Stop::Cancelled => {}
             }
         }
     }
@@ -892,6 +908,10 @@ async fn run_node_inner(
         Err(NodeError::Cancelled) => {
             let _ = crate::cache::remove_all(&work_dir);
             return Err((Stop::Cancelled, "cancelled".into()));
+        }
+        Err(NodeError::Pending(why)) => {
+            let _ = crate::cache::remove_all(&work_dir);
+            return Err((Stop::Pending, why));
         }
         Err(e) => return Err(fail(e.to_string())),
     };

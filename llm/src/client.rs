@@ -67,6 +67,9 @@ pub enum CallError {
     Rejected(String),
     /// The response could not be stored in the cache, so it was not used ("stored before used").
     CacheWrite(String),
+    /// A batch endpoint: the request went (or goes) into a batch; its answer comes in a later
+    /// run ([`Client::settle`] says which).
+    Pending,
 }
 
 impl CallError {
@@ -80,6 +83,7 @@ impl CallError {
             CallError::Budget => "token_budget",
             CallError::Rejected(_) => "rejected",
             CallError::CacheWrite(_) => "cache_write",
+            CallError::Pending => "pending",
         }
     }
 
@@ -104,6 +108,7 @@ impl std::fmt::Display for CallError {
                 f,
                 "the response could not be stored in the LLM cache, so it was not used: {s}"
             ),
+            CallError::Pending => f.write_str("waiting on a batch"),
         }
     }
 }
@@ -198,6 +203,13 @@ pub struct Client {
     /// The server relabel started, for `provider: local`; stopped when the client is dropped.
     server: Mutex<Option<LocalServer>>,
     server_log: Option<std::path::PathBuf>,
+    /// `batch: true`: misses go into a Batch API job instead of out one by one.
+    batch: Option<crate::batch::Batcher>,
+    /// The HTTP client for the batch calls (result files are larger than any chat answer).
+    batch_http: Mutex<Option<async_openai::Client<OpenAIConfig>>>,
+    /// The same without retries, for creating a batch: a retried create whose first try
+    /// reached the server would make two batches.
+    batch_once: Mutex<Option<async_openai::Client<OpenAIConfig>>>,
 }
 
 impl Client {
@@ -221,8 +233,22 @@ impl Client {
             None => "none".to_string(),
         };
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let identity = identity(&endpoint);
+        let batch = endpoint.batch.then(|| {
+            crate::batch::Batcher::new(
+                &identity,
+                &endpoint.completion_window,
+                server_log
+                    .as_deref()
+                    .and_then(|p| p.parent())
+                    .map(|p| p.to_path_buf()),
+            )
+        });
         Ok(Client {
-            identity: identity(&endpoint),
+            identity,
+            batch,
+            batch_http: Mutex::new(None),
+            batch_once: Mutex::new(None),
             name: name.to_string(),
             permits: Arc::new(Semaphore::new(endpoint.max_concurrency.max(1) as usize)),
             pace: endpoint
@@ -276,7 +302,28 @@ impl Client {
     }
 
     async fn http(&self) -> Result<async_openai::Client<OpenAIConfig>, CallError> {
-        let mut slot = self.http.lock().await;
+        self.http_in(&self.http, MAX_BODY, self.endpoint.max_retries)
+            .await
+    }
+
+    /// The batch calls' HTTP clients: with the endpoint's retries, and without.
+    async fn batch_api(&self) -> Result<crate::batch::Api, CallError> {
+        Ok(crate::batch::Api {
+            http: self
+                .http_in(&self.batch_http, BATCH_MAX_BODY, self.endpoint.max_retries)
+                .await?,
+            once: self.http_in(&self.batch_once, BATCH_MAX_BODY, 0).await?,
+        })
+    }
+
+    /// The HTTP client kept in `slot`, made on first use, accepting bodies up to `max_body`.
+    async fn http_in(
+        &self,
+        slot: &Mutex<Option<async_openai::Client<OpenAIConfig>>>,
+        max_body: usize,
+        retries: u32,
+    ) -> Result<async_openai::Client<OpenAIConfig>, CallError> {
+        let mut slot = slot.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
@@ -297,11 +344,7 @@ impl Client {
             .pool_max_idle_per_host(self.endpoint.max_concurrency as usize)
             .build()
             .map_err(|e| CallError::Rejected(format!("building the HTTP client: {e}")))?;
-        let service = retrying(
-            reqwest.clone(),
-            self.endpoint.max_retries,
-            self.stats.clone(),
-        );
+        let service = retrying(reqwest.clone(), retries, self.stats.clone(), max_body);
         let config = OpenAIConfig::new()
             .with_api_base(base.trim_end_matches('/'))
             .with_api_key(self.api_key.clone());
@@ -322,6 +365,11 @@ impl Client {
         if let (Some(m), true) = (metadata, self.endpoint.send_metadata) {
             request["metadata"] = m;
         }
+        if let Some(b) = &self.batch {
+            // Finished batches' answers go into the memo before anything is looked up.
+            let api = self.batch_api().await?;
+            b.poll_once(&api, &self.cache).await?;
+        }
         if let Some(hit) = self.cache.get(&key).ok().flatten() {
             if let Some(body) = hit.get("response") {
                 Stats::add(&self.stats.cache_hits, 1);
@@ -337,11 +385,13 @@ impl Client {
             }
         }
         if let Some(budget) = self.endpoint.token_budget {
-            let used = Stats::get(&self.stats.prompt_tokens)
-                .saturating_add(Stats::get(&self.stats.completion_tokens));
-            if used >= budget {
+            let (p, c) = self.tokens();
+            if p.saturating_add(c) >= budget {
                 return Err(CallError::Budget);
             }
+        }
+        if let Some(b) = &self.batch {
+            return Err(b.defer(relabel_engine::cache::Memo::key(&key), request));
         }
         let _permit = self
             .permits
@@ -381,6 +431,33 @@ impl Client {
         // Durable before we use it: a run killed after this point never pays for it again.
         self.store(&key, &json!({"response": reply.body, "at": reply.at}))?;
         Ok(reply)
+    }
+
+    /// Tokens used this run: answers received directly plus those collected from batches.
+    fn tokens(&self) -> (u64, u64) {
+        let (bp, bc) = self
+            .batch
+            .as_ref()
+            .map(|b| {
+                let c = b.counts();
+                (c.prompt_tokens, c.completion_tokens)
+            })
+            .unwrap_or((0, 0));
+        (
+            Stats::get(&self.stats.prompt_tokens).saturating_add(bp),
+            Stats::get(&self.stats.completion_tokens).saturating_add(bc),
+        )
+    }
+
+    /// Ends a node's asking. For a batch endpoint: submits the requests queued this run as
+    /// one batch and says what the node waits for (the node should end pending with it);
+    /// None when every request was answered (always None for other endpoints).
+    pub async fn settle(&self) -> Result<Option<String>, CallError> {
+        let Some(b) = &self.batch else {
+            return Ok(None);
+        };
+        let api = self.batch_api().await?;
+        b.submit(&api, &self.cache).await
     }
 
     /// Embeddings of `texts` from the endpoint's `/embeddings`, one request per call, answered
@@ -486,6 +563,7 @@ impl Client {
             CallError::Rejected(s) => CallError::Rejected(r(s)),
             CallError::CacheWrite(s) => CallError::CacheWrite(r(s)),
             CallError::Budget => CallError::Budget,
+            CallError::Pending => CallError::Pending,
         }
     }
 
@@ -562,7 +640,7 @@ impl Client {
     pub fn metrics(&self) -> serde_json::Map<String, Value> {
         let s = &self.stats;
         let g = Stats::get;
-        let (p, c) = (g(&s.prompt_tokens), g(&s.completion_tokens));
+        let (p, c) = self.tokens();
         let mut m = serde_json::Map::new();
         m.insert("endpoint".into(), json!(self.describe()));
         m.insert("http_requests".into(), json!(g(&s.http_requests)));
@@ -580,8 +658,22 @@ impl Client {
         m.insert("cache_write_errors".into(), json!(g(&s.cache_write_errors)));
         m.insert("prompt_tokens".into(), json!(p));
         m.insert("completion_tokens".into(), json!(c));
-        if let Some(cost) = self.endpoint.cost(p, c) {
-            m.insert("cost".into(), json!(cost));
+        let batch = self.batch.as_ref().map(|b| b.counts());
+        let (bp, bc) = batch
+            .as_ref()
+            .map_or((0, 0), |b| (b.prompt_tokens, b.completion_tokens));
+        // Batch answers at the batch discount, the rest at the list price.
+        if let (Some(direct), Some(batched)) = (
+            self.endpoint.cost(p - bp, c - bc),
+            self.endpoint.cost(bp, bc),
+        ) {
+            m.insert(
+                "cost".into(),
+                json!(direct + batched * (1.0 - self.endpoint.batch_discount)),
+            );
+        }
+        if let Some(b) = batch {
+            m.insert("batch".into(), json!(b));
         }
         m
     }
@@ -693,18 +785,22 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 /// The largest response body accepted: a chat completion of two labels is a few KB.
 const MAX_BODY: usize = 8 << 20;
 
+/// The largest batch result file accepted (the Batch API takes input files up to 200 MB).
+const BATCH_MAX_BODY: usize = 1 << 30;
+
 /// Reads a response's whole body (at most [`MAX_BODY`]) and hands it on as a complete response.
 /// The outer error is the transport's; the inner one says the body was too large.
 async fn read_capped(
     mut resp: reqwest::Response,
+    max_body: usize,
 ) -> Result<Result<reqwest::Response, OpenAIError>, reqwest::Error> {
     let too_big = || {
         Err(OpenAIError::InvalidArgument(format!(
             "the response body is larger than {} MiB; refused",
-            MAX_BODY >> 20
+            max_body >> 20
         )))
     };
-    if resp.content_length().is_some_and(|n| n as usize > MAX_BODY) {
+    if resp.content_length().is_some_and(|n| n as usize > max_body) {
         return Ok(too_big());
     }
     let status = resp.status();
@@ -712,7 +808,7 @@ async fn read_capped(
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         body.extend_from_slice(&chunk);
-        if body.len() > MAX_BODY {
+        if body.len() > max_body {
             return Ok(too_big());
         }
     }
@@ -729,6 +825,7 @@ fn retrying(
     client: reqwest::Client,
     max_retries: u32,
     stats: Arc<Stats>,
+    max_body: usize,
 ) -> impl tower::Service<
     HttpRequestFactory,
     Response = reqwest::Response,
@@ -766,7 +863,7 @@ fn retrying(
                         // Read the body here, so a body slower than the timeout or cut off by
                         // the connection is retried like any transport fault, and a huge one is
                         // refused instead of stored.
-                        match read_capped(resp).await {
+                        match read_capped(resp, max_body).await {
                             Ok(Ok(resp)) => return Ok(resp),
                             Ok(Err(too_big)) => return Err(too_big),
                             Err(e) if e.is_timeout() => {

@@ -18,6 +18,51 @@ pub enum Provider {
     Local,
 }
 
+/// What kind of server answers, where its API differs from OpenAI's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Server {
+    /// OpenAI's API (and llama.cpp's server): the answer is constrained by a JSON-schema
+    /// `response_format`.
+    #[default]
+    Openai,
+    /// vLLM (0.10.2 or later): the answer is constrained to exactly one option title with
+    /// `structured_outputs: {choice: [...]}`, and comes back as that bare title.
+    Vllm,
+}
+
+/// Constrains a chat request's answer to one of `options`, the way `server` understands: a
+/// JSON object `{"<field>": option}` under a strict JSON schema named `name`, or (vLLM) the bare
+/// option text by `structured_outputs.choice`. Answers of both shapes are read by the nodes.
+pub fn constrain_choice(
+    request: &mut serde_json::Value,
+    server: Server,
+    name: &str,
+    field: &str,
+    options: &[&str],
+) {
+    match server {
+        Server::Openai => {
+            request["response_format"] = serde_json::json!({
+                "type": "json_schema",
+                "json_schema": {
+                    "name": name,
+                    "strict": true,
+                    "schema": {
+                        "type": "object",
+                        "properties": {field: {"type": "string", "enum": options}},
+                        "required": [field],
+                        "additionalProperties": false,
+                    },
+                },
+            });
+        }
+        Server::Vllm => {
+            request["structured_outputs"] = serde_json::json!({ "choice": options });
+        }
+    }
+}
+
 /// One named LLM endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +105,29 @@ pub struct Endpoint {
     /// of an answer's key.
     #[serde(default)]
     pub send_metadata: bool,
+    /// The server's kind, where its API differs from OpenAI's (`vllm`: answers constrained by
+    /// `structured_outputs.choice`).
+    #[serde(default)]
+    pub server: Server,
+    /// Judge through the Batch API: requests the cache cannot answer go out as one batch job
+    /// (`/v1/files` + `/v1/batches`), the node ends pending (exit 3), and the next run
+    /// collects the answers. Not for `provider: local`.
+    #[serde(default)]
+    pub batch: bool,
+    /// The batch's completion window (OpenAI accepts `24h`).
+    #[serde(default = "default_window")]
+    pub completion_window: String,
+    /// The price cut on batch answers, for the cost metric (OpenAI: 0.5, half price).
+    #[serde(default = "default_batch_discount")]
+    pub batch_discount: f64,
+}
+
+fn default_window() -> String {
+    "24h".into()
+}
+
+fn default_batch_discount() -> f64 {
+    0.5
 }
 
 impl Endpoint {
@@ -80,6 +148,10 @@ impl Endpoint {
             model_path: None,
             threads: None,
             send_metadata: false,
+            server: Server::Openai,
+            batch: false,
+            completion_window: default_window(),
+            batch_discount: default_batch_discount(),
         }
     }
 
@@ -156,6 +228,7 @@ pub fn cache_key(endpoint: &serde_json::Value) -> serde_json::Value {
             "temperature",
             "token_budget",
             "model_path",
+            "server",
         ] {
             if let Some(v) = m.get(k) {
                 out.insert(k.into(), v.clone());
@@ -196,6 +269,27 @@ pub fn check(v: &serde_yaml::Value) -> Result<(), ConfigProblem> {
                 "`api_key_env` must be the NAME of an environment variable (like OPENAI_API_KEY), not a key",
             ));
         }
+    }
+    if e.batch && e.provider == Provider::Local {
+        return Err(ConfigProblem::new(
+            Path::root().key("batch"),
+            "llama-server has no Batch API; `batch: true` needs `provider: openai` with a server that has one (OpenAI, or vLLM's run-batch for the same JSONL)",
+        ));
+    }
+    if !(0.0..=1.0).contains(&e.batch_discount) {
+        return Err(ConfigProblem::new(
+            Path::root().key("batch_discount"),
+            format!(
+                "must be between 0 and 1 (0.5: half price); found {}",
+                e.batch_discount
+            ),
+        ));
+    }
+    if e.completion_window.trim().is_empty() {
+        return Err(ConfigProblem::new(
+            Path::root().key("completion_window"),
+            "must name a window, like 24h",
+        ));
     }
     if e.max_concurrency == 0 {
         return Err(ConfigProblem::new(

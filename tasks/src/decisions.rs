@@ -16,6 +16,7 @@ pub const ENDPOINT_FAILURES: &[Failure] = &[
     Failure::Rejected,
     Failure::CacheWrite,
     Failure::BadResponse,
+    Failure::BatchFailed,
 ];
 
 /// Who (or what) decided a row: a judge, or a judge-free baseline.
@@ -90,6 +91,11 @@ pub enum Failure {
     TokenBudget,
     Unreachable,
     Auth,
+    /// A finished batch did not answer the request (an error line, or the batch expired or
+    /// was cancelled first); a later run may ask it again.
+    BatchFailed,
+    /// The request is in a batch not finished yet (the node ends pending; never recorded).
+    Pending,
 }
 
 impl Failure {
@@ -105,6 +111,8 @@ impl Failure {
             "token_budget" => Failure::TokenBudget,
             "unreachable" => Failure::Unreachable,
             "auth" => Failure::Auth,
+            "batch_failed" => Failure::BatchFailed,
+            "pending" => Failure::Pending,
             _ => Failure::Rejected,
         }
     }
@@ -134,6 +142,8 @@ impl Failure {
             Failure::TokenBudget => "token_budget",
             Failure::Unreachable => "unreachable",
             Failure::Auth => "auth",
+            Failure::BatchFailed => "batch_failed",
+            Failure::Pending => "pending",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! reply a handler scripts (a status, headers, a body, a delay, a hang, a dropped connection,
 //! a trickled body), or is forwarded to a real server while being counted.
 
+pub mod batch;
 pub mod s3;
 
 use std::io;
@@ -366,10 +367,12 @@ pub fn chat_completion(content: &str) -> String {
     .to_string()
 }
 
-/// The two candidate labels a binary-relabel request offers (its JSON schema's enum).
+/// The two candidate labels a binary-relabel request offers (its JSON schema's enum, or a
+/// vLLM request's `structured_outputs.choice`).
 pub fn offered(request: &Value) -> Vec<String> {
     request
         .pointer("/response_format/json_schema/schema/properties/label/enum")
+        .or_else(|| request.pointer("/structured_outputs/choice"))
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
@@ -502,9 +505,15 @@ impl Annotator {
     /// The server's handler.
     pub fn handler(self: &Arc<Self>) -> Handler {
         let me = self.clone();
-        Arc::new(move |req| {
-            let body = req.json().unwrap_or(Value::Null);
-            let pair = offered(&body);
+        Arc::new(move |req| me.respond(&req.json().unwrap_or(Value::Null)))
+    }
+
+    /// The answer to one chat request body (served directly, or as a line of a batch). A
+    /// vLLM-style request (`structured_outputs.choice`) is answered with the bare label.
+    pub fn respond(&self, body: &Value) -> Reply {
+        let me = self;
+        {
+            let pair = offered(body);
             let p = body["model"]
                 .as_str()
                 .and_then(|m| m.strip_prefix("sim-p"))
@@ -512,7 +521,7 @@ impl Annotator {
             let (Some(p), 2) = (p, pair.len()) else {
                 return Reply::status(400, "expected model sim-pP and two offered labels");
             };
-            let answer = match (&me.site_truth, request_row(&body), request_site(&body)) {
+            let answer = match (&me.site_truth, request_row(body), request_site(body)) {
                 (Some(f), Some(row), Some(site)) => f(row, &site).map(|t| {
                     let item = format!("{row}@{site}");
                     me.pick(p, &item, &t, &pair)
@@ -520,7 +529,9 @@ impl Annotator {
                 (None, Some(row), _) => me.answer(p, row, &pair),
                 _ => None,
             };
+            let bare = body.pointer("/structured_outputs/choice").is_some();
             match answer {
+                Some(label) if bare => Reply::ok(chat_completion(&label)).delayed(me.latency),
                 Some(label) => Reply::ok(chat_completion(&json!({ "label": label }).to_string()))
                     .delayed(me.latency),
                 None => {
@@ -531,7 +542,7 @@ impl Annotator {
                     )
                 }
             }
-        })
+        }
     }
 }
 

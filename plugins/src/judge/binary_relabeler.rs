@@ -20,6 +20,7 @@ use crate::data::{Dataset, LabelSpec};
 use crate::flags::{self, Flag};
 use crate::judge::human;
 use relabel_llm::client::{CallError, Client, Reply};
+use relabel_llm::endpoint::{constrain_choice, Server};
 pub use relabel_tasks::decisions::{
     read_decisions, write_decisions, Decision, Failure, Outcome, Source, ENDPOINT_FAILURES,
 };
@@ -277,32 +278,22 @@ impl Prompter {
     }
 }
 
-/// The chat request for a prompt; `attempt` > 0 asks again with some temperature.
+/// The chat request for a prompt; `attempt` > 0 asks again with some temperature. The answer
+/// is constrained to the two options the way `server` understands.
 pub fn request(
     prompt: &str,
     order: [&str; 2],
     temperature: f64,
     logprobs: bool,
     attempt: u32,
+    server: Server,
 ) -> Value {
     let mut r = json!({
         "messages": [{"role": "user", "content": prompt}],
         "temperature": if attempt == 0 { temperature } else { temperature.max(0.7) },
         "max_tokens": 64,
-        "response_format": {
-            "type": "json_schema",
-            "json_schema": {
-                "name": "binary_choice",
-                "strict": true,
-                "schema": {
-                    "type": "object",
-                    "properties": {"label": {"type": "string", "enum": [order[0], order[1]]}},
-                    "required": ["label"],
-                    "additionalProperties": false,
-                },
-            },
-        },
     });
+    constrain_choice(&mut r, server, "binary_choice", "label", &order);
     if attempt > 0 {
         r["seed"] = json!(attempt);
     }
@@ -354,7 +345,11 @@ pub fn confidence(reply: &Reply, content: &str, chosen: &str, other: &str) -> Op
         return None;
     }
     let quoted = format!("\"{chosen}\"");
-    let start = content.rfind(&quoted)? + 1;
+    // A JSON answer names it in quotes; a choice-constrained one (vLLM) is the bare title.
+    let start = match content.rfind(&quoted) {
+        Some(i) => i + 1,
+        None => content.find(chosen).filter(|_| content.trim() == chosen)?,
+    };
     let common = chosen
         .bytes()
         .zip(other.bytes())
@@ -607,6 +602,14 @@ async fn judge_all(
         .try_collect()
         .await
         .map_err(|e| NodeError::Failed(e.to_string()))?;
+    // A batch endpoint: what was not answered yet goes out as a batch, and the node waits.
+    if let Some(waiting) = client
+        .settle()
+        .await
+        .map_err(|e| NodeError::Failed(e.to_string()))?
+    {
+        return Err(NodeError::Pending(waiting));
+    }
     results.sort_by_key(|(i, _)| *i);
     let decisions: Vec<Decision> = results.into_iter().map(|(_, d)| d).collect();
     let failed = decisions
@@ -675,7 +678,14 @@ async fn ask(
         } else {
             c.vote_temperature
         };
-        let mut req = request(&prompt, order, temperature, c.logprobs, attempt);
+        let mut req = request(
+            &prompt,
+            order,
+            temperature,
+            c.logprobs,
+            attempt,
+            client.endpoint.server,
+        );
         if vote > 0 {
             // Each vote its own sample (and its own answer in the LLM cache).
             req["seed"] = json!(1000 * vote + attempt);

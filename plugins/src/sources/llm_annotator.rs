@@ -70,15 +70,19 @@ fn d_examples() -> usize {
 }
 
 /// The chat request asking for one of `labels`.
-pub fn request(prompt: &str, labels: &[&str], temperature: f64) -> Value {
-    json!({
+pub fn request(
+    prompt: &str,
+    labels: &[&str],
+    temperature: f64,
+    server: relabel_llm::endpoint::Server,
+) -> Value {
+    let mut r = json!({
         "messages": [{"role": "user", "content": prompt}],
         "temperature": temperature,
         "max_tokens": 64,
-        "response_format": {"type": "json_schema", "json_schema": {"name": "label", "strict": true,
-            "schema": {"type": "object", "properties": {"label": {"type": "string", "enum": labels}},
-                       "required": ["label"], "additionalProperties": false}}},
-    })
+    });
+    relabel_llm::endpoint::constrain_choice(&mut r, server, "label", "label", labels);
+    r
 }
 
 /// The label an answer names, if it is one of `labels` (exact, then case-insensitive).
@@ -248,7 +252,8 @@ impl NodeKind for LlmAnnotator {
                                     } else {
                                         0.7
                                     };
-                                    let mut req = request(&prompt, label_refs, t);
+                                    let mut req =
+                                        request(&prompt, label_refs, t, client.endpoint.server);
                                     if attempt > 0 {
                                         req["seed"] = json!(attempt);
                                     }
@@ -369,6 +374,10 @@ impl NodeKind for LlmAnnotator {
         let dbg = ctx.output_path("debug");
         std::fs::write(&dbg, serde_json::to_vec_pretty(&debug).expect("json"))
             .map_err(|e| NodeError::io("writing debug", e))?;
+        // A batch endpoint: the texts not answered yet go out as a batch, and the node waits.
+        if let Some(waiting) = client.settle().await.map_err(|e| fail(e.to_string()))? {
+            return Err(NodeError::Pending(waiting));
+        }
         m.extend(client.metrics());
         m.insert("template_digest".into(), json!(digest));
         Ok(NodeOutput {

@@ -23,7 +23,7 @@ const LABELS: [&str; 4] = ["card_lost", "top_up", "refund", "exchange_rate"];
 fn row(i: usize) -> (String, String, String) {
     let label = LABELS[i % 4].to_string();
     let cand = LABELS[(i + 1) % 4].to_string();
-    let truth = if i % 2 == 0 {
+    let truth = if i.is_multiple_of(2) {
         cand.clone()
     } else {
         label.clone()
@@ -144,13 +144,20 @@ fn a_batch_is_submitted_once_waits_pending_and_is_collected_by_a_later_run() {
     let st = statuses(&report);
     assert_eq!(st["relabel"], "pending", "{st:?}");
     assert_eq!(st["apply"], "skipped", "{st:?}");
-    assert!(
-        node(&report, "relabel")["error"]
-            .as_str()
-            .unwrap()
-            .contains("submitted (24 requests)"),
-        "{report:#}"
-    );
+    // The message names the batch's input, kept for a person (or `vllm run-batch`).
+    let why = node(&report, "relabel")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(why.contains("submitted (24 requests, as in "), "{why}");
+    let kept = why
+        .split("as in ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(kept).unwrap().lines().count(), ROWS);
     assert_eq!(api.uploads.load(Ordering::SeqCst), 1);
     assert_eq!(api.created.load(Ordering::SeqCst), 1);
     // The JSONL is the Batch API's (and vllm run-batch's) shape; custom_id is the memo key.

@@ -11,6 +11,7 @@ const ALL_SOURCE: &[&str] = &[
     "src",
     "engine/src",
     "tasks/src",
+    "llm/src",
     "plugins/src",
     "plugins/examples",
     "ml/src",

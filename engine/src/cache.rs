@@ -350,15 +350,6 @@ impl Memo {
             .memo_put(&self.table, &Self::key(request), &encode(response))
     }
 
-    /// The value stored under an already hashed key ([`Memo::key`] of a request), for answers
-    /// that come back named by that key (a batch's `custom_id`).
-    pub fn get_hashed(&self, key: &str) -> Result<Option<serde_json::Value>, CacheError> {
-        Ok(self
-            .store
-            .memo_get(&self.table, key)?
-            .and_then(|b| serde_json::from_slice(&b).ok()))
-    }
-
     /// Stores responses under already hashed keys ([`Memo::key`] of their requests), all
     /// durable before it returns (one flush for the lot).
     pub fn put_many_hashed(&self, items: &[(String, serde_json::Value)]) -> Result<(), CacheError> {

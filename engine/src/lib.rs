@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod child;
 pub mod diag;
+pub mod executor;
 pub mod graph;
 pub mod lock;
 pub mod manifest;

@@ -131,6 +131,7 @@ const VOLATILE: &[&str] = &[
     "cost_usd",
     "cost",
     "batch",
+    "executor",
 ];
 
 fn volatile(name: &str) -> bool {

@@ -21,9 +21,10 @@ const TOP_KEYS: &[&str] = &[
     "description",
     "params",
     "remote",
+    "executors",
     "nodes",
 ];
-const NODE_KEYS: &[&str] = &["id", "kind", "description", "inputs", "config"];
+const NODE_KEYS: &[&str] = &["id", "kind", "description", "inputs", "config", "executor"];
 const LOOP_ITEM_KEYS: &[&str] = &["id", "description", "loop", "nodes"];
 const LOOP_KEYS: &[&str] = &["max_rounds", "until", "carry"];
 const CARRY_KEYS: &[&str] = &["from", "next"];
@@ -133,6 +134,8 @@ pub struct RawNode {
     pub inputs: Vec<RawInput>,
     pub config: Value,
     pub path: Path,
+    /// Where it runs when not here (`executor:`; `null`: here), as written, and its path.
+    pub executor: Option<(Value, Path)>,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +182,8 @@ pub struct RawManifest {
     pub remote: Option<String>,
     /// Resource sections by name: each entry's name, value (params substituted) and path.
     pub resources: BTreeMap<String, Vec<(String, Value, Path)>>,
+    /// Default executors by node kind (`executors: {trainer: {slurm: {...}}}`), with paths.
+    pub executors: BTreeMap<String, (Value, Path)>,
     pub items: Vec<RawItem>,
 }
 
@@ -544,6 +549,27 @@ pub fn load(
         }
     }
 
+    let mut executors = BTreeMap::new();
+    match get(map, "executors").cloned() {
+        None | Some(Value::Null) => {}
+        Some(Value::Mapping(m)) => {
+            for (k, mut v) in m {
+                let kind = key_str(&k);
+                let p = top.key("executors").key(&kind);
+                substitute(&mut r, &mut v, &p, Some(&params));
+                executors.insert(kind, (v, p));
+            }
+        }
+        Some(v) => r.value(
+            &top.key("executors"),
+            format!(
+                "\"executors\" must map node kinds to executors, like `trainer: {{slurm: {{cpus: 2}}}}`; found {}",
+                type_name(&v)
+            ),
+            None,
+        ),
+    }
+
     let mut items = Vec::new();
     match get(map, "nodes").cloned() {
         None => r.value(&top, "missing \"nodes\" (the list of pipeline nodes)", None),
@@ -576,6 +602,7 @@ pub fn load(
         name,
         params,
         remote,
+        executors,
         resources: sections,
         items,
     };
@@ -746,6 +773,8 @@ fn read_node(r: &mut Reporter, m: &Mapping, path: &Path) -> Option<RawNode> {
             return None;
         }
     };
+    // `executor: null` is kept: it means "here", overriding a default for the kind.
+    let executor = get(m, "executor").map(|v| (v.clone(), path.key("executor")));
     Some(RawNode {
         id: id?,
         kind: kind?,
@@ -753,6 +782,7 @@ fn read_node(r: &mut Reporter, m: &Mapping, path: &Path) -> Option<RawNode> {
         inputs,
         config,
         path: path.clone(),
+        executor,
     })
 }
 

@@ -417,6 +417,48 @@ impl Remote {
         }
     }
 
+    /// Pushes the artifacts `digests` that the remote lacks (a node's inputs, before the node
+    /// runs elsewhere); errors are raised: the node cannot run without them.
+    pub async fn push_objects(
+        &self,
+        cache: &Arc<Cache>,
+        digests: &BTreeSet<String>,
+    ) -> Result<(), RemoteError> {
+        for d in digests {
+            let obj = self.path(&format!("objects/{d}.tar"));
+            if self.exists(&obj).await? {
+                continue;
+            }
+            let bytes = self.upload_object(cache, d, &obj).await?;
+            self.note(|r| {
+                r.pushed_objects += 1;
+                r.pushed_bytes += bytes;
+            });
+        }
+        Ok(())
+    }
+
+    /// Downloads the artifacts `digests` that the local cache lacks, each checked against its
+    /// digest (a node's inputs, on the machine that runs it).
+    pub async fn pull_objects(
+        &self,
+        cache: &Arc<Cache>,
+        digests: &BTreeSet<String>,
+    ) -> Result<(), RemoteError> {
+        for d in digests {
+            if !cache.has_object(d) {
+                self.pull_object(cache, d).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes one local entry (artifacts first), raising errors: for `relabel node-exec`,
+    /// whose only product is that entry.
+    pub async fn push_one(&self, cache: &Arc<Cache>, key: &str) -> Result<(), RemoteError> {
+        self.push_entry(cache, key).await
+    }
+
     async fn push_entry(&self, cache: &Arc<Cache>, key: &str) -> Result<(), RemoteError> {
         let entry_path = self.path(&format!("entries/{key}.json"));
         if self.exists(&entry_path).await? {

@@ -43,6 +43,9 @@ pub struct NodeSpec {
     pub loc: Location,
     /// The resources the node uses, by section (absent: the manifest declares none).
     pub resources: BTreeMap<String, NodeResource>,
+    /// Where it runs when not in this process (its `executor:`, else its kind's default under
+    /// `executors:`). Not part of the key: where a node runs does not change what it makes.
+    pub executor: Option<crate::executor::Executor>,
 }
 
 /// The entry of a resource section a node uses: its name, its declaration, and the part of it
@@ -210,6 +213,20 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
                 spec: None,
             };
         };
+        let executor = match n.executor.as_ref().or_else(|| raw.executors.get(&n.kind)) {
+            None => None,
+            Some((v, _)) if v.is_null() => None,
+            Some((v, p)) => {
+                let json = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+                match crate::executor::Executor::parse(&json) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        r.value(p, format!("node \"{}\": executor: {e}", n.id), None);
+                        None
+                    }
+                }
+            }
+        };
         let input_names: Vec<String> = n.inputs.iter().map(|i| i.name.clone()).collect();
         match plugin.check(&n.config, &input_names) {
             Ok(c) => Checked {
@@ -232,6 +249,7 @@ pub fn resolve(raw: &RawManifest, registry: &Registry) -> Result<Pipeline, Diagn
                     files: c.files.iter().map(|f| raw.source.dir.join(f)).collect(),
                     loop_id: None,
                     loc: spans.value(&n.path),
+                    executor,
                 }),
             },
             Err(problems) => {

@@ -167,7 +167,7 @@ struct Shared {
 
 /// Why a node or loop did not finish.
 #[derive(Debug, Clone)]
-enum Stop {
+pub enum Stop {
     Failed,
     Cancelled,
     /// The node waits on a batch; its dependents do not start, independent nodes go on.
@@ -227,7 +227,7 @@ pub fn new_run_id() -> String {
 /// Digests a referenced file (through the cache's memo of file digests, or directly).
 pub type FileDigester<'a> = &'a dyn Fn(&std::path::Path) -> Result<Digest, String>;
 
-fn key_parts(
+pub fn key_parts(
     spec: &NodeSpec,
     round: Option<u32>,
     inputs: &BTreeMap<String, Digest>,
@@ -875,18 +875,202 @@ async fn run_node_inner(
             if forced { " (--force was given)" } else { "" }
         )));
     }
-    // Run it.
+    let here = Here {
+        cache,
+        run_id: &shared.run_id,
+        cancel: &shared.cancel,
+        progress: &shared.opts.progress,
+    };
+    let entry = match &spec.executor {
+        Some(exec) => {
+            run_elsewhere(shared, spec, round, instance, &key, &inputs, exec, report).await?
+        }
+        None => execute(&here, spec, round, instance, inputs, manifest_dir).await?,
+    };
+    let outputs = entry.outputs.clone();
+    let mut produced_metrics = entry.metrics.clone();
+    if let Some(m) = report.metrics.get("executor").cloned() {
+        produced_metrics.insert("executor".into(), m);
+    }
+    store.put(&key, &entry).map_err(|e| fail(e.to_string()))?;
+    store
+        .set_last(&scope_name, &LastRecord { key, parts })
+        .map_err(|e| fail(e.to_string()))?;
+    store.flush().map_err(|e| fail(e.to_string()))?;
+    if !agrees(&outputs) {
+        return Err(fail(
+            "the lock would change (--locked): the node ran and its outputs differ from the lock's (is it deterministic?)"
+                .into(),
+        ));
+    }
+    report.status = Status::Ran;
+    Ok(Produced {
+        outputs,
+        metrics: produced_metrics,
+    })
+}
+
+/// Runs a node instance through its executor: pushes its inputs to the remote cache, submits
+/// `relabel node-exec` for it, waits for the job, and restores the entry the job pushed.
+#[allow(clippy::too_many_arguments)]
+async fn run_elsewhere(
+    shared: &Arc<Shared>,
+    spec: &NodeSpec,
+    round: Option<u32>,
+    instance: &str,
+    key: &str,
+    inputs: &Inputs,
+    exec: &crate::executor::Executor,
+    report: &mut NodeReport,
+) -> Result<Entry, (Stop, String)> {
+    use crate::executor::{self, Executor};
+    let fail = |m: String| (Stop::Failed, m);
+    let cache = &shared.cache;
+    let Some(remote) = shared.opts.remote.as_ref().filter(|r| r.writes()) else {
+        return Err(fail(format!(
+            "executor: {} runs the node elsewhere through the remote cache; set `remote:` (or --remote) to a writable one the cluster can reach",
+            exec.name()
+        )));
+    };
+    let digests: std::collections::BTreeSet<String> =
+        inputs.values().map(|a| a.digest.clone()).collect();
+    remote
+        .push_objects(cache, &digests)
+        .await
+        .map_err(|e| fail(format!("pushing the node's inputs to the remote: {e}")))?;
+    let source = &shared.pipeline.source;
+    let manifest = std::fs::canonicalize(&source.name)
+        .unwrap_or_else(|_| std::path::PathBuf::from(&source.name));
+    let exe = std::env::current_exe().map_err(|e| fail(format!("finding relabel itself: {e}")))?;
+    let mut cmd = vec![
+        exe.display().to_string(),
+        "node-exec".to_string(),
+        manifest.display().to_string(),
+        "--node".into(),
+        spec.id.clone(),
+        "--key".into(),
+        key.to_string(),
+        "--remote".into(),
+        remote.url().to_string(),
+    ];
+    if let Some(r) = round {
+        cmd.extend(["--round".into(), r.to_string()]);
+    }
+    for (name, a) in inputs {
+        cmd.extend(["--input".into(), format!("{name}={}", a.digest)]);
+    }
+    for (k, v) in &source.overrides {
+        cmd.extend(["--set".into(), format!("{k}={v}")]);
+    }
     let work_dir = cache.tmp_dir().join(&shared.run_id).join(instance);
+    std::fs::create_dir_all(&work_dir)
+        .map_err(|e| fail(format!("work folder {}: {e}", work_dir.display())))?;
+    let Executor::Slurm(slurm) = exec;
+    let log = work_dir.join("slurm-%j.out");
+    let name = format!("relabel-{}-{instance}", shared.pipeline.name);
+    let id = executor::submit(slurm, &name, &cmd, &log)
+        .await
+        .map_err(|e| fail(format!("submitting to Slurm: {e}")))?;
+    shared
+        .opts
+        .progress
+        .println(&format!("node \"{instance}\": Slurm job {id} submitted"));
+    tracing::info!(node = %instance, job = %id, "submitted to Slurm");
+    report
+        .metrics
+        .insert("executor".into(), serde_json::json!({"slurm_job": id}));
+    let every = std::time::Duration::from_secs_f64(slurm.poll_seconds);
+    let ended = tokio::select! {
+        r = executor::wait(&id, every) => r.map_err(|e| fail(format!("Slurm job {id}: {e}")))?,
+        _ = shared.cancel.cancelled() => {
+            executor::cancel(&id).await;
+            return Err((Stop::Cancelled, format!("cancelled (Slurm job {id} cancelled)")));
+        }
+    };
+    report.metrics.insert(
+        "executor".into(),
+        serde_json::json!({"slurm_job": id, "state": ended.state, "exit": ended.exit}),
+    );
+    let log_text =
+        std::fs::read_to_string(work_dir.join(format!("slurm-{id}.out"))).unwrap_or_default();
+    let tail: Vec<&str> = log_text
+        .lines()
+        .rev()
+        .take(15)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    if !ended.ok() {
+        let why = match ended.state.as_str() {
+            "TIMEOUT" => " (its time limit ran out)".to_string(),
+            "OUT_OF_MEMORY" => " (out of memory)".to_string(),
+            "CANCELLED" => " (cancelled outside this run)".to_string(),
+            _ => String::new(),
+        };
+        return Err(fail(format!(
+            "Slurm job {id} ended {} with exit {}{why}; its last lines:\n{}",
+            ended.state,
+            ended.exit,
+            tail.join("\n")
+        )));
+    }
+    let entry = remote
+        .entry(key)
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| {
+            fail(format!(
+                "Slurm job {id} completed, but the remote has no entry for key {}: did the job see the same manifest and files? Its last lines:\n{}",
+                &key[..12.min(key.len())],
+                tail.join("\n")
+            ))
+        })?;
+    remote
+        .restore(cache, key, &entry)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let _ = crate::cache::remove_all(&work_dir);
+    cache
+        .store()
+        .get(key)
+        .ok()
+        .flatten()
+        .ok_or_else(|| fail("the restored entry is not in the local cache".into()))
+}
+
+/// Where [`execute`] runs a node: the cache, the run's id (its work folders) and its
+/// cancellation and progress.
+pub struct Here<'a> {
+    pub cache: &'a Arc<Cache>,
+    pub run_id: &'a str,
+    pub cancel: &'a CancellationToken,
+    pub progress: &'a ProgressSink,
+}
+
+/// Runs one node instance in this process: its work folder, the plugin, its declared outputs
+/// imported into the cache; returns the entry to record (the caller records it).
+pub async fn execute(
+    here: &Here<'_>,
+    spec: &NodeSpec,
+    round: Option<u32>,
+    instance: &str,
+    inputs: Inputs,
+    manifest_dir: std::path::PathBuf,
+) -> Result<Entry, (Stop, String)> {
+    let cache = here.cache;
+    let fail = |m: String| (Stop::Failed, m);
+    let work_dir = cache.tmp_dir().join(here.run_id).join(instance);
     std::fs::create_dir_all(work_dir.join("out"))
         .map_err(|e| fail(format!("work folder {}: {e}", work_dir.display())))?;
     let span = tracing::info_span!("node", id = %instance, kind = %spec.plugin.kind());
-    let progress = shared.opts.progress.node(instance);
+    let progress = here.progress.node(instance);
     let ctx = NodeContext {
         instance: instance.to_string(),
         round,
         work_dir: work_dir.clone(),
         manifest_dir,
-        cancel: shared.cancel.child_token(),
+        cancel: here.cancel.child_token(),
         progress: progress.clone(),
         store: cache.store().clone(),
         resources: spec
@@ -900,7 +1084,7 @@ async fn run_node_inner(
     let fut = CatchPanic(spec.plugin.run(ctx, &spec.config, inputs)).instrument(span);
     let result = tokio::select! {
         r = fut => r.unwrap_or_else(|why| Err(NodeError::Failed(format!("the node panicked: {why}")))),
-        _ = shared.cancel.cancelled() => Err(NodeError::Cancelled),
+        _ = here.cancel.cancelled() => Err(NodeError::Cancelled),
     };
     progress.finish();
     let output = match result {
@@ -909,14 +1093,13 @@ async fn run_node_inner(
             let _ = crate::cache::remove_all(&work_dir);
             return Err((Stop::Cancelled, "cancelled".into()));
         }
-        Err(NodeError::Pending(why)) => {
-            let _ = crate::cache::remove_all(&work_dir);
-            return Err((Stop::Pending, why));
-        }
+        // The work folder stays until the next run opens the cache: it may hold what the
+        // node handed elsewhere (a batch's input) for a person to look at.
+        Err(NodeError::Pending(why)) => return Err((Stop::Pending, why)),
         Err(e) => return Err(fail(e.to_string())),
     };
     let seconds = t0.elapsed().as_secs_f64();
-    if shared.cancel.is_cancelled() {
+    if here.cancel.is_cancelled() {
         let _ = crate::cache::remove_all(&work_dir);
         return Err((Stop::Cancelled, "cancelled".into()));
     }
@@ -953,23 +1136,8 @@ async fn run_node_inner(
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         shapes,
     };
-    store.put(&key, &entry).map_err(|e| fail(e.to_string()))?;
-    store
-        .set_last(&scope_name, &LastRecord { key, parts })
-        .map_err(|e| fail(e.to_string()))?;
-    store.flush().map_err(|e| fail(e.to_string()))?;
     let _ = crate::cache::remove_all(&work_dir);
-    if !agrees(&outputs) {
-        return Err(fail(
-            "the lock would change (--locked): the node ran and its outputs differ from the lock's (is it deterministic?)"
-                .into(),
-        ));
-    }
-    report.status = Status::Ran;
-    Ok(Produced {
-        outputs,
-        metrics: output.metrics,
-    })
+    Ok(entry)
 }
 
 /// What `plan` expects a node instance to do, and why.

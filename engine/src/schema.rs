@@ -10,6 +10,9 @@ pub const SCHEMA_PATH: &str = "manifests/relabel.schema.json";
 
 pub fn json_schema(registry: &Registry) -> Value {
     let mut generator = SchemaSettings::draft2020_12().into_generator();
+    let executor = generator
+        .subschema_for::<crate::executor::Executor>()
+        .to_value();
     let mut kinds = Vec::new();
     let mut kind_names = Vec::new();
     for p in registry.plugins() {
@@ -27,6 +30,10 @@ pub fn json_schema(registry: &Registry) -> Value {
                 "description": {"type": "string"},
                 "inputs": {"$ref": "#/$defs/Inputs"},
                 "config": config,
+                "executor": {
+                    "description": "Where the node runs when not in this process (through the remote cache); null: here, whatever `executors:` says for its kind.",
+                    "anyOf": [executor.clone(), {"type": "null"}],
+                },
             }
         }));
     }
@@ -106,6 +113,7 @@ pub fn json_schema(registry: &Registry) -> Value {
         "params": {"type": "object", "description": "Values substituted for `${params.NAME}` in node configs and inputs."},
         "remote": {"type": "string", "pattern": "^(s3|s3a|gs|az|azure|abfs|abfss|file)://", "description": "A remote cache shared by machines (s3://BUCKET/PREFIX, gs://, az://, file:///PATH); `--remote` and `$RELABEL_REMOTE` outrank it. Credentials come from the environment only."},
     });
+    properties["executors"] = json!({"type": "object", "description": "Default executors by node kind, e.g. `trainer: {slurm: {cpus: 8, gpus: 1}}`.", "additionalProperties": executor});
     for (section, noun, schema) in resources {
         properties[section] = json!({"type": "object", "description": format!("Named {noun}s."), "additionalProperties": schema});
     }

@@ -271,9 +271,10 @@ impl Batcher {
                 jsonl.extend_from_slice(line.to_string().as_bytes());
                 jsonl.push(b'\n');
             }
-            if let Some(dir) = &self.work_dir {
-                let _ = std::fs::write(dir.join("batch-input.jsonl"), &jsonl);
-            }
+            let kept = self.work_dir.as_ref().and_then(|dir| {
+                let p = dir.join("batch-input.jsonl");
+                std::fs::write(&p, &jsonl).ok().map(|_| p)
+            });
             let file = CreateFileRequest {
                 file: FileInput {
                     source: InputSource::VecU8 {
@@ -331,7 +332,12 @@ impl Batcher {
             c.batches.push(id.clone());
             waits.insert(
                 0,
-                format!("batch {id} submitted ({} requests)", queued.len()),
+                format!(
+                    "batch {id} submitted ({} requests{})",
+                    queued.len(),
+                    kept.map(|p| format!(", as in {}", p.display()))
+                        .unwrap_or_default()
+                ),
             );
         }
         Ok((!waits.is_empty()).then(|| {

@@ -34,6 +34,7 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
         #[cfg(feature = "artifacts")]
         "flag" => crate::bench_flag::flag(root, args)?,
         "llm" => crate::bench_llm::llm(root, args)?,
+        "batch" => crate::bench_batch::batch(root, args)?,
         "knn" => crate::bench_knn::knn(root, args)?,
         #[cfg(feature = "artifacts")]
         "votes" => crate::bench_votes::votes(root, args)?,
@@ -46,7 +47,7 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
         #[cfg(feature = "artifacts")]
         "ner" => crate::bench_ner::ner(root, args)?,
         other => {
-            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, knn, votes, quality, badcase, artifacts, ner, remote")
+            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, batch, knn, votes, quality, badcase, artifacts, ner, remote")
         }
     };
     let out = json!({

@@ -14,12 +14,14 @@ use serde_json::{json, Value};
 
 use crate::bench::json_output;
 
-const ROWS: usize = 5000;
+pub(crate) const ROWS: usize = 5000;
 const DELAY_MS: u64 = 200;
 const CONCURRENCY: usize = 64;
 const LABELS: [&str; 4] = ["billing", "shipping", "refund", "account"];
 
-fn write_project(dir: &Path, base_url: &str) -> Result<()> {
+/// The bench's project: ROWS flagged rows, and a pipeline judging them with the endpoint
+/// `scripted` given as a YAML flow mapping.
+pub(crate) fn write_project(dir: &Path, endpoint: &str) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut train = String::new();
     let mut flags = String::new();
@@ -55,7 +57,7 @@ fn write_project(dir: &Path, base_url: &str) -> Result<()> {
             r#"version: 1
 name: bench_llm
 llm:
-  scripted: {{base_url: "{base_url}", model: scripted, max_concurrency: {CONCURRENCY}, timeout: 30, max_retries: 0}}
+  scripted: {endpoint}
 nodes:
   - id: data
     kind: dataset
@@ -74,14 +76,16 @@ nodes:
 }
 
 /// A run: wall seconds, the relabel node's report entry, and (seconds, RSS kB) samples.
-struct Sampled {
-    wall: f64,
-    node: Value,
-    samples: Vec<(f64, u64)>,
+pub(crate) struct Sampled {
+    pub wall: f64,
+    pub node: Value,
+    pub samples: Vec<(f64, u64)>,
+    pub code: i32,
 }
 
-/// Runs the pipeline, sampling the process's resident memory every 50 ms.
-fn run_sampled(bin: &Path, dir: &Path, cache: &Path, force: bool) -> Result<Sampled> {
+/// Runs the pipeline, sampling the process's resident memory every 50 ms; a failed run is an
+/// error (a pending one, exit 3, is not).
+pub(crate) fn run_sampled(bin: &Path, dir: &Path, cache: &Path, force: bool) -> Result<Sampled> {
     let report = dir.join("report.json");
     let mut cmd = Command::new(bin);
     cmd.args(["run", "p.yaml", "--cache"])
@@ -97,12 +101,13 @@ fn run_sampled(bin: &Path, dir: &Path, cache: &Path, force: bool) -> Result<Samp
     let mut child = cmd.spawn()?;
     let pid = child.id();
     let mut samples = Vec::new();
-    loop {
+    let code = loop {
         if let Some(status) = child.try_wait()? {
-            if !status.success() {
+            let code = status.code().unwrap_or(-1);
+            if code != 0 && code != 3 {
                 bail!("relabel run failed: {status}");
             }
-            break;
+            break code;
         }
         if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
             if let Some(kb) = s
@@ -115,7 +120,7 @@ fn run_sampled(bin: &Path, dir: &Path, cache: &Path, force: bool) -> Result<Samp
             }
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     let wall = t0.elapsed().as_secs_f64();
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
     let node = r["nodes"]
@@ -127,6 +132,7 @@ fn run_sampled(bin: &Path, dir: &Path, cache: &Path, force: bool) -> Result<Samp
         wall,
         node,
         samples,
+        code,
     })
 }
 
@@ -166,7 +172,13 @@ pub fn llm(root: &Path, _args: &[String]) -> Result<Value> {
     }))?;
     let work = crate::home_cache().join("bench/llm");
     let _ = std::fs::remove_dir_all(&work);
-    write_project(&work, &server.base_url())?;
+    write_project(
+        &work,
+        &format!(
+            "{{base_url: \"{}\", model: scripted, max_concurrency: {CONCURRENCY}, timeout: 30, max_retries: 0}}",
+            server.base_url()
+        ),
+    )?;
     let cache = work.join("cache");
     let ideal = CONCURRENCY as f64 / (DELAY_MS as f64 / 1000.0);
 
@@ -175,6 +187,7 @@ pub fn llm(root: &Path, _args: &[String]) -> Result<Value> {
         wall,
         node,
         samples,
+        ..
     } = run_sampled(&bin, &work, &cache, false)?;
     let sent = server.count() - sent0;
     let secs = node["seconds"].as_f64().unwrap_or(wall);

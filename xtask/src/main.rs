@@ -4,6 +4,7 @@ mod bench;
 mod bench_artifacts;
 #[cfg(feature = "artifacts")]
 mod bench_badcase;
+mod bench_batch;
 #[cfg(feature = "artifacts")]
 mod bench_flag;
 mod bench_knn;
@@ -18,6 +19,7 @@ mod bench_train;
 mod bench_votes;
 mod report;
 mod setup_llm;
+mod slurm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,6 +46,8 @@ fn main() -> Result<()> {
         Some("test") => {
             setup(&root)?;
             ensure_chromium()?;
+            // The Slurm executor's tests submit to a real single-node Slurm.
+            slurm::up()?;
             // The artifact tests read and write Parquet with pyarrow; the tagging scores are
             // checked against seqeval.
             let py = bench::bench_venv("pyarrow", TEST_PYTHON)?.join("bin/python");
@@ -55,6 +59,7 @@ fn main() -> Result<()> {
                 .args(["--features", "xtask/artifacts"])
                 .args(&args[1..]))
         }
+        Some("slurm-up") => slurm::up(),
         Some("schema") => schema(&root, args.get(1).map(String::as_str) == Some("--check")),
         Some("bench") => {
             setup(&root)?;

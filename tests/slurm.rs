@@ -1,0 +1,185 @@
+//! The Slurm executor for real, on the single-node Slurm that `cargo xtask test` configures and
+//! starts (slurm-wlm and munge on localhost): a node with `executor: {slurm: ...}` runs as a
+//! batch job (`relabel node-exec`) through a remote cache, its entry comes back as if it had
+//! run here; a failing job fails the node with the job's own lines; Ctrl-C cancels the job.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn require_slurm() {
+    let ok = Command::new("sinfo")
+        .args(["-h", "-o", "%T"])
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("idle"))
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "no idle Slurm node: `cargo xtask test` installs slurm-wlm and munge and starts them (cargo xtask slurm-up does only that)"
+    );
+}
+
+fn manifest(remote: &str, upper: &str) -> String {
+    format!(
+        r#"
+version: 1
+name: cluster
+remote: {remote}
+executors:
+  command: {{slurm: {{cpus: 1, mem: 500M, time: "5:00", poll_seconds: 0.3}}}}
+nodes:
+  - id: words
+    kind: command
+    executor: null
+    config: {{run: "printf 'alpha beta gamma' > ${{outputs.out}}", outputs: [out]}}
+  - id: upper
+    kind: command
+    inputs: {{text: words.out}}
+    config: {{run: "{upper}", outputs: [out]}}
+"#
+    )
+}
+
+/// The Slurm state of job `id` as the controller tells it.
+fn job_state(id: &str) -> String {
+    let out = Command::new("scontrol")
+        .args(["show", "job", "-o", id])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("JobState="))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn a_node_runs_as_a_slurm_job_through_the_remote_and_comes_back_as_if_local() {
+    require_slurm();
+    let remote_dir = tempfile::tempdir().unwrap();
+    let remote = format!("file://{}", remote_dir.path().display());
+    let mut f = Fixture::new(&manifest(
+        &remote,
+        "tr a-z A-Z < ${inputs.text} > ${outputs.out}; echo ran on $SLURM_JOB_ID",
+    ));
+    let (code, report) = f.run(&["--remote-write"]);
+    assert_eq!(code, 0, "{report:#}");
+    let up = node(&report, "upper");
+    assert_eq!(up["status"], "ran", "{up:#}");
+    let job = up["metrics"]["executor"]["slurm_job"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(job.chars().all(|c| c.is_ascii_digit()), "{job}");
+    assert_eq!(up["metrics"]["executor"]["state"], "COMPLETED");
+    assert_eq!(job_state(&job), "COMPLETED");
+    // The upstream node ran here (its executor is null), this one in the job.
+    assert!(node(&report, "words")["metrics"].get("executor").is_none());
+    let out = output_path(&report, "upper", "out");
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "ALPHA BETA GAMMA");
+    // The job's entry is in the remote under the asker's key.
+    let key = up["key"].as_str().unwrap();
+    assert!(remote_dir
+        .path()
+        .join(format!("entries/{key}.json"))
+        .exists());
+
+    // A rerun: cached, no new job.
+    let (code, report) = f.run(&["--remote-write"]);
+    assert_eq!(code, 0);
+    assert_eq!(statuses(&report)["upper"], "cached");
+
+    // A fresh cache elsewhere restores it from the remote without a job.
+    let other = tempfile::tempdir().unwrap();
+    let out = f
+        .cmd_in(other.path(), &["run", "p.yaml", "--remote-write"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_failing_job_fails_the_node_with_its_own_lines() {
+    require_slurm();
+    let remote_dir = tempfile::tempdir().unwrap();
+    let remote = format!("file://{}", remote_dir.path().display());
+    let mut f = Fixture::new(&manifest(
+        &remote,
+        "echo the cluster side broke >&2; exit 7",
+    ));
+    let (code, report) = f.run(&["--remote-write"]);
+    assert_eq!(code, 1, "{report:#}");
+    let up = node(&report, "upper");
+    assert_eq!(up["status"], "failed");
+    let err = up["error"].as_str().unwrap();
+    assert!(err.contains("ended FAILED"), "{err}");
+    assert!(err.contains("the cluster side broke"), "{err}");
+    // Nothing recorded for it: a rerun submits again.
+    assert!(!remote_dir
+        .path()
+        .join(format!("entries/{}.json", up["key"].as_str().unwrap()))
+        .exists());
+}
+
+#[test]
+fn without_a_writable_remote_the_node_is_refused_before_submitting() {
+    require_slurm();
+    let remote_dir = tempfile::tempdir().unwrap();
+    let remote = format!("file://{}", remote_dir.path().display());
+    let mut f = Fixture::new(&manifest(&remote, "cp ${inputs.text} ${outputs.out}"));
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 1);
+    let err = node(&report, "upper")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("writable"), "{err}");
+}
+
+#[test]
+fn ctrl_c_cancels_the_job() {
+    require_slurm();
+    let remote_dir = tempfile::tempdir().unwrap();
+    let remote = format!("file://{}", remote_dir.path().display());
+    let f = Fixture::new(&manifest(
+        &remote,
+        "sleep 300; cp ${inputs.text} ${outputs.out}",
+    ));
+    let mut child = f.spawn(&["--remote-write"]);
+    // Wait until our job runs.
+    let t0 = Instant::now();
+    let job = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the job never started"
+        );
+        let out = Command::new("squeue")
+            .args(["-h", "-t", "RUNNING", "-o", "%i %j"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if let Some(line) = text.lines().find(|l| l.contains("relabel-cluster-upper")) {
+            break line.split_whitespace().next().unwrap().to_string();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let t1 = Instant::now();
+    loop {
+        let s = job_state(&job);
+        if s == "CANCELLED" || s.is_empty() {
+            break;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(30), "job {job} is {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

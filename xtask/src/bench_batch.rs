@@ -166,6 +166,10 @@ pub fn batch(root: &std::path::Path, _args: &[String]) -> Result<Value> {
         rm["undecided"]
     );
 
+    let (created1, uploads1) = (
+        api1.created.load(Ordering::SeqCst),
+        api1.uploads.load(Ordering::SeqCst),
+    );
     // The peer: the openai client's batch flow against the clean path's server.
     let py = crate::bench::bench_venv("openai", &["openai==3.51.0"])?.join("bin/python");
     let pbusy0 = api1.busy_ns.load(Ordering::SeqCst);
@@ -193,8 +197,8 @@ pub fn batch(root: &std::path::Path, _args: &[String]) -> Result<Value> {
             "requests_per_s_whole_processes": ROWS as f64 / wall_work,
             "server_seconds_left_out": submit_server + collect_server,
             "peak_rss_kb": peak,
-            "batches_created": api1.created.load(Ordering::SeqCst),
-            "uploads": api1.uploads.load(Ordering::SeqCst),
+            "batches_created": created1,
+            "uploads": uploads1,
         },
         "killed_and_resumed": {
             "resumed_exit": resumed.code,

@@ -183,3 +183,39 @@ fn ctrl_c_cancels_the_job() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn the_job_goes_through_an_s3_remote_too() {
+    require_slurm();
+    let server =
+        relabel_testkit::s3::S3Server::start(&test_python()).expect("moto's S3 server starts");
+    server.create_bucket("team").unwrap();
+    let mut f = Fixture::new(&manifest(
+        "s3://team/cache",
+        "tr a-z A-Z < ${inputs.text} > ${outputs.out}",
+    ));
+    // The credentials and endpoint reach the job through sbatch's exported environment.
+    f.envs = relabel_testkit::s3::env_for(&server.endpoint());
+    f.envs.push(("RELABEL_REMOTE_RETRIES".into(), "0".into()));
+    let (code, report) = f.run(&["--remote-write"]);
+    assert_eq!(code, 0, "{report:#}");
+    let up = node(&report, "upper");
+    assert_eq!(up["metrics"]["executor"]["state"], "COMPLETED", "{up:#}");
+    let out = output_path(&report, "upper", "out");
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "ALPHA BETA GAMMA");
+    // Another machine's cache restores both nodes from the bucket: nothing runs, no job.
+    let other = tempfile::tempdir().unwrap();
+    let rep = other.path().join("r.json");
+    let o = f
+        .cmd_in(
+            other.path(),
+            &["run", "p.yaml", "--report", rep.to_str().unwrap()],
+        )
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rep).unwrap()).unwrap();
+    assert_eq!(statuses(&r)["upper"], "restored");
+    assert!(node(&r, "upper")["metrics"].get("executor").is_none());
+}

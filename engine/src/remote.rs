@@ -468,17 +468,7 @@ impl Remote {
             return Ok(());
         };
         let digests: BTreeSet<String> = entry.outputs.values().cloned().collect();
-        for d in &digests {
-            let obj = self.path(&format!("objects/{d}.tar"));
-            if self.exists(&obj).await? {
-                continue;
-            }
-            let bytes = self.upload_object(cache, d, &obj).await?;
-            self.note(|r| {
-                r.pushed_objects += 1;
-                r.pushed_bytes += bytes;
-            });
-        }
+        self.push_objects(cache, &digests).await?;
         entry.shapes = BTreeMap::new();
         let text = serde_json::to_vec_pretty(&entry).expect("entries serialize");
         if self.create(&entry_path, text).await? {

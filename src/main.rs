@@ -137,30 +137,7 @@ enum Cmd {
     Env,
     /// Run one node instance for a run elsewhere (an executor's job): pull its inputs from the
     /// remote cache, check its key, run it, push its entry
-    NodeExec {
-        file: PathBuf,
-        /// The node's id
-        #[arg(long)]
-        node: String,
-        /// The loop round, for a node in a loop body
-        #[arg(long)]
-        round: Option<u32>,
-        /// The key the asking run computed; a different key here is an error
-        #[arg(long)]
-        key: String,
-        /// An input's artifact: NAME=DIGEST; repeatable
-        #[arg(long = "input", value_name = "NAME=DIGEST", value_parser = parse_set)]
-        inputs: Vec<(String, String)>,
-        /// The remote cache (written to)
-        #[arg(long)]
-        remote: String,
-        /// Override a declared param, as the asking run did: NAME=VALUE; repeatable
-        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
-        sets: Vec<(String, String)>,
-        /// A scratch cache folder to keep (default: a temporary one, removed after)
-        #[arg(long)]
-        cache: Option<PathBuf>,
-    },
+    NodeExec(node_exec::Job),
     /// Summarise label changes between two dataset versions (per class, counts and examples)
     Diff {
         /// A dataset folder, or NODE[@ROUND][.OUTPUT] from the last run of --manifest
@@ -356,7 +333,7 @@ fn diff_text(a: &str, b: &str, d: &serde_json::Value) -> String {
 }
 
 /// `NAME=VALUE` of `--set`.
-fn parse_set(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_set(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
         _ => Err(format!("expected NAME=VALUE, found \"{s}\"")),
@@ -491,28 +468,7 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
             let p = load_with(&file, registry, &sets)?;
             gitops::status(&p, &cache_dir(&cache), exit_code, json)
         }
-        Cmd::NodeExec {
-            file,
-            node,
-            round,
-            key,
-            inputs,
-            remote,
-            sets,
-            cache,
-        } => node_exec::run(
-            node_exec::Job {
-                file,
-                node,
-                round,
-                key,
-                inputs,
-                remote,
-                sets,
-                cache,
-            },
-            registry,
-        ),
+        Cmd::NodeExec(job) => node_exec::run(job, registry),
         Cmd::Env => {
             let worker = relabel_plugins::model::worker::path();
             let device = match std::process::Command::new(&worker).arg("env").output() {

@@ -18,16 +18,30 @@ use tokio_util::sync::CancellationToken;
 
 use crate::code;
 
-/// What `node-exec` is asked to run.
+/// What `node-exec` is asked to run (its command line).
+#[derive(clap::Args)]
 pub struct Job {
     pub file: PathBuf,
+    /// The node's id
+    #[arg(long)]
     pub node: String,
+    /// The loop round, for a node in a loop body
+    #[arg(long)]
     pub round: Option<u32>,
+    /// The key the asking run computed; a different key here is an error
+    #[arg(long)]
     pub key: String,
+    /// An input's artifact: NAME=DIGEST; repeatable
+    #[arg(long = "input", value_name = "NAME=DIGEST", value_parser = crate::parse_set)]
     pub inputs: Vec<(String, String)>,
+    /// The remote cache (written to)
+    #[arg(long)]
     pub remote: String,
+    /// Override a declared param, as the asking run did: NAME=VALUE; repeatable
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = crate::parse_set)]
     pub sets: Vec<(String, String)>,
-    /// The scratch cache (default: a fresh folder under the system's temp dir).
+    /// A scratch cache folder to keep (default: a temporary one, removed after)
+    #[arg(long)]
     pub cache: Option<PathBuf>,
 }
 

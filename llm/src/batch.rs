@@ -25,10 +25,12 @@ use crate::client::CallError;
 /// The path every line of a batch asks (and the batch's `endpoint`).
 pub const CHAT_PATH: &str = "/v1/chat/completions";
 
-/// The HTTP clients of the batch calls: `http` retries, `once` does not (creating a batch).
-pub struct Api {
+/// The HTTP clients of the batch calls (`http` retries, `once` does not: creating a batch),
+/// and the client whose error handling (classification, key redaction) they share.
+pub struct Api<'a> {
     pub http: async_openai::Client<OpenAIConfig>,
     pub once: async_openai::Client<OpenAIConfig>,
+    pub client: &'a crate::client::Client,
 }
 
 /// One uploaded file of requests, and the batch made from it once it exists.
@@ -127,14 +129,14 @@ impl Batcher {
     /// Polls every open batch once per run (before the first request looks in the memo):
     /// a finished one's answers go into the memo, its record is dropped; a running one's
     /// requests are in flight.
-    pub async fn poll_once(&self, api: &Api, memo: &Memo) -> Result<(), CallError> {
+    pub async fn poll_once(&self, api: &Api<'_>, memo: &Memo) -> Result<(), CallError> {
         self.polled
             .get_or_try_init(|| self.poll(api, memo))
             .await
             .map(|_| ())
     }
 
-    async fn poll(&self, api: &Api, memo: &Memo) -> Result<Polled, CallError> {
+    async fn poll(&self, api: &Api<'_>, memo: &Memo) -> Result<Polled, CallError> {
         let _guard = INDEX_LOCK.lock().await;
         let mut polled = Polled::default();
         let mut keep = Vec::new();
@@ -146,7 +148,7 @@ impl Batcher {
                 .and_then(|v| serde_json::from_value(v).ok())
                 .unwrap_or_default();
             let batch = match &rec.batch_id {
-                Some(id) => retrieve(&api.http, id).await,
+                Some(id) => retrieve(api, id).await,
                 None => adopt(api, &rec.file_id, &self.window).await,
             };
             let batch = match batch {
@@ -192,7 +194,7 @@ impl Batcher {
                 keep.push(rec);
                 continue;
             }
-            match collect(&api.http, &batch, memo).await {
+            match collect(api, &batch, memo).await {
                 Ok((answered, errors, tokens)) => {
                     let mut c = self.counts.lock().expect("counts lock");
                     c.collected += answered.len();
@@ -246,7 +248,7 @@ impl Batcher {
 
     /// Ends the node's asking: submits what was queued as one batch (recorded before it is
     /// created) and says what the node waits for; None when nothing is queued or in flight.
-    pub async fn submit(&self, api: &Api, memo: &Memo) -> Result<Option<String>, CallError> {
+    pub async fn submit(&self, api: &Api<'_>, memo: &Memo) -> Result<Option<String>, CallError> {
         let queued = std::mem::take(&mut *self.queue.lock().expect("queue lock"));
         let mut waits: Vec<String> = self
             .polled
@@ -290,7 +292,7 @@ impl Batcher {
                 .files()
                 .create_byot(file)
                 .await
-                .map_err(|e| plain(e, "uploading the batch file"))?;
+                .map_err(|e| plain(api, e, "uploading the batch file"))?;
             let file_id = uploaded["id"]
                 .as_str()
                 .ok_or_else(|| CallError::BadResponse(format!("upload: no file id in {uploaded}")))?
@@ -309,7 +311,7 @@ impl Batcher {
             });
             // Durable before the batch exists: a kill from here on finds the record.
             self.save(memo, &records)?;
-            let batch = match create(&api.once, &file_id, &self.window).await {
+            let batch = match create(api, &file_id, &self.window).await {
                 Ok(b) => b,
                 Err(e) if e.is_fatal() => return Err(e),
                 // It may exist all the same: the next run looks for it before making one.
@@ -349,32 +351,21 @@ impl Batcher {
     }
 }
 
-/// An error of a batch call as a [`CallError`] (404 is handled by the callers).
-fn plain(e: OpenAIError, doing: &str) -> CallError {
-    match e {
-        OpenAIError::ApiError(api) => {
-            let status = api.status_code.as_u16();
-            let detail = format!("{doing}: {status} {}", api.api_error.message);
-            match status {
-                401 | 403 => CallError::Auth(detail),
-                429 => CallError::GaveUp {
-                    kind: "rate_limited",
-                    detail,
-                },
-                s if s >= 500 => CallError::GaveUp {
-                    kind: "server_error",
-                    detail,
-                },
-                _ => CallError::Rejected(detail),
-            }
-        }
-        OpenAIError::Reqwest(r) if r.is_connect() => {
-            CallError::Unreachable(format!("{doing}: the endpoint is unreachable: {r}"))
-        }
-        other => CallError::GaveUp {
-            kind: "transport_error",
-            detail: format!("{doing}: {other}"),
+/// An error of a batch call as the client classifies any call's error (the key redacted),
+/// saying what was being done (404 is handled by the callers).
+fn plain(api: &Api<'_>, e: OpenAIError, doing: &str) -> CallError {
+    let at = |s: String| format!("{doing}: {s}");
+    match api.client.classify(e) {
+        CallError::Unreachable(s) => CallError::Unreachable(at(s)),
+        CallError::Auth(s) => CallError::Auth(at(s)),
+        CallError::Rejected(s) => CallError::Rejected(at(s)),
+        CallError::BadResponse(s) => CallError::BadResponse(at(s)),
+        CallError::CacheWrite(s) => CallError::CacheWrite(at(s)),
+        CallError::GaveUp { kind, detail } => CallError::GaveUp {
+            kind,
+            detail: at(detail),
         },
+        other => other,
     }
 }
 
@@ -382,23 +373,17 @@ fn is_not_found(e: &OpenAIError) -> bool {
     matches!(e, OpenAIError::ApiError(api) if api.status_code.as_u16() == 404)
 }
 
-async fn retrieve(
-    api: &async_openai::Client<OpenAIConfig>,
-    id: &str,
-) -> Result<Option<Value>, CallError> {
-    match api.batches().retrieve_byot::<&str, Value>(id).await {
+async fn retrieve(api: &Api<'_>, id: &str) -> Result<Option<Value>, CallError> {
+    match api.http.batches().retrieve_byot::<&str, Value>(id).await {
         Ok(b) => Ok(Some(b)),
         Err(e) if is_not_found(&e) => Ok(None),
-        Err(e) => Err(plain(e, "polling the batch")),
+        Err(e) => Err(plain(api, e, "polling the batch")),
     }
 }
 
-async fn create(
-    api: &async_openai::Client<OpenAIConfig>,
-    file_id: &str,
-    window: &str,
-) -> Result<Value, CallError> {
+async fn create(api: &Api<'_>, file_id: &str, window: &str) -> Result<Value, CallError> {
     let b: Value = api
+        .once
         .batches()
         .create_byot(json!({
             "input_file_id": file_id,
@@ -407,7 +392,7 @@ async fn create(
             "metadata": {"created_by": "relabel"},
         }))
         .await
-        .map_err(|e| plain(e, "creating the batch"))?;
+        .map_err(|e| plain(api, e, "creating the batch"))?;
     if b["id"].as_str().is_none() {
         return Err(CallError::BadResponse(format!(
             "create batch: no id in {b}"
@@ -418,7 +403,7 @@ async fn create(
 
 /// A record whose batch id was never stored (killed between upload and the id's write): the
 /// batch made from its file if the server has one, else one created now from the same file.
-async fn adopt(api: &Api, file_id: &str, window: &str) -> Result<Option<Value>, CallError> {
+async fn adopt(api: &Api<'_>, file_id: &str, window: &str) -> Result<Option<Value>, CallError> {
     let mut after: Option<String> = None;
     for _ in 0..50 {
         let mut q = vec![("limit", "100".to_string())];
@@ -429,15 +414,15 @@ async fn adopt(api: &Api, file_id: &str, window: &str) -> Result<Option<Value>, 
             .http
             .batches()
             .query(&q)
-            .map_err(|e| plain(e, "listing batches"))?
+            .map_err(|e| plain(api, e, "listing batches"))?
             .list_byot()
             .await
-            .map_err(|e| plain(e, "listing batches"))?;
+            .map_err(|e| plain(api, e, "listing batches"))?;
         let data = page["data"].as_array().cloned().unwrap_or_default();
         if let Some(b) = data.iter().find(|b| b["input_file_id"] == file_id) {
             // Its state as of now (a listing may lag).
             return match b["id"].as_str() {
-                Some(id) => retrieve(&api.http, id).await,
+                Some(id) => retrieve(api, id).await,
                 None => Ok(Some(b.clone())),
             };
         }
@@ -446,13 +431,13 @@ async fn adopt(api: &Api, file_id: &str, window: &str) -> Result<Option<Value>, 
             _ => break,
         }
     }
-    create(&api.once, file_id, window).await.map(Some)
+    create(api, file_id, window).await.map(Some)
 }
 
 /// Downloads a finished batch's output and error files and stores every answer in the memo:
 /// the ids answered, why the others failed, and the answers' tokens.
 async fn collect(
-    api: &async_openai::Client<OpenAIConfig>,
+    api: &Api<'_>,
     batch: &Value,
     memo: &Memo,
 ) -> Result<(HashSet<String>, HashMap<String, String>, (u64, u64)), CallError> {
@@ -467,10 +452,11 @@ async fn collect(
             continue;
         };
         let bytes = api
+            .http
             .files()
             .content(file)
             .await
-            .map_err(|e| plain(e, "downloading the batch's results"))?;
+            .map_err(|e| plain(api, e, "downloading the batch's results"))?;
         for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;

@@ -307,8 +307,9 @@ impl Client {
     }
 
     /// The batch calls' HTTP clients: with the endpoint's retries, and without.
-    async fn batch_api(&self) -> Result<crate::batch::Api, CallError> {
+    async fn batch_api(&self) -> Result<crate::batch::Api<'_>, CallError> {
         Ok(crate::batch::Api {
+            client: self,
             http: self
                 .http_in(&self.batch_http, BATCH_MAX_BODY, self.endpoint.max_retries)
                 .await?,
@@ -549,7 +550,7 @@ impl Client {
         redact_bearer(&out)
     }
 
-    fn classify(&self, e: OpenAIError) -> CallError {
+    pub(crate) fn classify(&self, e: OpenAIError) -> CallError {
         let c = self.classify_raw(e);
         let r = |s: String| self.redact(&s);
         match c {

@@ -8,6 +8,7 @@
 mod device;
 mod encoder;
 mod fasttext;
+mod fm;
 mod knn;
 mod predict;
 mod progress;
@@ -24,11 +25,35 @@ use relabel_tasks::protocol::{EmbedRequest, TrainRequest};
 use serde_json::json;
 use train::Classifier;
 
-/// Builds an untrained model of the configured kind (pretrained weights for the encoder).
-pub fn fresh(cfg: &TrainerConfig, classes: usize) -> Result<AnyModel> {
+/// Builds an untrained model of the configured kind for `ds` (pretrained weights for the encoder).
+pub fn fresh(cfg: &TrainerConfig, ds: &Dataset) -> Result<AnyModel> {
     let device = train::pick_device(cfg.device)?;
     train::set_threads(cfg);
+    let classes = ds.labels.len();
+    let ctr = ds.task == relabel_tasks::task::TaskKind::Ctr;
+    let is_ctr_model = matches!(cfg.model, ModelKind::Fm | ModelKind::Deepfm);
+    if ctr != is_ctr_model {
+        bail!(
+            "model: {} does not fit a {} dataset; a ctr dataset takes fm or deepfm, a classification dataset fasttext or encoder",
+            serde_json::to_value(cfg.model)?.as_str().unwrap_or("?"),
+            ds.task.name()
+        );
+    }
     Ok(match cfg.model {
+        ModelKind::Fm | ModelKind::Deepfm => {
+            let Some(fields) = &ds.ctr else {
+                bail!("the ctr dataset records no fields (dataset.json has no `ctr`)")
+            };
+            let empty = Vec::new();
+            let train = ds.split("train").map(|s| &s.texts).unwrap_or(&empty);
+            AnyModel::Fm(Box::new(fm::Fm::new(
+                cfg,
+                fields,
+                train,
+                cfg.model == ModelKind::Deepfm,
+                device,
+            )?))
+        }
         ModelKind::Fasttext => AnyModel::FastText(fasttext::FastText::new(
             &cfg.fasttext,
             classes as i64,
@@ -52,6 +77,7 @@ pub fn fresh(cfg: &TrainerConfig, classes: usize) -> Result<AnyModel> {
 pub enum AnyModel {
     FastText(fasttext::FastText),
     Encoder(Box<encoder::Encoder>),
+    Fm(Box<fm::Fm>),
 }
 
 fn train_task(req: TrainRequest) -> Result<serde_json::Map<String, serde_json::Value>> {
@@ -62,9 +88,10 @@ fn train_task(req: TrainRequest) -> Result<serde_json::Map<String, serde_json::V
         }
         return tagger::train_task(&req, &ds);
     }
-    match fresh(&req.config, ds.labels.len())? {
+    match fresh(&req.config, &ds)? {
         AnyModel::FastText(m) => train_with(m, fasttext::DEFAULT_LR, &req, &ds),
         AnyModel::Encoder(m) => train_with(*m, encoder::DEFAULT_LR, &req, &ds),
+        AnyModel::Fm(m) => train_with(*m, fm::DEFAULT_LR, &req, &ds),
     }
 }
 

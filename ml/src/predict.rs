@@ -39,10 +39,10 @@ pub fn run(req: PredictRequest) -> Result<Map<String, Value>> {
     if ds.task == relabel_tasks::task::TaskKind::Tagging {
         return crate::tagger::predict_task(&req, &meta, &ds);
     }
-    let classes = names.len();
-    match crate::fresh(&meta.config, classes)? {
+    match crate::fresh(&meta.config, &ds)? {
         AnyModel::FastText(m) => run_with(m, crate::fasttext::DEFAULT_LR, &req, &meta, &ds),
         AnyModel::Encoder(m) => run_with(*m, crate::encoder::DEFAULT_LR, &req, &meta, &ds),
+        AnyModel::Fm(m) => run_with(*m, crate::fm::DEFAULT_LR, &req, &meta, &ds),
     }
 }
 
@@ -50,6 +50,7 @@ fn unwrap_same<M: 'static>(m: AnyModel) -> M {
     let any: Box<dyn std::any::Any> = match m {
         AnyModel::FastText(m) => Box::new(m),
         AnyModel::Encoder(m) => Box::new(*m),
+        AnyModel::Fm(m) => Box::new(*m),
     };
     *any.downcast::<M>()
         .expect("the same config builds the same kind of model")
@@ -90,7 +91,7 @@ fn run_with<M: Classifier + 'static>(
                     .filter(|&r| assignment[r] == f)
                     .collect();
                 let ckpt = req.work.join(format!("fold-{f}.safetensors"));
-                let fresh: M = unwrap_same(crate::fresh(&meta.config, classes)?);
+                let fresh: M = unwrap_same(crate::fresh(&meta.config, ds)?);
                 let (m, t) = train(
                     fresh,
                     &meta.config,
@@ -152,9 +153,10 @@ pub fn represent(req: RepresentRequest) -> Result<Map<String, Value>> {
         &std::fs::read(req.model.join("model.json")).context("reading model.json")?,
     )?;
     let ds = Dataset::read(&req.dataset).context("reading the dataset")?;
-    match crate::fresh(&meta.config, meta.labels.len())? {
+    match crate::fresh(&meta.config, &ds)? {
         AnyModel::FastText(m) => represent_with(m, &req, &ds),
         AnyModel::Encoder(m) => represent_with(*m, &req, &ds),
+        AnyModel::Fm(m) => represent_with(*m, &req, &ds),
     }
 }
 

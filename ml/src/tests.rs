@@ -198,6 +198,7 @@ fn kfold_predictions_never_come_from_a_model_that_saw_the_row() {
         task: Default::default(),
         labels: LabelSpec::from_names((0..CLASSES).map(|c| format!("c{c}"))),
         splits: [("train".to_string(), tr.clone()), ("dev".to_string(), dev)].into(),
+        ctr: None,
     };
     let ds_dir = dir.path().join("ds");
     ds.write(&ds_dir).unwrap();

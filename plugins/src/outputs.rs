@@ -14,6 +14,7 @@ pub fn write_train_and_flags(
         task: Default::default(),
         labels,
         splits: [("train".to_string(), train)].into(),
+        ctr: None,
     };
     let out = ctx.output_path("dataset");
     ds.write(&out)

@@ -272,6 +272,7 @@ fn the_node_writes_flags_with_two_different_candidates() {
         task: Default::default(),
         labels: LabelSpec::from_names(["a", "b", "c"].map(String::from)),
         splits: [("train".to_string(), split)].into(),
+        ctr: None,
     };
     ds.write(&dir.path().join("ds")).unwrap();
     std::fs::create_dir_all(dir.path().join("pred")).unwrap();
@@ -320,6 +321,7 @@ fn write_planted(dir: &std::path::Path) {
             },
         )]
         .into(),
+        ctr: None,
     };
     ds.write(&dir.join("ds")).unwrap();
     std::fs::create_dir_all(dir.join("pred")).unwrap();

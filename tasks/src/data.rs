@@ -336,6 +336,8 @@ pub struct Dataset {
     pub task: crate::task::TaskKind,
     pub labels: LabelSpec,
     pub splits: BTreeMap<String, Split>,
+    /// CTR: the feature fields and their roles (recorded in `dataset.json`).
+    pub ctr: Option<crate::ctr::CtrFields>,
 }
 
 impl Dataset {
@@ -351,7 +353,10 @@ impl Dataset {
         let names: Vec<&String> = self.splits.keys().collect();
         std::fs::write(
             dir.join(SPLITS_FILE),
-            serde_json::to_vec(&serde_json::json!({ "task": self.task, "splits": names }))?,
+            serde_json::to_vec(&match &self.ctr {
+                Some(f) => serde_json::json!({ "task": self.task, "splits": names, "ctr": f }),
+                None => serde_json::json!({ "task": self.task, "splits": names }),
+            })?,
         )?;
         Ok(())
     }
@@ -362,6 +367,7 @@ impl Dataset {
         let labels: LabelSpec = serde_json::from_slice(&std::fs::read(dir.join("labels.json"))?)
             .map_err(|e| bad(format!("{}/labels.json: {e}", dir.display())))?;
         let mut recorded_task = crate::task::TaskKind::default();
+        let mut ctr = None;
         let recorded: Option<Vec<String>> = match std::fs::read(dir.join(SPLITS_FILE)) {
             Ok(b) => {
                 let shown =
@@ -369,6 +375,9 @@ impl Dataset {
                 let v: serde_json::Value = serde_json::from_slice(&b).map_err(shown)?;
                 if !v["task"].is_null() {
                     recorded_task = serde_json::from_value(v["task"].clone()).map_err(shown)?;
+                }
+                if !v["ctr"].is_null() {
+                    ctr = Some(serde_json::from_value(v["ctr"].clone()).map_err(shown)?);
                 }
                 Some(serde_json::from_value(v["splits"].clone()).map_err(shown)?)
             }
@@ -397,6 +406,7 @@ impl Dataset {
             task: recorded_task,
             labels,
             splits,
+            ctr,
         })
     }
 
@@ -408,7 +418,7 @@ impl Dataset {
     /// tag (tagging: O and B-/I- of each type).
     pub fn prediction_width(&self) -> usize {
         match self.task {
-            TaskKind::Classification => self.labels.len(),
+            TaskKind::Classification | TaskKind::Ctr => self.labels.len(),
             TaskKind::Tagging => crate::tagging::tag_names(&self.labels).len(),
         }
     }
@@ -470,6 +480,7 @@ mod tests {
                 ("dev".to_string(), split),
             ]
             .into(),
+            ctr: None,
         };
         let dir = tempfile::tempdir().unwrap();
         d.write(dir.path()).unwrap();

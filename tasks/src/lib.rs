@@ -1,10 +1,11 @@
-//! relabel-tasks: the [`task::Task`] seam and its tasks ([`classification`], [`tagging`]; [`rows`]
+//! relabel-tasks: the [`task::Task`] seam and its tasks ([`classification`], [`tagging`], [`ctr`]; [`rows`]
 //! dispatches on a dataset's task), label specs
 //! and datasets ([`data`]), predictions, flags, their on-disk formats ([`io`], [`le`]), and the
 //! ML worker's typed messages ([`protocol`]). No tokio, no HTTP, no engine: the `relabel-ml`
 //! worker links this crate and libtorch only.
 
 pub mod classification;
+pub mod ctr;
 pub mod data;
 pub mod decisions;
 pub mod flags;

@@ -20,6 +20,77 @@ pub enum ModelKind {
     /// Tagging: a BiLSTM over GloVe word vectors, casing and character-CNN features, a softmax
     /// per token (no CRF, so per-token probabilities are exact), trained with Adam.
     Bilstm,
+    /// CTR: a factorization machine over hashed categorical features (and scaled numeric ones):
+    /// bias + linear terms + pairwise interactions of learned factors; one logit, p(click).
+    Fm,
+    /// CTR: DeepFM, the factorization machine plus a feed-forward network over the fields'
+    /// factors, summed into one logit.
+    Deepfm,
+}
+
+/// Settings of the CTR models (`fm`, `deepfm`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CtrModelConfig {
+    /// Factor size per feature.
+    #[serde(default = "d_factors")]
+    pub dim: i64,
+    /// Hash buckets shared by every field's values (memory: (dim + 1) x buckets x 8 bytes).
+    #[serde(default = "d_ctr_buckets")]
+    pub buckets: i64,
+    /// DeepFM: the hidden layers' widths.
+    #[serde(default = "d_deep")]
+    pub hidden: Vec<i64>,
+    /// DeepFM: the feed-forward network's (and the global bias's) Adam rate; the factor and
+    /// linear tables use sparse Adagrad at `learning_rate`.
+    #[serde(default = "d_deep_lr")]
+    pub deep_learning_rate: f64,
+    /// The truncated loss of Wang et al. 2021 (T-CE): each batch leaves out its largest-loss
+    /// clicks, a fraction rising linearly from 0 to `max_drop_rate` over `warmup_steps` (the
+    /// clicks a model cannot fit early are likely false positives). Off by default.
+    #[serde(default)]
+    pub truncated_loss: Option<TruncatedLoss>,
+}
+
+impl Default for CtrModelConfig {
+    fn default() -> Self {
+        CtrModelConfig {
+            dim: d_factors(),
+            buckets: d_ctr_buckets(),
+            hidden: d_deep(),
+            deep_learning_rate: d_deep_lr(),
+            truncated_loss: None,
+        }
+    }
+}
+
+/// T-CE's schedule (see [`CtrModelConfig::truncated_loss`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TruncatedLoss {
+    #[serde(default = "d_max_drop")]
+    pub max_drop_rate: f64,
+    #[serde(default = "d_warmup")]
+    pub warmup_steps: usize,
+}
+
+fn d_factors() -> i64 {
+    16
+}
+fn d_ctr_buckets() -> i64 {
+    1 << 18
+}
+fn d_deep() -> Vec<i64> {
+    vec![64, 32]
+}
+fn d_deep_lr() -> f64 {
+    1e-3
+}
+fn d_max_drop() -> f64 {
+    0.2
+}
+fn d_warmup() -> usize {
+    1000
 }
 
 /// Settings of the BiLSTM tagger.
@@ -191,6 +262,8 @@ pub struct TrainerConfig {
     pub encoder: EncoderConfig,
     #[serde(default)]
     pub tagger: TaggerConfig,
+    #[serde(default)]
+    pub ctr: CtrModelConfig,
 }
 
 /// What `model.json` beside a checkpoint says.

@@ -3,6 +3,7 @@
 //! the judges and `apply_labels` are written once for every task.
 
 use crate::classification::Classification;
+use crate::ctr::Ctr;
 use crate::data::{Dataset, LabelSpec, Split};
 use crate::flags::Flag;
 use crate::predictions::SplitPredictions;
@@ -97,9 +98,33 @@ pub fn row_of(split: &Split, flag: &Flag) -> Result<usize, String> {
 
 /// The binary question of a flag, as its task shows it.
 pub fn question(ds: &Dataset, flag: &Flag, examples: usize) -> Result<Question, String> {
+    question_with(ds, flag, examples, &CtrHistory::new(ds))
+}
+
+/// [`question`] with the CTR history index built once by the caller.
+pub fn question_with(
+    ds: &Dataset,
+    flag: &Flag,
+    examples: usize,
+    history: &CtrHistory,
+) -> Result<Question, String> {
     let options = [flag.label.clone(), flag.candidate.clone()];
     match ds.task {
         TaskKind::Classification => Ok(Classification.question(
+            &flag.text,
+            &Dispute {
+                site: (),
+                options,
+                score: flag.score,
+            },
+            &ds.labels,
+            examples,
+        )),
+        TaskKind::Ctr => Ok(Ctr {
+            history: history.of(ds, flag, 5),
+            fields: ds.ctr.clone(),
+        }
+        .question(
             &flag.text,
             &Dispute {
                 site: (),
@@ -133,7 +158,7 @@ pub fn apply(ds: &mut Dataset, flag: &Flag, row: usize, choice: Choice) -> Resul
         .get_mut(&flag.split)
         .ok_or_else(|| format!("the dataset has no split \"{}\"", flag.split))?;
     match task {
-        TaskKind::Classification => Classification
+        TaskKind::Classification | TaskKind::Ctr => Classification
             .apply(
                 &mut split.labels[row],
                 &Dispute {
@@ -163,7 +188,54 @@ pub fn apply(ds: &mut Dataset, flag: &Flag, row: usize, choice: Choice) -> Resul
 /// Whether the flag's options are labels of the spec (classification) or free titles of
 /// readings (tagging): a chosen option must be one of the flag's two either way.
 pub fn options_are_labels(task: TaskKind) -> bool {
-    task == TaskKind::Classification
+    matches!(task, TaskKind::Classification | TaskKind::Ctr)
+}
+
+/// CTR: each user's clicks in the train split (row id, item key, item description), gathered
+/// once so that every question can show the user's other clicks.
+#[derive(Debug, Clone, Default)]
+pub struct CtrHistory {
+    by_user: std::collections::HashMap<String, Vec<(String, String, String)>>,
+}
+
+impl CtrHistory {
+    /// The index of `ds` (empty for other tasks).
+    pub fn new(ds: &Dataset) -> CtrHistory {
+        let mut by_user: std::collections::HashMap<String, Vec<_>> = Default::default();
+        if let (Some(f), Some(train)) = (&ds.ctr, ds.split("train")) {
+            for ((t, &y), id) in train.texts.iter().zip(&train.labels).zip(&train.ids) {
+                let Some(user) = f.user_key(t).filter(|_| y == crate::ctr::CLICK) else {
+                    continue;
+                };
+                let item = f.item_part(t);
+                let key = item.first().map(|(_, v)| v.to_string()).unwrap_or_default();
+                by_user.entry(user.to_string()).or_default().push((
+                    id.clone(),
+                    key,
+                    crate::ctr::describe(&item),
+                ));
+            }
+        }
+        CtrHistory { by_user }
+    }
+
+    /// Up to `most` other items the flag's user clicked in train (not the flagged row or item),
+    /// in the split's order.
+    pub fn of(&self, ds: &Dataset, flag: &Flag, most: usize) -> Vec<String> {
+        let Some(f) = &ds.ctr else { return Vec::new() };
+        let Some(user) = f.user_key(&flag.text) else {
+            return Vec::new();
+        };
+        let this_item = f.item_part(&flag.text).first().map(|(_, v)| v.to_string());
+        self.by_user
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|(id, key, _)| *id != flag.id && Some(key) != this_item.as_ref())
+            .take(most)
+            .map(|(_, _, d)| d.clone())
+            .collect()
+    }
 }
 
 /// Whether row `row` still holds what `flag` disputes; the error says what it holds now.
@@ -173,7 +245,7 @@ pub fn holds(ds: &Dataset, flag: &Flag, row: usize) -> Result<(), String> {
         .ok_or_else(|| format!("the dataset has no split \"{}\"", flag.split))?;
     let options = [flag.label.clone(), flag.candidate.clone()];
     match ds.task {
-        TaskKind::Classification => {
+        TaskKind::Classification | TaskKind::Ctr => {
             let mut y = split.labels[row];
             let d = Dispute {
                 site: (),

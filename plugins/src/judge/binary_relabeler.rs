@@ -31,11 +31,15 @@ pub const DEFAULT_TEMPLATE: &str = include_str!("../../../templates/binary_relab
 /// The prompt used for tagging datasets when the config names no template.
 pub const TAGGING_TEMPLATE: &str = include_str!("../../../templates/tag_relabel.j2");
 
+/// The prompt used for CTR datasets when the config names no template.
+pub const CTR_TEMPLATE: &str = include_str!("../../../templates/ctr_relabel.j2");
+
 /// The built-in template for a dataset's task.
 pub fn default_template(task: relabel_tasks::task::TaskKind) -> &'static str {
     match task {
         relabel_tasks::task::TaskKind::Classification => DEFAULT_TEMPLATE,
         relabel_tasks::task::TaskKind::Tagging => TAGGING_TEMPLATE,
+        relabel_tasks::task::TaskKind::Ctr => CTR_TEMPLATE,
     }
 }
 
@@ -150,6 +154,8 @@ pub struct Prompter {
     /// For tasks whose options are readings of a part of a row rather than labels (tagging),
     /// the dataset the task builds each question from.
     rows: Option<Dataset>,
+    /// CTR: the users' clicks, for the question's history.
+    history: relabel_tasks::rows::CtrHistory,
 }
 
 fn mix(seed: u64, s: &str) -> u64 {
@@ -216,7 +222,8 @@ impl Prompter {
             examples: by_label,
             seed,
             per_option: examples,
-            rows: (!relabel_tasks::rows::options_are_labels(ds.task)).then(|| ds.clone()),
+            rows: (ds.task != relabel_tasks::task::TaskKind::Classification).then(|| ds.clone()),
+            history: relabel_tasks::rows::CtrHistory::new(ds),
         })
     }
 
@@ -229,7 +236,7 @@ impl Prompter {
                 [self.candidate(order[0]), self.candidate(order[1])],
             ));
         };
-        let q = relabel_tasks::rows::question(ds, flag, self.per_option)?;
+        let q = relabel_tasks::rows::question_with(ds, flag, self.per_option, &self.history)?;
         let pick = |title: &str| -> Result<Candidate, String> {
             let o = q.options.iter().find(|o| o.title == title).ok_or_else(|| {
                 format!(
@@ -907,6 +914,7 @@ mod tests {
             task: Default::default(),
             labels,
             splits: [("train".to_string(), train)].into(),
+            ctr: None,
         }
     }
 

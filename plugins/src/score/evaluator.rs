@@ -148,6 +148,14 @@ fn score_tagging(
     (v, out, n)
 }
 
+/// CTR scores of a split: p(click) against its clicks.
+pub fn ctr_scores(labels: &[u32], p: &SplitPredictions) -> relabel_tasks::ctr::CtrScores {
+    let c = relabel_tasks::ctr::CLICK as usize;
+    let y: Vec<bool> = labels.iter().map(|&k| k as usize == c).collect();
+    let q: Vec<f64> = (0..p.rows()).map(|i| f64::from(p.row(i)[c])).collect();
+    relabel_tasks::ctr::score(&y, &q)
+}
+
 pub struct Evaluator;
 
 impl NodeKind for Evaluator {
@@ -272,10 +280,20 @@ impl NodeKind for Evaluator {
                     }),
                 );
             }
-            evaluation.insert(
-                split.clone(),
-                serde_json::to_value(&s).expect("scores serialise"),
-            );
+            let mut scored = serde_json::to_value(&s).expect("scores serialise");
+            if ds.task == TaskKind::Ctr {
+                let v = ctr_scores(&rows.labels, &p);
+                m.insert(format!("{split}_auc"), json!(v.auc));
+                m.insert(format!("{split}_log_loss"), json!(v.log_loss));
+                m.insert(
+                    format!("{split}_calibration_error"),
+                    json!(v.calibration_error),
+                );
+                m.insert(format!("{split}_mean_predicted"), json!(v.mean_predicted));
+                m.insert(format!("{split}_observed_rate"), json!(v.observed_rate));
+                scored["ctr"] = serde_json::to_value(&v).expect("scores serialise");
+            }
+            evaluation.insert(split.clone(), scored);
         }
         if evaluation.is_empty() {
             return Err(fail(format!(

@@ -77,6 +77,11 @@ pub struct DatasetConfig {
     /// Tagging, CoNLL files: the column of the tag, from 0 [default: the last].
     #[serde(default)]
     pub tag_column: Option<usize>,
+    /// CTR (`task: ctr`): the feature columns by role (`user`, `item`, `context`; the first of
+    /// `user` and of `item` are the keys), which are `numeric`, and which hold several values
+    /// (`multi: {genres: "|"}`). The label column holds the click: 1/0, true/false, or a label's name.
+    #[serde(default)]
+    pub ctr: Option<relabel_tasks::ctr::CtrFields>,
     /// The paths are inside the node's one input (a folder another node made, e.g. a
     /// `command` that fetches or generates data) instead of relative to the manifest.
     #[serde(default)]
@@ -105,10 +110,19 @@ pub struct DatasetNode;
 impl DatasetConfig {
     /// The columns rows are read by.
     pub fn columns(&self) -> Columns {
-        Columns {
-            text: self.text_column.clone(),
-            label: self.label_column.clone(),
-            id: self.id_column.clone(),
+        match &self.ctr {
+            Some(f) => Columns {
+                text: String::new(),
+                label: self.label_column.clone(),
+                id: self.id_column.clone(),
+                extra: f.fields().iter().map(|s| s.to_string()).collect(),
+            },
+            None => Columns {
+                text: self.text_column.clone(),
+                label: self.label_column.clone(),
+                id: self.id_column.clone(),
+                extra: Vec::new(),
+            },
         }
     }
 }
@@ -369,9 +383,57 @@ fn build_tagging(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), St
             task: c.task,
             labels: spec,
             splits,
+            ctr: None,
         },
         metrics,
     ))
+}
+
+/// CTR: a row's feature fields become its text (`field=value`, tab-joined) and its click the
+/// spec's label name; a missing field or a numeric field that is not a number makes it a bad row.
+fn ctr_rows(
+    rows: Vec<RawRow>,
+    f: &relabel_tasks::ctr::CtrFields,
+    spec: &LabelSpec,
+    label_column: &str,
+) -> Vec<RawRow> {
+    let fields = f.fields();
+    rows.into_iter()
+        .map(|mut r| {
+            if r.unreadable.is_some() {
+                return r;
+            }
+            let mut values = Vec::with_capacity(fields.len());
+            for (name, v) in fields.iter().zip(&r.extra) {
+                let Some(v) = v.as_deref().map(str::trim) else {
+                    r.unreadable = Some(format!("missing column \"{name}\""));
+                    return r;
+                };
+                if f.numeric.iter().any(|n| n == name)
+                    && !v.parse::<f64>().is_ok_and(f64::is_finite)
+                {
+                    r.unreadable = Some(format!(
+                        "field \"{name}\" is numeric but holds \"{v}\""
+                    ));
+                    return r;
+                }
+                values.push(v);
+            }
+            r.text = Some(relabel_tasks::ctr::row_text(&fields, &values));
+            if let Some(raw) = &r.label {
+                match relabel_tasks::ctr::parse_click(raw, spec) {
+                    Some(k) => r.label = Some(spec.labels[k as usize].name.clone()),
+                    None => {
+                        r.unreadable = Some(format!(
+                            "column \"{label_column}\" holds \"{raw}\", not a click (1/0, true/false, or {})",
+                            spec.names().join("/")
+                        ))
+                    }
+                }
+            }
+            r
+        })
+        .collect()
 }
 
 /// Builds the dataset from its config; `dir` is what relative paths are relative to.
@@ -387,10 +449,21 @@ pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String
         }
     };
     let train_path = resolve(&c.train);
-    let train_rows = read_rows(&train_path, c.format, &c.columns())?;
-    let spec = match &c.labels {
-        Some(p) => LabelSpec::load(&resolve(p))?,
-        None => {
+    let mut train_rows = read_rows(&train_path, c.format, &c.columns())?;
+    let ctr = match (&c.ctr, c.task) {
+        (Some(f), relabel_tasks::task::TaskKind::Ctr) => Some(f),
+        (None, relabel_tasks::task::TaskKind::Ctr) => {
+            return Err(
+                "task: ctr needs `ctr:` naming the feature columns (user, item, ...)".into(),
+            )
+        }
+        (Some(_), _) => return Err("`ctr:` goes with `task: ctr`".into()),
+        (None, _) => None,
+    };
+    let spec = match (&c.labels, ctr) {
+        (Some(p), _) => LabelSpec::load(&resolve(p))?,
+        (None, Some(_)) => relabel_tasks::ctr::default_spec(),
+        (None, None) => {
             let mut names: Vec<String> = train_rows
                 .iter()
                 .filter_map(|r| r.label.as_ref().map(|l| l.trim().to_string()))
@@ -408,6 +481,22 @@ pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String
             LabelSpec::from_names(names)
         }
     };
+    if let Some(f) = ctr {
+        if spec.len() != 2 {
+            return Err(format!(
+                "a CTR label spec has exactly two labels (no click, then click); {} has {}",
+                c.labels
+                    .as_deref()
+                    .unwrap_or(Path::new("the spec"))
+                    .display(),
+                spec.len()
+            ));
+        }
+        if let Some(p) = f.problems().first() {
+            return Err(p.clone());
+        }
+        train_rows = ctr_rows(train_rows, f, &spec, &c.label_column);
+    }
     let mut seen = HashMap::new();
     let mut splits = BTreeMap::new();
     let mut bad_rows = Vec::new();
@@ -422,7 +511,10 @@ pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String
     splits.insert("train".to_string(), train);
     for (name, path) in [("dev", &c.dev), ("test", &c.test), ("badcase", &c.badcase)] {
         if let Some(p) = path {
-            let rows = read_rows(&resolve(p), c.format, &c.columns())?;
+            let mut rows = read_rows(&resolve(p), c.format, &c.columns())?;
+            if let Some(f) = ctr {
+                rows = ctr_rows(rows, f, &spec, &c.label_column);
+            }
             let (s, bad) = check_rows(&p.display().to_string(), rows, &spec, c, &mut seen);
             bad_rows.extend(bad);
             splits.insert(name.to_string(), s);
@@ -480,6 +572,7 @@ pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String
             task: c.task,
             labels: spec,
             splits,
+            ctr: ctr.cloned(),
         },
         metrics,
     ))

@@ -118,6 +118,7 @@ fn load(
             text: c.text_column.clone(),
             label: c.label_column.clone(),
             id: c.id_column.clone(),
+            extra: Vec::new(),
         },
     )?;
     let mut out = Rows {
@@ -367,6 +368,7 @@ impl NodeKind for LlmAnnotator {
             task: Default::default(),
             labels: spec,
             splits,
+            ctr: None,
         };
         let out = ctx.output_path("dataset");
         ds.write(&out)

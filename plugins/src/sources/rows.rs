@@ -27,6 +27,8 @@ pub struct Columns {
     pub text: String,
     pub label: String,
     pub id: Option<String>,
+    /// More columns to read, in order (a CTR row's feature fields); [`RawRow::extra`] holds them.
+    pub extra: Vec<String>,
 }
 
 /// A row as read from a file, before checks. `row` is 1-based (the line number for JSONL/CSV).
@@ -36,6 +38,8 @@ pub struct RawRow {
     pub id: Option<String>,
     pub text: Option<String>,
     pub label: Option<String>,
+    /// The [`Columns::extra`] values, in order (None: absent or null).
+    pub extra: Vec<Option<String>>,
     /// Why the row could not be read at all (a truncated or malformed JSON line): a bad row,
     /// skipped or refused per `on_bad_row` like any other.
     pub unreadable: Option<String>,
@@ -48,6 +52,7 @@ impl RawRow {
             id: None,
             text: None,
             label: None,
+            extra: Vec::new(),
             unreadable: Some(why),
         }
     }
@@ -117,6 +122,7 @@ pub fn read_rows(path: &Path, format: Format, c: &Columns) -> Result<Vec<RawRow>
                     id: c.id.as_deref().and_then(get),
                     text: get(&c.text),
                     label: get(&c.label),
+                    extra: c.extra.iter().map(|k| get(k)).collect(),
                     unreadable: None,
                 });
             }
@@ -141,7 +147,13 @@ pub fn read_rows(path: &Path, format: Format, c: &Columns) -> Result<Vec<RawRow>
                     )
                 })
             };
-            let ti = col(&c.text)?;
+            // A CTR row has no text column: its text is made of the feature fields.
+            let ti = if c.text.is_empty() {
+                usize::MAX
+            } else {
+                col(&c.text)?
+            };
+            let ei: Vec<usize> = c.extra.iter().map(|k| col(k)).collect::<Result<_, _>>()?;
             let li = col(&c.label)?;
             let ii = c.id.as_deref().map(col).transpose()?;
             let mut rows = Vec::new();
@@ -154,6 +166,7 @@ pub fn read_rows(path: &Path, format: Format, c: &Columns) -> Result<Vec<RawRow>
                     id: ii.and_then(get),
                     text: get(ti),
                     label: get(li),
+                    extra: ei.iter().map(|&i| get(i)).collect(),
                     unreadable: None,
                 });
             }
@@ -179,6 +192,8 @@ fn read_parquet(path: &Path, c: &Columns) -> Result<Vec<RawRow>, String> {
     for name in [Some(&c.text), Some(&c.label), c.id.as_ref()]
         .into_iter()
         .flatten()
+        .filter(|n| !n.is_empty())
+        .chain(&c.extra)
     {
         if !names.contains(name) {
             return Err(format!(
@@ -198,6 +213,7 @@ fn read_parquet(path: &Path, c: &Columns) -> Result<Vec<RawRow>, String> {
             id: None,
             text: None,
             label: None,
+            extra: vec![None; c.extra.len()],
             unreadable: None,
         };
         for (name, field) in row.get_column_iter() {
@@ -212,6 +228,8 @@ fn read_parquet(path: &Path, c: &Columns) -> Result<Vec<RawRow>, String> {
                 r.label = v;
             } else if Some(name) == c.id.as_ref() {
                 r.id = v;
+            } else if let Some(k) = c.extra.iter().position(|e| e == name) {
+                r.extra[k] = v;
             }
         }
         rows.push(r);

@@ -972,6 +972,57 @@ mod tests {
     }
 
     #[test]
+    fn a_ctr_prompt_shows_the_users_profile_other_clicks_and_the_item_only() {
+        use relabel_tasks::ctr::{default_spec, row_text, CtrFields};
+        let fields = CtrFields {
+            user: vec!["user_id".into(), "age".into()],
+            item: vec!["item_id".into(), "title".into(), "genres".into()],
+            ..Default::default()
+        };
+        let names = fields.fields();
+        let mut train = Split::default();
+        for (id, user, item, title, click) in [
+            ("a", "7", "1", "Toy Story", 1),
+            ("b", "7", "2", "Heat", 0),
+            ("c", "7", "3", "Babe", 1),
+            ("d", "8", "4", "Alien", 1),
+        ] {
+            train.ids.push(id.into());
+            train
+                .texts
+                .push(row_text(&names, &[user, "31", item, title, "Comedy"]));
+            train.labels.push(click);
+        }
+        let ds = Dataset {
+            task: relabel_tasks::task::TaskKind::Ctr,
+            labels: default_spec(),
+            splits: [("train".to_string(), train.clone())].into(),
+            ctr: Some(fields),
+        };
+        let mut f = flag("c", "click", "no_click");
+        f.row = 2;
+        f.text = train.texts[2].clone();
+        let p = Prompter::new(CTR_TEMPLATE, &ds, &HashSet::new(), 2, 0).unwrap();
+        let prompt = p.render(&f, p.order(&f)).unwrap();
+        assert!(prompt.contains("User: age: 31"), "{prompt}");
+        // The user's other click, not their non-click, nor another user's click, nor itself.
+        assert!(prompt.contains("- title: Toy Story"), "{prompt}");
+        assert!(
+            !prompt.contains("Heat") && !prompt.contains("Alien"),
+            "{prompt}"
+        );
+        assert!(
+            prompt.contains("Candidate item: title: Babe, genres: Comedy"),
+            "{prompt}"
+        );
+        assert!(prompt.contains("genuine interest") && prompt.contains("a false positive"));
+        assert!(
+            prompt.contains("\nclick (") && prompt.contains("\nno_click ("),
+            "{prompt}"
+        );
+    }
+
+    #[test]
     fn a_strict_template_fails_on_unknown_variables() {
         let ds = dataset();
         let p = Prompter::new(

@@ -27,7 +27,7 @@ fn ml100k() -> PathBuf {
 
 fn project() -> Fixture {
     let text = std::fs::read_to_string("manifests/ctr_movielens.yaml").unwrap();
-    let mut f = Fixture::new(&text);
+    let f = Fixture::new(&text);
     f.add_script("make_ctr.py");
     f
 }

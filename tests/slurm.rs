@@ -10,15 +10,29 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// A Slurm node that answers: idle, or busy with another test's job (the tests share one node
+/// and run in parallel, so "mixed"/"allocated"/"completing" mean up, not missing).
 fn require_slurm() {
-    let ok = Command::new("sinfo")
-        .args(["-h", "-o", "%T"])
-        .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("idle"))
-        .unwrap_or(false);
+    let up = || {
+        Command::new("sinfo")
+            .args(["-h", "-o", "%T"])
+            .output()
+            .map(|o| {
+                let states = String::from_utf8_lossy(&o.stdout).to_string();
+                o.status.success()
+                    && ["idle", "mix", "alloc", "completing"]
+                        .iter()
+                        .any(|s| states.contains(s))
+            })
+            .unwrap_or(false)
+    };
+    let start = Instant::now();
+    while !up() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
     assert!(
-        ok,
-        "no idle Slurm node: `cargo xtask test` installs slurm-wlm and munge and starts them (cargo xtask slurm-up does only that)"
+        up(),
+        "no Slurm node up: `cargo xtask test` installs slurm-wlm and munge and starts them (cargo xtask slurm-up does only that)"
     );
 }
 

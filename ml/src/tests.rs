@@ -161,7 +161,7 @@ fn the_checkpoint_reloads_to_identical_predictions() {
 /// libtorch's thread count is process-wide and every training sets it, and a reduction's result
 /// depends on it: the tests of this module run one at a time (a determinism test once saw the
 /// model bytes differ while another test trained beside it).
-static TORCH_THREADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static TORCH_THREADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn the_same_seed_on_cpu_gives_the_same_model() {

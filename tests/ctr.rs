@@ -26,7 +26,11 @@ fn ml100k() -> PathBuf {
 }
 
 fn project() -> Fixture {
-    let text = std::fs::read_to_string("manifests/ctr_movielens.yaml").unwrap();
+    project_of("ctr_movielens.yaml")
+}
+
+fn project_of(manifest: &str) -> Fixture {
+    let text = std::fs::read_to_string(format!("manifests/{manifest}")).unwrap();
     let f = Fixture::new(&text);
     f.add_script("make_ctr.py");
     f
@@ -236,6 +240,51 @@ print(json.dumps(dict(zip(d["id"], d["label"]))))
         .as_f64()
         .unwrap();
     assert!(auc > 0.7 && auc < 1.0, "test AUC {auc}");
+}
+
+#[test]
+fn a_behavior_log_of_impressions_and_clicks_feeds_the_same_task() {
+    let mut f = project_of("ctr_behavior_log.yaml");
+    let (code, report) = run(&mut f, &args(SMALL, &[]));
+    assert_eq!(code, 0, "{report:#}");
+    // The log's rows are the CSV rows of the same data: per split, as many rows and clicks.
+    let dir = output_path(&report, "movielens", "data");
+    let m = &node(&report, "log")["metrics"];
+    let mut clicks_in_csv = 0;
+    for split in ["train", "dev", "test"] {
+        let csv = std::fs::read_to_string(dir.join(format!("{split}.csv"))).unwrap();
+        let rows: Vec<&str> = csv.lines().skip(1).collect();
+        assert_eq!(
+            m["split_rows"][split].as_u64(),
+            Some(rows.len() as u64),
+            "{split}: {m}"
+        );
+        clicks_in_csv += rows.iter().filter(|l| l.ends_with(",1")).count();
+    }
+    assert_eq!(
+        m["per_label"]["click"].as_u64(),
+        Some(clicks_in_csv as u64),
+        "{m}"
+    );
+    // Every impression with a click 3 s later was overridden by it.
+    assert_eq!(m["overridden"].as_u64(), Some(clicks_in_csv as u64), "{m}");
+    let ds: Value = serde_json::from_str(
+        &std::fs::read_to_string(output_path(&report, "log", "dataset").join("dataset.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ds["task"], "ctr", "{ds}");
+    // The FM trains on it and the flags are train clicks, as with the CSV dataset.
+    for fl in read_jsonl(&output_path(&report, "flag", "flags")) {
+        assert_eq!(
+            (fl["split"].as_str(), fl["label"].as_str()),
+            (Some("train"), Some("click"))
+        );
+    }
+    for eval in ["evaluate", "evaluate_dropped"] {
+        let auc = node(&report, eval)["metrics"]["test_auc"].as_f64().unwrap();
+        assert!(auc > 0.7 && auc < 1.0, "{eval}: test AUC {auc}");
+    }
 }
 
 #[test]

@@ -5,8 +5,10 @@ which no pipeline node reads). Each click gets NEG sampled non-interactions of t
 (seeded). Each user's clicks are split by time: the first 80% train, the next 10% dev, the
 last 10% test; the fixed test keeps only clicks rated >= 4 and their negatives, so it is clean.
 
-usage: make_ctr.py ML100K_DIR OUT_DIR USERS NEG SEED
+usage: make_ctr.py ML100K_DIR OUT_DIR USERS NEG SEED [--log]
   USERS: how many users (the lowest ids; 0 = all 943); NEG: negatives per click.
+  --log: also write OUT_DIR/events.csv, the same rows as a behaviour log: every row an
+  impression at the rating's time, every click a click event 3 s later, a `split` column.
 Writes OUT_DIR/{train,dev,test}.csv (id, user_id, age, gender, occupation, item_id, title,
 year, genres, click), OUT_DIR/gold.csv (id, rating, false_positive) and OUT_DIR/summary.json.
 """
@@ -27,6 +29,7 @@ def read_tsv(path):
 
 def main():
     src, out, users, neg, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    log = "--log" in sys.argv[6:]
     os.makedirs(out, exist_ok=True)
     people = {u["user_id"]: u for u in read_tsv(os.path.join(src, "ml-100k.user"))}
     items = {i["item_id"]: i for i in read_tsv(os.path.join(src, "ml-100k.item"))}
@@ -42,6 +45,7 @@ def main():
     rng = random.Random(seed)
     fields = ["id", "user_id", "age", "gender", "occupation", "item_id", "title", "year", "genres", "click"]
     splits = {s: [] for s in ("train", "dev", "test")}
+    events = []
     gold = []
 
     def row(rid, u, item, click):
@@ -75,17 +79,27 @@ def main():
                 continue  # the fixed test is clean: only clicks rated 4 or 5
             rid = f"u{u}-i{r['item_id']}"
             splits[split].append(row(rid, u, r["item_id"], 1))
+            t = int(float(r["timestamp"]))
+            events.append(dict(row(rid, u, r["item_id"], 1), action="impression", timestamp=t, split=split))
+            events.append(dict(row(rid, u, r["item_id"], 1), action="click", timestamp=t + 3, split=split))
             gold.append({"id": rid, "rating": rating, "false_positive": int(rating <= 2)})
             for _ in range(neg):
                 if not pool:
                     break
                 item = pool.pop()
                 splits[split].append(row(f"u{u}-i{item}-n", u, item, 0))
+                events.append(dict(row(f"u{u}-i{item}-n", u, item, 0), action="impression", timestamp=t, split=split))
     for name, rows in splits.items():
         with open(os.path.join(out, f"{name}.csv"), "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(rows)
+    if log:
+        cols = [f for f in fields if f not in ("id", "click")] + ["action", "timestamp", "split"]
+        with open(os.path.join(out, "events.csv"), "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(events)
     with open(os.path.join(out, "gold.csv"), "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["id", "rating", "false_positive"])
         w.writeheader()

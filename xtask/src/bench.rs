@@ -11,7 +11,7 @@ use crate::{home_cache, run};
 
 /// Benchmarks that read dataset and prediction artifacts: xtask runs them as itself rebuilt
 /// with its `artifacts` feature (relabel-tasks and Parquet), which plain set-up does not wait for.
-const NEEDS_ARTIFACTS: &[&str] = &["flag", "votes", "quality", "ner", "badcase"];
+const NEEDS_ARTIFACTS: &[&str] = &["flag", "votes", "quality", "ner", "badcase", "ctr"];
 
 pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
     if NEEDS_ARTIFACTS.contains(&name) && !cfg!(feature = "artifacts") {
@@ -46,8 +46,10 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
         "remote" => crate::bench_remote::remote(root, args)?,
         #[cfg(feature = "artifacts")]
         "ner" => crate::bench_ner::ner(root, args)?,
+        #[cfg(feature = "artifacts")]
+        "ctr" => crate::bench_ctr::ctr(root, args)?,
         other => {
-            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, batch, knn, votes, quality, badcase, artifacts, ner, remote")
+            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, batch, knn, votes, quality, badcase, artifacts, ner, ctr, remote")
         }
     };
     let out = json!({

@@ -314,7 +314,7 @@ fn relabel_plugins_default_encoder() -> PathBuf {
 }
 
 /// Python with torch 2.13.0 (the version tch binds) and transformers, for the peers.
-fn torch_python() -> Result<PathBuf> {
+pub(crate) fn torch_python() -> Result<PathBuf> {
     Ok(
         crate::bench::bench_venv("torch", &["torch==2.13.0", "numpy", "transformers"])?
             .join("bin/python"),

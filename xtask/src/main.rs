@@ -6,6 +6,8 @@ mod bench_artifacts;
 mod bench_badcase;
 mod bench_batch;
 #[cfg(feature = "artifacts")]
+mod bench_ctr;
+#[cfg(feature = "artifacts")]
 mod bench_flag;
 mod bench_knn;
 mod bench_llm;

@@ -1,7 +1,8 @@
 //! `cargo xtask bench knn`: exact top-10 cosine neighbours of 10,000 queries among 1,000,000 x
 //! 384 embeddings: the ML worker's blocked kNN (libtorch matmul + top-k, corpus streamed in
-//! blocks) against numpy (matrix product + argpartition, the same blocks and thread count),
-//! side by side in one run, with peak memory (`/usr/bin/time`).
+//! blocks) against numpy (matrix product + argpartition, the same blocks and thread count) and
+//! faiss-cpu's exact `IndexFlatIP` (same threads), side by side in one run, with peak memory
+//! (`/usr/bin/time`).
 
 use std::io::Write;
 use std::path::Path;
@@ -83,6 +84,41 @@ order = np.argsort(-best_s, axis=1, kind='stable')
 np.take_along_axis(best_i, order, axis=1).astype('<i8').tofile(out)
 "#;
 
+/// faiss's exact inner-product index over the whole corpus, searched with every query at once.
+const FAISS: &str = r#"
+import sys, numpy as np, faiss
+corpus, queries, out, n, q, d, k, threads = sys.argv[1:3] + [sys.argv[3]] + [int(x) for x in sys.argv[4:]]
+faiss.omp_set_num_threads(threads)
+index = faiss.IndexFlatIP(d)
+index.add(np.fromfile(corpus, dtype='<f4').reshape(n, d))
+_, I = index.search(np.fromfile(queries, dtype='<f4').reshape(q, d), k)
+I.astype('<i8').tofile(out)
+"#;
+
+/// Queries whose top-`K` id sets are the same in two result files (order among near-ties may
+/// differ).
+fn same_sets(a: &Path, b: &Path) -> Result<usize> {
+    let (x, y) = (std::fs::read(a)?, std::fs::read(b)?);
+    // The worker's file holds the ids, then the scores; the peers' the ids alone.
+    if x.len() < Q * K * 8 || y.len() < Q * K * 8 {
+        bail!(
+            "{} or {} holds fewer than {Q} x {K} ids",
+            a.display(),
+            b.display()
+        );
+    }
+    let id = |b: &[u8], t: usize| i64::from_le_bytes(b[t * 8..t * 8 + 8].try_into().expect("8"));
+    Ok((0..Q)
+        .filter(|qi| {
+            let mut s: Vec<i64> = (0..K).map(|j| id(&x, qi * K + j)).collect();
+            let mut t: Vec<i64> = (0..K).map(|j| id(&y, qi * K + j)).collect();
+            s.sort_unstable();
+            t.sort_unstable();
+            s == t
+        })
+        .count())
+}
+
 pub fn knn(root: &Path, _args: &[String]) -> Result<Value> {
     crate::relabel_bin(root)?;
     let worker = root.join("target/release/relabel-ml");
@@ -144,18 +180,32 @@ pub fn knn(root: &Path, _args: &[String]) -> Result<Value> {
     )?;
     println!("numpy: {np_s:.1} s, peak RSS {} MB", np_kb / 1024);
 
-    // Same neighbours? Compare the id sets per query (order among near-ties may differ).
-    let ours = std::fs::read(&out)?;
-    let theirs = std::fs::read(&peer_out)?;
-    let id = |b: &[u8], t: usize| i64::from_le_bytes(b[t * 8..t * 8 + 8].try_into().expect("8"));
-    let mut same = 0usize;
-    for qi in 0..Q {
-        let mut a: Vec<i64> = (0..K).map(|j| id(&ours, qi * K + j)).collect();
-        let mut b: Vec<i64> = (0..K).map(|j| id(&theirs, qi * K + j)).collect();
-        a.sort_unstable();
-        b.sort_unstable();
-        same += usize::from(a == b);
-    }
+    let fpy = crate::bench::bench_venv("faiss", &["faiss-cpu==1.15.1", "numpy==2.4.6"])?
+        .join("bin/python");
+    let faiss_out = dir.join("faiss.bin");
+    let (faiss_s, faiss_kb) = timed(
+        Command::new("/usr/bin/time")
+            .args(["-f", "%M"])
+            .arg(&fpy)
+            .arg("-c")
+            .arg(FAISS)
+            .arg(&corpus)
+            .arg(&queries)
+            .arg(&faiss_out)
+            .args([N, Q, D, K, THREADS].map(|x| x.to_string()))
+            .env("OMP_NUM_THREADS", THREADS.to_string()),
+        "faiss",
+    )?;
+    println!("faiss: {faiss_s:.1} s, peak RSS {} MB", faiss_kb / 1024);
+
+    // Same neighbours? Compare the id sets per query.
+    let same = same_sets(&out, &peer_out)?;
+    let same_faiss = same_sets(&out, &faiss_out)?;
+    let faiss_version = Command::new(&fpy)
+        .args(["-c", "import faiss; print(faiss.__version__)"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let numpy_version = Command::new(&py)
         .args(["-c", "import numpy; print(numpy.__version__)"])
         .output()
@@ -165,13 +215,40 @@ pub fn knn(root: &Path, _args: &[String]) -> Result<Value> {
         "ratio ours/numpy: {:.2} (target <= 1.2); identical top-{K} sets: {same} of {Q}",
         ours_s / np_s
     );
+    println!(
+        "ratio ours/faiss: {:.2} (target <= 1.2); identical top-{K} sets: {same_faiss} of {Q}",
+        ours_s / faiss_s
+    );
+    let targets = vec![
+        crate::bench::target(
+            "time / numpy's (same blocks, threads)",
+            "<= 1.2",
+            ours_s / np_s,
+            ours_s / np_s <= 1.2,
+        ),
+        crate::bench::target(
+            "time / faiss-cpu IndexFlatIP's (same threads)",
+            "<= 1.2",
+            ours_s / faiss_s,
+            ours_s / faiss_s <= 1.2,
+        ),
+        crate::bench::target(
+            "queries whose top-10 set is faiss's",
+            &format!("= {Q}"),
+            same_faiss as f64,
+            same_faiss == Q,
+        ),
+    ];
     Ok(json!({
         "corpus": [N, D], "queries": Q, "k": K, "block_rows": BLOCK, "query_batch": QBATCH,
         "threads": THREADS,
         "relabel_ml": {"seconds": ours_s, "peak_rss_kb": ours_kb},
         "numpy": {"version": numpy_version, "seconds": np_s, "peak_rss_kb": np_kb},
+        "faiss": {"version": faiss_version, "index": "IndexFlatIP", "seconds": faiss_s, "peak_rss_kb": faiss_kb},
         "ratio": ours_s / np_s,
+        "ratio_faiss": ours_s / faiss_s,
         "identical_topk_sets": same,
-        "target": "ours <= 1.2x numpy's time, memory bounded",
+        "identical_topk_sets_faiss": same_faiss,
+        "targets": targets,
     }))
 }

@@ -287,24 +287,10 @@ nodes:
 }
 
 fn relabel_run(bin: &Path, work: &Path, manifest: &str, name: &str) -> Result<Value> {
-    let file = work.join(format!("{name}.yaml"));
-    std::fs::write(&file, manifest)?;
+    let file = format!("{name}.yaml");
+    std::fs::write(work.join(&file), manifest)?;
     let report = work.join(format!("{name}.report.json"));
-    // One node at a time: a training's throughput is not shared with another's.
-    let status = Command::new(bin)
-        .arg("run")
-        .arg(&file)
-        .args(["--jobs", "1", "--report"])
-        .arg(&report)
-        .arg("--cache")
-        .arg(work.join("cache"))
-        .current_dir(work)
-        .env("RELABEL_JUDGE_KEY", "sim")
-        .status()?;
-    if !status.success() {
-        bail!("the CTR pipeline failed; see {}", report.display());
-    }
-    Ok(serde_json::from_slice(&std::fs::read(&report)?)?)
+    crate::bench_ner::relabel_run_file(bin, work, &[&file], &report)
 }
 
 /// Precision and recall of the first `k` flagged ids against the false positives.

@@ -876,8 +876,14 @@ fn register_gold(
     Ok(())
 }
 
-/// `relabel run ARGS...` in `work` with the bench's cache, one node at a time.
-fn relabel_run_file(bin: &Path, work: &Path, args: &[&str], report: &Path) -> Result<Value> {
+/// `relabel run ARGS --jobs 1` in `work` with its cache there and the simulated judges' key;
+/// the run report.
+pub(crate) fn relabel_run_file(
+    bin: &Path,
+    work: &Path,
+    args: &[&str],
+    report: &Path,
+) -> Result<Value> {
     // One node at a time: training times are not shared with another training, and a node
     // whose key an earlier one computed (the baselines' round-1 model) is a cache hit.
     let status = Command::new(bin)
@@ -891,7 +897,7 @@ fn relabel_run_file(bin: &Path, work: &Path, args: &[&str], report: &Path) -> Re
         .env("RELABEL_JUDGE_KEY", "sim")
         .status()?;
     if !status.success() {
-        bail!("the NER pipeline failed; see {}", report.display());
+        bail!("the pipeline failed; see {}", report.display());
     }
     Ok(serde_json::from_slice(&std::fs::read(report)?)?)
 }

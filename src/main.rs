@@ -717,13 +717,22 @@ fn real_main(cli: Cli, registry: &Registry) -> Result<ExitCode, ExitCode> {
                 } else {
                     let runs = cache_dir(&cache).join("runs");
                     let id = if run == "latest" {
-                        let mut ids: Vec<String> = std::fs::read_dir(&runs)
-                            .map_err(|e| format!("{}: {e}", runs.display()))?
-                            .flatten()
-                            .map(|e| e.file_name().to_string_lossy().to_string())
-                            .collect();
+                        // The run whose report was written last: run ids are a second and
+                        // a pid, so two runs in one second sort by pid, which wraps.
+                        let mut ids: Vec<(Option<std::time::SystemTime>, String)> =
+                            std::fs::read_dir(&runs)
+                                .map_err(|e| format!("{}: {e}", runs.display()))?
+                                .flatten()
+                                .map(|e| {
+                                    let written = std::fs::metadata(e.path().join("report.json"))
+                                        .and_then(|m| m.modified())
+                                        .ok();
+                                    (written, e.file_name().to_string_lossy().to_string())
+                                })
+                                .collect();
                         ids.sort();
                         ids.pop()
+                            .map(|(_, id)| id)
                             .ok_or_else(|| format!("no runs in {}", runs.display()))?
                     } else {
                         run.clone()

@@ -119,6 +119,28 @@ fn same_sets(a: &Path, b: &Path) -> Result<usize> {
         .count())
 }
 
+/// A Python peer's `script` on `paths` then `numbers`, at `THREADS` BLAS/OpenMP threads, under
+/// [`timed`].
+fn peer(
+    py: &Path,
+    script: &str,
+    paths: &[&Path],
+    numbers: &[usize],
+    what: &str,
+) -> Result<(f64, u64)> {
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.args(["-f", "%M"])
+        .arg(py)
+        .arg("-c")
+        .arg(script)
+        .args(paths);
+    cmd.args(numbers.iter().map(|x| x.to_string()));
+    for var in ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
+        cmd.env(var, THREADS.to_string());
+    }
+    timed(&mut cmd, what)
+}
+
 pub fn knn(root: &Path, _args: &[String]) -> Result<Value> {
     crate::relabel_bin(root)?;
     let worker = root.join("target/release/relabel-ml");
@@ -163,19 +185,11 @@ pub fn knn(root: &Path, _args: &[String]) -> Result<Value> {
 
     let py = crate::bench::bench_venv("numpy", &["numpy==2.4.6"])?.join("bin/python");
     let peer_out = dir.join("numpy.bin");
-    let (np_s, np_kb) = timed(
-        Command::new("/usr/bin/time")
-            .args(["-f", "%M"])
-            .arg(&py)
-            .arg("-c")
-            .arg(NUMPY)
-            .arg(&corpus)
-            .arg(&queries)
-            .arg(&peer_out)
-            .args([N, Q, D, K, BLOCK, QBATCH].map(|x| x.to_string()))
-            .env("OPENBLAS_NUM_THREADS", THREADS.to_string())
-            .env("OMP_NUM_THREADS", THREADS.to_string())
-            .env("MKL_NUM_THREADS", THREADS.to_string()),
+    let (np_s, np_kb) = peer(
+        &py,
+        NUMPY,
+        &[&corpus, &queries, &peer_out],
+        &[N, Q, D, K, BLOCK, QBATCH],
         "numpy",
     )?;
     println!("numpy: {np_s:.1} s, peak RSS {} MB", np_kb / 1024);
@@ -183,17 +197,11 @@ pub fn knn(root: &Path, _args: &[String]) -> Result<Value> {
     let fpy = crate::bench::bench_venv("faiss", &["faiss-cpu==1.15.1", "numpy==2.4.6"])?
         .join("bin/python");
     let faiss_out = dir.join("faiss.bin");
-    let (faiss_s, faiss_kb) = timed(
-        Command::new("/usr/bin/time")
-            .args(["-f", "%M"])
-            .arg(&fpy)
-            .arg("-c")
-            .arg(FAISS)
-            .arg(&corpus)
-            .arg(&queries)
-            .arg(&faiss_out)
-            .args([N, Q, D, K, THREADS].map(|x| x.to_string()))
-            .env("OMP_NUM_THREADS", THREADS.to_string()),
+    let (faiss_s, faiss_kb) = peer(
+        &fpy,
+        FAISS,
+        &[&corpus, &queries, &faiss_out],
+        &[N, Q, D, K, THREADS],
         "faiss",
     )?;
     println!("faiss: {faiss_s:.1} s, peak RSS {} MB", faiss_kb / 1024);

@@ -43,6 +43,13 @@ pub struct Job {
     /// A scratch cache folder to keep (default: a temporary one, removed after)
     #[arg(long)]
     pub cache: Option<PathBuf>,
+    /// Compute only piece N of the node (a k-fold predictor's fold N), pushed under the
+    /// piece's own key; the asking run merges the pieces
+    #[arg(long, value_name = "N", conflicts_with = "shard_from_env")]
+    pub shard: Option<usize>,
+    /// The piece is `$SLURM_ARRAY_TASK_ID` (a task of a job array)
+    #[arg(long)]
+    pub shard_from_env: bool,
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -51,6 +58,22 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 }
 
 pub fn run(job: Job, registry: &Registry) -> Result<ExitCode, ExitCode> {
+    let started = runner::unix_now();
+    let shard = match (job.shard, job.shard_from_env) {
+        (Some(i), _) => Some(i),
+        (None, true) => Some(
+            std::env::var("SLURM_ARRAY_TASK_ID")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| {
+                    fail(
+                        code::INVALID,
+                        "--shard-from-env: SLURM_ARRAY_TASK_ID is not set to a number (is this a task of a job array?)",
+                    )
+                })?,
+        ),
+        (None, false) => None,
+    };
     let p = crate::load_with(&job.file, registry, &job.sets)?;
     let spec: NodeSpec = p
         .units
@@ -85,7 +108,14 @@ pub fn run(job: Job, registry: &Registry) -> Result<ExitCode, ExitCode> {
         .enable_all()
         .build()
         .map_err(|e| fail(code::FAILED, e))?;
-    let result = rt.block_on(exec(&job, &spec, &instance, &cache, &remote, &p.source.dir));
+    let result = rt.block_on(exec(
+        &job,
+        &spec,
+        (&instance, shard, started),
+        &cache,
+        &remote,
+        &p.source.dir,
+    ));
     if job.cache.is_none() {
         drop(cache);
         let _ = std::fs::remove_dir_all(&scratch);
@@ -96,7 +126,7 @@ pub fn run(job: Job, registry: &Registry) -> Result<ExitCode, ExitCode> {
 async fn exec(
     job: &Job,
     spec: &NodeSpec,
-    instance: &str,
+    (instance, shard, started): (&str, Option<usize>, f64),
     cache: &Arc<Cache>,
     remote: &Remote,
     manifest_dir: &Path,
@@ -169,32 +199,60 @@ async fn exec(
         cancel: &cancel,
         progress: &progress,
     };
-    let entry = runner::execute(
+    if let Some(i) = shard {
+        let n = spec.plugin.shards(&spec.config);
+        if i >= n {
+            return Err(fail(
+                code::INVALID,
+                format!("node \"{instance}\" splits into {n} pieces; there is no piece {i}"),
+            ));
+        }
+    }
+    let part = match shard {
+        Some(i) => runner::Part::Shard(i),
+        None => runner::Part::Whole(Vec::new()),
+    };
+    let what = match shard {
+        Some(i) => format!("node \"{instance}\" piece {i}"),
+        None => format!("node \"{instance}\""),
+    };
+    let key = match shard {
+        Some(i) => runner::shard_key(&job.key, i),
+        None => job.key.clone(),
+    };
+    let mut entry = runner::execute_part(
         &here,
         spec,
         job.round,
         instance,
         inputs,
         manifest_dir.to_path_buf(),
+        part,
     )
     .await
     .map_err(|(stop, msg)| match stop {
         runner::Stop::Cancelled => fail(code::CANCELLED, "cancelled"),
-        _ => fail(code::FAILED, format!("node \"{instance}\": {msg}")),
+        _ => fail(code::FAILED, format!("{what}: {msg}")),
     })?;
+    // When the job itself began: the asking run subtracts its submission time from it.
+    if shard.is_some() {
+        entry
+            .metrics
+            .insert("job_started_unix".into(), serde_json::json!(started));
+    }
     cache
         .store()
-        .put(&job.key, &entry)
+        .put(&key, &entry)
         .and_then(|_| cache.store().flush())
         .map_err(|e| fail(code::FAILED, e))?;
     remote
-        .push_one(cache, &job.key)
+        .push_one(cache, &key)
         .await
         .map_err(|e| fail(code::FAILED, format!("pushing the result: {e}")))?;
     eprintln!(
-        "relabel node-exec: node \"{instance}\" ran in {:.1} s; entry {} pushed to {}",
+        "relabel node-exec: {what} ran in {:.1} s; entry {} pushed to {}",
         entry.seconds,
-        &job.key[..12],
+        &key[..12],
         remote.url()
     );
     Ok(ExitCode::SUCCESS)

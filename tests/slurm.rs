@@ -233,3 +233,142 @@ fn the_job_goes_through_an_s3_remote_too() {
     assert_eq!(statuses(&r)["upper"], "restored");
     assert!(node(&r, "upper")["metrics"].get("executor").is_none());
 }
+
+fn kfold_manifest(remote: &str, executors: &str) -> String {
+    format!(
+        r#"
+version: 1
+name: folds
+remote: {remote}
+executors: {executors}
+nodes:
+  - id: make_data
+    kind: command
+    config:
+      run: python3 scripts/make_intents.py ${{outputs.data}} 300 0.2
+      files: [scripts/make_intents.py]
+      outputs: [data]
+  - id: data
+    kind: dataset
+    inputs: [make_data.data]
+    config: {{in_input: true, train: train.jsonl, dev: dev.jsonl, test: test.jsonl, labels: labels.yaml, id_column: id}}
+  - id: train
+    kind: trainer
+    inputs: [data.dataset]
+    config: {{epochs: 4, patience: 2, seed: 1, threads: 1}}
+  - id: predict
+    kind: self_predictor
+    inputs: {{model: train.model, dataset: data.dataset}}
+    config: {{kfold: 3, seed: 5}}
+"#
+    )
+}
+
+#[test]
+fn kfold_trainings_run_as_a_job_array_and_a_resumed_run_reuses_the_pieces() {
+    require_slurm();
+    let remote_dir = tempfile::tempdir().unwrap();
+    let remote = format!("file://{}", remote_dir.path().display());
+    let slurm = r#"{self_predictor: {slurm: {cpus: 1, mem: 1G, time: "5:00", poll_seconds: 0.3}}}"#;
+    let mut f = Fixture::new(&kfold_manifest(&remote, slurm));
+    f.add_script("make_intents.py");
+    let (code, report) = f.run(&["--remote-write"]);
+    assert_eq!(code, 0, "{report:#}");
+    let p = node(&report, "predict");
+    assert_eq!(p["status"], "ran", "{p:#}");
+    let ex = &p["metrics"]["executor"];
+    let job = ex["slurm_job"]
+        .as_str()
+        .expect("an array job id")
+        .to_string();
+    assert_eq!(ex["pieces"], 3, "{ex:#}");
+    assert_eq!(ex["reused"], 0, "{ex:#}");
+    let tasks = ex["tasks"].as_array().unwrap();
+    assert_eq!(
+        tasks
+            .iter()
+            .map(|t| t["task"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![0, 1, 2],
+        "{ex:#}"
+    );
+    for t in tasks {
+        assert_eq!(t["state"], "COMPLETED", "{t:#}");
+        let delay = t["start_delay_s"].as_f64().unwrap();
+        assert!((0.0..120.0).contains(&delay), "{t:#}");
+    }
+    // Slurm itself ran the three tasks of one array.
+    let shown = Command::new("scontrol")
+        .args(["show", "job", "-o", &job])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout).to_string();
+    assert_eq!(
+        shown
+            .lines()
+            .filter(|l| l.contains(&format!("ArrayJobId={job}")))
+            .count(),
+        3,
+        "{shown}"
+    );
+    // Each fold's model predicted only its held-out rows: every train row is out-of-sample.
+    assert_eq!(p["metrics"]["mode"], "kfold");
+    assert_eq!(
+        p["metrics"]["fold_best_epochs"].as_array().unwrap().len(),
+        3,
+        "{p:#}"
+    );
+
+    // The same node run here, in one process, gives the same predictions.
+    let here_remote = tempfile::tempdir().unwrap();
+    let mut h = Fixture::new(&kfold_manifest(
+        &format!("file://{}", here_remote.path().display()),
+        "{}",
+    ));
+    h.add_script("make_intents.py");
+    let (code, here) = h.run(&[]);
+    assert_eq!(code, 0, "{here:#}");
+    let q = node(&here, "predict");
+    assert_eq!(q["key"], p["key"], "the executor is not part of the key");
+    assert!(q["metrics"].get("executor").is_none());
+    for m in ["fold_best_epochs", "train_accuracy", "dev_accuracy"] {
+        assert_eq!(q["metrics"][m], p["metrics"][m], "{m}");
+    }
+    let (a, b) = (
+        p["metrics"]["train_mean_loss"].as_f64().unwrap(),
+        q["metrics"]["train_mean_loss"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+
+    // A run killed after the array ended, before the merge was recorded: the node's own entry
+    // is missing, its pieces are in the remote. A fresh cache merges them without a job.
+    let key = p["key"].as_str().unwrap();
+    std::fs::remove_file(remote_dir.path().join(format!("entries/{key}.json"))).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let rep = other.path().join("r.json");
+    let o = f
+        .cmd_in(
+            other.path(),
+            &[
+                "run",
+                "p.yaml",
+                "--remote-write",
+                "--report",
+                rep.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rep).unwrap()).unwrap();
+    let again = node(&r, "predict");
+    assert_eq!(again["status"], "ran", "{again:#}");
+    let ex = &again["metrics"]["executor"];
+    assert_eq!(ex["reused"], 3, "{ex:#}");
+    assert!(ex["slurm_job"].is_null(), "no job submitted: {ex:#}");
+    assert_eq!(
+        again["metrics"]["train_mean_loss"], p["metrics"]["train_mean_loss"],
+        "the merged pieces are the same predictions"
+    );
+}

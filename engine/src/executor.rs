@@ -112,19 +112,25 @@ async fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Submits `command` as a batch job named `name`, its output in `log` (`%j`: the job id);
-/// returns the job id.
+/// Submits `command` as a batch job named `name`, its output in `log` (`%j`: the job id; in
+/// an array `%A_%a`: the array's id and the task's index); returns the job id. `array`, e.g.
+/// `0-4` or `1,3`, makes it a job array (`--array`): one task per index, each seeing its index
+/// in `SLURM_ARRAY_TASK_ID`.
 pub async fn submit(
     spec: &SlurmSpec,
     name: &str,
     command: &[String],
     log: &Path,
+    array: Option<&str>,
 ) -> Result<String, String> {
     let mut args = vec![
         "--parsable".to_string(),
         format!("--job-name={name}"),
         format!("--output={}", log.display()),
     ];
+    if let Some(a) = array {
+        args.push(format!("--array={a}"));
+    }
     if let Some(p) = &spec.partition {
         args.push(format!("--partition={p}"));
     }
@@ -235,6 +241,128 @@ pub async fn poll(id: &str) -> Result<Option<Ended>, String> {
     }))
 }
 
+/// How one task of a job array ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEnd {
+    pub task: usize,
+    pub ended: Ended,
+}
+
+/// `123_4` -> 4; `123_[0-3]` (tasks not yet split off) and a plain `123` -> None.
+fn task_of(job_id: &str) -> Option<usize> {
+    job_id.split_once('_')?.1.parse().ok()
+}
+
+/// The array job's tasks once every one has ended (`Ok(None)` while any lives), each with
+/// its end; `tasks` is how many were submitted.
+pub async fn poll_array(id: &str, tasks: usize) -> Result<Option<Vec<TaskEnd>>, String> {
+    // `-r`: one line per task, pending ones included.
+    let listed = output(
+        Command::new("squeue").args(["-h", "-r", "-t", "all", "-j", id, "-o", "%i|%T"]),
+        "squeue",
+    )
+    .await
+    .unwrap_or_default();
+    if listed
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .any(|(_, st)| LIVE.contains(&st.trim()))
+    {
+        return Ok(None);
+    }
+    let mut ends: Vec<TaskEnd> = Vec::new();
+    if let Ok(acct) = output(
+        Command::new("sacct").args(["-n", "-P", "-X", "-j", id, "-o", "JobID,State,ExitCode"]),
+        "sacct",
+    )
+    .await
+    {
+        for l in acct.lines() {
+            let f: Vec<&str> = l.split('|').collect();
+            if let (3, Some(task)) = (f.len(), task_of(f[0])) {
+                let state = f[1].split_whitespace().next().unwrap_or("").to_string();
+                if LIVE.contains(&state.as_str()) {
+                    return Ok(None);
+                }
+                ends.push(TaskEnd {
+                    task,
+                    ended: Ended {
+                        state,
+                        exit: f[2].trim().to_string(),
+                    },
+                });
+            }
+        }
+    }
+    if ends.len() < tasks {
+        ends.clear();
+        let shown = output(
+            Command::new("scontrol").args(["show", "job", "-o", id]),
+            "scontrol show job",
+        )
+        .await
+        .map_err(|e| format!("job array {id} is neither queued nor known to accounting: {e}"))?;
+        for line in shown.lines() {
+            let field = |k: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let state = field("JobState=");
+            if LIVE.contains(&state.as_str()) {
+                return Ok(None);
+            }
+            if let Ok(task) = field("ArrayTaskId=").parse() {
+                ends.push(TaskEnd {
+                    task,
+                    ended: Ended {
+                        state,
+                        exit: field("ExitCode="),
+                    },
+                });
+            }
+        }
+    }
+    if ends.len() < tasks {
+        // Tasks not split off yet are listed as one record: still to come.
+        return Ok(None);
+    }
+    ends.sort_by_key(|t| t.task);
+    Ok(Some(ends))
+}
+
+/// Waits for every task of the array job to end, polling every `every`.
+pub async fn wait_array(id: &str, tasks: usize, every: Duration) -> Result<Vec<TaskEnd>, String> {
+    loop {
+        if let Some(ends) = poll_array(id, tasks).await? {
+            return Ok(ends);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Indices as `--array` takes them: `0-4`, `1,3`, `0-2,5`.
+pub fn array_spec(indices: &[usize]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < indices.len() {
+        let start = indices[i];
+        let mut end = start;
+        while i + 1 < indices.len() && indices[i + 1] == end + 1 {
+            i += 1;
+            end = indices[i];
+        }
+        parts.push(if end > start {
+            format!("{start}-{end}")
+        } else {
+            start.to_string()
+        });
+        i += 1;
+    }
+    parts.join(",")
+}
+
 /// Cancels the job (Ctrl-C on the controlling run).
 pub async fn cancel(id: &str) {
     let _ = Command::new("scancel").arg(id).output().await;
@@ -260,6 +388,17 @@ mod tests {
         assert_eq!(quote("a b"), "'a b'");
         assert_eq!(quote("it's"), r"'it'\''s'");
         assert_eq!(quote(""), "''");
+    }
+
+    #[test]
+    fn array_indices_are_written_as_ranges() {
+        assert_eq!(array_spec(&[0, 1, 2, 3, 4]), "0-4");
+        assert_eq!(array_spec(&[1, 3]), "1,3");
+        assert_eq!(array_spec(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+        assert_eq!(array_spec(&[]), "");
+        assert_eq!(task_of("123_4"), Some(4));
+        assert_eq!(task_of("123_[0-3]"), None);
+        assert_eq!(task_of("123"), None);
     }
 
     #[test]

@@ -113,6 +113,10 @@ pub struct NodeContext {
     pub resources: BTreeMap<String, (String, serde_json::Value)>,
     /// The tracing span the node runs in.
     pub span: tracing::Span,
+    /// The node's pieces ([`NodeKind::shards`]) already computed elsewhere (a Slurm job
+    /// array's tasks), by index: `run` merges them instead of computing them. Empty when the
+    /// node runs whole here.
+    pub shards: Vec<PathBuf>,
 }
 
 impl NodeContext {
@@ -183,6 +187,31 @@ pub trait NodeKind: Send + Sync + 'static {
         inputs: Inputs,
     ) -> impl Future<Output = Result<NodeOutput, NodeError>> + Send;
 
+    /// How many independent pieces the node's heavy work splits into (a k-fold predictor's K
+    /// fold trainings); 0 (the default) for a node that does not split. Under an executor each
+    /// piece runs as one task of a job array ([`NodeKind::run_shard`]), and `run` is then given
+    /// their outputs in [`NodeContext::shards`] to merge; run here, `run` does it all.
+    fn shards(_config: &Self::Config) -> usize {
+        0
+    }
+
+    /// Computes piece `shard` (0-based, below [`NodeKind::shards`]) into a folder under the
+    /// work folder, returned as the output `shard`.
+    fn run_shard(
+        &self,
+        _ctx: NodeContext,
+        _config: Self::Config,
+        _inputs: Inputs,
+        shard: usize,
+    ) -> impl Future<Output = Result<NodeOutput, NodeError>> + Send {
+        async move {
+            Err(NodeError::Failed(format!(
+                "node kind {} does not split into pieces (asked for piece {shard})",
+                Self::KIND
+            )))
+        }
+    }
+
     /// Called instead of `run` when the node's outputs come from the cache: restores what the
     /// node keeps outside the cache (a copy of an export for people, say) from the cached
     /// outputs. Most kinds keep nothing outside and do nothing.
@@ -230,6 +259,16 @@ pub trait Plugin: Send + Sync {
         manifest_dir: &FsPath,
         outputs: &BTreeMap<String, PathBuf>,
     ) -> Result<(), NodeError>;
+    /// See [`NodeKind::shards`].
+    fn shards(&self, canonical: &serde_json::Value) -> usize;
+    /// See [`NodeKind::run_shard`].
+    fn run_shard<'a>(
+        &'a self,
+        ctx: NodeContext,
+        canonical: &'a serde_json::Value,
+        inputs: Inputs,
+        shard: usize,
+    ) -> BoxFuture<'a, Result<NodeOutput, NodeError>>;
 }
 
 struct Typed<K>(K);
@@ -381,6 +420,26 @@ impl<K: NodeKind> Plugin for Typed<K> {
         let config: K::Config = serde_json::from_value(canonical.clone())
             .map_err(|e| NodeError::Failed(format!("config: {e}")))?;
         K::on_cached(&config, manifest_dir, outputs)
+    }
+
+    fn shards(&self, canonical: &serde_json::Value) -> usize {
+        serde_json::from_value::<K::Config>(canonical.clone())
+            .map(|c| K::shards(&c))
+            .unwrap_or(0)
+    }
+
+    fn run_shard<'a>(
+        &'a self,
+        ctx: NodeContext,
+        canonical: &'a serde_json::Value,
+        inputs: Inputs,
+        shard: usize,
+    ) -> BoxFuture<'a, Result<NodeOutput, NodeError>> {
+        Box::pin(async move {
+            let config: K::Config = serde_json::from_value(canonical.clone())
+                .map_err(|e| NodeError::Failed(format!("config: {e}")))?;
+            self.0.run_shard(ctx, config, inputs, shard).await
+        })
     }
 }
 

@@ -882,6 +882,27 @@ async fn run_node_inner(
         progress: &shared.opts.progress,
     };
     let entry = match &spec.executor {
+        Some(exec) if spec.plugin.shards(&spec.config) > 0 => {
+            let at = Elsewhere {
+                shared,
+                spec,
+                round,
+                key: &key,
+                inputs: &inputs,
+                exec,
+            };
+            let pieces = run_shards_elsewhere(&at, report).await?;
+            execute_part(
+                &here,
+                spec,
+                round,
+                instance,
+                inputs,
+                manifest_dir,
+                Part::Whole(pieces),
+            )
+            .await?
+        }
         Some(exec) => {
             run_elsewhere(shared, spec, round, instance, &key, &inputs, exec, report).await?
         }
@@ -910,6 +931,219 @@ async fn run_node_inner(
     })
 }
 
+/// A node instance to run elsewhere, and what it runs on.
+struct Elsewhere<'a> {
+    shared: &'a Arc<Shared>,
+    spec: &'a NodeSpec,
+    round: Option<u32>,
+    key: &'a str,
+    inputs: &'a Inputs,
+    exec: &'a crate::executor::Executor,
+}
+
+/// The writable remote an executor needs, with the node's inputs pushed to it, and the
+/// `relabel node-exec` command line that runs the node (or, with `--shard`, a piece of it)
+/// from there.
+async fn prepare_elsewhere<'a>(
+    at: &Elsewhere<'a>,
+) -> Result<(&'a crate::remote::Remote, Vec<String>), (Stop, String)> {
+    let fail = |m: String| (Stop::Failed, m);
+    let shared = at.shared;
+    let cache = &shared.cache;
+    let Some(remote) = shared.opts.remote.as_ref().filter(|r| r.writes()) else {
+        return Err(fail(format!(
+            "executor: {} runs the node elsewhere through the remote cache; set `remote:` (or --remote) to a writable one the cluster can reach",
+            at.exec.name()
+        )));
+    };
+    let digests: std::collections::BTreeSet<String> =
+        at.inputs.values().map(|a| a.digest.clone()).collect();
+    remote
+        .push_objects(cache, &digests)
+        .await
+        .map_err(|e| fail(format!("pushing the node's inputs to the remote: {e}")))?;
+    let source = &shared.pipeline.source;
+    let manifest = std::fs::canonicalize(&source.name)
+        .unwrap_or_else(|_| std::path::PathBuf::from(&source.name));
+    let exe = std::env::current_exe().map_err(|e| fail(format!("finding relabel itself: {e}")))?;
+    let mut cmd = vec![
+        exe.display().to_string(),
+        "node-exec".to_string(),
+        manifest.display().to_string(),
+        "--node".into(),
+        at.spec.id.clone(),
+        "--key".into(),
+        at.key.to_string(),
+        "--remote".into(),
+        remote.url().to_string(),
+    ];
+    if let Some(r) = at.round {
+        cmd.extend(["--round".into(), r.to_string()]);
+    }
+    for (name, a) in at.inputs {
+        cmd.extend(["--input".into(), format!("{name}={}", a.digest)]);
+    }
+    for (k, v) in &source.overrides {
+        cmd.extend(["--set".into(), format!("{k}={v}")]);
+    }
+    Ok((remote, cmd))
+}
+
+/// The last `n` lines of a job's log.
+fn log_tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Why a job that did not succeed ended so, in words.
+fn ended_why(ended: &crate::executor::Ended) -> &'static str {
+    match ended.state.as_str() {
+        "TIMEOUT" => " (its time limit ran out)",
+        "OUT_OF_MEMORY" => " (out of memory)",
+        "CANCELLED" => " (cancelled outside this run)",
+        _ => "",
+    }
+}
+
+/// Computes a node's pieces ([`crate::plugin::NodeKind::shards`]) through its executor as
+/// one job array, one task per piece not already in the local cache or the remote (a run
+/// resumed after the array ended), and returns every piece's folder in order; the caller
+/// then runs the node here to merge them.
+async fn run_shards_elsewhere(
+    at: &Elsewhere<'_>,
+    report: &mut NodeReport,
+) -> Result<Vec<std::path::PathBuf>, (Stop, String)> {
+    use crate::executor::{self, Executor};
+    let fail = |m: String| (Stop::Failed, m);
+    let (shared, key) = (at.shared, at.key);
+    let cache = &shared.cache;
+    let n = at.spec.plugin.shards(&at.spec.config);
+    let instance = instance_name(&at.spec.id, at.round);
+    let (remote, mut cmd) = prepare_elsewhere(at).await?;
+    let piece = |e: &Entry| e.outputs.get("shard").map(|d| cache.object_path(d));
+    let mut pieces: Vec<Option<std::path::PathBuf>> = vec![None; n];
+    for (i, slot) in pieces.iter_mut().enumerate() {
+        let sk = shard_key(key, i);
+        if let Some(e) = cache.store().get(&sk).ok().flatten() {
+            if cache.entry_looks_intact(&e) {
+                *slot = piece(&e);
+                continue;
+            }
+        }
+        if let Some(e) = remote.entry(&sk).await.map_err(|e| fail(e.to_string()))? {
+            remote
+                .restore(cache, &sk, &e)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            *slot = piece(&e);
+        }
+    }
+    let missing: Vec<usize> = (0..n).filter(|&i| pieces[i].is_none()).collect();
+    let mut tasks_report = Vec::new();
+    let mut job = serde_json::Value::Null;
+    if !missing.is_empty() {
+        cmd.push("--shard-from-env".into());
+        let work_dir = cache.tmp_dir().join(&shared.run_id).join(&instance);
+        std::fs::create_dir_all(&work_dir)
+            .map_err(|e| fail(format!("work folder {}: {e}", work_dir.display())))?;
+        let Executor::Slurm(slurm) = at.exec;
+        let array = executor::array_spec(&missing);
+        let name = format!("relabel-{}-{instance}", shared.pipeline.name);
+        let submitted = unix_now();
+        let id = executor::submit(
+            slurm,
+            &name,
+            &cmd,
+            &work_dir.join("slurm-%A_%a.out"),
+            Some(&array),
+        )
+        .await
+        .map_err(|e| fail(format!("submitting to Slurm: {e}")))?;
+        shared.opts.progress.println(&format!(
+            "node \"{instance}\": Slurm job array {id} submitted ({} of {n} pieces: {array})",
+            missing.len()
+        ));
+        tracing::info!(node = %instance, job = %id, array = %array, "job array submitted to Slurm");
+        job = serde_json::json!(id);
+        report.metrics.insert(
+            "executor".into(),
+            serde_json::json!({"slurm_job": id, "array": array, "pieces": n}),
+        );
+        let every = std::time::Duration::from_secs_f64(slurm.poll_seconds);
+        let ends = tokio::select! {
+            r = executor::wait_array(&id, missing.len(), every) => r.map_err(|e| fail(format!("Slurm job array {id}: {e}")))?,
+            _ = shared.cancel.cancelled() => {
+                executor::cancel(&id).await;
+                return Err((Stop::Cancelled, format!("cancelled (Slurm job array {id} cancelled)")));
+            }
+        };
+        let log = |t: usize| work_dir.join(format!("slurm-{id}_{t}.out"));
+        if let Some(bad) = ends.iter().find(|t| !t.ended.ok()) {
+            let failed = ends.iter().filter(|t| !t.ended.ok()).count();
+            return Err(fail(format!(
+                "Slurm job array {id}: {failed} of {} tasks failed; task {} ended {} with exit {}{}; its last lines:\n{}",
+                ends.len(),
+                bad.task,
+                bad.ended.state,
+                bad.ended.exit,
+                ended_why(&bad.ended),
+                log_tail(&log(bad.task), 15)
+            )));
+        }
+        for t in &ends {
+            let sk = shard_key(key, t.task);
+            let e = remote
+                .entry(&sk)
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .ok_or_else(|| {
+                    fail(format!(
+                        "Slurm task {id}_{} completed, but the remote has no entry for its piece: did the job see the same manifest and files? Its last lines:\n{}",
+                        t.task,
+                        log_tail(&log(t.task), 15)
+                    ))
+                })?;
+            remote
+                .restore(cache, &sk, &e)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let started = e.metrics.get("job_started_unix").and_then(|v| v.as_f64());
+            tasks_report.push(serde_json::json!({
+                "task": t.task,
+                "state": t.ended.state,
+                "exit": t.ended.exit,
+                "start_delay_s": started.map(|s| s - submitted),
+                "seconds": e.seconds,
+            }));
+            pieces[t.task] = piece(&e);
+        }
+        let _ = crate::cache::remove_all(&work_dir);
+    }
+    report.metrics.insert(
+        "executor".into(),
+        serde_json::json!({
+            "slurm_job": job,
+            "pieces": n,
+            "reused": n - missing.len(),
+            "tasks": tasks_report,
+        }),
+    );
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| p.ok_or_else(|| fail(format!("piece {i} has no `shard` output"))))
+        .collect()
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 /// Runs a node instance through its executor: pushes its inputs to the remote cache, submits
 /// `relabel node-exec` for it, waits for the job, and restores the entry the job pushed.
 #[allow(clippy::too_many_arguments)]
@@ -926,49 +1160,22 @@ async fn run_elsewhere(
     use crate::executor::{self, Executor};
     let fail = |m: String| (Stop::Failed, m);
     let cache = &shared.cache;
-    let Some(remote) = shared.opts.remote.as_ref().filter(|r| r.writes()) else {
-        return Err(fail(format!(
-            "executor: {} runs the node elsewhere through the remote cache; set `remote:` (or --remote) to a writable one the cluster can reach",
-            exec.name()
-        )));
+    let at = Elsewhere {
+        shared,
+        spec,
+        round,
+        key,
+        inputs,
+        exec,
     };
-    let digests: std::collections::BTreeSet<String> =
-        inputs.values().map(|a| a.digest.clone()).collect();
-    remote
-        .push_objects(cache, &digests)
-        .await
-        .map_err(|e| fail(format!("pushing the node's inputs to the remote: {e}")))?;
-    let source = &shared.pipeline.source;
-    let manifest = std::fs::canonicalize(&source.name)
-        .unwrap_or_else(|_| std::path::PathBuf::from(&source.name));
-    let exe = std::env::current_exe().map_err(|e| fail(format!("finding relabel itself: {e}")))?;
-    let mut cmd = vec![
-        exe.display().to_string(),
-        "node-exec".to_string(),
-        manifest.display().to_string(),
-        "--node".into(),
-        spec.id.clone(),
-        "--key".into(),
-        key.to_string(),
-        "--remote".into(),
-        remote.url().to_string(),
-    ];
-    if let Some(r) = round {
-        cmd.extend(["--round".into(), r.to_string()]);
-    }
-    for (name, a) in inputs {
-        cmd.extend(["--input".into(), format!("{name}={}", a.digest)]);
-    }
-    for (k, v) in &source.overrides {
-        cmd.extend(["--set".into(), format!("{k}={v}")]);
-    }
+    let (remote, cmd) = prepare_elsewhere(&at).await?;
     let work_dir = cache.tmp_dir().join(&shared.run_id).join(instance);
     std::fs::create_dir_all(&work_dir)
         .map_err(|e| fail(format!("work folder {}: {e}", work_dir.display())))?;
     let Executor::Slurm(slurm) = exec;
     let log = work_dir.join("slurm-%j.out");
     let name = format!("relabel-{}-{instance}", shared.pipeline.name);
-    let id = executor::submit(slurm, &name, &cmd, &log)
+    let id = executor::submit(slurm, &name, &cmd, &log, None)
         .await
         .map_err(|e| fail(format!("submitting to Slurm: {e}")))?;
     shared
@@ -991,28 +1198,13 @@ async fn run_elsewhere(
         "executor".into(),
         serde_json::json!({"slurm_job": id, "state": ended.state, "exit": ended.exit}),
     );
-    let log_text =
-        std::fs::read_to_string(work_dir.join(format!("slurm-{id}.out"))).unwrap_or_default();
-    let tail: Vec<&str> = log_text
-        .lines()
-        .rev()
-        .take(15)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    let tail = log_tail(&work_dir.join(format!("slurm-{id}.out")), 15);
     if !ended.ok() {
-        let why = match ended.state.as_str() {
-            "TIMEOUT" => " (its time limit ran out)".to_string(),
-            "OUT_OF_MEMORY" => " (out of memory)".to_string(),
-            "CANCELLED" => " (cancelled outside this run)".to_string(),
-            _ => String::new(),
-        };
         return Err(fail(format!(
-            "Slurm job {id} ended {} with exit {}{why}; its last lines:\n{}",
+            "Slurm job {id} ended {} with exit {}{}; its last lines:\n{tail}",
             ended.state,
             ended.exit,
-            tail.join("\n")
+            ended_why(&ended)
         )));
     }
     let entry = remote
@@ -1021,9 +1213,8 @@ async fn run_elsewhere(
         .map_err(|e| fail(e.to_string()))?
         .ok_or_else(|| {
             fail(format!(
-                "Slurm job {id} completed, but the remote has no entry for key {}: did the job see the same manifest and files? Its last lines:\n{}",
+                "Slurm job {id} completed, but the remote has no entry for key {}: did the job see the same manifest and files? Its last lines:\n{tail}",
                 &key[..12.min(key.len())],
-                tail.join("\n")
             ))
         })?;
     remote
@@ -1058,9 +1249,50 @@ pub async fn execute(
     inputs: Inputs,
     manifest_dir: std::path::PathBuf,
 ) -> Result<Entry, (Stop, String)> {
+    execute_part(
+        here,
+        spec,
+        round,
+        instance,
+        inputs,
+        manifest_dir,
+        Part::Whole(Vec::new()),
+    )
+    .await
+}
+
+/// What [`execute_part`] runs of a node.
+pub enum Part {
+    /// The node, given its pieces already computed elsewhere (none: it computes them).
+    Whole(Vec<std::path::PathBuf>),
+    /// One piece ([`crate::plugin::NodeKind::run_shard`]): its only output is `shard`.
+    Shard(usize),
+}
+
+/// The key of piece `shard` of the node instance whose key is `key`.
+pub fn shard_key(key: &str, shard: usize) -> String {
+    blake3::hash(format!("{key}:shard:{shard}").as_bytes())
+        .to_hex()
+        .to_string()
+}
+
+/// [`execute`], for the whole node or one of its pieces.
+pub async fn execute_part(
+    here: &Here<'_>,
+    spec: &NodeSpec,
+    round: Option<u32>,
+    instance: &str,
+    inputs: Inputs,
+    manifest_dir: std::path::PathBuf,
+    part: Part,
+) -> Result<Entry, (Stop, String)> {
     let cache = here.cache;
     let fail = |m: String| (Stop::Failed, m);
-    let work_dir = cache.tmp_dir().join(here.run_id).join(instance);
+    let work_name = match &part {
+        Part::Shard(i) => format!("{instance}.shard-{i}"),
+        Part::Whole(_) => instance.to_string(),
+    };
+    let work_dir = cache.tmp_dir().join(here.run_id).join(work_name);
     std::fs::create_dir_all(work_dir.join("out"))
         .map_err(|e| fail(format!("work folder {}: {e}", work_dir.display())))?;
     let span = tracing::info_span!("node", id = %instance, kind = %spec.plugin.kind());
@@ -1079,9 +1311,23 @@ pub async fn execute(
             .map(|(section, r)| (section.clone(), (r.name.clone(), r.value.clone())))
             .collect(),
         span: span.clone(),
+        shards: match &part {
+            Part::Whole(s) => s.clone(),
+            Part::Shard(_) => Vec::new(),
+        },
     };
     let t0 = Instant::now();
-    let fut = CatchPanic(spec.plugin.run(ctx, &spec.config, inputs)).instrument(span);
+    let (fut, declared) = match part {
+        Part::Whole(_) => (
+            spec.plugin.run(ctx, &spec.config, inputs),
+            spec.outputs.clone(),
+        ),
+        Part::Shard(i) => (
+            spec.plugin.run_shard(ctx, &spec.config, inputs, i),
+            vec!["shard".to_string()],
+        ),
+    };
+    let fut = CatchPanic(fut).instrument(span);
     let result = tokio::select! {
         r = fut => r.unwrap_or_else(|why| Err(NodeError::Failed(format!("the node panicked: {why}")))),
         _ = here.cancel.cancelled() => Err(NodeError::Cancelled),
@@ -1104,7 +1350,7 @@ pub async fn execute(
         return Err((Stop::Cancelled, "cancelled".into()));
     }
     let mut outputs = BTreeMap::new();
-    for name in &spec.outputs {
+    for name in &declared {
         let Some(path) = output.outputs.get(name) else {
             return Err(fail(format!("declared output \"{name}\" was not produced")));
         };

@@ -23,6 +23,139 @@ pub fn assign_folds(n: usize, k: usize, seed: u64) -> Vec<usize> {
     fold
 }
 
+/// One k-fold piece: fold `fold`'s held-out train rows and their probabilities (one vector a
+/// row: the classes, or for tagging the tokens x tags), as a folder (`piece.json` +
+/// `probs.f32`, little-endian) that a job array's task writes and the merging run reads.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FoldPiece {
+    pub fold: usize,
+    pub kfold: usize,
+    pub best_epoch: usize,
+    pub held: Vec<usize>,
+    /// Floats per held row.
+    pub lens: Vec<usize>,
+    #[serde(skip)]
+    pub probs: Vec<Vec<f32>>,
+}
+
+const PIECE_FILE: &str = "piece.json";
+const PIECE_PROBS: &str = "probs.f32";
+
+impl FoldPiece {
+    pub fn write(&self, dir: &std::path::Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut bytes = Vec::with_capacity(self.lens.iter().sum::<usize>() * 4);
+        for p in &self.probs {
+            for x in p {
+                bytes.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        std::fs::write(dir.join(PIECE_PROBS), bytes)?;
+        std::fs::write(dir.join(PIECE_FILE), serde_json::to_vec(self)?)?;
+        Ok(())
+    }
+
+    pub fn read(dir: &std::path::Path) -> Result<FoldPiece> {
+        let mut piece: FoldPiece = serde_json::from_slice(
+            &std::fs::read(dir.join(PIECE_FILE))
+                .with_context(|| format!("reading the k-fold piece {}", dir.display()))?,
+        )?;
+        let bytes = std::fs::read(dir.join(PIECE_PROBS))?;
+        let total: usize = piece.lens.iter().sum();
+        if bytes.len() != total * 4 || piece.lens.len() != piece.held.len() {
+            bail!(
+                "k-fold piece {} is damaged: {} bytes of probabilities for {total} floats",
+                dir.display(),
+                bytes.len()
+            );
+        }
+        let floats: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let mut at = 0;
+        piece.probs = piece
+            .lens
+            .iter()
+            .map(|&n| {
+                at += n;
+                floats[at - n..at].to_vec()
+            })
+            .collect();
+        Ok(piece)
+    }
+}
+
+/// Train's k-fold pieces for `req`: read from `req.folds` when they were computed elsewhere
+/// (checked against this fold assignment), else computed here by `fit(fold, seen, held)`
+/// (the fold's best epoch and a probability vector per held row); only `req.fold` when the
+/// request asks for one piece.
+pub fn kfold_pieces(
+    req: &PredictRequest,
+    n: usize,
+    k: usize,
+    mut fit: impl FnMut(usize, &[usize], &[usize]) -> Result<(usize, Vec<Vec<f32>>)>,
+) -> Result<Vec<FoldPiece>> {
+    let assignment = assign_folds(n, k, req.config.seed);
+    let split =
+        |f: usize| -> (Vec<usize>, Vec<usize>) { (0..n).partition(|&r| assignment[r] != f) };
+    if !req.folds.is_empty() {
+        if req.folds.len() != k {
+            bail!("{} k-fold pieces given for kfold {k}", req.folds.len());
+        }
+        return req
+            .folds
+            .iter()
+            .enumerate()
+            .map(|(f, dir)| {
+                let piece = FoldPiece::read(dir)?;
+                if piece.fold != f || piece.kfold != k || piece.held != split(f).1 {
+                    bail!(
+                        "k-fold piece {} is fold {} of {} over other rows, not fold {f} of {k} of this train split",
+                        dir.display(),
+                        piece.fold,
+                        piece.kfold
+                    );
+                }
+                Ok(piece)
+            })
+            .collect();
+    }
+    let folds: Vec<usize> = match req.fold {
+        Some(f) if f >= k => bail!("fold {f} asked for, but kfold is {k}"),
+        Some(f) => vec![f],
+        None => (0..k).collect(),
+    };
+    folds
+        .into_iter()
+        .map(|f| {
+            let (seen, held) = split(f);
+            let (best_epoch, probs) = fit(f, &seen, &held)?;
+            Ok(FoldPiece {
+                fold: f,
+                kfold: k,
+                best_epoch,
+                lens: probs.iter().map(Vec::len).collect(),
+                held,
+                probs,
+            })
+        })
+        .collect()
+}
+
+/// For a one-piece request: writes it to `req.out` and returns its metrics.
+pub fn write_piece(req: &PredictRequest, pieces: &[FoldPiece]) -> Result<Map<String, Value>> {
+    let [piece] = pieces else {
+        bail!("one k-fold piece expected, {} computed", pieces.len());
+    };
+    piece.write(&req.out)?;
+    let mut m = Map::new();
+    m.insert("fold".into(), json!(piece.fold));
+    m.insert("best_epoch".into(), json!(piece.best_epoch));
+    m.insert("held_rows".into(), json!(piece.held.len()));
+    Ok(m)
+}
+
 pub fn run(req: PredictRequest) -> Result<Map<String, Value>> {
     let meta: ModelMeta = serde_json::from_slice(
         &std::fs::read(req.model.join("model.json")).context("reading model.json")?,
@@ -68,28 +201,32 @@ fn run_with<M: Classifier + 'static>(
     std::fs::create_dir_all(&req.out)?;
     let mut metrics = Map::new();
     let k = req.config.kfold;
-    progress::len(k.map(|k| k * meta.config.epochs).unwrap_or(0) as u64 + ds.splits.len() as u64);
+    if req.fold.is_some() && k.is_none() {
+        bail!("a k-fold piece was asked for, but kfold is not set");
+    }
+    let training = if req.folds.is_empty() { k } else { None };
+    progress::len(
+        training
+            .map(|k| if req.fold.is_some() { 1 } else { k } * meta.config.epochs)
+            .unwrap_or(0) as u64
+            + ds.splits.len() as u64,
+    );
     for (name, split) in &ds.splits {
+        if req.fold.is_some() && name != "train" {
+            continue;
+        }
         let enc = model.encode(&split.texts)?;
         let rows: Vec<usize> = (0..split.len()).collect();
-        let mut probs = probabilities(&model, &enc, &rows);
+        let mut probs = if req.fold.is_some() {
+            Vec::new()
+        } else {
+            probabilities(&model, &enc, &rows)
+        };
         let mut fold = vec![-1i32; split.len()];
         if let (Some(k), "train") = (k, name.as_str()) {
             let dev = ds.split("dev").cloned().unwrap_or_default();
             let dev_enc = model.encode(&dev.texts)?;
-            let assignment = assign_folds(split.len(), k, req.config.seed);
-            let mut best_epochs = Vec::new();
-            for f in 0..k {
-                let seen: Vec<usize> = rows
-                    .iter()
-                    .copied()
-                    .filter(|&r| assignment[r] != f)
-                    .collect();
-                let held: Vec<usize> = rows
-                    .iter()
-                    .copied()
-                    .filter(|&r| assignment[r] == f)
-                    .collect();
+            let pieces = kfold_pieces(req, split.len(), k, |f, seen, held| {
                 let ckpt = req.work.join(format!("fold-{f}.safetensors"));
                 let fresh: M = unwrap_same(crate::fresh(&meta.config, ds)?);
                 let (m, t) = train(
@@ -97,21 +234,29 @@ fn run_with<M: Classifier + 'static>(
                     &meta.config,
                     split,
                     &enc,
-                    &seen,
+                    seen,
                     &dev,
                     &dev_enc,
                     &ckpt,
                     &format!("fold {}/{k}: ", f + 1),
                     default_lr,
                 )?;
-                best_epochs.push(t.best_epoch);
-                let p = probabilities(&m, &enc, &held);
-                for (j, &r) in held.iter().enumerate() {
-                    probs[r * classes..(r + 1) * classes]
-                        .copy_from_slice(&p[j * classes..(j + 1) * classes]);
-                    fold[r] = f as i32;
+                let p = probabilities(&m, &enc, held);
+                Ok((
+                    t.best_epoch,
+                    p.chunks(classes).map(<[f32]>::to_vec).collect(),
+                ))
+            })?;
+            if req.fold.is_some() {
+                return write_piece(req, &pieces);
+            }
+            for piece in &pieces {
+                for (&r, p) in piece.held.iter().zip(&piece.probs) {
+                    probs[r * classes..(r + 1) * classes].copy_from_slice(p);
+                    fold[r] = piece.fold as i32;
                 }
             }
+            let best_epochs: Vec<usize> = pieces.iter().map(|p| p.best_epoch).collect();
             metrics.insert("fold_best_epochs".into(), json!(best_epochs));
         }
         let preds = SplitPredictions::from_probs(classes, probs, split.labels.clone(), fold);

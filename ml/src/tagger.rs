@@ -619,56 +619,63 @@ pub fn predict_task(
         .context("loading the tagger's checkpoint")?;
     std::fs::create_dir_all(&req.out)?;
     let k = req.config.kfold;
-    let glove = match k {
+    if req.fold.is_some() && k.is_none() {
+        bail!("a k-fold piece was asked for, but kfold is not set");
+    }
+    let training = if req.folds.is_empty() { k } else { None };
+    let glove = match training {
         Some(_) => Some(Glove::load(&vectors_dir(&cfg.tagger))?),
         None => None,
     };
     let mut metrics = Map::new();
-    progress::len(k.map(|k| k * cfg.epochs).unwrap_or(0) as u64 + ds.splits.len() as u64);
+    progress::len(
+        training
+            .map(|k| if req.fold.is_some() { 1 } else { k } * cfg.epochs)
+            .unwrap_or(0) as u64
+            + ds.splits.len() as u64,
+    );
     let names = tag_names(&ds.labels);
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     for (name, split) in &ds.splits {
+        if req.fold.is_some() && name != "train" {
+            continue;
+        }
         let enc = encode(&vocab, &split.tokens);
         let rows: Vec<usize> = (0..split.len()).collect();
-        let mut probs = probabilities(&m, &enc, &rows, ntags);
+        let mut probs = if req.fold.is_some() {
+            Vec::new()
+        } else {
+            probabilities(&m, &enc, &rows, ntags)
+        };
         let mut fold = vec![-1i32; split.len()];
         if let (Some(k), "train") = (k, name.as_str()) {
             let empty = Split::default();
             let dev = ds.split("dev").unwrap_or(&empty);
             let dev_enc = encode(&vocab, &dev.tokens);
-            let assignment = crate::predict::assign_folds(split.len(), k, req.config.seed);
-            let mut best = Vec::new();
-            for f in 0..k {
-                let seen: Vec<usize> = rows
-                    .iter()
-                    .copied()
-                    .filter(|&r| assignment[r] != f)
-                    .collect();
-                let held: Vec<usize> = rows
-                    .iter()
-                    .copied()
-                    .filter(|&r| assignment[r] == f)
-                    .collect();
+            let pieces = crate::predict::kfold_pieces(req, split.len(), k, |f, seen, held| {
                 let ckpt = req.work.join(format!("fold-{f}.safetensors"));
                 let (fm, t) = fit(
                     cfg,
                     &vocab,
                     glove.as_ref(),
                     ntags,
-                    (split, &enc, &seen),
+                    (split, &enc, seen),
                     (dev, &dev_enc),
                     &ckpt,
                     &format!("fold {}/{k}: ", f + 1),
                 )?;
-                best.push(t.best_epoch);
-                for (p, &r) in probabilities(&fm, &enc, &held, ntags)
-                    .into_iter()
-                    .zip(&held)
-                {
-                    probs[r] = p;
-                    fold[r] = f as i32;
+                Ok((t.best_epoch, probabilities(&fm, &enc, held, ntags)))
+            })?;
+            if req.fold.is_some() {
+                return crate::predict::write_piece(req, &pieces);
+            }
+            for piece in pieces.iter() {
+                for (&r, p) in piece.held.iter().zip(&piece.probs) {
+                    probs[r] = p.clone();
+                    fold[r] = piece.fold as i32;
                 }
             }
+            let best: Vec<usize> = pieces.iter().map(|p| p.best_epoch).collect();
             metrics.insert("fold_best_epochs".into(), json!(best));
         }
         let f1 = f1_of(ds, split, &probs, ntags);

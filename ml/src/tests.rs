@@ -210,18 +210,30 @@ fn kfold_predictions_never_come_from_a_model_that_saw_the_row() {
     let req = serde_json::json!({"config": cfg, "dataset": ds_dir, "out": model_dir});
     crate::train_task(serde_json::from_value(req).unwrap()).unwrap();
     assert!(checkpoint_path(&model_dir).exists());
-    let run = |k: Option<usize>, name: &str| {
-        let out = dir.path().join(name);
+    let request = |k: Option<usize>, name: &str| {
         let work = dir.path().join(format!("{name}-work"));
         std::fs::create_dir_all(&work).unwrap();
-        predict::run(PredictRequest {
+        PredictRequest {
             config: SelfPredictorConfig { kfold: k, seed: 3 },
             model: model_dir.clone(),
             dataset: ds_dir.clone(),
-            out: out.clone(),
+            out: dir.path().join(name),
             work,
-        })
-        .unwrap();
+            fold: None,
+            folds: Vec::new(),
+        }
+    };
+    let read = |out: &std::path::Path| {
+        (
+            SplitPredictions::read(&out.join("train.parquet"), &ds.splits["train"], CLASSES)
+                .unwrap(),
+            SplitPredictions::read(&out.join("dev.parquet"), &ds.splits["dev"], CLASSES).unwrap(),
+        )
+    };
+    let run = |k: Option<usize>, name: &str| {
+        let req = request(k, name);
+        let out = req.out.clone();
+        predict::run(req).unwrap();
         (
             SplitPredictions::read(&out.join("train.parquet"), &ds.splits["train"], CLASSES)
                 .unwrap(),
@@ -252,6 +264,43 @@ fn kfold_predictions_never_come_from_a_model_that_saw_the_row() {
         predict::assign_folds(tr.len(), 4, 3),
         oos.fold.iter().map(|&f| f as usize).collect::<Vec<_>>()
     );
+
+    // The same four folds computed one piece at a time (as a job array's tasks do), then
+    // merged: the same predictions as the one-process run.
+    let pieces: Vec<std::path::PathBuf> = (0..4)
+        .map(|f| {
+            let mut req = request(Some(4), &format!("piece-{f}"));
+            req.fold = Some(f);
+            let m = predict::run(req.clone()).unwrap();
+            assert_eq!(m["fold"], f);
+            assert!(
+                !req.out.join("train.parquet").exists(),
+                "a piece predicts nothing else"
+            );
+            req.out
+        })
+        .collect();
+    let mut req = request(Some(4), "merged");
+    req.folds = pieces.clone();
+    let out = req.out.clone();
+    predict::run(req).unwrap();
+    let (merged, merged_dev) = read(&out);
+    assert_eq!(merged.fold, oos.fold);
+    assert_eq!(merged.probs, oos.probs);
+    assert_eq!(merged_dev.probs, oos_dev.probs);
+    // A piece of another fold, or for another kfold, is refused.
+    let mut req = request(Some(4), "mixed");
+    req.folds = vec![
+        pieces[1].clone(),
+        pieces[0].clone(),
+        pieces[2].clone(),
+        pieces[3].clone(),
+    ];
+    let err = predict::run(req).unwrap_err().to_string();
+    assert!(err.contains("not fold 0 of 4"), "{err}");
+    let mut req = request(Some(3), "short");
+    req.folds = pieces[..3].to_vec();
+    assert!(predict::run(req).is_err());
 }
 
 #[test]

@@ -328,6 +328,14 @@ pub struct PredictRequest {
     pub dataset: PathBuf,
     pub out: PathBuf,
     pub work: PathBuf,
+    /// Compute only this k-fold piece (train fold F's held-out predictions) into `out`, for
+    /// a task of a job array; nothing else is predicted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<usize>,
+    /// The k-fold pieces already computed elsewhere, fold by fold: they are read instead of
+    /// trained.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folds: Vec<PathBuf>,
 }
 
 /// `embed`: a pretrained encoder's sentence embeddings of `texts`.

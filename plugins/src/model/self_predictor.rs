@@ -36,6 +36,27 @@ impl NodeKind for SelfPredictor {
         p
     }
 
+    /// With `kfold: K` under an executor, the K fold trainings run as K tasks of a job array.
+    fn shards(c: &SelfPredictorConfig) -> usize {
+        c.kfold.unwrap_or(0)
+    }
+
+    async fn run_shard(
+        &self,
+        ctx: NodeContext,
+        c: SelfPredictorConfig,
+        inputs: Inputs,
+        shard: usize,
+    ) -> Result<NodeOutput, NodeError> {
+        let out = ctx.output_path("shard");
+        let mut metrics = predict(&ctx, c, &inputs, &out, Some(shard), Vec::new()).await?;
+        metrics.insert("fold".into(), shard.into());
+        Ok(NodeOutput {
+            outputs: [("shard".to_string(), out)].into(),
+            metrics,
+        })
+    }
+
     async fn run(
         &self,
         ctx: NodeContext,
@@ -43,17 +64,33 @@ impl NodeKind for SelfPredictor {
         inputs: Inputs,
     ) -> Result<NodeOutput, NodeError> {
         let out = ctx.output_path("predictions");
-        let request = relabel_tasks::protocol::PredictRequest {
-            config: c,
-            model: inputs["model"].path.clone(),
-            dataset: inputs["dataset"].path.clone(),
-            out: out.clone(),
-            work: ctx.work_dir.clone(),
-        };
-        let metrics = crate::model::worker::run_task(&ctx, "predict", &request).await?;
+        let pieces = ctx.shards.clone();
+        let metrics = predict(&ctx, c, &inputs, &out, None, pieces).await?;
         Ok(NodeOutput {
             outputs: [("predictions".to_string(), out)].into(),
             metrics,
         })
     }
+}
+
+/// The worker's `predict` task: everything, one k-fold piece (`fold`), or everything with the
+/// pieces computed elsewhere (`folds`).
+async fn predict(
+    ctx: &NodeContext,
+    config: SelfPredictorConfig,
+    inputs: &Inputs,
+    out: &std::path::Path,
+    fold: Option<usize>,
+    folds: Vec<std::path::PathBuf>,
+) -> Result<relabel_engine::plugin::Metrics, NodeError> {
+    let request = relabel_tasks::protocol::PredictRequest {
+        config,
+        model: inputs["model"].path.clone(),
+        dataset: inputs["dataset"].path.clone(),
+        out: out.to_path_buf(),
+        work: ctx.work_dir.clone(),
+        fold,
+        folds,
+    };
+    crate::model::worker::run_task(ctx, "predict", &request).await
 }

@@ -44,12 +44,14 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
         "badcase" => crate::bench_badcase::badcase(root, args)?,
         "artifacts" => crate::bench_artifacts::artifacts(root, args)?,
         "remote" => crate::bench_remote::remote(root, args)?,
+        "slurm" => crate::bench_slurm::slurm(root, args)?,
+        "million" => crate::bench_million::million(root, args)?,
         #[cfg(feature = "artifacts")]
         "ner" => crate::bench_ner::ner(root, args)?,
         #[cfg(feature = "artifacts")]
         "ctr" => crate::bench_ctr::ctr(root, args)?,
         other => {
-            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, batch, knn, votes, quality, badcase, artifacts, ner, ctr, remote")
+            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, batch, knn, votes, quality, badcase, artifacts, ner, ctr, remote, slurm, million")
         }
     };
     let out = json!({

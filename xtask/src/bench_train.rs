@@ -54,8 +54,14 @@ fn node<'a>(report: &'a Value, id: &str) -> &'a Value {
 }
 
 /// Banking77 train texts repeated with random perturbations (a dropped, repeated or swapped
-/// word) up to `n` rows, as JSONL.
-fn perturbed(b77: &Path, out: &Path, n: usize) -> Result<()> {
+/// word) up to `n` rows, as JSONL, a fraction `noise` of them given another label at random;
+/// returns each row id's true label and whether its label was flipped.
+pub(crate) fn perturbed(
+    b77: &Path,
+    out: &Path,
+    n: usize,
+    noise: f64,
+) -> Result<std::collections::HashMap<String, (String, bool)>> {
     let text = std::fs::read_to_string(b77.join("train.tsv"))?;
     let rows: Vec<(String, String)> = text
         .lines()
@@ -71,8 +77,21 @@ fn perturbed(b77: &Path, out: &Path, n: usize) -> Result<()> {
         state ^= state << 17;
         state
     };
+    let mut labels: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    let mut truth = std::collections::HashMap::with_capacity(n);
     for i in 0..n {
-        let (t, l) = &rows[i % rows.len()];
+        let (t, gold) = &rows[i % rows.len()];
+        let flip = noise > 0.0 && (next() >> 11) as f64 / (1u64 << 53) as f64 <= noise;
+        let l = if flip {
+            let j = labels.iter().position(|x| x == gold).unwrap_or(0);
+            let k = 1 + (next() % (labels.len() as u64 - 1)) as usize;
+            labels[(j + k) % labels.len()]
+        } else {
+            gold.as_str()
+        };
+        truth.insert(format!("r{i}"), (gold.clone(), flip));
         let mut words: Vec<&str> = t.split_whitespace().collect();
         if words.len() > 2 {
             let j = (next() % words.len() as u64) as usize;
@@ -93,7 +112,7 @@ fn perturbed(b77: &Path, out: &Path, n: usize) -> Result<()> {
             json!({"id": format!("r{i}"), "text": words.join(" "), "label": l})
         )?;
     }
-    Ok(())
+    Ok(truth)
 }
 
 const PYTORCH: &str = r#"
@@ -191,7 +210,7 @@ pub fn train(root: &Path, args: &[String]) -> Result<Value> {
     // 2. Speed on a large set: Banking77 repeated with perturbations.
     let big = work.join("big");
     std::fs::create_dir_all(&big)?;
-    perturbed(&b77, &big.join("train.jsonl"), big_rows)?;
+    perturbed(&b77, &big.join("train.jsonl"), big_rows, 0.0)?;
     let manifest = format!(
         "version: 1\nname: bench-train-big\nnodes:\n  - id: data\n    kind: dataset\n    config: {{train: train.jsonl, dev: {0}/dev.tsv}}\n  - id: fasttext\n    kind: trainer\n    inputs: [data.dataset]\n    config: {{epochs: 2, patience: 5, seed: 1, threads: {threads}}}\n",
         b77.display()

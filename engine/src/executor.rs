@@ -224,13 +224,7 @@ pub async fn poll(id: &str) -> Result<Option<Ended>, String> {
     )
     .await
     .map_err(|e| format!("job {id} is neither queued nor known to accounting: {e}"))?;
-    let field = |k: &str| {
-        shown
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap_or("")
-            .to_string()
-    };
+    let field = |k: &str| show_field(&shown, k);
     let state = field("JobState=");
     if LIVE.contains(&state.as_str()) {
         return Ok(None);
@@ -303,12 +297,7 @@ pub async fn poll_array(id: &str, tasks: usize) -> Result<Option<Vec<TaskEnd>>, 
         .await
         .map_err(|e| format!("job array {id} is neither queued nor known to accounting: {e}"))?;
         for line in shown.lines() {
-            let field = |k: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(k))
-                    .unwrap_or("")
-                    .to_string()
-            };
+            let field = |k: &str| show_field(line, k);
             let state = field("JobState=");
             if LIVE.contains(&state.as_str()) {
                 return Ok(None);
@@ -376,6 +365,14 @@ pub async fn wait(id: &str, every: Duration) -> Result<Ended, String> {
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// The value of `KEY=` in a line of `scontrol show job -o` (empty when absent).
+fn show_field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or("")
+        .to_string()
 }
 
 #[cfg(test)]

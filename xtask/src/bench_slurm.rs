@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use crate::bench::time;
+use crate::bench_train::node;
 
 fn manifest(
     b77: &Path,
@@ -25,13 +26,6 @@ fn manifest(
         t = train.display(),
         remote = remote.display(),
     )
-}
-
-fn node<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["nodes"]
-        .as_array()
-        .and_then(|ns| ns.iter().find(|n| n["id"] == id))
-        .unwrap_or(&Value::Null)
 }
 
 pub fn slurm(root: &Path, args: &[String]) -> Result<Value> {

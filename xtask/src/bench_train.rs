@@ -46,7 +46,8 @@ fn relabel(root: &Path, work: &Path, manifest: &str) -> Result<(f64, Value)> {
     Ok((secs, r))
 }
 
-fn node<'a>(report: &'a Value, id: &str) -> &'a Value {
+/// A node's entry in a run report (null when absent).
+pub(crate) fn node<'a>(report: &'a Value, id: &str) -> &'a Value {
     report["nodes"]
         .as_array()
         .and_then(|ns| ns.iter().find(|n| n["id"] == id))

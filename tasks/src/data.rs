@@ -145,6 +145,8 @@ pub struct Split {
     /// Tagging: each row's tokens and their IOB2 tag indices ([`crate::tagging::tag_names`]).
     pub tokens: Vec<Vec<String>>,
     pub tags: Vec<Vec<u32>>,
+    /// Generation: each row's target text (`texts` holds the sources).
+    pub targets: Vec<String>,
 }
 
 fn bad(msg: impl Into<String>) -> io::Error {
@@ -162,8 +164,15 @@ impl Split {
 
     /// Writes the split as Parquet: columns `id` and `text` (strings) and, for classification,
     /// `label` (the label's name, dictionary-encoded); for tagging, `tokens` and `tags` (lists
-    /// of strings, IOB2 tag names).
+    /// of strings, IOB2 tag names); for generation, `target` (the target text; `text` is the source).
     pub fn write(&self, path: &Path, spec: &LabelSpec, task: TaskKind) -> io::Result<()> {
+        if task == TaskKind::Generation {
+            return crate::table::TableWriter::new()
+                .strings("id", &self.ids)
+                .strings("text", &self.texts)
+                .strings("target", &self.targets)
+                .write(path);
+        }
         if task == TaskKind::Tagging {
             let names = crate::tagging::tag_names(spec);
             let tags: Vec<Vec<String>> = self
@@ -197,6 +206,14 @@ impl Split {
     /// columns; `label` holds names of the spec's labels).
     pub fn read(path: &Path, spec: &LabelSpec, task: TaskKind) -> io::Result<Split> {
         let t = crate::table::Table::read(path)?;
+        if task == TaskKind::Generation {
+            return Ok(Split {
+                ids: t.strings("id")?,
+                texts: t.strings("text")?,
+                targets: t.strings("target")?,
+                ..Default::default()
+            });
+        }
         if task == TaskKind::Tagging {
             let tokens = t.string_lists("tokens")?;
             let raw = t.string_lists("tags")?;
@@ -250,6 +267,7 @@ impl Split {
         retain(&mut self.labels, &keep);
         retain(&mut self.tokens, &keep);
         retain(&mut self.tags, &keep);
+        retain(&mut self.targets, &keep);
     }
 
     /// Appends row `i` of `other` (every column the task has).
@@ -264,6 +282,9 @@ impl Split {
         }
         if let Some(t) = other.tags.get(i) {
             self.tags.push(t.clone());
+        }
+        if let Some(t) = other.targets.get(i) {
+            self.targets.push(t.clone());
         }
     }
 }
@@ -415,11 +436,12 @@ impl Dataset {
     }
 
     /// Probabilities per prediction row: one per label (classification) or, per token, one per
-    /// tag (tagging: O and B-/I- of each type).
+    /// tag (tagging: O and B-/I- of each type); none for generation (an output text instead).
     pub fn prediction_width(&self) -> usize {
         match self.task {
             TaskKind::Classification | TaskKind::Ctr => self.labels.len(),
             TaskKind::Tagging => crate::tagging::tag_names(&self.labels).len(),
+            TaskKind::Generation => 0,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! relabel-tasks: the [`task::Task`] seam and its tasks ([`classification`], [`tagging`], [`ctr`]; [`rows`]
+//! relabel-tasks: the [`task::Task`] seam and its tasks ([`classification`], [`tagging`], [`ctr`], [`generation`]; [`rows`]
 //! dispatches on a dataset's task), label specs
 //! and datasets ([`data`]), predictions, flags, their on-disk formats ([`io`], [`le`]), and the
 //! ML worker's typed messages ([`protocol`]). No tokio, no HTTP, no engine: the `relabel-ml`
@@ -9,6 +9,7 @@ pub mod ctr;
 pub mod data;
 pub mod decisions;
 pub mod flags;
+pub mod generation;
 pub mod home;
 pub mod io;
 pub mod le;
@@ -18,3 +19,4 @@ pub mod rows;
 pub mod table;
 pub mod tagging;
 pub mod task;
+pub mod textmetrics;

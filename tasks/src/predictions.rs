@@ -27,11 +27,38 @@ pub struct SplitPredictions {
     /// rows' tokens in order), so token-level rules read them as rows of a classification;
     /// empty for classification.
     pub lens: Vec<usize>,
+    /// Generation: each row's decoded output. `label_prob` is then the target's mean
+    /// per-token probability (the exp of its mean log-probability) and `loss` its negative
+    /// mean log-probability; `probs`, `label` and `predicted` are empty.
+    pub outputs: Vec<String>,
 }
 
 impl SplitPredictions {
     pub fn rows(&self) -> usize {
-        self.label.len()
+        if self.outputs.is_empty() {
+            self.label.len()
+        } else {
+            self.outputs.len()
+        }
+    }
+
+    /// Generation predictions: outputs and the targets' mean log-probabilities per token.
+    pub fn from_outputs(outputs: Vec<String>, target_logprob: &[f32], fold: Vec<i32>) -> Self {
+        SplitPredictions {
+            label_prob: target_logprob.iter().map(|l| l.exp()).collect(),
+            loss: target_logprob.iter().map(|l| -l).collect(),
+            outputs,
+            fold,
+            ..Default::default()
+        }
+    }
+
+    /// Generation: row `i` as the task sees it.
+    pub fn generated(&self, i: usize) -> crate::generation::GenPrediction {
+        crate::generation::GenPrediction {
+            output: self.outputs[i].clone(),
+            target_logprob: -self.loss[i],
+        }
     }
 
     pub fn row(&self, i: usize) -> &[f32] {
@@ -60,6 +87,7 @@ impl SplitPredictions {
             loss,
             fold,
             lens: Vec::new(),
+            outputs: Vec::new(),
         }
     }
 
@@ -115,6 +143,26 @@ impl SplitPredictions {
     /// float per label, in `labels.json` order), `fold` (int32; -1 in-sample), and for reading
     /// by eye `label` and `predicted` (names), `label_prob` and `loss`.
     pub fn write(&self, path: &Path, ids: &[String], names: &[&str]) -> io::Result<()> {
+        if !self.outputs.is_empty() || (self.classes == 0 && names.is_empty()) {
+            if ids.len() != self.outputs.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{}: {} outputs but {} ids",
+                        path.display(),
+                        self.outputs.len(),
+                        ids.len()
+                    ),
+                ));
+            }
+            let lp: Vec<f32> = self.loss.iter().map(|l| -l).collect();
+            return crate::table::TableWriter::new()
+                .strings("id", ids)
+                .strings("output", &self.outputs)
+                .f32s("target_logprob", &lp)
+                .i32s("fold", &self.fold)
+                .write(path);
+        }
         let rows = if self.lens.is_empty() {
             self.rows()
         } else {
@@ -192,6 +240,15 @@ impl SplitPredictions {
         } else {
             vec![-1; split.len()]
         };
+        if !split.targets.is_empty() {
+            let outputs = t.strings("output")?;
+            let lp: Vec<f32> = if t.has("target_logprob") {
+                t.floats("target_logprob")?
+            } else {
+                vec![0.0; outputs.len()]
+            };
+            return Ok(SplitPredictions::from_outputs(outputs, &lp, fold));
+        }
         if !split.tokens.is_empty() {
             let (probs, lens) = t.float_row_lists("probs", classes)?;
             if let Some(i) = (0..lens.len()).find(|&i| lens[i] != split.tokens[i].len()) {

@@ -6,6 +6,7 @@ use crate::classification::Classification;
 use crate::ctr::Ctr;
 use crate::data::{Dataset, LabelSpec, Split};
 use crate::flags::Flag;
+use crate::generation::Generation;
 use crate::predictions::SplitPredictions;
 use crate::tagging::{Span, SpanScore, Tagging};
 use crate::task::{Choice, Dispute, Question, Task, TaskKind};
@@ -134,6 +135,16 @@ pub fn question_with(
             &ds.labels,
             examples,
         )),
+        TaskKind::Generation => Ok(generation_for(ds, flag, examples).question(
+            &flag.text,
+            &Dispute {
+                site: (),
+                options,
+                score: flag.score,
+            },
+            &ds.labels,
+            examples,
+        )),
         TaskKind::Tagging => Ok(Tagging::default().question(
             tokens(ds, flag)?,
             &Dispute {
@@ -145,6 +156,32 @@ pub fn question_with(
             examples,
         )),
     }
+}
+
+/// Generation: the task with `examples` source -> target pairs of other train rows, spread
+/// over the split from a place the flag's id picks (cheap per flag, different across flags).
+fn generation_for(ds: &Dataset, flag: &Flag, examples: usize) -> Generation {
+    let mut g = Generation::default();
+    let Some(train) = ds.split("train").filter(|t| !t.targets.is_empty()) else {
+        return g;
+    };
+    let n = train.len();
+    let want = examples.clamp(1, 5).min(n.saturating_sub(1));
+    let h = blake3::hash(flag.id.as_bytes());
+    let start = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) as usize % n;
+    let step = (n / (want + 1)).max(1);
+    let mut i = start;
+    for _ in 0..n {
+        if g.examples.len() >= want {
+            break;
+        }
+        if train.ids[i] != flag.id {
+            g.examples
+                .push((train.texts[i].clone(), train.targets[i].clone()));
+        }
+        i = (i + step) % n;
+    }
+    g
 }
 
 /// Applies a judge's choice on `flag` to row `row` of its split; an error when the row no
@@ -170,6 +207,18 @@ pub fn apply(ds: &mut Dataset, flag: &Flag, row: usize, choice: Choice) -> Resul
                 &spec,
             )
             .map_err(|e| e.to_string()),
+        TaskKind::Generation => Generation::default()
+            .apply(
+                &mut split.targets[row],
+                &Dispute {
+                    site: (),
+                    options,
+                    score: 0.0,
+                },
+                choice,
+                &spec,
+            )
+            .map_err(|e| e.to_string()),
         TaskKind::Tagging => Tagging::default()
             .apply(
                 &mut split.tags[row],
@@ -186,7 +235,8 @@ pub fn apply(ds: &mut Dataset, flag: &Flag, row: usize, choice: Choice) -> Resul
 }
 
 /// Whether the flag's options are labels of the spec (classification) or free titles of
-/// readings (tagging): a chosen option must be one of the flag's two either way.
+/// readings (tagging's spans, generation's texts): a chosen option must be one of the flag's
+/// two either way.
 pub fn options_are_labels(task: TaskKind) -> bool {
     matches!(task, TaskKind::Classification | TaskKind::Ctr)
 }
@@ -253,6 +303,15 @@ pub fn holds(ds: &Dataset, flag: &Flag, row: usize) -> Result<(), String> {
                 score: 0.0,
             };
             Classification.apply(&mut y, &d, Choice::Keep, &ds.labels)
+        }
+        TaskKind::Generation => {
+            let mut y = split.targets[row].clone();
+            let d = Dispute {
+                site: (),
+                options,
+                score: 0.0,
+            };
+            Generation::default().apply(&mut y, &d, Choice::Keep, &ds.labels)
         }
         TaskKind::Tagging => {
             let mut y = split.tags[row].clone();

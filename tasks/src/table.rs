@@ -324,6 +324,15 @@ impl Table {
         Ok(out)
     }
 
+    /// A float column (float32 or float64), as f32.
+    pub fn floats(&self, name: &str) -> io::Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(self.rows);
+        for a in self.parts(name)? {
+            self.floats_into(name, a.as_ref(), &mut out)?;
+        }
+        Ok(out)
+    }
+
     fn floats_into(&self, name: &str, a: &dyn Array, out: &mut Vec<f32>) -> io::Result<()> {
         match a.data_type() {
             DataType::Float32 => out.extend_from_slice(a.as_primitive::<Float32Type>().values()),

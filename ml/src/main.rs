@@ -12,6 +12,7 @@ mod fm;
 mod knn;
 mod predict;
 mod progress;
+mod seq2seq;
 mod tagger;
 mod train;
 
@@ -67,6 +68,9 @@ pub fn fresh(cfg: &TrainerConfig, ds: &Dataset) -> Result<AnyModel> {
             cfg.seed,
             true,
         )?)),
+        ModelKind::Seq2seq => bail!(
+            "model: seq2seq is a generation model, for `task: generation` datasets; a classification dataset takes fasttext or encoder"
+        ),
         ModelKind::Bilstm => bail!(
             "model: bilstm is a tagger, for `task: tagging` datasets; a classification dataset takes fasttext or encoder"
         ),
@@ -87,6 +91,12 @@ fn train_task(req: TrainRequest) -> Result<serde_json::Map<String, serde_json::V
             bail!("a tagging dataset needs a tagger: set `model: bilstm` on the trainer");
         }
         return tagger::train_task(&req, &ds);
+    }
+    if ds.task == relabel_tasks::task::TaskKind::Generation {
+        if req.config.model != ModelKind::Seq2seq {
+            bail!("a generation dataset needs a sequence-to-sequence model: set `model: seq2seq` on the trainer");
+        }
+        return seq2seq::train_task(&req, &ds);
     }
     match fresh(&req.config, &ds)? {
         AnyModel::FastText(m) => train_with(m, fasttext::DEFAULT_LR, &req, &ds),

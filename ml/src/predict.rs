@@ -36,6 +36,10 @@ pub struct FoldPiece {
     pub lens: Vec<usize>,
     #[serde(skip)]
     pub probs: Vec<Vec<f32>>,
+    /// Generation: the held rows' decoded outputs (`probs` holds each one's target
+    /// log-probability).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
 }
 
 const PIECE_FILE: &str = "piece.json";
@@ -138,6 +142,7 @@ pub fn kfold_pieces(
                 lens: probs.iter().map(Vec::len).collect(),
                 held,
                 probs,
+                outputs: Vec::new(),
             })
         })
         .collect()
@@ -171,6 +176,9 @@ pub fn run(req: PredictRequest) -> Result<Map<String, Value>> {
     }
     if ds.task == relabel_tasks::task::TaskKind::Tagging {
         return crate::tagger::predict_task(&req, &meta, &ds);
+    }
+    if ds.task == relabel_tasks::task::TaskKind::Generation {
+        return crate::seq2seq::predict_task(&req, &meta, &ds);
     }
     match crate::fresh(&meta.config, &ds)? {
         AnyModel::FastText(m) => run_with(m, crate::fasttext::DEFAULT_LR, &req, &meta, &ds),

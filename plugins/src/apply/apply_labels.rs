@@ -442,6 +442,20 @@ pub fn diff(a: &Dataset, b: &Dataset, examples: usize) -> serde_json::Value {
                 }
                 continue;
             }
+            if a.task == TaskKind::Generation {
+                if sa.targets[i] != sb.targets[j] {
+                    per_class.entry("target".into()).or_default().0 += 1;
+                    per_class.entry("target".into()).or_default().1 += 1;
+                    pairs
+                        .entry(("target".into(), "target".into()))
+                        .or_default()
+                        .push(format!(
+                            "{}: \"{}\" -> \"{}\"",
+                            sa.texts[i], sa.targets[i], sb.targets[j]
+                        ));
+                }
+                continue;
+            }
             let old = &a.labels.labels[sa.labels[i] as usize].name;
             let new = &b.labels.labels[sb.labels[j] as usize].name;
             if old != new {

@@ -85,6 +85,9 @@ pub enum RankBy {
     NormalizedMargin,
     /// Highest cross-entropy first.
     Loss,
+    /// Generation: farthest output from the target first (1 - sentence chrF / 100, plus the
+    /// share of a record's slots the output covers and the target does not).
+    Distance,
 }
 
 /// How many flags a round may have.
@@ -611,6 +614,8 @@ fn score_against(p: &SplitPredictions, i: usize, rank: RankBy, other: Option<usi
             (1.0 - (row[given] - q) as f64) / 2.0
         }
         RankBy::Loss => p.loss[i] as f64,
+        // Generation only (refused for other tasks by the node's checks): no classes.
+        RankBy::Distance => p.loss[i] as f64,
     }
 }
 
@@ -892,7 +897,20 @@ pub fn run_filter(
             let (f, t, s) = span_flags(c, &ds, pred_dir, ds_dir)?;
             (f, t, s, None, None)
         }
+        relabel_tasks::task::TaskKind::Generation => {
+            if c.budget == Budget::Estimated {
+                return Err("budget: estimated counts label errors from per-row class probabilities; a generation dataset uses budget: fixed".into());
+            }
+            if c.next_candidates > 0 {
+                return Err("next_candidates offers a row's next most probable class; a generation dataset's candidate is the model's output".into());
+            }
+            let (f, t, s) = output_flags(c, &ds, pred_dir, ds_dir)?;
+            (f, t, s, None, None)
+        }
         relabel_tasks::task::TaskKind::Classification | relabel_tasks::task::TaskKind::Ctr => {
+            if c.rank_by == RankBy::Distance {
+                return Err("rank_by: distance ranks generated texts; a classification dataset ranks by self_confidence, normalized_margin or loss".into());
+            }
             let r = row_flags(c, &ds, pred_dir, ds_dir)?;
             let next = (c.next_candidates > 0).then_some(r.next);
             (r.flags, r.total, r.skipped, r.estimate, next)
@@ -926,6 +944,130 @@ fn judged_set(
             (j.split, j.id, pair)
         })
         .collect())
+}
+
+/// Generation: the rows whose model output differs from the target (and that the other rules
+/// pick: `loss_above`, `self_confidence_below` on the target's mean per-token probability),
+/// ranked by `rank_by`, under a budget of `max_fraction` of the rows.
+fn output_flags(
+    c: &FilterConfig,
+    ds: &Dataset,
+    pred_dir: &std::path::Path,
+    ds_dir: &std::path::Path,
+) -> Result<(Vec<Flag>, usize, usize), String> {
+    use relabel_tasks::task::Task;
+    if let Some(r) = c
+        .rules
+        .iter()
+        .find(|r| matches!(r, Rule::MarginBelow(_) | Rule::ConfidentLearning(_)))
+    {
+        return Err(format!(
+            "rule `{}` reads class probabilities; a generation dataset's rules are pred_neq_label (the output differs from the target), loss_above and self_confidence_below (the target's mean per-token log-probability)",
+            r.name()
+        ));
+    }
+    if c.rank_by == RankBy::NormalizedMargin {
+        return Err("rank_by: normalized_margin reads class probabilities; a generation dataset ranks by distance, loss or self_confidence".into());
+    }
+    let judged = if c.skips_judged() {
+        judged_set(ds_dir)?
+    } else {
+        Default::default()
+    };
+    let task = relabel_tasks::generation::Generation::default();
+    let mut found: Vec<(
+        &str,
+        &crate::data::Split,
+        usize,
+        relabel_tasks::task::Dispute<()>,
+        f32,
+    )> = Vec::new();
+    let mut cands = Vec::new();
+    let (mut total, mut skipped) = (0usize, 0usize);
+    for (s, name) in c.splits.iter().enumerate() {
+        let Some(split) = ds.split(name) else {
+            continue;
+        };
+        let p = SplitPredictions::read(&pred_dir.join(crate::data::split_file(name)), split, 0)
+            .map_err(|e| format!("predictions for {name}: {e}"))?;
+        total += split.len();
+        for i in 0..split.len() {
+            let fired = c.all_rows
+                || match c.combine {
+                    Combine::Any => c.rules.iter().any(|r| gen_rule(r, &p, i, split)),
+                    Combine::All => {
+                        !c.rules.is_empty() && c.rules.iter().all(|r| gen_rule(r, &p, i, split))
+                    }
+                };
+            if !fired {
+                continue;
+            }
+            let Some(d) = task
+                .disputes(
+                    &split.texts[i],
+                    &split.targets[i],
+                    &p.generated(i),
+                    &ds.labels,
+                )
+                .pop()
+            else {
+                continue; // the output is the target: nothing to choose between
+            };
+            let mut pair = d.options.clone();
+            pair.sort();
+            if judged.contains(&(name.clone(), split.ids[i].clone(), pair)) {
+                skipped += 1;
+                continue;
+            }
+            let score = match c.rank_by {
+                RankBy::Distance => d.score,
+                RankBy::Loss => p.loss[i] as f64,
+                _ => 1.0 - p.label_prob[i] as f64,
+            };
+            cands.push(Candidate {
+                split: s,
+                row: found.len(),
+                class: 0,
+                score,
+                rule: std::sync::Arc::from("pred_neq_label"),
+            });
+            found.push((name.as_str(), split, i, d, p.label_prob[i]));
+        }
+    }
+    let budget = (c.max_fraction * total as f64).floor() as usize;
+    let flags = select(cands, budget, &[total], c)
+        .into_iter()
+        .map(|cand| {
+            let (name, split, i, d, lp) = &found[cand.row];
+            Flag {
+                split: name.to_string(),
+                row: *i,
+                id: split.ids[*i].clone(),
+                text: split.texts[*i].clone(),
+                label: d.options[0].clone(),
+                candidate: d.options[1].clone(),
+                label_prob: *lp,
+                candidate_prob: f32::NAN,
+                score: cand.score,
+                rule: cand.rule.to_string(),
+                site: serde_json::Value::Null,
+            }
+        })
+        .collect();
+    Ok((flags, total, skipped))
+}
+
+/// Whether a rule fires on generation row `i`.
+fn gen_rule(r: &Rule, p: &SplitPredictions, i: usize, split: &crate::data::Split) -> bool {
+    match *r {
+        Rule::PredNeqLabel => {
+            let norm = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+            norm(&p.outputs[i]) != norm(&split.targets[i])
+        }
+        Rule::LossAbove(x) => p.loss[i] > x,
+        Rule::SelfConfidenceBelow(x) => p.label_prob[i] < x,
+        Rule::MarginBelow(_) | Rule::ConfidentLearning(_) => false,
+    }
 }
 
 /// Tagging: every span dispute of the flagged splits' sentences, ranked by `span_score`, under a

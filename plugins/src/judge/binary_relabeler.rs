@@ -34,12 +34,16 @@ pub const TAGGING_TEMPLATE: &str = include_str!("../../../templates/tag_relabel.
 /// The prompt used for CTR datasets when the config names no template.
 pub const CTR_TEMPLATE: &str = include_str!("../../../templates/ctr_relabel.j2");
 
+/// The prompt used for generation datasets when the config names no template.
+pub const GENERATION_TEMPLATE: &str = include_str!("../../../templates/gen_relabel.j2");
+
 /// The built-in template for a dataset's task.
 pub fn default_template(task: relabel_tasks::task::TaskKind) -> &'static str {
     match task {
         relabel_tasks::task::TaskKind::Classification => DEFAULT_TEMPLATE,
         relabel_tasks::task::TaskKind::Tagging => TAGGING_TEMPLATE,
         relabel_tasks::task::TaskKind::Ctr => CTR_TEMPLATE,
+        relabel_tasks::task::TaskKind::Generation => GENERATION_TEMPLATE,
     }
 }
 
@@ -82,8 +86,10 @@ pub struct RelabelerConfig {
     pub min_confidence: Option<f64>,
     /// Ask every row twice, with the candidates in both orders; rows whose two answers differ
     /// (the model followed the position, not the item) stay undecided. Doubles the requests.
+    /// [default: on for generation datasets, whose two long texts small models choose by
+    /// position; off otherwise]
     #[serde(default)]
-    pub both_orders: bool,
+    pub both_orders: Option<bool>,
     /// Agreement of answers: ask every row this many times, each with its own example set
     /// (seeded `seed + i`), the candidate order alternating, and the votes after the first at
     /// `vote_temperature`; take the majority, and leave a tie (or no decided vote) undecided.
@@ -469,7 +475,7 @@ impl NodeKind for BinaryRelabeler {
                 CfgPath::root().key("votes"),
                 "ask at least once (1: no repeated votes)",
             ));
-        } else if c.votes > 1 && c.both_orders {
+        } else if c.votes > 1 && c.both_orders == Some(true) {
             p.push(ConfigProblem::new(
                 CfgPath::root().key("both_orders"),
                 "votes already alternate the candidate order; use one of votes and both_orders",
@@ -498,6 +504,9 @@ impl NodeKind for BinaryRelabeler {
         let fail = NodeError::Failed;
         let ds =
             Dataset::read(&inputs["dataset"].path).map_err(|e| fail(format!("dataset: {e}")))?;
+        let mut c = c;
+        let generation = ds.task == relabel_tasks::task::TaskKind::Generation;
+        c.both_orders = Some(c.both_orders.unwrap_or(generation && c.votes <= 1));
         let mut flags =
             flags::read(&inputs["flags"].path).map_err(|e| fail(format!("flags: {e}")))?;
         if let Some(n) = c.max_rows {
@@ -756,7 +765,7 @@ async fn judge(
     let order = prompter.order(&flag);
     let order = [order[0].to_string(), order[1].to_string()];
     let first = ask(client, c, prompter, &flag, [&order[0], &order[1]], 0).await?;
-    let second = if c.both_orders && first.chosen.is_some() {
+    let second = if c.both_orders == Some(true) && first.chosen.is_some() {
         Some(ask(client, c, prompter, &flag, [&order[1], &order[0]], 0).await?)
     } else {
         None

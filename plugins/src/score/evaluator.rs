@@ -148,6 +148,53 @@ fn score_tagging(
     (v, out, n)
 }
 
+/// Generation scores of a split (each distinct source once, against all its targets), the
+/// badcases (sources whose output misses a slot of its record, or, for other sources, equals
+/// none of the references) as JSON lines, and their count.
+fn score_generation(
+    split: &str,
+    rows: &crate::data::Split,
+    p: &SplitPredictions,
+    badcases: bool,
+) -> (relabel_tasks::generation::GenScores, String, usize) {
+    use relabel_tasks::generation::{group_by_source, missing_slots, parse_record, score_outputs};
+    let groups = group_by_source(&rows.texts, &rows.targets);
+    let sources: Vec<String> = groups.iter().map(|(i, _)| rows.texts[*i].clone()).collect();
+    let outputs: Vec<String> = groups.iter().map(|(i, _)| p.outputs[*i].clone()).collect();
+    let refs: Vec<Vec<String>> = groups.iter().map(|(_, r)| r.clone()).collect();
+    let v = score_outputs(&sources, &outputs, &refs);
+    let (mut out, mut n) = (String::new(), 0usize);
+    for (g, (i, r)) in groups.iter().enumerate() {
+        let o = &outputs[g];
+        let missing: Vec<String> = match parse_record(&sources[g]) {
+            Some(rec) => missing_slots(&rec, o)
+                .iter()
+                .map(|s| format!("{}[{}]", s.slot, s.value))
+                .collect(),
+            None => Vec::new(),
+        };
+        let norm = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+        let bad = if parse_record(&sources[g]).is_some() {
+            !missing.is_empty()
+        } else {
+            !r.iter().any(|x| norm(x) == norm(o))
+        };
+        if !bad {
+            continue;
+        }
+        n += 1;
+        if badcases {
+            out.push_str(
+                &json!({"split": split, "row": i, "id": rows.ids[*i], "text": sources[g],
+                "label": r[0], "predicted": o, "references": r.len(), "missing": missing})
+                .to_string(),
+            );
+            out.push('\n');
+        }
+    }
+    (v, out, n)
+}
+
 /// CTR scores of a split: p(click) against its clicks.
 pub fn ctr_scores(labels: &[u32], p: &SplitPredictions) -> relabel_tasks::ctr::CtrScores {
     let c = relabel_tasks::ctr::CLICK as usize;
@@ -214,6 +261,40 @@ impl NodeKind for Evaluator {
                 ds.prediction_width(),
             )
             .map_err(|e| fail(format!("predictions for {split}: {e}")))?;
+            if ds.task == TaskKind::Generation {
+                let (v, bad, n) = score_generation(split, rows, &p, *split == badcase_split);
+                for (k, x) in [
+                    ("bleu", Some(v.bleu)),
+                    ("chrf", Some(v.chrf)),
+                    ("exact_match", Some(v.exact_match)),
+                    ("token_error_rate", Some(v.token_error_rate)),
+                    ("slot_error_rate", v.slot_error_rate),
+                ] {
+                    if let Some(x) = x {
+                        m.insert(format!("{split}_{k}"), json!(x));
+                    }
+                }
+                for id in &rows.ids {
+                    by_id.insert(id.clone(), (split.clone(), 0, 0));
+                }
+                if *split == badcase_split {
+                    badcases.push_str(&bad);
+                    m.insert("badcases".into(), json!(n));
+                    m.insert(
+                        "badcase_rate".into(),
+                        json!(if v.sources == 0 {
+                            0.0
+                        } else {
+                            n as f64 / v.sources as f64
+                        }),
+                    );
+                }
+                evaluation.insert(
+                    split.clone(),
+                    serde_json::to_value(&v).expect("scores serialise"),
+                );
+                continue;
+            }
             if ds.task == TaskKind::Tagging {
                 let (v, bad, n) = score_tagging(&ds, split, rows, &p, *split == badcase_split);
                 for (k, x) in [

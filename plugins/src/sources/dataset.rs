@@ -82,6 +82,11 @@ pub struct DatasetConfig {
     /// (`multi: {genres: "|"}`). The label column holds the click: 1/0, true/false, or a label's name.
     #[serde(default)]
     pub ctr: Option<relabel_tasks::ctr::CtrFields>,
+    /// Generation: the source column of the `test` and `badcase` files when it differs from
+    /// train's `text_column` (E2E: train's targets were written for `orig_mr`, the fixed test's
+    /// for `mr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_text_column: Option<String>,
     /// The paths are inside the node's one input (a folder another node made, e.g. a
     /// `command` that fetches or generates data) instead of relative to the manifest.
     #[serde(default)]
@@ -250,12 +255,18 @@ fn hold_out_badcase(c: &DatasetConfig, splits: &mut BTreeMap<String, Split>) {
     }
 }
 
-/// Holds out `fraction` of `train` as dev, chosen by row id (stable).
+/// Holds out `fraction` of `train` as dev, chosen by row id (stable); for generation by
+/// source, so that every target of a held-out source is held out with it.
 fn hold_out(train: Split, fraction: f64) -> (Split, Split) {
     let (mut keep, mut dev) = (Split::default(), Split::default());
+    let by_source = !train.targets.is_empty();
     for i in 0..train.len() {
-        let h = u64::from_str_radix(&blake3::hash(train.ids[i].as_bytes()).to_hex()[..12], 16)
-            .unwrap_or(0);
+        let key = if by_source {
+            &train.texts[i]
+        } else {
+            &train.ids[i]
+        };
+        let h = u64::from_str_radix(&blake3::hash(key.as_bytes()).to_hex()[..12], 16).unwrap_or(0);
         if (h as f64 / (1u64 << 48) as f64) < fraction {
             dev.push_row(&train, i);
         } else {
@@ -436,10 +447,130 @@ fn ctr_rows(
         .collect()
 }
 
+/// `task: generation`: a source (`text_column`) and a target text (`label_column`) per row;
+/// ids from `id_column` or from the source and target. An empty source or target is a bad row.
+fn build_generation(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String> {
+    if c.labels.is_some() || c.ctr.is_some() {
+        return Err("a generation dataset has no label set: its labels are the target texts (remove `labels:` / `ctr:`)".into());
+    }
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        }
+    };
+    let mut files = vec![("train", c.train.clone())];
+    files.extend(c.dev.iter().map(|p| ("dev", p.clone())));
+    files.extend(c.test.iter().map(|p| ("test", p.clone())));
+    files.extend(c.badcase.iter().map(|p| ("badcase", p.clone())));
+    let (mut splits, mut bad_rows) = (BTreeMap::new(), Vec::new());
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for (name, p) in files {
+        let mut cols = c.columns();
+        if let (Some(t), "test" | "badcase") = (&c.test_text_column, name) {
+            cols.text = t.clone();
+        }
+        let file = p.display().to_string();
+        let mut split = Split::default();
+        let mut occurrences: HashMap<(String, String), usize> = HashMap::new();
+        for r in read_rows(&resolve(&p), c.format, &cols)? {
+            let fail = |reason: String| BadRow {
+                file: file.clone(),
+                row: r.row,
+                reason,
+            };
+            if let Some(why) = &r.unreadable {
+                bad_rows.push(fail(why.clone()));
+                continue;
+            }
+            let (Some(source), Some(target)) = (r.text.clone(), r.label.clone()) else {
+                let missing = if r.text.is_none() {
+                    &cols.text
+                } else {
+                    &cols.label
+                };
+                bad_rows.push(fail(format!("missing column \"{missing}\"")));
+                continue;
+            };
+            if source.trim().is_empty() || target.trim().is_empty() {
+                let what = if source.trim().is_empty() {
+                    "source"
+                } else {
+                    "target"
+                };
+                bad_rows.push(fail(format!("empty {what}")));
+                continue;
+            }
+            let id = match (&c.id_column, &r.id) {
+                (Some(col), None) => {
+                    bad_rows.push(fail(format!("missing column \"{col}\"")));
+                    continue;
+                }
+                (Some(_), Some(id)) => id.clone(),
+                (None, _) => {
+                    let n = occurrences
+                        .entry((source.clone(), target.clone()))
+                        .or_insert(0);
+                    let id = content_id(&format!("{file}\n{source}\n{target}"), *n);
+                    *n += 1;
+                    id
+                }
+            };
+            if let Some(first) = seen.insert(id.clone(), format!("{file}:{}", r.row)) {
+                bad_rows.push(fail(format!("duplicate id \"{id}\" (first at {first})")));
+                continue;
+            }
+            split.ids.push(id);
+            split.texts.push(source.trim().to_string());
+            split.targets.push(target.trim().to_string());
+        }
+        splits.insert(name.to_string(), split);
+    }
+    refuse_bad(c, &bad_rows, "row")?;
+    hold_out_dev(c, &mut splits);
+    hold_out_badcase(c, &mut splits);
+    if splits.get("train").is_none_or(Split::is_empty) {
+        return Err(format!(
+            "{}: the train split has no rows",
+            c.train.display()
+        ));
+    }
+    let mut metrics = Metrics::new();
+    for (name, s) in &splits {
+        metrics.insert(format!("{name}_rows"), s.len().into());
+        let sources: std::collections::HashSet<&str> = s.texts.iter().map(String::as_str).collect();
+        metrics.insert(format!("{name}_sources"), sources.len().into());
+    }
+    metrics.insert("bad_rows".into(), bad_rows.len().into());
+    if !bad_rows.is_empty() {
+        metrics.insert(
+            "bad_row_examples".into(),
+            json!(bad_rows
+                .iter()
+                .take(20)
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()),
+        );
+    }
+    Ok((
+        Dataset {
+            task: c.task,
+            labels: LabelSpec::new(Vec::new()),
+            splits,
+            ctr: None,
+        },
+        metrics,
+    ))
+}
+
 /// Builds the dataset from its config; `dir` is what relative paths are relative to.
 pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String> {
     if c.task == relabel_tasks::task::TaskKind::Tagging {
         return build_tagging(c, dir);
+    }
+    if c.task == relabel_tasks::task::TaskKind::Generation {
+        return build_generation(c, dir);
     }
     let resolve = |p: &Path| {
         if p.is_absolute() {

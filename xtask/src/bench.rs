@@ -11,7 +11,15 @@ use crate::{home_cache, run};
 
 /// Benchmarks that read dataset and prediction artifacts: xtask runs them as itself rebuilt
 /// with its `artifacts` feature (relabel-tasks and Parquet), which plain set-up does not wait for.
-const NEEDS_ARTIFACTS: &[&str] = &["flag", "votes", "quality", "ner", "badcase", "ctr"];
+const NEEDS_ARTIFACTS: &[&str] = &[
+    "flag",
+    "votes",
+    "quality",
+    "ner",
+    "badcase",
+    "ctr",
+    "generation",
+];
 
 pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
     if NEEDS_ARTIFACTS.contains(&name) && !cfg!(feature = "artifacts") {
@@ -50,8 +58,10 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
         "ner" => crate::bench_ner::ner(root, args)?,
         #[cfg(feature = "artifacts")]
         "ctr" => crate::bench_ctr::ctr(root, args)?,
+        #[cfg(feature = "artifacts")]
+        "generation" => crate::bench_generation::generation(root, args)?,
         other => {
-            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, batch, knn, votes, quality, badcase, artifacts, ner, ctr, remote, slurm, million")
+            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, batch, knn, votes, quality, badcase, artifacts, ner, ctr, generation, remote, slurm, million")
         }
     };
     let out = json!({

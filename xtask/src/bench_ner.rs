@@ -595,7 +595,7 @@ fn confusable(spec: &LabelSpec, kind: u32) -> u32 {
 }
 
 /// A draw in [0, 1) from a seed and two positions.
-fn unit(seed: u64, a: usize, b: usize) -> f64 {
+pub(crate) fn unit(seed: u64, a: usize, b: usize) -> f64 {
     // splitmix64 over the three numbers.
     let mut z = seed
         ^ (a as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use common::*;
 use relabel_tasks::textmetrics::token_error_rate;
@@ -117,17 +116,7 @@ fn planted_wrong_pronunciations_are_found_judged_between_target_and_output_and_f
 
     // A judge that knows each row's gold pronunciation: it picks it when offered (p = 1).
     let ann = relabel_testkit::Annotator::new(gold.clone(), 5, std::time::Duration::ZERO);
-    let prompts: Arc<Mutex<Vec<String>>> = Default::default();
-    let seen = prompts.clone();
-    let inner = ann.handler();
-    let server = relabel_testkit::Server::start(Arc::new(move |req| {
-        let body = req.json().unwrap_or(Value::Null);
-        seen.lock()
-            .unwrap()
-            .push(relabel_testkit::user_message(&body));
-        inner(req)
-    }))
-    .unwrap();
+    let (server, prompts) = relabel_testkit::recording_server(ann.handler()).unwrap();
     let llm = format!(
         "llm:\n  sim:\n    base_url: {}\n    model: sim-p1\n    api_key_env: RELABEL_TEST_KEY\n    send_metadata: true\n    max_concurrency: 4",
         server.base_url()
@@ -173,26 +162,31 @@ fn planted_wrong_pronunciations_are_found_judged_between_target_and_output_and_f
         flags.len()
     );
 
-    // Each prompt shows the word and exactly its two texts, never another row's target.
+    // Each prompt shows one flagged word with its two texts, and examples of other words.
     let prompts = prompts.lock().unwrap().clone();
     // Both orders by default for generation: two questions per flag.
     assert_eq!(prompts.len(), 2 * flags.len());
-    let by_id: HashMap<&str, &Value> = flags
+    let by_word: HashMap<&str, &Value> = flags
         .iter()
-        .map(|f| (f["id"].as_str().unwrap(), f))
+        .map(|f| (f["text"].as_str().unwrap(), f))
         .collect();
-    let fl = flags[0].clone();
-    let p0 = prompts
-        .iter()
-        .find(|p| p.contains(&format!("Input: {}", fl["text"].as_str().unwrap())))
-        .expect("a prompt for the first flag");
-    assert!(
-        p0.contains(fl["label"].as_str().unwrap())
-            && p0.contains(fl["candidate"].as_str().unwrap()),
-        "{p0}"
-    );
-    assert!(p0.contains(" => "), "examples of other rows: {p0}");
-    let _ = by_id;
+    for p in &prompts {
+        let word = p
+            .lines()
+            .find_map(|l| l.strip_prefix("Input: "))
+            .unwrap_or_else(|| panic!("no input line: {p}"));
+        let fl = by_word
+            .get(word.trim())
+            .unwrap_or_else(|| panic!("{word} was not flagged"));
+        for t in [&fl["label"], &fl["candidate"]] {
+            assert!(p.contains(&format!("Text: {}", t.as_str().unwrap())), "{p}");
+        }
+        assert_eq!(p.matches("Text: ").count(), 2, "{p}");
+        assert!(
+            p.contains(" => ") && !p.contains(&format!("\n  {word} => ")),
+            "examples of other rows: {p}"
+        );
+    }
 
     // The judge only ever moves targets toward the gold: phoneme error rate and exact match of
     // the train targets against the gold improve.

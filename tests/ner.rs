@@ -195,17 +195,7 @@ fn planted_type_swaps_are_found_judged_and_fixed_and_scored_on_test() {
         Some(title(tokens, s, &tags[s..e], &types))
     });
     let ann = relabel_testkit::Annotator::of_sites(truth, 3, std::time::Duration::ZERO);
-    let prompts: Arc<Mutex<Vec<String>>> = Default::default();
-    let seen = prompts.clone();
-    let inner = ann.handler();
-    let server = relabel_testkit::Server::start(Arc::new(move |req| {
-        let body = req.json().unwrap_or(Value::Null);
-        seen.lock()
-            .unwrap()
-            .push(relabel_testkit::user_message(&body));
-        inner(req)
-    }))
-    .unwrap();
+    let (server, prompts) = relabel_testkit::recording_server(ann.handler()).unwrap();
     let llm = format!(
         "llm:\n  sim:\n    base_url: {}\n    model: sim-p1\n    api_key_env: RELABEL_TEST_KEY\n    send_metadata: true\n    max_concurrency: 4",
         server.base_url()

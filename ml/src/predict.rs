@@ -161,6 +161,26 @@ pub fn write_piece(req: &PredictRequest, pieces: &[FoldPiece]) -> Result<Map<Str
     Ok(m)
 }
 
+/// Writes a predictions artifact's `meta.json` (labels, mode, k, splits) and puts the mode
+/// into `metrics`.
+pub fn write_meta(
+    req: &PredictRequest,
+    labels: Vec<String>,
+    ds: &Dataset,
+    metrics: &mut Map<String, Value>,
+) -> Result<()> {
+    let k = req.config.kfold;
+    let pm = PredictionsMeta {
+        labels,
+        mode: if k.is_some() { "kfold" } else { "in_sample" }.into(),
+        kfold: k,
+        splits: ds.splits.keys().cloned().collect(),
+    };
+    std::fs::write(req.out.join("meta.json"), serde_json::to_vec_pretty(&pm)?)?;
+    metrics.insert("mode".into(), json!(pm.mode));
+    Ok(())
+}
+
 pub fn run(req: PredictRequest) -> Result<Map<String, Value>> {
     let meta: ModelMeta = serde_json::from_slice(
         &std::fs::read(req.model.join("model.json")).context("reading model.json")?,
@@ -284,18 +304,7 @@ fn run_with<M: Classifier + 'static>(
             preds.accuracy()
         ));
     }
-    let pm = PredictionsMeta {
-        labels: meta.labels.clone(),
-        mode: if k.is_some() {
-            "kfold".into()
-        } else {
-            "in_sample".into()
-        },
-        kfold: k,
-        splits: ds.splits.keys().cloned().collect(),
-    };
-    std::fs::write(req.out.join("meta.json"), serde_json::to_vec_pretty(&pm)?)?;
-    metrics.insert("mode".into(), json!(pm.mode));
+    write_meta(req, meta.labels.clone(), ds, &mut metrics)?;
     Ok(metrics)
 }
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use relabel_tasks::data::{Dataset, Split};
 use relabel_tasks::generation::{self, delexicalise, detokenize, relexicalise};
-use relabel_tasks::predictions::{PredictionsMeta, SplitPredictions};
+use relabel_tasks::predictions::SplitPredictions;
 use relabel_tasks::protocol::{checkpoint_path, ModelMeta, PredictRequest, Seq2SeqConfig};
 use relabel_tasks::protocol::{TrainRequest, TrainerConfig};
 use serde::{Deserialize, Serialize};
@@ -640,17 +640,6 @@ pub fn predict_task(
             sc.bleu, sc.chrf
         ));
     }
-    let pm = PredictionsMeta {
-        labels: Vec::new(),
-        mode: if k.is_some() {
-            "kfold".into()
-        } else {
-            "in_sample".into()
-        },
-        kfold: k,
-        splits: ds.splits.keys().cloned().collect(),
-    };
-    std::fs::write(req.out.join("meta.json"), serde_json::to_vec_pretty(&pm)?)?;
-    metrics.insert("mode".into(), json!(pm.mode));
+    crate::predict::write_meta(req, Vec::new(), ds, &mut metrics)?;
     Ok(metrics)
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use relabel_tasks::data::{Dataset, Split};
-use relabel_tasks::predictions::{PredictionsMeta, SplitPredictions};
+use relabel_tasks::predictions::SplitPredictions;
 use relabel_tasks::protocol::{
     checkpoint_path, default_vectors_dir, ModelMeta, PredictRequest, TaggerConfig, TrainRequest,
     TrainerConfig,
@@ -691,18 +691,7 @@ pub fn predict_task(
         metrics.insert(format!("{name}_mean_loss"), json!(preds.mean_loss()));
         progress::step(&format!("predicted {name}: entity F1 {f1:.4}"));
     }
-    let pm = PredictionsMeta {
-        labels: names.clone(),
-        mode: if k.is_some() {
-            "kfold".into()
-        } else {
-            "in_sample".into()
-        },
-        kfold: k,
-        splits: ds.splits.keys().cloned().collect(),
-    };
-    std::fs::write(req.out.join("meta.json"), serde_json::to_vec_pretty(&pm)?)?;
-    metrics.insert("mode".into(), json!(pm.mode));
+    crate::predict::write_meta(req, names.clone(), ds, &mut metrics)?;
     Ok(metrics)
 }
 

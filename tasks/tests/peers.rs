@@ -24,6 +24,28 @@ fn python() -> PathBuf {
     p
 }
 
+/// Runs a peer's Python `script` on `input` (a JSON file); its stdout, parsed.
+fn peer(script: &str, input: &std::path::Path, who: &str) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{who}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Asserts our figure `a` equals the peer's `b` within `tol`.
+fn close_to(a: f64, b: &serde_json::Value, tol: f64, what: &str) {
+    let b = b.as_f64().unwrap_or(f64::NAN);
+    assert!((a - b).abs() < tol, "{what}: ours {a}, the peer's {b}");
+}
+
 /// Seeded sequences: mostly well-formed entities, with stray I- tags and type changes.
 fn sequences(seed: u64, n: usize, types: &[&str]) -> Vec<Vec<String>> {
     let mut x = seed;
@@ -94,22 +116,8 @@ d = json.load(open(sys.argv[1]))
 r = classification_report(d["gold"], d["pred"], output_dict=True, zero_division=0)
 print(json.dumps({k: {m: float(v) for m, v in row.items()} for k, row in r.items()}))
 "#;
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(script)
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "seqeval: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let close = |a: f64, b: &serde_json::Value, what: &str| {
-        let b = b.as_f64().unwrap_or(f64::NAN);
-        assert!((a - b).abs() < 1e-9, "{what}: ours {a}, seqeval {b}");
-    };
+    let theirs = peer(script, &input, "seqeval");
+    let close = |a: f64, b: &serde_json::Value, what: &str| close_to(a, b, 1e-9, what);
     for t in types {
         let (o, s) = (&ours.per_type[t], &theirs[t]);
         close(o.precision, &s["precision"], &format!("{t} precision"));
@@ -250,22 +258,8 @@ out = {
 }
 print(json.dumps(out))
 "#;
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(script)
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sacrebleu: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let close = |a: f64, b: &serde_json::Value, what: &str| {
-        let b = b.as_f64().unwrap_or(f64::NAN);
-        assert!((a - b).abs() < 1e-6, "{what}: ours {a}, sacreBLEU {b}");
-    };
+    let theirs = peer(script, &input, "sacreBLEU");
+    let close = |a: f64, b: &serde_json::Value, what: &str| close_to(a, b, 1e-6, what);
     for (i, h) in hyps.iter().enumerate() {
         assert_eq!(
             tokenize_13a(h),

@@ -410,6 +410,23 @@ pub fn request_site(request: &Value) -> Option<Value> {
         .and_then(|s| serde_json::from_str(s).ok())
 }
 
+/// A server answering with `inner` that also records each request's user message (the prompt),
+/// for tests that check what a judge was shown.
+pub fn recording_server(
+    inner: Handler,
+) -> io::Result<(Server, Arc<std::sync::Mutex<Vec<String>>>)> {
+    let prompts: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let seen = prompts.clone();
+    let server = Server::start(Arc::new(move |req| {
+        let body = req.json().unwrap_or(Value::Null);
+        if let Ok(mut p) = seen.lock() {
+            p.push(user_message(&body));
+        }
+        inner(req)
+    }))?;
+    Ok((server, prompts))
+}
+
 /// The true option of a question at a site of a row (tagging: the gold reading's title of the
 /// span), for judges simulated on tasks with several questions per row.
 pub type SiteTruth = Box<dyn Fn(&str, &Value) -> Option<String> + Send + Sync>;

@@ -29,7 +29,9 @@ const G2P_PORT: u16 = 18_742;
 const BUDGETS: [f64; 3] = [0.10, 0.20, 0.40];
 /// The E2E budget the fixing runs use.
 const E2E_FIX: f64 = 0.20;
-const LLM_ROWS: usize = 40;
+const LLM_ROWS: usize = 30;
+/// The better local judge of the quality bench (issue 20).
+const LOCAL_MODEL: &str = "qwen2.5-1.5b";
 
 fn pct(b: f64) -> u32 {
     (b * 100.0).round() as u32
@@ -96,9 +98,11 @@ llm:
     send_metadata: true
   local:
     provider: local
+    model: {local}
 nodes:
 "#,
-        sim = Annotator::model_name(0.9)
+        sim = Annotator::model_name(0.9),
+        local = LOCAL_MODEL,
     )
 }
 
@@ -149,14 +153,23 @@ fn judge_accuracy(decisions: &[Value], truth: &HashMap<String, String>) -> Value
 }
 
 fn e2e_rows(path: &Path) -> Result<Vec<(String, String, String)>> {
-    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut r =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
     let h: Vec<String> = r.headers()?.iter().map(String::from).collect();
-    let col = |n: &str| h.iter().position(|x| x == n).with_context(|| format!("no column {n}"));
+    let col = |n: &str| {
+        h.iter()
+            .position(|x| x == n)
+            .with_context(|| format!("no column {n}"))
+    };
     let (mr, rf, orig) = (col("mr")?, col("ref")?, col("orig_mr")?);
     let mut out = Vec::new();
     for rec in r.records() {
         let rec = rec?;
-        out.push((rec[mr].trim().to_string(), rec[rf].trim().to_string(), rec[orig].trim().to_string()));
+        out.push((
+            rec[mr].trim().to_string(),
+            rec[rf].trim().to_string(),
+            rec[orig].trim().to_string(),
+        ));
     }
     Ok(out)
 }
@@ -164,7 +177,10 @@ fn e2e_rows(path: &Path) -> Result<Vec<(String, String, String)>> {
 fn scores(r: &Value, name: &str, keys: &[&str]) -> Value {
     let mut m = serde_json::Map::new();
     for k in keys {
-        m.insert(k.to_string(), metric(r, &format!("eval_{name}"), &format!("test_{k}")));
+        m.insert(
+            k.to_string(),
+            metric(r, &format!("eval_{name}"), &format!("test_{k}")),
+        );
     }
     Value::Object(m)
 }
@@ -175,10 +191,16 @@ fn f(v: &Value, k: &str) -> f64 {
 
 fn e2e(root: &Path, bin: &Path, work: &Path) -> Result<(Value, Vec<Value>)> {
     let shared = root.join("../shared/data/e2e");
-    let (train, test) = (shared.join("devel-fixed.csv"), shared.join("test-fixed.csv"));
+    let (train, test) = (
+        shared.join("devel-fixed.csv"),
+        shared.join("test-fixed.csv"),
+    );
     for p in [&train, &test] {
         if !p.exists() {
-            bail!("{} is missing (the E2E gold lives in ../shared/data/e2e/)", p.display());
+            bail!(
+                "{} is missing (the E2E gold lives in ../shared/data/e2e/)",
+                p.display()
+            );
         }
     }
     std::fs::create_dir_all(work)?;
@@ -193,7 +215,10 @@ fn e2e(root: &Path, bin: &Path, work: &Path) -> Result<(Value, Vec<Value>)> {
     let mut m = header(E2E_PORT);
     m.push_str(&data("data", "orig_mr"));
     m.push_str(&data("data_clean", "mr"));
-    m.push_str(&format!("  - id: train\n{}", trainer("data.dataset", extra)));
+    m.push_str(&format!(
+        "  - id: train\n{}",
+        trainer("data.dataset", extra)
+    ));
     m.push_str("  - id: predict\n    kind: self_predictor\n    inputs: {model: train.model, dataset: data.dataset}\n    config: {kfold: 5}\n");
     m.push_str("  - id: eval_noisy\n    kind: evaluator\n    inputs: {predictions: predict.predictions, dataset: data.dataset}\n    config: {splits: [test]}\n");
     m.push_str(&variant("clean", "data_clean.dataset", extra));
@@ -226,7 +251,10 @@ fn e2e(root: &Path, bin: &Path, work: &Path) -> Result<(Value, Vec<Value>)> {
     let (mut truth, mut known) = (HashMap::new(), HashMap::new());
     for fl in &flags {
         let id = fl["id"].as_str().unwrap_or_default().to_string();
-        let (label, cand) = (fl["label"].as_str().unwrap_or_default(), fl["candidate"].as_str().unwrap_or_default());
+        let (label, cand) = (
+            fl["label"].as_str().unwrap_or_default(),
+            fl["candidate"].as_str().unwrap_or_default(),
+        );
         let src = fl["text"].as_str().unwrap_or_default();
         if bad.contains(&id) {
             truth.insert(id.clone(), cand.to_string());
@@ -238,8 +266,11 @@ fn e2e(root: &Path, bin: &Path, work: &Path) -> Result<(Value, Vec<Value>)> {
             known.insert(id, label.to_string());
         }
     }
-    let _server = Server::start_on(E2E_PORT, Annotator::new(truth, 2026, Duration::ZERO).handler())
-        .with_context(|| format!("starting the simulated judge on port {E2E_PORT}"))?;
+    let _server = Server::start_on(
+        E2E_PORT,
+        Annotator::new(truth, 2026, Duration::ZERO).handler(),
+    )
+    .with_context(|| format!("starting the simulated judge on port {E2E_PORT}"))?;
     let mut m2 = m.clone();
     m2.push_str(&fixing(&format!("flag_{}", pct(E2E_FIX)), "sim", extra));
     m2.push_str(&format!(
@@ -272,6 +303,7 @@ fn e2e(root: &Path, bin: &Path, work: &Path) -> Result<(Value, Vec<Value>)> {
         "fix_budget": E2E_FIX,
         "judge_sim_p0.9": judge_accuracy(&sim_dec, &known),
         "judge_local_llm": judge_accuracy(&llm_dec, &known),
+        "judge_local_llm_model": LOCAL_MODEL,
         "judge_local_llm_rows": llm_dec.len(),
         "judge_local_llm_seconds_per_row": llm_seconds,
         "changed_sim": metric(&r2, "apply_sim", "changed"),
@@ -303,7 +335,8 @@ fn cmudict_words() -> Result<Vec<(String, String)>> {
         .filter_map(|l| {
             let l = l.split('#').next()?.trim();
             let (w, ph) = l.split_once(' ')?;
-            (w.len() >= 2 && w.chars().all(|c| c.is_ascii_lowercase())).then(|| (w.to_string(), ph.trim().to_string()))
+            (w.len() >= 2 && w.chars().all(|c| c.is_ascii_lowercase()))
+                .then(|| (w.to_string(), ph.trim().to_string()))
         })
         .collect())
 }
@@ -313,7 +346,8 @@ fn g2p(bin: &Path, work: &Path, train_n: usize, test_n: usize) -> Result<(Value,
     let words = cmudict_words()?;
     // Every k-th word: train and test are disjoint, spread over the alphabet.
     let step = (words.len() / (train_n + test_n)).max(1);
-    let picked: Vec<&(String, String)> = words.iter().step_by(step).take(train_n + test_n).collect();
+    let picked: Vec<&(String, String)> =
+        words.iter().step_by(step).take(train_n + test_n).collect();
     let (tr, te) = picked.split_at(train_n.min(picked.len()));
     let write = |name: &str, rows: &[(String, String, String)]| -> Result<()> {
         let mut w = csv::Writer::from_path(work.join(name))?;
@@ -324,16 +358,29 @@ fn g2p(bin: &Path, work: &Path, train_n: usize, test_n: usize) -> Result<(Value,
         w.flush()?;
         Ok(())
     };
-    let gold: HashMap<String, String> = tr.iter().enumerate().map(|(i, (_, p))| (format!("w{i}"), p.clone())).collect();
-    let test_rows: Vec<(String, String, String)> =
-        te.iter().enumerate().map(|(i, (w, p))| (format!("t{i}"), w.clone(), p.clone())).collect();
+    let gold: HashMap<String, String> = tr
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| (format!("w{i}"), p.clone()))
+        .collect();
+    let test_rows: Vec<(String, String, String)> = te
+        .iter()
+        .enumerate()
+        .map(|(i, (w, p))| (format!("t{i}"), w.clone(), p.clone()))
+        .collect();
     write("test.csv", &test_rows)?;
     write(
         "clean.csv",
-        &tr.iter().enumerate().map(|(i, (w, p))| (format!("w{i}"), w.clone(), p.clone())).collect::<Vec<_>>(),
+        &tr.iter()
+            .enumerate()
+            .map(|(i, (w, p))| (format!("w{i}"), w.clone(), p.clone()))
+            .collect::<Vec<_>>(),
     )?;
-    let _server = Server::start_on(G2P_PORT, Annotator::new(gold.clone(), 2026, Duration::ZERO).handler())
-        .with_context(|| format!("starting the simulated judge on port {G2P_PORT}"))?;
+    let _server = Server::start_on(
+        G2P_PORT,
+        Annotator::new(gold.clone(), 2026, Duration::ZERO).handler(),
+    )
+    .with_context(|| format!("starting the simulated judge on port {G2P_PORT}"))?;
     let extra = ", batch_size: 64, seq2seq: {source_chars: true, max_output: 30}";
     let mut levels = serde_json::Map::new();
     let mut targets = Vec::new();
@@ -364,7 +411,10 @@ fn g2p(bin: &Path, work: &Path, train_n: usize, test_n: usize) -> Result<(Value,
         let mut m = header(G2P_PORT);
         m.push_str(&data("data", &name));
         m.push_str(&data("data_clean", "clean.csv"));
-        m.push_str(&format!("  - id: train\n{}", trainer("data.dataset", extra)));
+        m.push_str(&format!(
+            "  - id: train\n{}",
+            trainer("data.dataset", extra)
+        ));
         m.push_str("  - id: predict\n    kind: self_predictor\n    inputs: {model: train.model, dataset: data.dataset}\n    config: {kfold: 3}\n");
         m.push_str("  - id: eval_noisy\n    kind: evaluator\n    inputs: {predictions: predict.predictions, dataset: data.dataset}\n    config: {splits: [test]}\n");
         m.push_str(&variant("clean", "data_clean.dataset", extra));
@@ -373,16 +423,29 @@ fn g2p(bin: &Path, work: &Path, train_n: usize, test_n: usize) -> Result<(Value,
         m.push_str(&fixing(&format!("flag_{}", pct(fix)), "sim", extra));
         let file = format!("g2p{lvl}.yaml");
         std::fs::write(work.join(&file), &m)?;
-        let r = relabel_run_file(bin, work, &[&file], &work.join(format!("report-{lvl}.json")))?;
+        let r = relabel_run_file(
+            bin,
+            work,
+            &[&file],
+            &work.join(format!("report-{lvl}.json")),
+        )?;
         let ds = Dataset::read(&output(&r, "data", "dataset")?)?;
-        let in_train: HashSet<String> = ds.split("train").context("train")?.ids.iter().filter(|id| bad.contains(*id)).cloned().collect();
+        let in_train: HashSet<String> = ds
+            .split("train")
+            .context("train")?
+            .ids
+            .iter()
+            .filter(|id| bad.contains(*id))
+            .cloned()
+            .collect();
         let sim_dec = read_jsonl(&output(&r, "relabel_sim", "decisions")?)?;
         let known: HashMap<String, String> = sim_dec
             .iter()
             .filter_map(|d| {
                 let id = d["flag"]["id"].as_str()?;
                 let g = gold.get(id)?;
-                let offered = d["flag"]["label"].as_str() == Some(g) || d["flag"]["candidate"].as_str() == Some(g);
+                let offered = d["flag"]["label"].as_str() == Some(g)
+                    || d["flag"]["candidate"].as_str() == Some(g);
                 offered.then(|| (id.to_string(), g.clone()))
             })
             .collect();
@@ -418,7 +481,10 @@ fn g2p(bin: &Path, work: &Path, train_n: usize, test_n: usize) -> Result<(Value,
             closed >= 0.5,
         ));
     }
-    Ok((json!({"train_words": tr.len(), "test_words": te.len(), "levels": levels}), targets))
+    Ok((
+        json!({"train_words": tr.len(), "test_words": te.len(), "levels": levels}),
+        targets,
+    ))
 }
 
 /// The same seq2seq (bidirectional GRU encoder 128 per direction, GRU decoder 256, Luong

@@ -9,13 +9,13 @@ mod bench_batch;
 mod bench_ctr;
 #[cfg(feature = "artifacts")]
 mod bench_flag;
+#[cfg(feature = "artifacts")]
+mod bench_generation;
 mod bench_knn;
 mod bench_llm;
 mod bench_million;
 #[cfg(feature = "artifacts")]
 mod bench_ner;
-#[cfg(feature = "artifacts")]
-mod bench_generation;
 #[cfg(feature = "artifacts")]
 mod bench_quality;
 mod bench_remote;

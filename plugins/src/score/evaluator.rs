@@ -195,6 +195,15 @@ fn score_generation(
     (v, out, n)
 }
 
+/// The badcase count and its share of the `of` scored items.
+fn badcase_metrics(m: &mut Metrics, n: usize, of: usize) {
+    m.insert("badcases".into(), json!(n));
+    m.insert(
+        "badcase_rate".into(),
+        json!(if of == 0 { 0.0 } else { n as f64 / of as f64 }),
+    );
+}
+
 /// CTR scores of a split: p(click) against its clicks.
 pub fn ctr_scores(labels: &[u32], p: &SplitPredictions) -> relabel_tasks::ctr::CtrScores {
     let c = relabel_tasks::ctr::CLICK as usize;
@@ -279,15 +288,7 @@ impl NodeKind for Evaluator {
                 }
                 if *split == badcase_split {
                     badcases.push_str(&bad);
-                    m.insert("badcases".into(), json!(n));
-                    m.insert(
-                        "badcase_rate".into(),
-                        json!(if v.sources == 0 {
-                            0.0
-                        } else {
-                            n as f64 / v.sources as f64
-                        }),
-                    );
+                    badcase_metrics(&mut m, n, v.sources);
                 }
                 evaluation.insert(
                     split.clone(),
@@ -310,15 +311,7 @@ impl NodeKind for Evaluator {
                 }
                 if *split == badcase_split {
                     badcases.push_str(&bad);
-                    m.insert("badcases".into(), json!(n));
-                    m.insert(
-                        "badcase_rate".into(),
-                        json!(if rows.is_empty() {
-                            0.0
-                        } else {
-                            n as f64 / rows.len() as f64
-                        }),
-                    );
+                    badcase_metrics(&mut m, n, rows.len());
                 }
                 evaluation.insert(
                     split.clone(),
@@ -351,15 +344,7 @@ impl NodeKind for Evaluator {
                         badcases.push('\n');
                     }
                 }
-                m.insert("badcases".into(), json!(n));
-                m.insert(
-                    "badcase_rate".into(),
-                    json!(if rows.is_empty() {
-                        0.0
-                    } else {
-                        n as f64 / rows.len() as f64
-                    }),
-                );
+                badcase_metrics(&mut m, n, rows.len());
             }
             let mut scored = serde_json::to_value(&s).expect("scores serialise");
             if ds.task == TaskKind::Ctr {

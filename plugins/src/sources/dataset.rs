@@ -276,30 +276,67 @@ fn hold_out(train: Split, fraction: f64) -> (Split, Split) {
     (keep, dev)
 }
 
-/// `task: tagging`: sentences from CoNLL or JSONL files, tags checked against the entity types.
-fn build_tagging(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String> {
-    use crate::sources::tagged::{check_sentence, read_sentences, types_in};
-    let resolve = |p: &Path| {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            dir.join(p)
-        }
-    };
+/// The split files a config names, in order, with paths resolved against `dir`.
+fn split_files(c: &DatasetConfig, dir: &Path) -> Vec<(&'static str, PathBuf, String)> {
     let mut files = vec![("train", c.train.clone())];
     files.extend(c.dev.iter().map(|p| ("dev", p.clone())));
     files.extend(c.test.iter().map(|p| ("test", p.clone())));
     files.extend(c.badcase.iter().map(|p| ("badcase", p.clone())));
-    let mut read = Vec::new();
-    for (name, p) in &files {
-        read.push((
-            *name,
-            p.display().to_string(),
-            read_sentences(&resolve(p), c.tag_column)?,
+    files
+        .into_iter()
+        .map(|(name, p)| {
+            let shown = p.display().to_string();
+            let full = if p.is_absolute() { p } else { dir.join(p) };
+            (name, full, shown)
+        })
+        .collect()
+}
+
+/// After reading: refuses bad rows (unless skipped), holds out dev and badcase, and refuses an
+/// empty train split (`what`: "row" or "sentence").
+fn finish_splits(
+    c: &DatasetConfig,
+    bad_rows: &[BadRow],
+    what: &str,
+    splits: &mut BTreeMap<String, Split>,
+) -> Result<(), String> {
+    refuse_bad(c, bad_rows, what)?;
+    hold_out_dev(c, splits);
+    hold_out_badcase(c, splits);
+    if splits.get("train").is_none_or(Split::is_empty) {
+        return Err(format!(
+            "{}: the train split has no {what}s",
+            c.train.display()
         ));
     }
+    Ok(())
+}
+
+/// The bad-row count and up to 20 of them, named by file and row.
+fn bad_row_metrics(metrics: &mut Metrics, bad_rows: &[BadRow]) {
+    metrics.insert("bad_rows".into(), bad_rows.len().into());
+    if !bad_rows.is_empty() {
+        metrics.insert(
+            "bad_row_examples".into(),
+            json!(bad_rows
+                .iter()
+                .take(20)
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()),
+        );
+    }
+}
+
+/// `task: tagging`: sentences from CoNLL or JSONL files, tags checked against the entity types.
+fn build_tagging(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String> {
+    use crate::sources::tagged::{check_sentence, read_sentences, types_in};
+    let mut read = Vec::new();
+    for (name, p, shown) in split_files(c, dir) {
+        read.push((name, shown, read_sentences(&p, c.tag_column)?));
+    }
     let spec = match &c.labels {
-        Some(p) => LabelSpec::load(&resolve(p))?,
+        Some(p) if p.is_absolute() => LabelSpec::load(p)?,
+        Some(p) => LabelSpec::load(&dir.join(p))?,
         None => {
             let types = types_in(&read[0].2);
             if types.len() < 2 {
@@ -344,15 +381,7 @@ fn build_tagging(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), St
         }
         splits.insert(name.to_string(), split);
     }
-    refuse_bad(c, &bad_rows, "sentence")?;
-    hold_out_dev(c, &mut splits);
-    hold_out_badcase(c, &mut splits);
-    if splits.get("train").is_none_or(Split::is_empty) {
-        return Err(format!(
-            "{}: the train split has no sentences",
-            c.train.display()
-        ));
-    }
+    finish_splits(c, &bad_rows, "sentence", &mut splits)?;
     let mut metrics = Metrics::new();
     metrics.insert("labels".into(), spec.len().into());
     for (name, s) in &splits {
@@ -362,18 +391,8 @@ fn build_tagging(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), St
             s.tokens.iter().map(Vec::len).sum::<usize>().into(),
         );
     }
-    metrics.insert("bad_rows".into(), bad_rows.len().into());
+    bad_row_metrics(&mut metrics, &bad_rows);
     metrics.insert("repaired_rows".into(), repaired.into());
-    if !bad_rows.is_empty() {
-        metrics.insert(
-            "bad_row_examples".into(),
-            json!(bad_rows
-                .iter()
-                .take(20)
-                .map(|b| b.to_string())
-                .collect::<Vec<_>>()),
-        );
-    }
     let mut per_type = vec![0usize; spec.len()];
     for t in &splits["train"].tags {
         for e in relabel_tasks::tagging::entities(t) {
@@ -453,28 +472,16 @@ fn build_generation(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics),
     if c.labels.is_some() || c.ctr.is_some() {
         return Err("a generation dataset has no label set: its labels are the target texts (remove `labels:` / `ctr:`)".into());
     }
-    let resolve = |p: &Path| {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            dir.join(p)
-        }
-    };
-    let mut files = vec![("train", c.train.clone())];
-    files.extend(c.dev.iter().map(|p| ("dev", p.clone())));
-    files.extend(c.test.iter().map(|p| ("test", p.clone())));
-    files.extend(c.badcase.iter().map(|p| ("badcase", p.clone())));
     let (mut splits, mut bad_rows) = (BTreeMap::new(), Vec::new());
     let mut seen: HashMap<String, String> = HashMap::new();
-    for (name, p) in files {
+    for (name, p, file) in split_files(c, dir) {
         let mut cols = c.columns();
         if let (Some(t), "test" | "badcase") = (&c.test_text_column, name) {
             cols.text = t.clone();
         }
-        let file = p.display().to_string();
         let mut split = Split::default();
         let mut occurrences: HashMap<(String, String), usize> = HashMap::new();
-        for r in read_rows(&resolve(&p), c.format, &cols)? {
+        for r in read_rows(&p, c.format, &cols)? {
             let fail = |reason: String| BadRow {
                 file: file.clone(),
                 row: r.row,
@@ -527,32 +534,14 @@ fn build_generation(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics),
         }
         splits.insert(name.to_string(), split);
     }
-    refuse_bad(c, &bad_rows, "row")?;
-    hold_out_dev(c, &mut splits);
-    hold_out_badcase(c, &mut splits);
-    if splits.get("train").is_none_or(Split::is_empty) {
-        return Err(format!(
-            "{}: the train split has no rows",
-            c.train.display()
-        ));
-    }
+    finish_splits(c, &bad_rows, "row", &mut splits)?;
     let mut metrics = Metrics::new();
     for (name, s) in &splits {
         metrics.insert(format!("{name}_rows"), s.len().into());
         let sources: std::collections::HashSet<&str> = s.texts.iter().map(String::as_str).collect();
         metrics.insert(format!("{name}_sources"), sources.len().into());
     }
-    metrics.insert("bad_rows".into(), bad_rows.len().into());
-    if !bad_rows.is_empty() {
-        metrics.insert(
-            "bad_row_examples".into(),
-            json!(bad_rows
-                .iter()
-                .take(20)
-                .map(|b| b.to_string())
-                .collect::<Vec<_>>()),
-        );
-    }
+    bad_row_metrics(&mut metrics, &bad_rows);
     Ok((
         Dataset {
             task: c.task,
@@ -677,17 +666,7 @@ pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String
     for (name, s) in &splits {
         metrics.insert(format!("{name}_rows"), s.len().into());
     }
-    metrics.insert("bad_rows".into(), bad_rows.len().into());
-    if !bad_rows.is_empty() {
-        metrics.insert(
-            "bad_row_examples".into(),
-            json!(bad_rows
-                .iter()
-                .take(20)
-                .map(|b| b.to_string())
-                .collect::<Vec<_>>()),
-        );
-    }
+    bad_row_metrics(&mut metrics, &bad_rows);
     let mut per_class = serde_json::Map::new();
     if let Some(train) = splits.get("train") {
         let mut counts = vec![0usize; spec.len()];

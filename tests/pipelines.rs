@@ -45,9 +45,12 @@ fn every_example_manifest_runs_twice_and_the_second_run_executes_nothing() {
         }
         // Full CoNLL-2003 with 3-fold training: tests/ner.rs runs it on a reduced copy.
         // MovieLens-100k CTR with 20 epochs: tests/ctr.rs runs it reduced.
+        // E2E generation (5-fold seq2seq, the local LLM, data from ../shared): tests/generation.rs
+        // runs the generation loop reduced, on CMUdict.
         if p.file_name().is_some_and(|n| {
             [
                 "ner_conll.yaml",
+                "generation_e2e.yaml",
                 "ctr_movielens.yaml",
                 "ctr_behavior_log.yaml",
             ]

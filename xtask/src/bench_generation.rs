@@ -138,7 +138,7 @@ fn flag_table(r: &Value, prefix: &str, bad: &HashSet<String>) -> Result<Value> {
 fn judge_accuracy(decisions: &[Value], truth: &HashMap<String, String>) -> Value {
     let (mut right, mut decided, mut undecided) = (0usize, 0usize, 0usize);
     for d in decisions {
-        let id = d["flag"]["id"].as_str().unwrap_or_default();
+        let id = d["id"].as_str().unwrap_or_default();
         let Some(t) = truth.get(id) else { continue };
         match d["chosen"].as_str() {
             Some(c) => {
@@ -445,10 +445,9 @@ fn g2p(bin: &Path, work: &Path, train_n: usize, test_n: usize) -> Result<(Value,
         let known: HashMap<String, String> = sim_dec
             .iter()
             .filter_map(|d| {
-                let id = d["flag"]["id"].as_str()?;
+                let id = d["id"].as_str()?;
                 let g = gold.get(id)?;
-                let offered = d["flag"]["label"].as_str() == Some(g)
-                    || d["flag"]["candidate"].as_str() == Some(g);
+                let offered = d["label"].as_str() == Some(g) || d["candidate"].as_str() == Some(g);
                 offered.then(|| (id.to_string(), g.clone()))
             })
             .collect();

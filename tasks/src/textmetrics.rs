@@ -201,10 +201,11 @@ fn chrf_match(h: &[HashMap<&str, usize>], r: &[HashMap<&str, usize>]) -> Vec<u64
 /// first of equals).
 fn chrf_segment(hyp: &str, refs: &[String]) -> Vec<u64> {
     let h = owned_ngrams(hyp);
+    let hv = h.view();
     let mut best: Option<(f64, Vec<u64>)> = None;
     for r in refs {
         let rn = owned_ngrams(r);
-        let s = chrf_match(&h.view(), &rn.view());
+        let s = chrf_match(&hv, &rn.view());
         let f = chrf_from_stats(&s);
         if best.as_ref().is_none_or(|(bf, _)| f > *bf) {
             best = Some((f, s));

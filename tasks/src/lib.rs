@@ -1,4 +1,4 @@
-//! relabel-tasks: the [`task::Task`] seam and its tasks ([`classification`], [`tagging`], [`ctr`], [`generation`]; [`rows`]
+//! relabel-tasks: the [`task::Task`] seam and its tasks ([`classification`], [`tagging`], [`ctr`], [`generation`], [`detection`]; [`rows`]
 //! dispatches on a dataset's task), label specs
 //! and datasets ([`data`]), predictions, flags, their on-disk formats ([`io`], [`le`]), and the
 //! ML worker's typed messages ([`protocol`]). No tokio, no HTTP, no engine: the `relabel-ml`
@@ -8,6 +8,7 @@ pub mod classification;
 pub mod ctr;
 pub mod data;
 pub mod decisions;
+pub mod detection;
 pub mod flags;
 pub mod generation;
 pub mod home;

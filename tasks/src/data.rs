@@ -147,6 +147,61 @@ pub struct Split {
     pub tags: Vec<Vec<u32>>,
     /// Generation: each row's target text (`texts` holds the sources).
     pub targets: Vec<String>,
+    /// Detection: each row's image size (`texts` holds the image paths) and annotated boxes.
+    pub sizes: Vec<[u32; 2]>,
+    pub boxes: Vec<Vec<crate::detection::BBox>>,
+}
+
+/// A detection split from its table: every box inside its image, with a positive area and a
+/// class of the spec (errors name the row and box).
+fn read_detection(t: &crate::table::Table, path: &Path, spec: &LabelSpec) -> io::Result<Split> {
+    let (xs, lens) = t.float_row_lists("boxes", 4)?;
+    let labels = t.string_lists("box_labels")?;
+    let (w, h) = (t.ints("width")?, t.ints("height")?);
+    let mut boxes = Vec::with_capacity(lens.len());
+    let mut at = 0;
+    for (i, (&n, names)) in lens.iter().zip(&labels).enumerate() {
+        if names.len() != n {
+            return Err(bad(format!(
+                "{}: row {i}: {n} boxes but {} box labels",
+                path.display(),
+                names.len()
+            )));
+        }
+        let mut row = Vec::with_capacity(n);
+        for (j, name) in names.iter().enumerate() {
+            let c = &xs[at..at + 4];
+            at += 4;
+            let class = spec.index(name).ok_or_else(|| {
+                bad(format!(
+                    "{}: row {i}, box {j}: \"{name}\" is not a label of the spec",
+                    path.display()
+                ))
+            })?;
+            let b = crate::detection::BBox {
+                class,
+                xmin: c[0],
+                ymin: c[1],
+                xmax: c[2],
+                ymax: c[3],
+            };
+            crate::detection::check_box(&b, w[i] as f64, h[i] as f64)
+                .map_err(|e| bad(format!("{}: row {i}, box {j}: {e}", path.display())))?;
+            row.push(b);
+        }
+        boxes.push(row);
+    }
+    Ok(Split {
+        ids: t.strings("id")?,
+        texts: t.strings("text")?,
+        sizes: w
+            .iter()
+            .zip(&h)
+            .map(|(&w, &h)| [w.max(0) as u32, h.max(0) as u32])
+            .collect(),
+        boxes,
+        ..Default::default()
+    })
 }
 
 fn bad(msg: impl Into<String>) -> io::Error {
@@ -164,8 +219,42 @@ impl Split {
 
     /// Writes the split as Parquet: columns `id` and `text` (strings) and, for classification,
     /// `label` (the label's name, dictionary-encoded); for tagging, `tokens` and `tags` (lists
-    /// of strings, IOB2 tag names); for generation, `target` (the target text; `text` is the source).
+    /// of strings, IOB2 tag names); for generation, `target` (the target text; `text` is the source);
+    /// for detection, `width` and `height` (the image's pixels; `text` is its path), `boxes`
+    /// (a list of `[xmin, ymin, xmax, ymax]` per row) and `box_labels` (their class names).
     pub fn write(&self, path: &Path, spec: &LabelSpec, task: TaskKind) -> io::Result<()> {
+        if task == TaskKind::Detection {
+            let names = spec.names();
+            let mut xs = Vec::new();
+            let mut labels = Vec::with_capacity(self.boxes.len());
+            for (i, bs) in self.boxes.iter().enumerate() {
+                let mut l = Vec::with_capacity(bs.len());
+                for b in bs {
+                    let Some(n) = names.get(b.class as usize) else {
+                        return Err(bad(format!(
+                            "{}: row {i}: class id {} is outside the spec's {} labels",
+                            path.display(),
+                            b.class,
+                            names.len()
+                        )));
+                    };
+                    xs.extend([b.xmin, b.ymin, b.xmax, b.ymax]);
+                    l.push(n.to_string());
+                }
+                labels.push(l);
+            }
+            let lens: Vec<usize> = self.boxes.iter().map(Vec::len).collect();
+            let w: Vec<i32> = self.sizes.iter().map(|s| s[0] as i32).collect();
+            let h: Vec<i32> = self.sizes.iter().map(|s| s[1] as i32).collect();
+            return crate::table::TableWriter::new()
+                .strings("id", &self.ids)
+                .strings("text", &self.texts)
+                .i32s("width", &w)
+                .i32s("height", &h)
+                .f32_row_lists("boxes", &xs, &lens, 4)
+                .string_lists("box_labels", &labels)
+                .write(path);
+        }
         if task == TaskKind::Generation {
             return crate::table::TableWriter::new()
                 .strings("id", &self.ids)
@@ -206,6 +295,9 @@ impl Split {
     /// columns; `label` holds names of the spec's labels).
     pub fn read(path: &Path, spec: &LabelSpec, task: TaskKind) -> io::Result<Split> {
         let t = crate::table::Table::read(path)?;
+        if task == TaskKind::Detection {
+            return read_detection(&t, path, spec);
+        }
         if task == TaskKind::Generation {
             return Ok(Split {
                 ids: t.strings("id")?,
@@ -268,6 +360,8 @@ impl Split {
         retain(&mut self.tokens, &keep);
         retain(&mut self.tags, &keep);
         retain(&mut self.targets, &keep);
+        retain(&mut self.sizes, &keep);
+        retain(&mut self.boxes, &keep);
     }
 
     /// Appends row `i` of `other` (every column the task has).
@@ -285,6 +379,12 @@ impl Split {
         }
         if let Some(t) = other.targets.get(i) {
             self.targets.push(t.clone());
+        }
+        if let Some(&s) = other.sizes.get(i) {
+            self.sizes.push(s);
+        }
+        if let Some(b) = other.boxes.get(i) {
+            self.boxes.push(b.clone());
         }
     }
 }
@@ -441,7 +541,7 @@ impl Dataset {
         match self.task {
             TaskKind::Classification | TaskKind::Ctr => self.labels.len(),
             TaskKind::Tagging => crate::tagging::tag_names(&self.labels).len(),
-            TaskKind::Generation => 0,
+            TaskKind::Generation | TaskKind::Detection => 0,
         }
     }
 }

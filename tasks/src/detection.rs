@@ -41,6 +41,33 @@ impl BBox {
     }
 }
 
+/// Why a box cannot be in an image of `width` x `height` pixels, if it cannot: its corners
+/// must be finite, inside the image (a half-pixel of slack), with a positive area.
+pub fn check_box(b: &BBox, width: f64, height: f64) -> Result<(), String> {
+    let c = [b.xmin, b.ymin, b.xmax, b.ymax];
+    if c.iter().any(|v| !v.is_finite()) {
+        return Err(format!("the box {c:?} has a corner that is not a number"));
+    }
+    if b.xmax <= b.xmin || b.ymax <= b.ymin {
+        return Err(format!(
+            "the box [{}, {}, {}, {}] has no area (xmax must exceed xmin, ymax ymin)",
+            b.xmin, b.ymin, b.xmax, b.ymax
+        ));
+    }
+    let slack = 0.5;
+    if (b.xmin as f64) < -slack
+        || (b.ymin as f64) < -slack
+        || b.xmax as f64 > width + slack
+        || b.ymax as f64 > height + slack
+    {
+        return Err(format!(
+            "the box [{}, {}, {}, {}] is outside the {width}x{height} image",
+            b.xmin, b.ymin, b.xmax, b.ymax
+        ));
+    }
+    Ok(())
+}
+
 /// Intersection over union of two boxes, as COCO computes it (no +1 on pixel sizes, f64).
 pub fn iou(a: &BBox, b: &BBox) -> f64 {
     let w = (a.xmax as f64).min(b.xmax as f64) - (a.xmin as f64).max(b.xmin as f64);
@@ -665,5 +692,48 @@ mod tests {
         let s = coco_map(&gts, &half, 3);
         assert!(s.per_class50[0] < 0.6 && s.per_class50[0] > 0.4, "{s:?}");
         assert!((s.per_class50[1] - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn splits_and_predictions_round_trip_and_bad_boxes_are_refused_by_row_and_box() {
+        use crate::data::Split;
+        use crate::predictions::SplitPredictions;
+        use crate::task::TaskKind;
+        let s = spec();
+        let split = Split {
+            ids: vec!["a".into(), "b".into()],
+            texts: vec!["img/a.png".into(), "img/b.png".into()],
+            sizes: vec![[64, 64], [96, 48]],
+            boxes: vec![vec![b(1, 1.0, 2.0, 30.5, 40.0)], vec![]],
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.parquet");
+        split.write(&path, &s, TaskKind::Detection).unwrap();
+        assert_eq!(Split::read(&path, &s, TaskKind::Detection).unwrap(), split);
+        let mut wrong = split.clone();
+        wrong.boxes[1] = vec![b(0, 0.0, 0.0, 10.0, 10.0), b(0, 50.0, 10.0, 97.0, 20.0)];
+        wrong.write(&path, &s, TaskKind::Detection).unwrap();
+        let e = Split::read(&path, &s, TaskKind::Detection)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("row 1, box 1") && e.contains("outside the 96x48 image"),
+            "{e}"
+        );
+
+        let p = SplitPredictions {
+            detections: vec![vec![d(b(0, 1.0, 1.0, 9.0, 9.0), 0.75)], vec![]],
+            fold: vec![0, 1],
+            classes: 2,
+            ..Default::default()
+        };
+        let pp = dir.path().join("pred.parquet");
+        p.write_detections(&pp, &split.ids, &["cat", "dog"])
+            .unwrap();
+        assert_eq!(
+            SplitPredictions::read_detections(&pp, &split, &s).unwrap(),
+            p
+        );
     }
 }

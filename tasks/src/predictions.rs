@@ -31,11 +31,16 @@ pub struct SplitPredictions {
     /// per-token probability (the exp of its mean log-probability) and `loss` its negative
     /// mean log-probability; `probs`, `label` and `predicted` are empty.
     pub outputs: Vec<String>,
+    /// Detection: each row's scored boxes, the model's most confident first (every other
+    /// column but `fold` is empty).
+    pub detections: Vec<Vec<crate::detection::ScoredBox>>,
 }
 
 impl SplitPredictions {
     pub fn rows(&self) -> usize {
-        if self.outputs.is_empty() {
+        if !self.detections.is_empty() {
+            self.detections.len()
+        } else if self.outputs.is_empty() {
             self.label.len()
         } else {
             self.outputs.len()
@@ -88,6 +93,7 @@ impl SplitPredictions {
             fold,
             lens: Vec::new(),
             outputs: Vec::new(),
+            detections: Vec::new(),
         }
     }
 
@@ -202,6 +208,126 @@ impl SplitPredictions {
             .i32s("fold", &self.fold)
             .f32_rows("probs", &self.probs, self.classes)
             .write(path)
+    }
+
+    /// Writes detection predictions as Parquet: `id`, `fold`, `boxes` (per row a list of
+    /// `[xmin, ymin, xmax, ymax, score]`) and `box_labels` (their class names).
+    pub fn write_detections(&self, path: &Path, ids: &[String], names: &[&str]) -> io::Result<()> {
+        if ids.len() != self.detections.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: {} rows of boxes but {} ids",
+                    path.display(),
+                    self.detections.len(),
+                    ids.len()
+                ),
+            ));
+        }
+        let mut xs = Vec::new();
+        let mut labels = Vec::with_capacity(ids.len());
+        for row in &self.detections {
+            let mut l = Vec::with_capacity(row.len());
+            for d in row {
+                let b = &d.bbox;
+                xs.extend([b.xmin, b.ymin, b.xmax, b.ymax, d.score]);
+                l.push(
+                    names
+                        .get(b.class as usize)
+                        .map(|n| n.to_string())
+                        .ok_or_else(|| {
+                            io::Error::new(
+                                io::ErrorKind::InvalidInput,
+                                format!("class id {} has no name", b.class),
+                            )
+                        })?,
+                );
+            }
+            labels.push(l);
+        }
+        let lens: Vec<usize> = self.detections.iter().map(Vec::len).collect();
+        crate::table::TableWriter::new()
+            .strings("id", ids)
+            .i32s("fold", &self.fold)
+            .f32_row_lists("boxes", &xs, &lens, 5)
+            .string_lists("box_labels", &labels)
+            .write(path)
+    }
+
+    /// Reads detection predictions written by [`SplitPredictions::write_detections`] (or by
+    /// another detector: the same columns) for `split`; class names must be the spec's.
+    pub fn read_detections(
+        path: &Path,
+        split: &crate::data::Split,
+        spec: &crate::data::LabelSpec,
+    ) -> io::Result<Self> {
+        let bad = |msg: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {msg}", path.display()),
+            )
+        };
+        let t = crate::table::Table::read(path)?;
+        if t.rows() != split.len() {
+            return Err(bad(format!(
+                "{} rows of predictions for a split of {} rows (made from another dataset version?)",
+                t.rows(),
+                split.len()
+            )));
+        }
+        let ids = t.strings("id")?;
+        if let Some(i) = (0..ids.len()).find(|&i| ids[i] != split.ids[i]) {
+            return Err(bad(format!(
+                "row {i}: id \"{}\", but the dataset's row {i} is \"{}\" (predictions must follow the split's row order)",
+                ids[i], split.ids[i]
+            )));
+        }
+        let fold: Vec<i32> = if t.has("fold") {
+            t.ints("fold")?
+                .into_iter()
+                .map(|f| i32::try_from(f).unwrap_or(-1))
+                .collect()
+        } else {
+            vec![-1; split.len()]
+        };
+        let classes = spec.labels.len();
+        let (xs, lens) = t.float_row_lists("boxes", 5)?;
+        let labels = t.string_lists("box_labels")?;
+        let mut detections = Vec::with_capacity(lens.len());
+        let mut at = 0;
+        for (i, (&n, names)) in lens.iter().zip(&labels).enumerate() {
+            if names.len() != n {
+                return Err(bad(format!(
+                    "row {i}: {n} boxes but {} box labels",
+                    names.len()
+                )));
+            }
+            let mut row = Vec::with_capacity(n);
+            for name in names {
+                let c = &xs[at..at + 5];
+                at += 5;
+                let class = spec.index(name).ok_or_else(|| {
+                    bad(format!("row {i}: \"{name}\" is not a label of the dataset"))
+                })?;
+                row.push(crate::detection::ScoredBox {
+                    bbox: crate::detection::BBox {
+                        class,
+                        xmin: c[0],
+                        ymin: c[1],
+                        xmax: c[2],
+                        ymax: c[3],
+                    },
+                    score: c[4],
+                });
+            }
+            detections.push(row);
+        }
+        Ok(SplitPredictions {
+            classes,
+            detections,
+            fold,
+            ..Default::default()
+        })
     }
 
     /// Reads one split's predictions for `split` of a dataset with `classes` labels. Only `probs`

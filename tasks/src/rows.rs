@@ -5,6 +5,7 @@
 use crate::classification::Classification;
 use crate::ctr::Ctr;
 use crate::data::{Dataset, LabelSpec, Split};
+use crate::detection::{BoxSite, Detection, ImageRef};
 use crate::flags::Flag;
 use crate::generation::Generation;
 use crate::predictions::SplitPredictions;
@@ -66,6 +67,68 @@ pub fn tagging_disputes(
         }
     }
     out
+}
+
+/// Every box disagreement of a detection split's rows (`task` holds the thresholds).
+pub fn detection_disputes(
+    split: &Split,
+    p: &SplitPredictions,
+    spec: &LabelSpec,
+    task: &Detection,
+) -> Vec<RowDispute> {
+    let mut out = Vec::new();
+    for row in 0..split.len().min(p.detections.len()) {
+        let pred = &p.detections[row];
+        for d in task.disputes(&image(split, row), &split.boxes[row], pred, spec) {
+            let s = &d.site;
+            let class = s.annotated.or(s.proposed).map(|b| b.class).unwrap_or(0) as usize;
+            // The model's support of the annotated box, and its confidence in the proposed one.
+            let own = s
+                .annotated
+                .map(|a| Detection::support_of(&a, pred) as f32)
+                .unwrap_or(f32::NAN);
+            let other = s
+                .proposed
+                .and_then(|b| {
+                    pred.iter()
+                        .filter(|q| q.bbox.class == b.class)
+                        .map(|q| (crate::detection::iou(&q.bbox, &b), q.score))
+                        .max_by(|x, y| x.0.total_cmp(&y.0))
+                        .map(|(_, sc)| sc)
+                })
+                .unwrap_or(f32::NAN);
+            out.push(RowDispute {
+                row,
+                class,
+                probs: [own, other],
+                dispute: Dispute {
+                    site: serde_json::to_value(s).expect("a box site serialises"),
+                    options: d.options,
+                    score: d.score,
+                },
+            });
+        }
+    }
+    out
+}
+
+/// Row `row` of a detection split as the task's input.
+pub fn image(split: &Split, row: usize) -> ImageRef {
+    let [width, height] = split.sizes.get(row).copied().unwrap_or([0, 0]);
+    ImageRef {
+        path: split.texts[row].clone(),
+        width,
+        height,
+    }
+}
+
+fn box_site(flag: &Flag) -> Result<BoxSite, String> {
+    serde_json::from_value(flag.site.clone()).map_err(|e| {
+        format!(
+            "row {}: the flag's `site` is not a detection box site ({e}); was it made for another task?",
+            flag.id
+        )
+    })
 }
 
 fn span(flag: &Flag) -> Result<Span, String> {
@@ -145,6 +208,22 @@ pub fn question_with(
             &ds.labels,
             examples,
         )),
+        TaskKind::Detection => {
+            let split = ds
+                .split(&flag.split)
+                .ok_or_else(|| format!("the dataset has no split \"{}\"", flag.split))?;
+            let row = row_of(split, flag)?;
+            Ok(Detection::default().question(
+                &image(split, row),
+                &Dispute {
+                    site: box_site(flag)?,
+                    options,
+                    score: flag.score,
+                },
+                &ds.labels,
+                examples,
+            ))
+        }
         TaskKind::Tagging => Ok(Tagging::default().question(
             tokens(ds, flag)?,
             &Dispute {
@@ -212,6 +291,18 @@ pub fn apply(ds: &mut Dataset, flag: &Flag, row: usize, choice: Choice) -> Resul
                 &mut split.targets[row],
                 &Dispute {
                     site: (),
+                    options,
+                    score: 0.0,
+                },
+                choice,
+                &spec,
+            )
+            .map_err(|e| e.to_string()),
+        TaskKind::Detection => Detection::default()
+            .apply(
+                &mut split.boxes[row],
+                &Dispute {
+                    site: box_site(flag)?,
                     options,
                     score: 0.0,
                 },
@@ -312,6 +403,15 @@ pub fn holds(ds: &Dataset, flag: &Flag, row: usize) -> Result<(), String> {
                 score: 0.0,
             };
             Generation::default().apply(&mut y, &d, Choice::Keep, &ds.labels)
+        }
+        TaskKind::Detection => {
+            let mut y = split.boxes[row].clone();
+            let d = Dispute {
+                site: box_site(flag)?,
+                options,
+                score: 0.0,
+            };
+            Detection::default().apply(&mut y, &d, Choice::Keep, &ds.labels)
         }
         TaskKind::Tagging => {
             let mut y = split.tags[row].clone();

@@ -22,6 +22,8 @@ pub enum TaskKind {
     Ctr,
     /// A source text (a sentence, a word, a record) and a target text.
     Generation,
+    /// An image and its boxes, each a class and a rectangle.
+    Detection,
 }
 
 impl TaskKind {
@@ -31,6 +33,7 @@ impl TaskKind {
             TaskKind::Tagging => crate::tagging::Tagging::KIND,
             TaskKind::Ctr => crate::ctr::Ctr::KIND,
             TaskKind::Generation => crate::generation::Generation::KIND,
+            TaskKind::Detection => crate::detection::Detection::KIND,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! engine (and its cache writes) down with it. Protocol: `relabel-ml task NAME REQUEST.json`;
 //! JSON lines on stdout (progress, then metrics); diagnostics on stderr; exit 0 on success.
 
+mod detector;
 mod device;
 mod encoder;
 mod fasttext;
@@ -68,6 +69,9 @@ pub fn fresh(cfg: &TrainerConfig, ds: &Dataset) -> Result<AnyModel> {
             cfg.seed,
             true,
         )?)),
+        ModelKind::Centernet => bail!(
+            "model: centernet is a detector, for `task: detection` datasets; a classification dataset takes fasttext or encoder"
+        ),
         ModelKind::Seq2seq => bail!(
             "model: seq2seq is a generation model, for `task: generation` datasets; a classification dataset takes fasttext or encoder"
         ),
@@ -91,6 +95,12 @@ fn train_task(req: TrainRequest) -> Result<serde_json::Map<String, serde_json::V
             bail!("a tagging dataset needs a tagger: set `model: bilstm` on the trainer");
         }
         return tagger::train_task(&req, &ds);
+    }
+    if ds.task == relabel_tasks::task::TaskKind::Detection {
+        if req.config.model != ModelKind::Centernet {
+            bail!("a detection dataset needs a detector: set `model: centernet` on the trainer");
+        }
+        return detector::train_task(&req, &ds);
     }
     if ds.task == relabel_tasks::task::TaskKind::Generation {
         if req.config.model != ModelKind::Seq2seq {

@@ -197,6 +197,9 @@ pub fn run(req: PredictRequest) -> Result<Map<String, Value>> {
     if ds.task == relabel_tasks::task::TaskKind::Tagging {
         return crate::tagger::predict_task(&req, &meta, &ds);
     }
+    if ds.task == relabel_tasks::task::TaskKind::Detection {
+        return crate::detector::predict_task(&req, &meta, &ds);
+    }
     if ds.task == relabel_tasks::task::TaskKind::Generation {
         return crate::seq2seq::predict_task(&req, &meta, &ds);
     }

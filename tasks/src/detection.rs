@@ -191,8 +191,8 @@ fn class_name(k: u32, spec: &LabelSpec) -> String {
 }
 
 impl Detection {
-    /// Matches annotated and predicted boxes one to one, greedily by IoU (highest first, ties
-    /// by order), pairs below `match_iou` left unmatched. Returns, per annotated box, the index
+    /// Matches annotated and predicted boxes one to one, greedily by IoU x score (highest
+    /// first, ties by order), pairs overlapping less than `match_iou` left unmatched. Returns, per annotated box, the index
     /// of its prediction.
     pub fn matches(&self, given: &[BBox], pred: &[ScoredBox]) -> Vec<Option<usize>> {
         let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
@@ -203,7 +203,9 @@ impl Detection {
                 }
                 let o = iou(a, &p.bbox);
                 if o >= self.match_iou {
-                    pairs.push((o, i, j));
+                    // The model's most confident reading of the place wins, not a faint
+                    // box that happens to overlap a little more.
+                    pairs.push((o * p.score as f64, i, j));
                 }
             }
         }
@@ -458,6 +460,7 @@ pub fn coco_map(gts: &[Vec<BBox>], dets: &[Vec<ScoredBox>], classes: usize) -> D
     let recall_points: Vec<f64> = (0..=100).map(|i| i as f64 / 100.0).collect();
     // precision[t][k][r], -1 where a class has no annotated box.
     let mut precision = vec![vec![vec![-1.0f64; 101]; classes]; thr.len()];
+    #[allow(clippy::needless_range_loop)] // k indexes the second axis, not the first
     for k in 0..classes {
         let k32 = k as u32;
         let mut npos = 0usize;

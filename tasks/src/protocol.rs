@@ -29,6 +29,51 @@ pub enum ModelKind {
     /// Generation: a GRU encoder-decoder with attention (bidirectional encoder, Luong
     /// attention), trained with teacher forcing and Adam, decoded greedily.
     Seq2seq,
+    /// Detection: a small CenterNet (a per-class centre heatmap plus size and offset heads on a
+    /// few convolutions, stride 4), trained with a focal loss and Adam.
+    Centernet,
+}
+
+/// Settings of the CenterNet detector (`model: centernet`, detection datasets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorConfig {
+    /// Images are resized to this many pixels a side (a multiple of 4).
+    #[serde(default = "d_det_input")]
+    pub input_size: i64,
+    /// Channels of the widest convolutions.
+    #[serde(default = "d_det_width")]
+    pub width: i64,
+    /// Most boxes kept per image.
+    #[serde(default = "d_det_max")]
+    pub max_detections: usize,
+    /// Boxes scored below this are dropped.
+    #[serde(default = "d_det_min_score")]
+    pub min_score: f32,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            input_size: d_det_input(),
+            width: d_det_width(),
+            max_detections: d_det_max(),
+            min_score: d_det_min_score(),
+        }
+    }
+}
+
+fn d_det_input() -> i64 {
+    64
+}
+fn d_det_width() -> i64 {
+    48
+}
+fn d_det_max() -> usize {
+    30
+}
+fn d_det_min_score() -> f32 {
+    0.02
 }
 
 /// Settings of the seq2seq model (`model: seq2seq`, generation datasets).
@@ -326,6 +371,8 @@ pub struct TrainerConfig {
     pub ctr: CtrModelConfig,
     #[serde(default)]
     pub seq2seq: Seq2SeqConfig,
+    #[serde(default)]
+    pub detector: DetectorConfig,
 }
 
 /// What `model.json` beside a checkpoint says.

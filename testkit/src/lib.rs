@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod s3;
+pub mod scenes;
 
 use std::io;
 use std::net::SocketAddr;

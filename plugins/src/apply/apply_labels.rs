@@ -456,6 +456,46 @@ pub fn diff(a: &Dataset, b: &Dataset, examples: usize) -> serde_json::Value {
                 }
                 continue;
             }
+            if a.task == TaskKind::Detection {
+                // Box changes: boxes only in a (removed or replaced) and only in b (added).
+                use relabel_tasks::detection::title;
+                let gone: Vec<_> = sa.boxes[i]
+                    .iter()
+                    .filter(|x| !sb.boxes[j].iter().any(|y| y.same(x)))
+                    .collect();
+                let new: Vec<_> = sb.boxes[j]
+                    .iter()
+                    .filter(|y| !sa.boxes[i].iter().any(|x| x.same(y)))
+                    .collect();
+                if gone.is_empty() && new.is_empty() {
+                    continue;
+                }
+                let name = |l: &relabel_tasks::data::LabelSpec, k: u32| {
+                    l.labels
+                        .get(k as usize)
+                        .map(|d| d.name.clone())
+                        .unwrap_or_default()
+                };
+                let from = gone.first().map(|x| name(&a.labels, x.class));
+                let to = new.first().map(|y| name(&b.labels, y.class));
+                let none = || relabel_tasks::detection::NO_BOX.to_string();
+                let (from, to) = (from.unwrap_or_else(none), to.unwrap_or_else(none));
+                per_class.entry(from.clone()).or_default().0 += 1;
+                per_class.entry(to.clone()).or_default().1 += 1;
+                let show = |bs: &[&relabel_tasks::detection::BBox], l| {
+                    bs.iter()
+                        .map(|x| title(Some(x), l))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                pairs.entry((from, to)).or_default().push(format!(
+                    "{}: [{}] -> [{}]",
+                    sa.ids[i],
+                    show(&gone, &a.labels),
+                    show(&new, &b.labels)
+                ));
+                continue;
+            }
             let old = &a.labels.labels[sa.labels[i] as usize].name;
             let new = &b.labels.labels[sb.labels[j] as usize].name;
             if old != new {

@@ -897,6 +897,16 @@ pub fn run_filter(
             let (f, t, s) = span_flags(c, &ds, pred_dir, ds_dir)?;
             (f, t, s, None, None)
         }
+        relabel_tasks::task::TaskKind::Detection => {
+            if c.budget == Budget::Estimated {
+                return Err("budget: estimated counts label errors from per-row class probabilities; a detection dataset uses budget: fixed".into());
+            }
+            if c.next_candidates > 0 {
+                return Err("next_candidates offers a row's next most probable class; a detection dataset's disputes are boxes".into());
+            }
+            let (f, t, s) = box_flags(c, &ds, pred_dir, ds_dir)?;
+            (f, t, s, None, None)
+        }
         relabel_tasks::task::TaskKind::Generation => {
             if c.budget == Budget::Estimated {
                 return Err("budget: estimated counts label errors from per-row class probabilities; a generation dataset uses budget: fixed".into());
@@ -1147,6 +1157,87 @@ fn span_flags(
                     .ok()
                     .and_then(|v| v.as_str().map(String::from))
                     .unwrap_or_default(),
+                site: d.dispute.site.clone(),
+            }
+        })
+        .collect();
+    Ok((flags, total, skipped))
+}
+
+/// Detection: every box disagreement (swap, location, overlooked, spurious) of the splits'
+/// images, ranked by its score, under a budget of `max_fraction` of the annotated boxes (at
+/// least one per image when an image has none), per-class caps by the box's class.
+fn box_flags(
+    c: &FilterConfig,
+    ds: &Dataset,
+    pred_dir: &std::path::Path,
+    ds_dir: &std::path::Path,
+) -> Result<(Vec<Flag>, usize, usize), String> {
+    if let Some(r) = c.rules.iter().find(|r| **r != Rule::PredNeqLabel) {
+        return Err(format!(
+            "rule `{}` is a classification rule; a detection dataset's disputes are the boxes where annotated and predicted boxes disagree (`rules: [pred_neq_label]`)",
+            r.name()
+        ));
+    }
+    let judged = if c.skips_judged() {
+        judged_set(ds_dir)?
+    } else {
+        Default::default()
+    };
+    let task = relabel_tasks::detection::Detection::default();
+    let mut found = Vec::new();
+    let mut cands = Vec::new();
+    let mut class_boxes = vec![0usize; ds.labels.len()];
+    let (mut total, mut skipped) = (0usize, 0usize);
+    for (s, name) in c.splits.iter().enumerate() {
+        let Some(split) = ds.split(name) else {
+            continue;
+        };
+        let p = SplitPredictions::read_detections(
+            &pred_dir.join(crate::data::split_file(name)),
+            split,
+            &ds.labels,
+        )
+        .map_err(|e| format!("predictions for {name}: {e}"))?;
+        total += split.boxes.iter().map(|b| b.len().max(1)).sum::<usize>();
+        for b in split.boxes.iter().flatten() {
+            class_boxes[b.class as usize] += 1;
+        }
+        for d in relabel_tasks::rows::detection_disputes(split, &p, &ds.labels, &task) {
+            let mut pair = d.dispute.options.clone();
+            pair.sort();
+            if judged.contains(&(name.clone(), split.ids[d.row].clone(), pair)) {
+                skipped += 1;
+                continue;
+            }
+            cands.push(Candidate {
+                split: s,
+                row: found.len(),
+                class: d.class,
+                score: d.dispute.score,
+                rule: std::sync::Arc::from("pred_neq_label"),
+            });
+            found.push((name.as_str(), split, d));
+        }
+    }
+    let budget = (c.max_fraction * total as f64).floor() as usize;
+    let flags = select(cands, budget, &class_boxes, c)
+        .into_iter()
+        .map(|cand| {
+            let (name, split, d) = &found[cand.row];
+            let site: relabel_tasks::detection::BoxSite =
+                serde_json::from_value(d.dispute.site.clone()).expect("a box site round-trips");
+            Flag {
+                split: name.to_string(),
+                row: d.row,
+                id: split.ids[d.row].clone(),
+                text: split.texts[d.row].clone(),
+                label: d.dispute.options[0].clone(),
+                candidate: d.dispute.options[1].clone(),
+                label_prob: d.probs[0],
+                candidate_prob: d.probs[1],
+                score: d.dispute.score,
+                rule: site.issue.name().to_string(),
                 site: d.dispute.site.clone(),
             }
         })

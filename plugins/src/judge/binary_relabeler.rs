@@ -37,6 +37,9 @@ pub const CTR_TEMPLATE: &str = include_str!("../../../templates/ctr_relabel.j2")
 /// The prompt used for generation datasets when the config names no template.
 pub const GENERATION_TEMPLATE: &str = include_str!("../../../templates/gen_relabel.j2");
 
+/// The prompt used for detection datasets (a multimodal endpoint sees the crop as an image).
+pub const DETECTION_TEMPLATE: &str = include_str!("../../../templates/det_relabel.j2");
+
 /// The built-in template for a dataset's task.
 pub fn default_template(task: relabel_tasks::task::TaskKind) -> &'static str {
     match task {
@@ -44,6 +47,7 @@ pub fn default_template(task: relabel_tasks::task::TaskKind) -> &'static str {
         relabel_tasks::task::TaskKind::Tagging => TAGGING_TEMPLATE,
         relabel_tasks::task::TaskKind::Ctr => CTR_TEMPLATE,
         relabel_tasks::task::TaskKind::Generation => GENERATION_TEMPLATE,
+        relabel_tasks::task::TaskKind::Detection => DETECTION_TEMPLATE,
     }
 }
 
@@ -504,6 +508,11 @@ impl NodeKind for BinaryRelabeler {
         let fail = NodeError::Failed;
         let ds =
             Dataset::read(&inputs["dataset"].path).map_err(|e| fail(format!("dataset: {e}")))?;
+        if ds.task == relabel_tasks::task::TaskKind::Detection {
+            // A text-only model cannot see where a box is; guessing from coordinates would be
+            // noise presented as a judgement.
+            return Err(fail("a detection dispute is about pixels, and this endpoint is a text model: an LLM judge needs a vision-language endpoint, which relabel does not support yet. Have people judge the flags instead (`relabel export` / `relabel import`)".into()));
+        }
         let mut c = c;
         let generation = ds.task == relabel_tasks::task::TaskKind::Generation;
         c.both_orders = Some(c.both_orders.unwrap_or(generation && c.votes <= 1));

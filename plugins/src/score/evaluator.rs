@@ -195,6 +195,53 @@ fn score_generation(
     (v, out, n)
 }
 
+/// Detection scores of a split (COCO mAP) and its badcases: images where a confident
+/// prediction (score 0.5 or more) and the annotation disagree on a box (a swap, a box
+/// elsewhere, an object the model sees that nobody boxed, a box the model does not support).
+fn score_detection(
+    ds: &Dataset,
+    split: &str,
+    rows: &crate::data::Split,
+    p: &SplitPredictions,
+    badcases: bool,
+) -> (relabel_tasks::detection::DetScores, String, usize) {
+    use relabel_tasks::detection::{coco_map, title, Detection};
+    let v = coco_map(&rows.boxes, &p.detections, ds.labels.len());
+    let task = Detection {
+        min_score: 0.5,
+        ..Default::default()
+    };
+    let (mut out, mut n) = (String::new(), 0usize);
+    for i in 0..rows.len() {
+        let sites = task.sites(&rows.boxes[i], &p.detections[i]);
+        if sites.is_empty() {
+            continue;
+        }
+        n += 1;
+        if badcases {
+            let what: Vec<String> = sites
+                .iter()
+                .map(|(s, _)| {
+                    format!(
+                        "{}: {} / {}",
+                        s.issue.name(),
+                        title(s.annotated.as_ref(), &ds.labels),
+                        title(s.proposed.as_ref(), &ds.labels)
+                    )
+                })
+                .collect();
+            out.push_str(
+                &json!({"split": split, "row": i, "id": rows.ids[i], "text": rows.texts[i],
+                "boxes": rows.boxes[i].len(), "predicted": p.detections[i].iter().filter(|d| d.score >= 0.5).count(),
+                "disagreements": what})
+                .to_string(),
+            );
+            out.push('\n');
+        }
+    }
+    (v, out, n)
+}
+
 /// The badcase count and its share of the `of` scored items.
 fn badcase_metrics(m: &mut Metrics, n: usize, of: usize) {
     m.insert("badcases".into(), json!(n));
@@ -264,6 +311,34 @@ impl NodeKind for Evaluator {
             let Some(rows) = ds.split(split) else {
                 continue;
             };
+            if ds.task == TaskKind::Detection {
+                let p = SplitPredictions::read_detections(
+                    &pred_dir.join(crate::data::split_file(split)),
+                    rows,
+                    &ds.labels,
+                )
+                .map_err(|e| fail(format!("predictions for {split}: {e}")))?;
+                let (v, bad, n) = score_detection(&ds, split, rows, &p, *split == badcase_split);
+                for (k, x) in [("map", v.map), ("map50", v.map50), ("map75", v.map75)] {
+                    m.insert(format!("{split}_{k}"), json!(x));
+                }
+                for id in &rows.ids {
+                    by_id.insert(id.clone(), (split.clone(), 0, 0));
+                }
+                if *split == badcase_split {
+                    badcases.push_str(&bad);
+                    badcase_metrics(&mut m, n, rows.len());
+                }
+                let mut e = serde_json::to_value(&v).expect("scores serialise");
+                e["per_class"] = json!(names
+                    .iter()
+                    .zip(v.per_class.iter().zip(&v.per_class50))
+                    .map(|(n, (a, a50))| (n.to_string(), json!({"ap": a, "ap50": a50})))
+                    .collect::<serde_json::Map<_, _>>());
+                e.as_object_mut().map(|o| o.remove("per_class50"));
+                evaluation.insert(split.clone(), e);
+                continue;
+            }
             let p = SplitPredictions::read(
                 &pred_dir.join(crate::data::split_file(split)),
                 rows,

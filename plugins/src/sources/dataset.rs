@@ -87,6 +87,10 @@ pub struct DatasetConfig {
     /// for `mr`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_text_column: Option<String>,
+    /// Detection: the folder the annotations' image file names are relative to [default: each
+    /// annotation file's folder]. Its contents join the cache key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_dir: Option<PathBuf>,
     /// The paths are inside the node's one input (a folder another node made, e.g. a
     /// `command` that fetches or generates data) instead of relative to the manifest.
     #[serde(default)]
@@ -136,12 +140,17 @@ impl DatasetConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BadRow {
     pub file: String,
+    /// The line (1-based); 0 when the reason names the place itself.
     pub row: usize,
     pub reason: String,
 }
 
 impl std::fmt::Display for BadRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.row == 0 {
+            // The reason names the place itself (a record of a JSON file, an XML line:col).
+            return write!(f, "{}", self.reason);
+        }
         write!(f, "{}:{}: {}", self.file, self.row, self.reason)
     }
 }
@@ -553,8 +562,104 @@ fn build_generation(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics),
     ))
 }
 
+/// `task: detection`: images and boxes from COCO JSON, VOC XML or CSV, every box checked; the
+/// images are copied into `artifact` when given ([`crate::sources::boxes`]).
+fn build_detection(
+    c: &DatasetConfig,
+    dir: &Path,
+    artifact: Option<&Path>,
+) -> Result<(Dataset, Metrics), String> {
+    use crate::sources::boxes;
+    if c.ctr.is_some() {
+        return Err("`ctr:` goes with `task: ctr`".into());
+    }
+    let files = split_files(c, dir);
+    let mut bad_rows = Vec::new();
+    let mut read = Vec::new();
+    let mut categories = Vec::new();
+    for (name, p, shown) in &files {
+        let (images, cats) = boxes::read_annotations(p, shown, &mut bad_rows)?;
+        if *name == "train" {
+            categories = cats;
+        }
+        read.push((*name, p.clone(), shown.clone(), images));
+    }
+    let spec = match &c.labels {
+        Some(p) => LabelSpec::load(&if p.is_absolute() {
+            p.clone()
+        } else {
+            dir.join(p)
+        })?,
+        None => boxes::spec_of(&categories, &read[0].3).ok_or_else(|| {
+            format!(
+                "{}: no classes: the train annotations have no boxes and no categories (give `labels:`)",
+                c.train.display()
+            )
+        })?,
+    };
+    let mut seen = HashMap::new();
+    let mut splits = BTreeMap::new();
+    for (name, p, shown, images) in read {
+        let image_dir = match &c.image_dir {
+            Some(d) if d.is_absolute() => d.clone(),
+            Some(d) => dir.join(d),
+            None if p.is_dir() => p.clone(),
+            None => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        let split = boxes::to_split(
+            images,
+            &spec,
+            &image_dir,
+            artifact,
+            &shown,
+            &mut seen,
+            &mut bad_rows,
+        );
+        splits.insert(name.to_string(), split);
+    }
+    finish_splits(c, &bad_rows, "image", &mut splits)?;
+    let mut metrics = Metrics::new();
+    metrics.insert("labels".into(), spec.len().into());
+    for (name, s) in &splits {
+        metrics.insert(format!("{name}_images"), s.len().into());
+        metrics.insert(
+            format!("{name}_boxes"),
+            s.boxes.iter().map(Vec::len).sum::<usize>().into(),
+        );
+    }
+    if let Some(t) = splits.get("train") {
+        metrics.insert(
+            "train_boxes_per_label".into(),
+            json!(boxes::per_class(t, &spec)),
+        );
+    }
+    bad_row_metrics(&mut metrics, &bad_rows);
+    Ok((
+        Dataset {
+            task: c.task,
+            labels: spec,
+            splits,
+            ctr: None,
+        },
+        metrics,
+    ))
+}
+
 /// Builds the dataset from its config; `dir` is what relative paths are relative to.
 pub fn build(c: &DatasetConfig, dir: &Path) -> Result<(Dataset, Metrics), String> {
+    build_into(c, dir, None)
+}
+
+/// [`build`], copying what the dataset refers to (detection's images) into the artifact folder
+/// `artifact` when given.
+pub fn build_into(
+    c: &DatasetConfig,
+    dir: &Path,
+    artifact: Option<&Path>,
+) -> Result<(Dataset, Metrics), String> {
+    if c.task == relabel_tasks::task::TaskKind::Detection {
+        return build_detection(c, dir, artifact);
+    }
     if c.task == relabel_tasks::task::TaskKind::Tagging {
         return build_tagging(c, dir);
     }
@@ -711,6 +816,22 @@ impl NodeKind for DatasetNode {
         f.extend(c.test.iter().cloned());
         f.extend(c.badcase.iter().cloned());
         f.extend(c.labels.iter().cloned());
+        if c.task == relabel_tasks::task::TaskKind::Detection {
+            // The images: the folder named, or each annotation file's folder.
+            match &c.image_dir {
+                Some(d) => f.push(d.clone()),
+                None => {
+                    let mut dirs: Vec<PathBuf> = f
+                        .iter()
+                        .filter(|p| p.extension().is_some())
+                        .map(|p| p.parent().map(Path::to_path_buf).unwrap_or_default())
+                        .collect();
+                    dirs.sort();
+                    dirs.dedup();
+                    f.extend(dirs);
+                }
+            }
+        }
         f
     }
 
@@ -761,7 +882,7 @@ impl NodeKind for DatasetNode {
         let out = ctx.output_path("dataset");
         let out2 = out.clone();
         let metrics = tokio::task::spawn_blocking(move || -> Result<Metrics, String> {
-            let (ds, metrics) = build(&c, &dir)?;
+            let (ds, metrics) = build_into(&c, &dir, Some(&out2))?;
             ds.write(&out2)
                 .map_err(|e| format!("writing the dataset: {e}"))?;
             Ok(metrics)

@@ -261,35 +261,7 @@ impl SplitPredictions {
         split: &crate::data::Split,
         spec: &crate::data::LabelSpec,
     ) -> io::Result<Self> {
-        let bad = |msg: String| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {msg}", path.display()),
-            )
-        };
-        let t = crate::table::Table::read(path)?;
-        if t.rows() != split.len() {
-            return Err(bad(format!(
-                "{} rows of predictions for a split of {} rows (made from another dataset version?)",
-                t.rows(),
-                split.len()
-            )));
-        }
-        let ids = t.strings("id")?;
-        if let Some(i) = (0..ids.len()).find(|&i| ids[i] != split.ids[i]) {
-            return Err(bad(format!(
-                "row {i}: id \"{}\", but the dataset's row {i} is \"{}\" (predictions must follow the split's row order)",
-                ids[i], split.ids[i]
-            )));
-        }
-        let fold: Vec<i32> = if t.has("fold") {
-            t.ints("fold")?
-                .into_iter()
-                .map(|f| i32::try_from(f).unwrap_or(-1))
-                .collect()
-        } else {
-            vec![-1; split.len()]
-        };
+        let (t, fold, bad) = open_aligned(path, split)?;
         let classes = spec.labels.len();
         let (xs, lens) = t.float_row_lists("boxes", 5)?;
         let labels = t.string_lists("box_labels")?;
@@ -335,37 +307,7 @@ impl SplitPredictions {
     /// defaults to -1); the other columns are derived again from `probs` and the split's labels,
     /// so predictions written by another trainer read the same as ours.
     pub fn read(path: &Path, split: &crate::data::Split, classes: usize) -> io::Result<Self> {
-        let bad = |msg: String| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {msg}", path.display()),
-            )
-        };
-        let t = crate::table::Table::read(path)?;
-        if t.rows() != split.len() {
-            return Err(bad(format!(
-                "{} rows of predictions for a split of {} rows (made from another dataset version?)",
-                t.rows(),
-                split.len()
-            )));
-        }
-        if t.has("id") {
-            let ids = t.strings("id")?;
-            if let Some(i) = (0..ids.len()).find(|&i| ids[i] != split.ids[i]) {
-                return Err(bad(format!(
-                    "row {i}: id \"{}\", but the dataset's row {i} is \"{}\" (predictions must follow the split's row order)",
-                    ids[i], split.ids[i]
-                )));
-            }
-        }
-        let fold = if t.has("fold") {
-            t.ints("fold")?
-                .into_iter()
-                .map(|f| i32::try_from(f).unwrap_or(-1))
-                .collect()
-        } else {
-            vec![-1; split.len()]
-        };
+        let (t, fold, bad) = open_aligned(path, split)?;
         if !split.targets.is_empty() {
             let outputs = t.strings("output")?;
             let lp: Vec<f32> = if t.has("target_logprob") {
@@ -400,6 +342,51 @@ impl SplitPredictions {
             fold,
         ))
     }
+}
+
+/// Opens a split's predictions table and checks it follows the split (as many rows, the same
+/// ids in order when it has an `id` column); returns it with each row's fold (-1 without a
+/// `fold` column) and the error maker for the file.
+fn open_aligned<'a>(
+    path: &'a Path,
+    split: &crate::data::Split,
+) -> io::Result<(
+    crate::table::Table,
+    Vec<i32>,
+    impl Fn(String) -> io::Error + 'a,
+)> {
+    let bad = move |msg: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {msg}", path.display()),
+        )
+    };
+    let t = crate::table::Table::read(path)?;
+    if t.rows() != split.len() {
+        return Err(bad(format!(
+            "{} rows of predictions for a split of {} rows (made from another dataset version?)",
+            t.rows(),
+            split.len()
+        )));
+    }
+    if t.has("id") {
+        let ids = t.strings("id")?;
+        if let Some(i) = (0..ids.len()).find(|&i| ids[i] != split.ids[i]) {
+            return Err(bad(format!(
+                "row {i}: id \"{}\", but the dataset's row {i} is \"{}\" (predictions must follow the split's row order)",
+                ids[i], split.ids[i]
+            )));
+        }
+    }
+    let fold = if t.has("fold") {
+        t.ints("fold")?
+            .into_iter()
+            .map(|f| i32::try_from(f).unwrap_or(-1))
+            .collect()
+    } else {
+        vec![-1; split.len()]
+    };
+    Ok((t, fold, bad))
 }
 
 /// What `meta.json` of a predictions artifact says.

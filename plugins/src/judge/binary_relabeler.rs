@@ -508,11 +508,6 @@ impl NodeKind for BinaryRelabeler {
         let fail = NodeError::Failed;
         let ds =
             Dataset::read(&inputs["dataset"].path).map_err(|e| fail(format!("dataset: {e}")))?;
-        if ds.task == relabel_tasks::task::TaskKind::Detection {
-            // A text-only model cannot see where a box is; guessing from coordinates would be
-            // noise presented as a judgement.
-            return Err(fail("a detection dispute is about pixels, and this endpoint is a text model: an LLM judge needs a vision-language endpoint, which relabel does not support yet. Have people judge the flags instead (`relabel export` / `relabel import`)".into()));
-        }
         let mut c = c;
         let generation = ds.task == relabel_tasks::task::TaskKind::Generation;
         c.both_orders = Some(c.both_orders.unwrap_or(generation && c.votes <= 1));
@@ -541,6 +536,11 @@ impl NodeKind for BinaryRelabeler {
                 }
                 let m = human::run(&ctx, &c, &prompter, flags, &export)?;
                 (m.0, m.1)
+            }
+            Mode::Llm if ds.task == relabel_tasks::task::TaskKind::Detection => {
+                // A text-only model cannot see where a box is; guessing from coordinates would
+                // be noise presented as a judgement.
+                return Err(fail("a detection dispute is about pixels, and an LLM endpoint here is a text model: relabel does not support vision-language endpoints yet. Have people judge the flags instead (`mode: human`, then `answers:`)".into()));
             }
             Mode::Llm => {
                 // One prompter per vote after the first: its own example set.

@@ -8,34 +8,50 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use relabel_testkit::scenes::{load_mnist, plant, pools, write_coco, write_scenes, Planted, Rng};
+use relabel_testkit::scenes::{
+    box_errors, fit, load_mnist, plant, pools, write_coco, write_scenes, Planted, Rng, SceneBox,
+};
 
 fn manifest() -> String {
-    r#"
+    manifest_with("")
+}
+
+/// The pipeline; `answers` is the relabeler's `answers:` entry (none: people have not answered).
+fn manifest_with(answers: &str) -> String {
+    format!(
+        r#"
 version: 1
 name: digits
 nodes:
   - id: data
     kind: dataset
-    config: {task: detection, train: scenes/train.json, test: scenes/test.json, dev_fraction: 0.15}
+    config: {{task: detection, train: scenes/train.json, test: scenes/test.json, dev_fraction: 0.15}}
   - id: train
     kind: trainer
     inputs: [data.dataset]
-    config: {model: centernet, epochs: 30, patience: 3, seed: 1, threads: 2, batch_size: 16, detector: {input_size: 64, width: 64}}
+    config: {{model: centernet, epochs: 30, patience: 3, seed: 1, threads: 2, batch_size: 16, detector: {{input_size: 64, width: 64}}}}
   - id: predict
     kind: self_predictor
-    inputs: {model: train.model, dataset: data.dataset}
-    config: {kfold: 2}
+    inputs: {{model: train.model, dataset: data.dataset}}
+    config: {{kfold: 2}}
   - id: flag
     kind: disagreement_filter
-    inputs: {predictions: predict.predictions, dataset: data.dataset}
-    config: {rules: [pred_neq_label], max_fraction: 0.15, splits: [train]}
+    inputs: {{predictions: predict.predictions, dataset: data.dataset}}
+    config: {{rules: [pred_neq_label], max_fraction: 0.15, splits: [train]}}
   - id: evaluate
     kind: evaluator
-    inputs: {predictions: predict.predictions, dataset: data.dataset}
-    config: {}
+    inputs: {{predictions: predict.predictions, dataset: data.dataset}}
+    config: {{}}
+  - id: relabel
+    kind: binary_relabeler
+    inputs: {{flags: flag.flags, dataset: data.dataset}}
+    config: {{mode: human{answers}}}
+  - id: apply
+    kind: apply_labels
+    inputs: {{dataset: data.dataset, decisions: relabel.decisions}}
+    config: {{}}
 "#
-    .to_string()
+    )
 }
 
 fn mnist() -> Vec<relabel_testkit::scenes::Digit> {
@@ -55,6 +71,10 @@ fn planted_box_errors_are_found_by_an_out_of_fold_detector_and_the_test_is_score
     let dir = f0.path().join("scenes");
     let mut train = write_scenes(&digits, &train_pool, 2000, 64, "tr", &dir, &mut rng).unwrap();
     let test = write_scenes(&digits, &test_pool, 150, 64, "te", &dir, &mut rng).unwrap();
+    let gold: HashMap<String, Vec<SceneBox>> = train
+        .iter()
+        .map(|s| (s.file.clone(), s.boxes.clone()))
+        .collect();
     let planted = plant(&mut train, 0.2, 10, &mut rng);
     write_coco(&dir.join("train.json"), &train, 10).unwrap();
     write_coco(&dir.join("test.json"), &test, 10).unwrap();
@@ -177,6 +197,110 @@ fn planted_box_errors_are_found_by_an_out_of_fold_detector_and_the_test_is_score
     .unwrap();
     let again = relabel_tasks::detection::coco_map(&test.boxes, &p.detections, 10);
     assert!((again.map - map).abs() < 1e-12);
+
+    // People judge: the export has a crop per question (both boxes drawn) and Label Studio
+    // tasks with both boxes as rectangles; nothing is applied until answers come back.
+    assert_eq!(
+        node(&report, "relabel")["metrics"]["awaiting_human"],
+        flags.len()
+    );
+    let export = output_path(&report, "relabel", "export");
+    let rows = read_jsonl(&export.join("relabel.jsonl"));
+    assert_eq!(rows.len(), flags.len());
+    let tasks: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(export.join("label_studio_tasks.json")).unwrap())
+            .unwrap();
+    let config = std::fs::read_to_string(export.join("label_studio_config.xml")).unwrap();
+    assert!(
+        config.contains("<RectangleLabels") && config.contains("$image"),
+        "{config}"
+    );
+    for (i, (row, fl)) in rows.iter().zip(&flags).enumerate() {
+        let crop = export.join(row["crop"].as_str().unwrap());
+        let img = image::open(&crop).unwrap().to_rgb8();
+        assert!(img.width() >= 64, "{}", crop.display());
+        let rects = tasks[i]["predictions"][0]["result"].as_array().unwrap();
+        let boxes = ["annotated", "proposed"]
+            .iter()
+            .filter(|k| !fl["site"][**k].is_null())
+            .count();
+        assert_eq!(rects.len(), boxes, "{}", tasks[i]);
+        assert_eq!(tasks[i]["data"]["image"], row["crop"]);
+    }
+    // A person who knows the gold picks the reading that fits it (a tie keeps the annotation).
+    let reading = |v: &serde_json::Value| -> Option<SceneBox> {
+        (!v.is_null()).then(|| {
+            let c = |k: &str| v[k].as_f64().unwrap() as f32;
+            (
+                v["class"].as_u64().unwrap() as u32,
+                [c("xmin"), c("ymin"), c("xmax"), c("ymax")],
+            )
+        })
+    };
+    let mut answers = String::new();
+    for (row, fl) in rows.iter().zip(&flags) {
+        let (a, b) = (
+            reading(&fl["site"]["annotated"]),
+            reading(&fl["site"]["proposed"]),
+        );
+        let g = &gold[fl["id"].as_str().unwrap()];
+        let take = fit(b, a, g) > fit(a, b, g);
+        let answer = if take {
+            &row["model_prediction"]
+        } else {
+            &row["current_label"]
+        };
+        answers.push_str(&serde_json::json!({"id": row["id"], "answer": answer}).to_string());
+        answers.push('\n');
+    }
+    f.write("answers.jsonl", &answers);
+    // An answer that is neither reading is refused, naming its line.
+    let first = rows[0]["id"].as_str().unwrap();
+    f.write(
+        "bad.jsonl",
+        &format!(
+            "{}\n",
+            serde_json::json!({"id": first, "answer": "digit_3 at [0.0, 0.0, 5.0, 5.0]"})
+        ),
+    );
+    f.write("p.yaml", &manifest_with(", answers: bad.jsonl"));
+    let (code, bad) = f.run(&[]);
+    assert_ne!(code, 0);
+    let why = node(&bad, "relabel")["error"].to_string();
+    assert!(
+        why.contains("bad.jsonl:1") && why.contains("not one of its two candidates"),
+        "{why}"
+    );
+
+    f.write("p.yaml", &manifest_with(", answers: answers.jsonl"));
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(
+        node(&report, "train")["status"],
+        "cached",
+        "answers change only the judge and what follows it"
+    );
+    let after =
+        relabel_tasks::data::Dataset::read(&output_path(&report, "apply", "dataset")).unwrap();
+    let ta = after.split("train").unwrap();
+    let errors = |s: &relabel_tasks::data::Split| -> usize {
+        (0..s.len())
+            .map(|i| {
+                let boxes: Vec<SceneBox> = s.boxes[i]
+                    .iter()
+                    .map(|b| (b.class, [b.xmin, b.ymin, b.xmax, b.ymax]))
+                    .collect();
+                box_errors(&boxes, &gold[&s.ids[i]])
+            })
+            .sum()
+    };
+    let (e0, e1) = (errors(tr), errors(ta));
+    // Each answer that takes the proposal fixes about one error; a proposal can be imperfect
+    // (a shifted box replaced by the model's box is still an error at IoU 0.9).
+    assert!(
+        e1 < e0 && e0 - e1 >= hits / 3,
+        "box errors {e0} -> {e1} ({hits} planted flags)"
+    );
     assert!(m["badcases"].as_u64().unwrap() > 0);
 }
 

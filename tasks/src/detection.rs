@@ -277,8 +277,18 @@ impl Detection {
                 None => {}
             }
         }
+        let mut raised: Vec<BBox> = Vec::new();
         for (j, p) in pred.iter().enumerate() {
             if used[j] || p.score < self.overlooked_score {
+                continue;
+            }
+            // One question per place: a less confident prediction of another class at the
+            // same place (predictions come most confident first) is the same object.
+            if raised.iter().any(|r| iou(r, &p.bbox) >= self.good_iou)
+                || pred[..j].iter().zip(&used).any(|(q, &u)| {
+                    u && q.score >= p.score && iou(&q.bbox, &p.bbox) >= self.good_iou
+                })
+            {
                 continue;
             }
             // A prediction that overlaps a same-class annotated box well is a duplicate, not
@@ -287,6 +297,7 @@ impl Detection {
                 .iter()
                 .any(|a| a.class == p.bbox.class && iou(a, &p.bbox) >= self.good_iou);
             if !covered {
+                raised.push(p.bbox);
                 out.push((
                     BoxSite {
                         issue: BoxIssue::Overlooked,

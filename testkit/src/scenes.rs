@@ -313,3 +313,34 @@ pub fn pools(n: usize, test_fraction: f64, rng: &mut Rng) -> (Vec<usize>, Vec<us
     let train = idx[cut..].to_vec();
     (train, test)
 }
+
+/// How well a reading (a box, or none) of a disputed place fits the gold boxes: a box scores
+/// its best IoU with a gold box of its class; "none" scores 1 when no gold box overlaps the
+/// other reading's box (IoU 0.3 or more), else 0.
+pub fn fit(reading: Option<SceneBox>, other: Option<SceneBox>, gold: &[SceneBox]) -> f64 {
+    match (reading, other) {
+        (Some((c, b)), _) => gold
+            .iter()
+            .filter(|(gc, _)| *gc == c)
+            .map(|(_, g)| iou(g, &b))
+            .fold(0.0, f64::max),
+        (None, Some((_, o))) => {
+            if gold.iter().any(|(_, g)| iou(g, &o) >= 0.3) {
+                0.0
+            } else {
+                1.0
+            }
+        }
+        (None, None) => 0.0,
+    }
+}
+
+/// Annotation errors against the gold: annotated boxes with no gold box of their class at IoU
+/// 0.9, plus gold boxes with no annotated box of their class at IoU 0.9.
+pub fn box_errors(annotated: &[SceneBox], gold: &[SceneBox]) -> usize {
+    let matched = |b: &SceneBox, among: &[SceneBox]| {
+        among.iter().any(|(c, g)| *c == b.0 && iou(g, &b.1) >= 0.9)
+    };
+    annotated.iter().filter(|b| !matched(b, gold)).count()
+        + gold.iter().filter(|g| !matched(g, annotated)).count()
+}

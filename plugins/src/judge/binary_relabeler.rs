@@ -534,7 +534,14 @@ impl NodeKind for BinaryRelabeler {
                 if c.votes > 1 {
                     return Err(fail("votes repeat an LLM's question; a person answers each row once (mode: human)".into()));
                 }
-                let m = human::run(&ctx, &c, &prompter, flags, &export)?;
+                let m = human::run(
+                    &ctx,
+                    &c,
+                    &prompter,
+                    flags,
+                    &export,
+                    Some((&ds, &inputs["dataset"].path)),
+                )?;
                 (m.0, m.1)
             }
             Mode::Llm if ds.task == relabel_tasks::task::TaskKind::Detection => {

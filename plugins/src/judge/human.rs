@@ -15,6 +15,22 @@ const CSV_NAME: &str = "relabel.csv";
 const JSONL_NAME: &str = "relabel.jsonl";
 const LS_TASKS: &str = "label_studio_tasks.json";
 const LS_CONFIG: &str = "label_studio_config.xml";
+/// Detection: the folder of crop images, one per question.
+const CROPS: &str = "crops";
+
+/// The Label Studio interface for detection: the crop with both candidate boxes pre-annotated
+/// as rectangles (`current`, `proposed`), and a choice between the two readings.
+const LABEL_STUDIO_DETECTION_CONFIG: &str = r##"<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="boxes" toName="image">
+    <Label value="current" background="#ff8c00"/>
+    <Label value="proposed" background="#1e90ff"/>
+  </RectangleLabels>
+  <Header value="Current: $current_label"/>
+  <Header value="Model's candidate: $model_prediction"/>
+  <Choices name="answer" toName="image" choice="single" required="true" value="$options"/>
+</View>
+"##;
 
 /// The Label Studio labelling interface: the text and a choice between the task's two options.
 const LABEL_STUDIO_CONFIG: &str = r#"<View>
@@ -27,7 +43,23 @@ const LABEL_STUDIO_CONFIG: &str = r#"<View>
 
 /// The key a person's answer names its question by: the row id, and for a task with several
 /// questions per row (tagging) the site too, as `ID@START-END`.
+/// (detection: the issue and the annotated box, else the proposed one, as
+/// `ID#ISSUE@CLASS:XMIN,YMIN,XMAX,YMAX` with the class's index).
 pub fn question_key(f: &Flag) -> String {
+    if let Ok(site) = serde_json::from_value::<relabel_tasks::detection::BoxSite>(f.site.clone()) {
+        if let Some(b) = site.annotated.or(site.proposed) {
+            return format!(
+                "{}#{}@{}:{:.1},{:.1},{:.1},{:.1}",
+                f.id,
+                site.issue.name(),
+                b.class,
+                b.xmin,
+                b.ymin,
+                b.xmax,
+                b.ymax
+            );
+        }
+    }
     match (f.site["start"].as_u64(), f.site["end"].as_u64()) {
         (Some(s), Some(e)) => format!("{}@{s}-{e}", f.id),
         _ => f.id.clone(),
@@ -41,8 +73,10 @@ pub fn run(
     prompter: &Prompter,
     flags: Vec<Flag>,
     export: &Path,
+    images: Option<(&crate::data::Dataset, &Path)>,
 ) -> Result<(Vec<Decision>, Metrics), NodeError> {
-    write_export(prompter, &flags, export).map_err(|e| NodeError::io("writing the export", e))?;
+    write_export(prompter, &flags, export, images)
+        .map_err(|e| NodeError::io("writing the export", e))?;
     let mut m = Metrics::new();
     if let Some(to) = &c.export_to {
         let to = ctx.resolve(to);
@@ -73,7 +107,20 @@ pub fn run(
 /// Copies the export's files into `to` (made writable: the cached ones are read-only).
 pub fn copy_export(export: &Path, to: &Path) -> Result<(), NodeError> {
     std::fs::create_dir_all(to).map_err(|e| NodeError::io(format!("{}", to.display()), e))?;
-    for f in [CSV_NAME, JSONL_NAME, LS_TASKS, LS_CONFIG] {
+    let crops = export.join(CROPS);
+    let mut files: Vec<String> = [CSV_NAME, JSONL_NAME, LS_TASKS, LS_CONFIG]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if crops.is_dir() {
+        std::fs::create_dir_all(to.join(CROPS))
+            .map_err(|e| NodeError::io(format!("{}", to.display()), e))?;
+        for e in std::fs::read_dir(&crops).map_err(|e| NodeError::io("reading crops", e))? {
+            let e = e.map_err(|e| NodeError::io("reading crops", e))?;
+            files.push(format!("{CROPS}/{}", e.file_name().to_string_lossy()));
+        }
+    }
+    for f in &files {
         let dest = to.join(f);
         let _ = std::fs::remove_file(&dest);
         std::fs::copy(export.join(f), &dest)
@@ -118,10 +165,62 @@ fn pending(flag: Flag, digest: &str) -> Decision {
     d
 }
 
-fn write_export(prompter: &Prompter, flags: &[Flag], dir: &Path) -> std::io::Result<()> {
+/// A detection flag's crop: writes `crops/N.png` and returns its name and the Label Studio
+/// rectangles of both boxes (in percent of the crop, as Label Studio wants them).
+fn crop_of(
+    f: &Flag,
+    n: usize,
+    ds: &crate::data::Dataset,
+    ds_dir: &Path,
+    dir: &Path,
+) -> std::io::Result<(String, Value)> {
+    let site: relabel_tasks::detection::BoxSite = serde_json::from_value(f.site.clone())
+        .map_err(|e| std::io::Error::other(format!("row {}: {e}", f.id)))?;
+    let split = ds
+        .split(&f.split)
+        .ok_or_else(|| std::io::Error::other(format!("no split {}", f.split)))?;
+    let row = relabel_tasks::rows::row_of(split, f).map_err(std::io::Error::other)?;
+    let name = format!("{CROPS}/{n:05}.png");
+    let (r, _) =
+        crate::judge::crops::write_crop(&ds_dir.join(&split.texts[row]), &site, &dir.join(&name))
+            .map_err(std::io::Error::other)?;
+    let (w, h) = ((r[2] - r[0]) as f64, (r[3] - r[1]) as f64);
+    let rect = |b: &relabel_tasks::detection::BBox, label: &str| {
+        json!({
+            "from_name": "boxes", "to_name": "image", "type": "rectanglelabels",
+            "original_width": w, "original_height": h,
+            "value": {
+                "x": (b.xmin as f64 - r[0] as f64) / w * 100.0,
+                "y": (b.ymin as f64 - r[1] as f64) / h * 100.0,
+                "width": b.width() / w * 100.0,
+                "height": b.height() / h * 100.0,
+                "rectanglelabels": [label],
+            }
+        })
+    };
+    let mut result = Vec::new();
+    if let Some(b) = &site.annotated {
+        result.push(rect(b, "current"));
+    }
+    if let Some(b) = &site.proposed {
+        result.push(rect(b, "proposed"));
+    }
+    Ok((
+        name,
+        json!([{"model_version": "relabel", "result": result}]),
+    ))
+}
+
+fn write_export(
+    prompter: &Prompter,
+    flags: &[Flag],
+    dir: &Path,
+    images: Option<(&crate::data::Dataset, &Path)>,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
+    let detection = images.filter(|(ds, _)| ds.task == relabel_tasks::task::TaskKind::Detection);
     let mut csv = csv::Writer::from_path(dir.join(CSV_NAME))?;
-    csv.write_record([
+    let mut header = vec![
         "id",
         "split",
         "text",
@@ -129,45 +228,70 @@ fn write_export(prompter: &Prompter, flags: &[Flag], dir: &Path) -> std::io::Res
         "model_prediction",
         "current_definition",
         "prediction_definition",
-        "answer",
-    ])?;
+    ];
+    if detection.is_some() {
+        header.push("crop");
+    }
+    header.push("answer");
+    csv.write_record(&header)?;
     let mut jsonl = String::new();
     let mut tasks = Vec::new();
-    for f in flags {
+    for (n, f) in flags.iter().enumerate() {
         let key = question_key(f);
         let [a, b] = prompter
             .shown(f, [&f.label, &f.candidate])
             .map_err(std::io::Error::other)?
             .1;
-        csv.write_record([
-            &key,
+        let crop = match detection {
+            Some((ds, ds_dir)) => Some(crop_of(f, n, ds, ds_dir, dir)?),
+            None => None,
+        };
+        let mut rec = vec![
+            key.as_str(),
             &f.split,
             &f.text,
             &f.label,
             &f.candidate,
             &a.definition,
             &b.definition,
-            "",
-        ])?;
-        let row = json!({
+        ];
+        if let Some((name, _)) = &crop {
+            rec.push(name);
+        }
+        rec.push("");
+        csv.write_record(&rec)?;
+        let mut row = json!({
             "id": key, "split": f.split, "text": f.text,
             "current_label": f.label, "model_prediction": f.candidate,
             "current_definition": a.definition, "prediction_definition": b.definition,
             "current_examples": a.examples, "prediction_examples": b.examples,
             "answer": null,
         });
-        jsonl.push_str(&row.to_string());
-        jsonl.push('\n');
-        tasks.push(json!({"data": {
+        let mut task = json!({"data": {
             "id": key, "text": f.text,
             "current_label": f.label, "model_prediction": f.candidate,
             "options": [{"value": f.label}, {"value": f.candidate}],
-        }}));
+        }});
+        if let Some((name, pre)) = crop {
+            row["crop"] = json!(name);
+            task["data"]["image"] = json!(name);
+            task["predictions"] = pre;
+        }
+        jsonl.push_str(&row.to_string());
+        jsonl.push('\n');
+        tasks.push(task);
     }
     csv.flush()?;
     std::fs::write(dir.join(JSONL_NAME), jsonl)?;
     std::fs::write(dir.join(LS_TASKS), serde_json::to_string_pretty(&tasks)?)?;
-    std::fs::write(dir.join(LS_CONFIG), LABEL_STUDIO_CONFIG)
+    std::fs::write(
+        dir.join(LS_CONFIG),
+        if detection.is_some() {
+            LABEL_STUDIO_DETECTION_CONFIG
+        } else {
+            LABEL_STUDIO_CONFIG
+        },
+    )
 }
 
 /// An answer as read: where it was (for errors), the row id, and the answer (empty: skipped).

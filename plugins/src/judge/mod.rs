@@ -2,4 +2,5 @@
 //! import) to choose between a row's label and one candidate.
 
 pub mod binary_relabeler;
+pub mod crops;
 pub mod human;

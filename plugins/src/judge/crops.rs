@@ -1,0 +1,134 @@
+//! Crop images for detection questions: the region around a dispute's two boxes, enlarged, with
+//! the annotated box drawn in orange and the proposed one in blue, so a person (or a review
+//! page) sees exactly what is asked.
+
+use std::path::Path;
+
+use image::{Rgb, RgbImage};
+use relabel_tasks::detection::{BBox, BoxSite};
+
+/// The annotated box's colour.
+pub const ANNOTATED: [u8; 3] = [255, 140, 0];
+/// The proposed box's colour.
+pub const PROPOSED: [u8; 3] = [30, 144, 255];
+
+/// The region a crop shows, in image pixels: both boxes with half their size again around them
+/// (at least 16 px), inside the image.
+pub fn region(site: &BoxSite, width: u32, height: u32) -> [u32; 4] {
+    let boxes: Vec<&BBox> = site.annotated.iter().chain(site.proposed.iter()).collect();
+    let x0 = boxes.iter().map(|b| b.xmin).fold(f32::INFINITY, f32::min);
+    let y0 = boxes.iter().map(|b| b.ymin).fold(f32::INFINITY, f32::min);
+    let x1 = boxes
+        .iter()
+        .map(|b| b.xmax)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let y1 = boxes
+        .iter()
+        .map(|b| b.ymax)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mx = ((x1 - x0) * 0.5).max(16.0);
+    let my = ((y1 - y0) * 0.5).max(16.0);
+    let c = |v: f32, hi: u32| v.round().clamp(0.0, hi as f32) as u32;
+    let r = [
+        c(x0 - mx, width),
+        c(y0 - my, height),
+        c(x1 + mx, width),
+        c(y1 + my, height),
+    ];
+    [r[0], r[1], r[2].max(r[0] + 1), r[3].max(r[1] + 1)]
+}
+
+/// Writes the crop of `image` for `site` to `to` (PNG); returns the region shown and the
+/// factor it was enlarged by.
+pub fn write_crop(image: &Path, site: &BoxSite, to: &Path) -> Result<([u32; 4], u32), String> {
+    let img = image::open(image)
+        .map_err(|e| format!("{}: {e}", image.display()))?
+        .to_rgb8();
+    let r = region(site, img.width(), img.height());
+    let (w, h) = (
+        (r[2] - r[0]).min(img.width() - r[0]),
+        (r[3] - r[1]).min(img.height() - r[1]),
+    );
+    let part = image::imageops::crop_imm(&img, r[0], r[1], w.max(1), h.max(1)).to_image();
+    // Small regions are enlarged (nearest pixel, so nothing is invented) to about 256 px.
+    let k = (256 / w.max(h).max(1)).clamp(1, 8);
+    let mut big = image::imageops::resize(
+        &part,
+        part.width() * k,
+        part.height() * k,
+        image::imageops::FilterType::Nearest,
+    );
+    for (b, colour) in [(site.annotated, ANNOTATED), (site.proposed, PROPOSED)] {
+        if let Some(b) = b {
+            draw(&mut big, &b, r, k, colour);
+        }
+    }
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    big.save(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    Ok((r, k))
+}
+
+/// A two-pixel outline of `b` (image pixels) on the crop of region `r` enlarged `k` times.
+fn draw(img: &mut RgbImage, b: &BBox, r: [u32; 4], k: u32, colour: [u8; 3]) {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let at = |v: f32, o: u32| ((v - o as f32) * k as f32).round() as i64;
+    let (x0, y0, x1, y1) = (
+        at(b.xmin, r[0]),
+        at(b.ymin, r[1]),
+        at(b.xmax, r[0]) - 1,
+        at(b.ymax, r[1]) - 1,
+    );
+    let mut put = |x: i64, y: i64| {
+        if (0..w).contains(&x) && (0..h).contains(&y) {
+            img.put_pixel(x as u32, y as u32, Rgb(colour));
+        }
+    };
+    for t in 0..2 {
+        for x in x0..=x1 {
+            put(x, y0 + t);
+            put(x, y1 - t);
+        }
+        for y in y0..=y1 {
+            put(x0 + t, y);
+            put(x1 - t, y);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crop_shows_both_boxes_in_their_colours() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("a.png");
+        RgbImage::from_pixel(100, 80, Rgb([0, 0, 0]))
+            .save(&src)
+            .unwrap();
+        let b = |x0: f32, x1: f32| BBox {
+            class: 0,
+            xmin: x0,
+            ymin: 20.0,
+            xmax: x1,
+            ymax: 40.0,
+        };
+        let site = BoxSite {
+            issue: relabel_tasks::detection::BoxIssue::Location,
+            annotated: Some(b(10.0, 30.0)),
+            proposed: Some(b(40.0, 60.0)),
+        };
+        let out = dir.path().join("crops/0.png");
+        let (r, k) = write_crop(&src, &site, &out).unwrap();
+        assert_eq!(r, [0, 4, 85, 56]);
+        let img = image::open(&out).unwrap().to_rgb8();
+        assert_eq!(img.width(), 85 * k);
+        // The annotated box's left edge and the proposed box's left edge.
+        assert_eq!(img.get_pixel(10 * k, 26 * k).0, ANNOTATED);
+        assert_eq!(img.get_pixel(40 * k, 26 * k).0, PROPOSED);
+        // Inside a box, the image itself.
+        assert_eq!(img.get_pixel(20 * k, 26 * k).0, [0, 0, 0]);
+    }
+}

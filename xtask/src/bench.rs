@@ -19,6 +19,7 @@ const NEEDS_ARTIFACTS: &[&str] = &[
     "badcase",
     "ctr",
     "generation",
+    "detection",
 ];
 
 pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
@@ -60,8 +61,10 @@ pub fn run_bench(root: &Path, name: &str, args: &[String]) -> Result<()> {
         "ctr" => crate::bench_ctr::ctr(root, args)?,
         #[cfg(feature = "artifacts")]
         "generation" => crate::bench_generation::generation(root, args)?,
+        #[cfg(feature = "artifacts")]
+        "detection" => crate::bench_detection::detection(root, args)?,
         other => {
-            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, batch, knn, votes, quality, badcase, artifacts, ner, ctr, generation, remote, slurm, million")
+            bail!("unknown benchmark \"{other}\"; known: engine, train, flag, llm, batch, knn, votes, quality, badcase, artifacts, ner, ctr, generation, detection, remote, slurm, million")
         }
     };
     let out = json!({

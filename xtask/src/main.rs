@@ -8,6 +8,8 @@ mod bench_batch;
 #[cfg(feature = "artifacts")]
 mod bench_ctr;
 #[cfg(feature = "artifacts")]
+mod bench_detection;
+#[cfg(feature = "artifacts")]
 mod bench_flag;
 #[cfg(feature = "artifacts")]
 mod bench_generation;
@@ -76,7 +78,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask COMMAND\n\n  setup            fetch libtorch (CPU), all-MiniLM-L6-v2, GloVe 6B 50d, CoNLL-2003, MovieLens-100k, CMUdict, llama-server and Qwen2.5 0.5B into ~/.cache/relabel (idempotent)\n  demo             setup, then run the demo pipeline\n  test             setup, then run every test\n  schema [--check] regenerate (or check) manifests/relabel.schema.json\n  bench NAME       run a benchmark (engine, train, flag, llm, batch, knn, votes, quality, badcase, artifacts, ner, ctr, generation, remote, slurm, million) and write docs/bench/NAME.json"
+                "usage: cargo xtask COMMAND\n\n  setup            fetch libtorch (CPU), all-MiniLM-L6-v2, GloVe 6B 50d, CoNLL-2003, MovieLens-100k, CMUdict, MNIST 5k, llama-server and Qwen2.5 0.5B into ~/.cache/relabel (idempotent)\n  demo             setup, then run the demo pipeline\n  test             setup, then run every test\n  schema [--check] regenerate (or check) manifests/relabel.schema.json\n  bench NAME       run a benchmark (engine, train, flag, llm, batch, knn, votes, quality, badcase, artifacts, ner, ctr, generation, detection, remote, slurm, million) and write docs/bench/NAME.json"
             );
             bail!("unknown or missing command")
         }

@@ -283,6 +283,9 @@ fn planted_box_errors_are_found_by_an_out_of_fold_detector_and_the_test_is_score
     let after =
         relabel_tasks::data::Dataset::read(&output_path(&report, "apply", "dataset")).unwrap();
     let ta = after.split("train").unwrap();
+    // The new version refers to the same images, carried into its own artifact.
+    let after_dir = output_path(&report, "apply", "dataset");
+    assert!(ta.texts.iter().all(|t| after_dir.join(t).exists()));
     let errors = |s: &relabel_tasks::data::Split| -> usize {
         (0..s.len())
             .map(|i| {

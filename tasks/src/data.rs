@@ -389,6 +389,33 @@ impl Split {
     }
 }
 
+/// The folder of a dataset artifact holding the files its rows refer to (detection's images,
+/// named by their content).
+pub const IMAGES_DIR: &str = "images";
+
+/// Carries the files a dataset's rows refer to from the artifact `from` into a derived version
+/// `to` (hard links where the file system allows, else copies): a new version of a detection
+/// dataset refers to the same images. Nothing to carry is not an error.
+pub fn carry_images(from: &Path, to: &Path) -> io::Result<()> {
+    let src = from.join(IMAGES_DIR);
+    let Ok(entries) = std::fs::read_dir(&src) else {
+        return Ok(());
+    };
+    let dst = to.join(IMAGES_DIR);
+    std::fs::create_dir_all(&dst)?;
+    for e in entries {
+        let e = e?;
+        let target = dst.join(e.file_name());
+        if target.exists() {
+            continue;
+        }
+        if std::fs::hard_link(e.path(), &target).is_err() {
+            std::fs::copy(e.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
 /// A dataset version's record of the pairs a judge has decided (JSON lines of [`Judged`]),
 /// written by `apply_labels` next to the splits and carried into each later version.
 pub const JUDGED_FILE: &str = "judged.jsonl";

@@ -91,6 +91,57 @@ fn hit(flag: &Value, plants: &[&Plant]) -> Option<Planted> {
     })
 }
 
+/// ObjectLab (cleanlab 2.9.0's object_detection.rank) on the same annotations and out-of-fold
+/// boxes: per annotated box its swap and badly-located scores, per predicted box its overlooked
+/// score (lower: more likely an issue; null where ObjectLab gives none), in our box order.
+const OBJECTLAB: &str = r#"
+import json, sys, warnings
+from importlib.metadata import version
+import numpy as np
+from cleanlab.object_detection import rank
+warnings.filterwarnings("ignore")
+d = json.load(open(sys.argv[1]))
+K = d["classes"]
+labels, predictions, orders = [], [], []
+for im in d["images"]:
+    a = np.array([b[:4] for b in im["labels"]], dtype=float).reshape(-1, 4)
+    labels.append({"bboxes": a, "labels": np.array([b[4] for b in im["labels"]], dtype=int)})
+    per, order = [], []
+    for k in range(K):
+        idx = [i for i, p in enumerate(im["preds"]) if p[5] == k]
+        order.extend(idx)
+        per.append(np.array([im["preds"][i][:5] for i in idx], dtype=float).reshape(-1, 5))
+    predictions.append(per)
+    orders.append(order)
+swap = rank.compute_swap_box_scores(labels=labels, predictions=predictions)
+badloc = rank.compute_badloc_box_scores(labels=labels, predictions=predictions)
+over = rank.compute_overlooked_box_scores(labels=labels, predictions=predictions)
+def clean(xs):
+    return [None if (x is None or np.isnan(x)) else float(x) for x in xs]
+out = []
+for i, im in enumerate(d["images"]):
+    o = [None] * len(im["preds"])
+    for pos, j in enumerate(orders[i]):
+        v = over[i][pos]
+        o[j] = None if np.isnan(v) else float(v)
+    out.append({"swap": clean(swap[i]), "badloc": clean(badloc[i]), "overlooked": o})
+print(json.dumps({"cleanlab": version("cleanlab"), "images": out}))
+"#;
+
+/// Precision of the `k` lowest-scored items of `scored` ((score, is a true issue)), where `k`
+/// is the fewest that find `hits` true issues; None when the ranking never finds that many.
+fn precision_at_hits(scored: &mut [(f64, bool)], hits: usize) -> Option<f64> {
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut found = 0;
+    for (k, (_, t)) in scored.iter().enumerate() {
+        found += usize::from(*t);
+        if found >= hits && hits > 0 {
+            return Some(found as f64 / (k + 1) as f64);
+        }
+    }
+    None
+}
+
 fn map_of(r: &Value, name: &str) -> Value {
     json!({
         "map": metric(r, &format!("eval_{name}"), "test_map"),
@@ -160,9 +211,11 @@ pub fn detection(root: &Path, _args: &[String]) -> Result<Value> {
             .or_default();
         e.0 += 1;
         if let Some(k) = h {
-            e.1 += 1;
             hits_total += 1;
-            *found.entry(k.name()).or_default() += 1;
+            if k.name() == fl["rule"].as_str().unwrap_or("") {
+                e.1 += 1;
+                *found.entry(k.name()).or_default() += 1;
+            }
         }
     }
     let mut flag_table = serde_json::Map::new();
@@ -184,6 +237,7 @@ pub fn detection(root: &Path, _args: &[String]) -> Result<Value> {
         );
     }
     let planted_in_train: usize = by_file.values().map(Vec::len).sum();
+    let objectlab = objectlab(&r1, &ds, &by_file, &found)?;
 
     // A person of accuracy p who knows the gold answers every question.
     let mut answers = String::new();
@@ -223,13 +277,27 @@ pub fn detection(root: &Path, _args: &[String]) -> Result<Value> {
     let m = |k: &str| table[k]["map"].as_f64().unwrap_or(f64::NAN);
     let closed = (m("relabelled_p0.9") - m("noisy")) / (m("clean") - m("noisy"));
     let speed = metric(&r1, "train", "train_images_per_s");
-    let targets = vec![target(
+    let mut targets = vec![];
+    for k in ["swap", "location", "overlooked", "spurious"] {
+        let ours = flag_table[k]["precision"].as_f64().unwrap_or(f64::NAN);
+        let theirs = objectlab[k]["precision_at_our_recall"].as_f64();
+        targets.push(target(
+            &format!("{k}: flag precision >= ObjectLab's at equal recall"),
+            ">= ObjectLab's",
+            ours - theirs.unwrap_or(0.0),
+            theirs.is_none_or(|t| ours >= t),
+        ));
+    }
+    targets.push(target(
         "relabelling (simulated person, p = 0.9) closes >= 50% of the test mAP@[.5:.95] gap between noisy and clean training",
         ">= 0.5",
         closed,
         closed >= 0.5,
-    )];
+    ));
+    let smoke =
+        deepforest_smoke(&bin, &work).unwrap_or_else(|e| json!({"failed": format!("{e:#}")}));
     Ok(json!({
+        "deepforest_smoke": smoke,
         "train_scenes": TRAIN_SCENES,
         "test_scenes": TEST_SCENES,
         "boxes": boxes,
@@ -245,7 +313,191 @@ pub fn detection(root: &Path, _args: &[String]) -> Result<Value> {
         "test": table,
         "map_gap_closed_by_relabelling": closed,
         "train_images_per_s_2_cores": speed,
-        "objectlab": "not compared yet",
+        "objectlab_at_our_recall": objectlab,
         "targets": targets,
+    }))
+}
+
+/// ObjectLab's rankings of the same boxes, per error type, at the recall our flags reach.
+fn objectlab(
+    r1: &Value,
+    ds: &Dataset,
+    by_file: &HashMap<&str, Vec<&Plant>>,
+    found: &HashMap<&str, usize>,
+) -> Result<Value> {
+    use relabel_tasks::predictions::SplitPredictions;
+    let train = ds.split("train").context("train")?;
+    let preds = SplitPredictions::read_detections(
+        &output(r1, "predict", "predictions")?.join("train.parquet"),
+        train,
+        &ds.labels,
+    )?;
+    let same = |x: &[f32; 4], y: &[f32; 4]| x.iter().zip(y).all(|(p, q)| (p - q).abs() < 0.01);
+    let mut images = Vec::new();
+    // Truth per annotated box (the planted kind it carries) and per predicted box (it lies
+    // on a dropped box).
+    let mut truth_ann: Vec<Vec<Option<Planted>>> = Vec::new();
+    let mut truth_pred: Vec<Vec<bool>> = Vec::new();
+    for (i, id) in train.ids.iter().enumerate() {
+        let plants = by_file.get(id.as_str()).cloned().unwrap_or_default();
+        let ann = &train.boxes[i];
+        truth_ann.push(
+            ann.iter()
+                .map(|b| {
+                    let bb = [b.xmin, b.ymin, b.xmax, b.ymax];
+                    plants.iter().find_map(|p| {
+                        p.noisy
+                            .as_ref()
+                            .filter(|(_, nb)| same(nb, &bb))
+                            .map(|_| p.kind)
+                    })
+                })
+                .collect(),
+        );
+        truth_pred.push(
+            preds.detections[i]
+                .iter()
+                .map(|d| {
+                    let b = &d.bbox;
+                    plants.iter().any(|p| {
+                        p.kind == Planted::Drop
+                            && p.gold.is_some_and(|(_, g)| {
+                                b.xmin < g[2] && g[0] < b.xmax && b.ymin < g[3] && g[1] < b.ymax
+                            })
+                    })
+                })
+                .collect(),
+        );
+        images.push(json!({
+            "labels": ann.iter().map(|b| json!([b.xmin, b.ymin, b.xmax, b.ymax, b.class])).collect::<Vec<_>>(),
+            "preds": preds.detections[i].iter().map(|d| {
+                let b = &d.bbox;
+                json!([b.xmin, b.ymin, b.xmax, b.ymax, d.score, b.class])
+            }).collect::<Vec<_>>(),
+        }));
+    }
+    let input = std::env::temp_dir().join(format!("objectlab-{}.json", std::process::id()));
+    std::fs::write(
+        &input,
+        serde_json::to_vec(&json!({"classes": ds.labels.len(), "images": images}))?,
+    )?;
+    let py = crate::bench::bench_venv("objectlab", &["cleanlab==2.9.0"])?.join("bin/python");
+    let theirs = crate::bench::json_output(
+        std::process::Command::new(py)
+            .arg("-c")
+            .arg(OBJECTLAB)
+            .arg(&input),
+        "ObjectLab",
+    )?;
+    let _ = std::fs::remove_file(&input);
+    let mut out = serde_json::Map::new();
+    out.insert("cleanlab".into(), theirs["cleanlab"].clone());
+    for (kind, score) in [
+        (Planted::Swap, "swap"),
+        (Planted::Shift, "badloc"),
+        (Planted::Spurious, "badloc"),
+        (Planted::Drop, "overlooked"),
+    ] {
+        let mut scored: Vec<(f64, bool)> = Vec::new();
+        for (i, im) in theirs["images"]
+            .as_array()
+            .context("images")?
+            .iter()
+            .enumerate()
+        {
+            let xs = im[score].as_array().context("scores")?;
+            for (j, v) in xs.iter().enumerate() {
+                let Some(v) = v.as_f64() else { continue };
+                let t = if kind == Planted::Drop {
+                    truth_pred[i].get(j).copied().unwrap_or(false)
+                } else {
+                    truth_ann[i].get(j).copied().flatten() == Some(kind)
+                };
+                scored.push((v, t));
+            }
+        }
+        let hits = found.get(kind.name()).copied().unwrap_or(0);
+        let p = precision_at_hits(&mut scored, hits);
+        out.insert(
+            kind.name().into(),
+            json!({"score": score, "our_hits": hits, "precision_at_our_recall": p, "ranked": scored.len()}),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+/// DeepForest's annotated aerial images (`deepforest==2.1.0`'s `deepforest/data/`): VOC XML for
+/// OSBS_029 (TIFF, trees), SOAP_061 (Alive/Dead) and the two YELL crops.
+fn deepforest_data() -> Result<std::path::PathBuf> {
+    let dir = crate::home_cache().join("data/deepforest");
+    if dir.join("SOAP_061.xml").exists() {
+        return Ok(dir);
+    }
+    let files = [
+        "OSBS_029.tif",
+        "OSBS_029.xml",
+        "SOAP_061.png",
+        "SOAP_061.xml",
+        "2019_YELL_2_528000_4978000_image_crop2.png",
+        "2019_YELL_2_528000_4978000_image_crop2.xml",
+        "2019_YELL_2_541000_4977000_image_crop.png",
+        "2019_YELL_2_541000_4977000_image_crop.xml",
+    ];
+    let members: Vec<(String, &str)> = files
+        .iter()
+        .map(|f| (format!("deepforest/data/{f}"), *f))
+        .collect();
+    let pairs: Vec<(&str, &str)> = members.iter().map(|(a, b)| (a.as_str(), *b)).collect();
+    std::fs::create_dir_all(crate::home_cache().join("data"))?;
+    crate::fetch_from_wheel("deepforest==2.1.0", &pairs, &dir)?;
+    Ok(dir)
+}
+
+/// The photos through the pipeline (a smoke run: flags and crops made, no crash).
+fn deepforest_smoke(bin: &Path, work: &Path) -> Result<Value> {
+    let data = deepforest_data()?;
+    let dir = work.join("deepforest");
+    std::fs::create_dir_all(&dir)?;
+    let manifest = format!(
+        r#"version: 1
+name: deepforest_smoke
+nodes:
+  - id: data
+    kind: dataset
+    config: {{task: detection, train: {data}, dev_fraction: 0.3, on_bad_row: skip}}
+  - id: train
+    kind: trainer
+    inputs: [data.dataset]
+    config: {{model: centernet, epochs: 8, patience: 8, seed: 1, threads: 2, batch_size: 2, detector: {{input_size: 256, width: 32, max_detections: 100}}}}
+  - id: predict
+    kind: self_predictor
+    inputs: {{model: train.model, dataset: data.dataset}}
+    config: {{}}
+  - id: flag
+    kind: disagreement_filter
+    inputs: {{predictions: predict.predictions, dataset: data.dataset}}
+    config: {{rules: [pred_neq_label], max_fraction: 0.2, splits: [train]}}
+  - id: relabel
+    kind: binary_relabeler
+    inputs: {{flags: flag.flags, dataset: data.dataset}}
+    config: {{mode: human}}
+"#,
+        data = data.display()
+    );
+    std::fs::write(dir.join("smoke.yaml"), manifest)?;
+    let r = relabel_run_file(bin, &dir, &["smoke.yaml"], &dir.join("report.json"))?;
+    let export = output(&r, "relabel", "export")?;
+    let crops = std::fs::read_dir(export.join("crops"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    Ok(json!({
+        "images": metric(&r, "data", "train_images").as_u64().unwrap_or(0) + metric(&r, "data", "dev_images").as_u64().unwrap_or(0),
+        "boxes": metric(&r, "data", "train_boxes").as_u64().unwrap_or(0) + metric(&r, "data", "dev_boxes").as_u64().unwrap_or(0),
+        "classes": metric(&r, "data", "labels"),
+        "flags": read_jsonl(&output(&r, "flag", "flags")?)?.len(),
+        "crops": crops,
+        "bad_rows": metric(&r, "data", "bad_rows"),
+        "train_seconds": metric(&r, "train", "train_seconds"),
+        "dev_map50": metric(&r, "train", "dev_map50"),
     }))
 }

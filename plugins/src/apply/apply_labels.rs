@@ -332,6 +332,8 @@ impl NodeKind for ApplyLabels {
         let out = ctx.output_path("dataset");
         ds.write(&out)
             .map_err(|e| NodeError::io("writing the dataset", e))?;
+        crate::data::carry_images(&inputs["dataset"].path, &out)
+            .map_err(|e| NodeError::io("carrying the dataset's images", e))?;
         // The judged pairs so far, and this round's decided ones, travel with the new version.
         let mut judged = crate::data::read_judged(&inputs["dataset"].path)
             .map_err(|e| fail(format!("dataset: {e}")))?;

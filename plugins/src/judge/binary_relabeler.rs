@@ -107,8 +107,10 @@ pub struct RelabelerConfig {
     /// Extra tries (at temperature 0.7) after a malformed, refused or out-of-set answer.
     #[serde(default = "default_answer_retries")]
     pub answer_retries: u32,
-    /// Human mode: the filled-in file (CSV, JSONL or a Label Studio export) to import.
-    #[serde(default)]
+    /// Human mode: the filled-in file (CSV, JSONL or a Label Studio export) to import; an
+    /// empty string is none (so a manifest can leave `${params.answers}` empty until people
+    /// have answered).
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub answers: Option<PathBuf>,
     /// Human mode: also copy the export files to this folder (relative to the manifest).
     #[serde(default)]
@@ -166,6 +168,10 @@ pub struct Prompter {
     rows: Option<Dataset>,
     /// CTR: the users' clicks, for the question's history.
     history: relabel_tasks::rows::CtrHistory,
+}
+
+fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    Ok(Option::<PathBuf>::deserialize(d)?.filter(|p| !p.as_os_str().is_empty()))
 }
 
 fn mix(seed: u64, s: &str) -> u64 {

@@ -1,6 +1,6 @@
 //! Reading box annotations for `dataset` with `task: detection`: COCO JSON (`.json`), Pascal VOC
 //! XML (`.xml`, or a folder of them) and CSV (`image,xmin,ymin,xmax,ymax,label`, one box per
-//! line; a line with empty corners is an image without boxes). Every image is copied into the
+//! line, `image_path` also read as `image`; a line with empty corners is an image without boxes). Every image is copied into the
 //! dataset artifact under a name its content picks, so the artifact holds what it was built
 //! from; every box is checked (inside its image, a positive area, a known class) and problems
 //! are named by file and record (COCO: the annotation's index and id; VOC: line:col; CSV: line).
@@ -230,8 +230,9 @@ fn read_csv(path: &Path, shown: &str, bad: &mut Vec<BadRow>) -> Result<Vec<RawIm
             )
         })
     };
+    // `image_path` is DeepForest's name for the column.
     let (ci, cx0, cy0, cx1, cy1, cl) = (
-        col("image")?,
+        col("image").or_else(|e| col("image_path").map_err(|_| e))?,
         col("xmin")?,
         col("ymin")?,
         col("xmax")?,
@@ -403,10 +404,11 @@ fn copy_image(file: &Path, dir: &Path) -> std::io::Result<String> {
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_else(|| "img".into());
-    let name = format!("images/{}.{ext}", &blake3::hash(&bytes).to_hex()[..24]);
+    let images = relabel_tasks::data::IMAGES_DIR;
+    let name = format!("{images}/{}.{ext}", &blake3::hash(&bytes).to_hex()[..24]);
     let to = dir.join(&name);
     if !to.exists() {
-        std::fs::create_dir_all(dir.join("images"))?;
+        std::fs::create_dir_all(dir.join(images))?;
         std::fs::write(&to, bytes)?;
     }
     Ok(name)
@@ -436,4 +438,58 @@ pub fn per_class(split: &Split, spec: &LabelSpec) -> BTreeMap<String, usize> {
         }
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(dir: &Path, name: &str, w: u32, h: u32) {
+        image::GrayImage::new(w, h).save(dir.join(name)).unwrap();
+    }
+
+    #[test]
+    fn voc_and_csv_annotations_read_and_bad_boxes_are_named_by_line() {
+        let d = tempfile::tempdir().unwrap();
+        png(d.path(), "a.png", 40, 30);
+        png(d.path(), "b.png", 20, 20);
+        std::fs::write(
+            d.path().join("a.xml"),
+            "<annotation>\n  <filename>a.png</filename>\n  <size><width>40</width><height>30</height></size>\n  <object>\n    <name>cat</name>\n    <bndbox><xmin>1</xmin><ymin>2</ymin><xmax>20</xmax><ymax>25</ymax></bndbox>\n  </object>\n</annotation>\n",
+        )
+        .unwrap();
+        let mut bad = Vec::new();
+        let (ims, _) = read_annotations(&d.path().join("a.xml"), "a.xml", &mut bad).unwrap();
+        assert_eq!(ims[0].boxes.len(), 1);
+        assert_eq!(ims[0].boxes[0].0, "a.xml:4:3");
+        // DeepForest's CSV names the image column `image_path`; a line with no corners is an
+        // image without boxes.
+        std::fs::write(
+            d.path().join("b.csv"),
+            "image_path,xmin,ymin,xmax,ymax,label\na.png,1,1,10,10,dog\nb.png,,,,,\na.png,5,5,50,9,cat\n",
+        )
+        .unwrap();
+        let (ims, _) = read_annotations(&d.path().join("b.csv"), "b.csv", &mut bad).unwrap();
+        assert_eq!(ims.len(), 2);
+        assert!(ims[1].boxes.is_empty());
+        let spec = LabelSpec::from_names(["cat".to_string(), "dog".to_string()]);
+        let mut seen = HashMap::new();
+        let split = to_split(ims, &spec, d.path(), None, "b.csv", &mut seen, &mut bad);
+        // a.png has a box past its right edge (x 50 in a 40-wide image): left out, named.
+        assert_eq!(split.ids, vec!["b.png"]);
+        assert_eq!(bad.len(), 1);
+        let e = bad[0].to_string();
+        assert!(
+            e.starts_with("b.csv:4: ") && e.contains("outside the 40x30 image"),
+            "{e}"
+        );
+        // A number that is not one names its element.
+        std::fs::write(
+            d.path().join("c.xml"),
+            "<annotation><filename>a.png</filename>\n<object><name>cat</name><bndbox><xmin>one</xmin><ymin>2</ymin><xmax>20</xmax><ymax>25</ymax></bndbox></object></annotation>",
+        )
+        .unwrap();
+        let e = read_annotations(&d.path().join("c.xml"), "c.xml", &mut bad).unwrap_err();
+        assert!(e.starts_with("c.xml:2:33: <xmin> is \"one\""), "{e}");
+    }
 }

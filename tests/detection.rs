@@ -18,11 +18,26 @@ fn manifest() -> String {
 
 /// The pipeline; `answers` is the relabeler's `answers:` entry (none: people have not answered).
 fn manifest_with(answers: &str) -> String {
+    pipeline("", &format!("mode: human{answers}"))
+}
+
+/// The pipeline with an LLM judge at `base_url`, declared multimodal or not.
+fn manifest_llm(base_url: &str, multimodal: bool) -> String {
+    pipeline(
+        &format!(
+            "llm:\n  eyes: {{base_url: \"{base_url}\", model: scripted-vision, multimodal: {multimodal}, max_retries: 1, timeout: 5}}\n"
+        ),
+        "llm: eyes, examples: 1",
+    )
+}
+
+/// The pipeline with `llm` as its endpoints' section and `relabel` as the relabeler's config.
+fn pipeline(llm: &str, relabel: &str) -> String {
     format!(
         r#"
 version: 1
 name: digits
-nodes:
+{llm}nodes:
   - id: data
     kind: dataset
     config: {{task: detection, train: scenes/train.json, test: scenes/test.json, dev_fraction: 0.15}}
@@ -45,7 +60,7 @@ nodes:
   - id: relabel
     kind: binary_relabeler
     inputs: {{flags: flag.flags, dataset: data.dataset}}
-    config: {{mode: human{answers}}}
+    config: {{{relabel}}}
   - id: apply
     kind: apply_labels
     inputs: {{dataset: data.dataset, decisions: relabel.decisions}}
@@ -305,6 +320,94 @@ fn planted_box_errors_are_found_by_an_out_of_fold_detector_and_the_test_is_score
         "box errors {e0} -> {e1} ({hits} planted flags)"
     );
     assert!(m["badcases"].as_u64().unwrap() > 0);
+
+    // An LLM endpoint that is not declared multimodal refuses the disputes, saying why and what
+    // to do; one that is gets each question with its crop as an image content part.
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+    let log = seen.clone();
+    let server = relabel_testkit::Server::start(std::sync::Arc::new(move |req| {
+        let body = req.json().unwrap_or_default();
+        log.lock().unwrap().push(body.clone());
+        // A judge that always takes the proposal, by the note: the blue box, or (a spurious
+        // box's question) the option that draws none against the orange one.
+        let text = relabel_testkit::user_message(&body);
+        let options = relabel_testkit::offered(&body);
+        let is = |o: &String, what: &str| text.contains(&format!("Option \"{o}\" {what}"));
+        let answer = options
+            .iter()
+            .find(|o| is(o, "is the blue box"))
+            .or_else(|| options.iter().find(|o| !is(o, "is the orange box")))
+            .cloned()
+            .unwrap_or_default();
+        relabel_testkit::Reply::ok(relabel_testkit::chat_completion(
+            &serde_json::json!({ "label": answer }).to_string(),
+        ))
+    }))
+    .unwrap();
+    f.write("p.yaml", &manifest_llm(&server.base_url(), false));
+    let (code, refused) = f.run(&[]);
+    assert_ne!(code, 0);
+    let why = node(&refused, "relabel")["error"].to_string();
+    assert!(
+        why.contains("not declared multimodal")
+            && why.contains("multimodal: true")
+            && why.contains("mode: human"),
+        "{why}"
+    );
+    assert_eq!(
+        server.count(),
+        0,
+        "nothing is asked of a text-only endpoint"
+    );
+
+    f.write("p.yaml", &manifest_llm(&server.base_url(), true));
+    let (code, report) = f.run(&[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(node(&report, "train")["status"], "cached");
+    let requests = seen.lock().unwrap().clone();
+    assert!(requests.len() >= flags.len(), "{} requests", requests.len());
+    use base64::Engine as _;
+    for r in &requests {
+        let urls = relabel_testkit::image_urls(r);
+        assert_eq!(urls.len(), 1, "one crop per question: {r}");
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(urls[0].strip_prefix("data:image/png;base64,").unwrap())
+            .unwrap();
+        let img = image::load_from_memory_with_format(&png, image::ImageFormat::Png)
+            .unwrap()
+            .to_rgb8();
+        assert!(img.width() >= 64 && img.height() >= 64);
+        // Both options are named with what the picture draws for them; the question follows.
+        let text = relabel_testkit::user_message(r);
+        let options = relabel_testkit::offered(r);
+        assert_eq!(options.len(), 2, "{r}");
+        for o in &options {
+            assert!(text.contains(&format!("Option \"{o}\" ")), "{o}: {text}");
+        }
+        assert!(
+            text.contains("blue box") || text.contains("orange box"),
+            "{text}"
+        );
+        // The crop is the image, not a blank: both boxes' colours are drawn on it.
+        let has = |c: [u8; 3]| img.pixels().any(|p| p.0 == c);
+        assert!(
+            has([255, 140, 0]) || has([30, 144, 255]),
+            "no box drawn on the crop"
+        );
+    }
+    let rl = &node(&report, "relabel")["metrics"];
+    assert_eq!(rl["rows"], flags.len(), "{rl}");
+    assert_eq!(
+        rl["change"],
+        flags.len(),
+        "the judge took every proposal: {rl}"
+    );
+    assert!(
+        node(&report, "apply")["metrics"]["changed"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
 }
 
 #[test]

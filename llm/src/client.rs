@@ -267,14 +267,7 @@ impl Client {
     /// The client for a node's endpoint (its `llm` resource), or the local model when the
     /// manifest declares none; a local server logs into the node's work folder.
     pub fn for_node(ctx: &relabel_engine::plugin::NodeContext) -> Result<Client, String> {
-        let (name, endpoint) = match ctx.resource(crate::endpoint::SECTION) {
-            Some((name, v)) => (
-                name.to_string(),
-                serde_json::from_value::<Endpoint>(v.clone())
-                    .map_err(|e| format!("LLM endpoint \"{name}\": {e}"))?,
-            ),
-            None => ("local".to_string(), Endpoint::default_local()),
-        };
+        let (name, endpoint) = Endpoint::named_for_node(ctx)?;
         Client::new(
             &name,
             endpoint,

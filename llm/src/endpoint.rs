@@ -105,6 +105,10 @@ pub struct Endpoint {
     /// of an answer's key.
     #[serde(default)]
     pub send_metadata: bool,
+    /// The model reads images (OpenAI `image_url` content parts): detection questions then go
+    /// with their crop as a PNG data URL. Off by default; a text-only endpoint refuses them.
+    #[serde(default)]
+    pub multimodal: bool,
     /// The server's kind, where its API differs from OpenAI's (`vllm`: answers constrained by
     /// `structured_outputs.choice`).
     #[serde(default)]
@@ -131,6 +135,26 @@ fn default_batch_discount() -> f64 {
 }
 
 impl Endpoint {
+    /// A node's endpoint (its `llm` resource), or the local model when the manifest declares
+    /// none.
+    pub fn for_node(ctx: &relabel_engine::plugin::NodeContext) -> Result<Endpoint, String> {
+        Ok(Self::named_for_node(ctx)?.1)
+    }
+
+    /// [`Endpoint::for_node`] with the endpoint's name (`local` for the default).
+    pub fn named_for_node(
+        ctx: &relabel_engine::plugin::NodeContext,
+    ) -> Result<(String, Endpoint), String> {
+        Ok(match ctx.resource(SECTION) {
+            Some((name, v)) => (
+                name.to_string(),
+                serde_json::from_value::<Endpoint>(v.clone())
+                    .map_err(|e| format!("LLM endpoint \"{name}\": {e}"))?,
+            ),
+            None => ("local".to_string(), Endpoint::default_local()),
+        })
+    }
+
     /// The endpoint a node uses when the manifest declares none: the local Qwen2.5 0.5B server.
     pub fn default_local() -> Endpoint {
         Endpoint {
@@ -148,6 +172,7 @@ impl Endpoint {
             model_path: None,
             threads: None,
             send_metadata: false,
+            multimodal: false,
             server: Server::Openai,
             batch: false,
             completion_window: default_window(),

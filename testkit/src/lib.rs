@@ -383,15 +383,42 @@ pub fn offered(request: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The text of the request's last user message.
+/// The text of the request's last user message (for content parts, its text parts joined by
+/// newlines; images left out: see [`image_urls`]).
 pub fn user_message(request: &Value) -> String {
+    let content = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.iter().rev().find(|x| x["role"] == "user"))
+        .map(|m| &m["content"]);
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter(|p| p["type"] == "text")
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// The urls of the `image_url` content parts of the request's last user message, in order.
+pub fn image_urls(request: &Value) -> Vec<String> {
     request
         .get("messages")
         .and_then(Value::as_array)
         .and_then(|m| m.iter().rev().find(|x| x["role"] == "user"))
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or("")
-        .to_string()
+        .and_then(|m| m["content"].as_array())
+        .map(|parts| {
+            parts
+                .iter()
+                .filter(|p| p["type"] == "image_url")
+                .filter_map(|p| p.pointer("/image_url/url").and_then(Value::as_str))
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The row a request is about: its `metadata.relabel_id` (sent by endpoints with

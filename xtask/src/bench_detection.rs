@@ -11,7 +11,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use relabel_tasks::data::Dataset;
 use relabel_testkit::scenes::{
-    fit, load_mnist, plant, pools, write_coco, write_scenes, Plant, Planted, Rng, SceneBox,
+    box_errors, fit, load_mnist, plant, pools, write_coco, write_scenes, Plant, Planted, Rng,
+    SceneBox,
 };
 use serde_json::{json, Value};
 
@@ -23,7 +24,12 @@ const TRAIN_SCENES: usize = 4000;
 const TEST_SCENES: usize = 600;
 const NOISE: f64 = 0.2;
 const BUDGET: f64 = 0.25;
+/// Round 2's budget (of the boxes): what round 1 left is fewer errors.
+const BUDGET2: f64 = 0.15;
 const JUDGE_P: f64 = 0.9;
+/// The confidence from which a prediction can be an overlooked object (our filter's default
+/// `overlooked_score`), given to ObjectLab as its `high_probability_threshold`.
+const OVERLOOKED_FLOOR: f64 = 0.5;
 
 fn trainer(input: &str) -> String {
     format!(
@@ -39,7 +45,10 @@ fn variant(name: &str, dataset: &str) -> String {
     )
 }
 
-fn manifest(answers: &str) -> String {
+/// The pipeline: round 1 (flags and export; with `answers`, applied and a model trained on
+/// them); with `answers`, round 2 on the relabelled version (an out-of-fold model of it, flags
+/// of pairs not yet judged, export), and with `answers2` too, round 2 applied and trained.
+fn manifest(answers: &str, answers2: &str) -> String {
     let mut m = String::from("version: 1\nname: bench_detection\nnodes:\n");
     for (id, file) in [("data", "train.json"), ("data_clean", "clean.json")] {
         m.push_str(&format!(
@@ -57,8 +66,64 @@ fn manifest(answers: &str) -> String {
         m.push_str("  - id: apply_drop\n    kind: apply_labels\n    inputs: {dataset: data.dataset, flags: flag.flags}\n    config: {action: drop}\n");
         m.push_str(&variant("sim", "apply_sim.dataset"));
         m.push_str(&variant("drop", "apply_drop.dataset"));
+        m.push_str("  - id: predict2\n    kind: self_predictor\n    inputs: {model: train_sim.model, dataset: apply_sim.dataset}\n    config: {kfold: 2}\n");
+        m.push_str(&format!("  - id: flag2\n    kind: disagreement_filter\n    inputs: {{predictions: predict2.predictions, dataset: apply_sim.dataset}}\n    config: {{rules: [pred_neq_label], max_fraction: {BUDGET2}, splits: [train], skip_judged: true}}\n"));
+        m.push_str(&format!("  - id: relabel2\n    kind: binary_relabeler\n    inputs: {{flags: flag2.flags, dataset: apply_sim.dataset}}\n    config: {{mode: human{answers2}}}\n"));
+    }
+    if !answers2.is_empty() {
+        m.push_str("  - id: apply_sim2\n    kind: apply_labels\n    inputs: {dataset: apply_sim.dataset, decisions: relabel2.decisions}\n    config: {}\n");
+        m.push_str(&variant("sim2", "apply_sim2.dataset"));
     }
     m
+}
+
+/// A person of accuracy `JUDGE_P` who knows the gold answers every exported question (draws
+/// seeded by `seed`): the answers file's text and how many answers were right.
+fn simulate(
+    export: &[Value],
+    flags: &[Value],
+    gold: &HashMap<String, Vec<SceneBox>>,
+    seed: u64,
+) -> (String, usize) {
+    let mut answers = String::new();
+    let mut right = 0usize;
+    for (i, (row, fl)) in export.iter().zip(flags).enumerate() {
+        let (a, b) = (
+            reading(&fl["site"]["annotated"]),
+            reading(&fl["site"]["proposed"]),
+        );
+        let g = gold
+            .get(fl["id"].as_str().unwrap_or(""))
+            .map_or(&[][..], Vec::as_slice);
+        let truth_take = fit(b, a, g) > fit(a, b, g);
+        let correct = unit(seed, i, 0) < JUDGE_P;
+        right += usize::from(correct);
+        let take = truth_take == correct;
+        let answer = if take {
+            &row["model_prediction"]
+        } else {
+            &row["current_label"]
+        };
+        answers.push_str(&json!({"id": row["id"], "answer": answer}).to_string());
+        answers.push('\n');
+    }
+    (answers, right)
+}
+
+/// Box errors of a dataset version's train split against the gold (a box without a gold box of
+/// its class at IoU >= 0.9, or a gold box without one).
+fn train_errors(r: &Value, node: &str, gold: &HashMap<String, Vec<SceneBox>>) -> Result<usize> {
+    let ds = Dataset::read(&output(r, node, "dataset")?)?;
+    let tr = ds.split("train").context("train")?;
+    Ok((0..tr.len())
+        .map(|i| {
+            let boxes: Vec<SceneBox> = tr.boxes[i]
+                .iter()
+                .map(|b| (b.class, [b.xmin, b.ymin, b.xmax, b.ymax]))
+                .collect();
+            box_errors(&boxes, gold.get(&tr.ids[i]).map_or(&[][..], Vec::as_slice))
+        })
+        .sum())
 }
 
 fn reading(v: &Value) -> Option<SceneBox> {
@@ -115,7 +180,9 @@ for im in d["images"]:
     orders.append(order)
 swap = rank.compute_swap_box_scores(labels=labels, predictions=predictions)
 badloc = rank.compute_badloc_box_scores(labels=labels, predictions=predictions)
-over = rank.compute_overlooked_box_scores(labels=labels, predictions=predictions)
+# ObjectLab scores only predictions above high_probability_threshold (default 0.95, which an
+# out-of-fold CenterNet's peaks rarely reach); ours raises those of score >= 0.5: the same floor.
+over = rank.compute_overlooked_box_scores(labels=labels, predictions=predictions, high_probability_threshold=d["overlooked_floor"])
 def clean(xs):
     return [None if (x is None or np.isnan(x)) else float(x) for x in xs]
 out = []
@@ -171,7 +238,7 @@ pub fn detection(root: &Path, _args: &[String]) -> Result<Value> {
     let boxes: usize = gold.values().map(Vec::len).sum();
 
     // Phase 1: flags and the export for people.
-    std::fs::write(work.join("phase1.yaml"), manifest(""))?;
+    std::fs::write(work.join("phase1.yaml"), manifest("", ""))?;
     let r1 = relabel_run_file(&bin, &work, &["phase1.yaml"], &work.join("report1.json"))?;
     let ds = Dataset::read(&output(&r1, "data", "dataset")?)?;
     let in_train: std::collections::HashSet<&str> = ds
@@ -240,42 +307,43 @@ pub fn detection(root: &Path, _args: &[String]) -> Result<Value> {
     let objectlab = objectlab(&r1, &ds, &by_file, &found)?;
 
     // A person of accuracy p who knows the gold answers every question.
-    let mut answers = String::new();
-    let mut right = 0usize;
-    for (i, (row, fl)) in export.iter().zip(&flags).enumerate() {
-        let (a, b) = (
-            reading(&fl["site"]["annotated"]),
-            reading(&fl["site"]["proposed"]),
-        );
-        let g = &gold[fl["id"].as_str().unwrap_or("")];
-        let truth_take = fit(b, a, g) > fit(a, b, g);
-        let correct = unit(17, i, 0) < JUDGE_P;
-        right += usize::from(correct);
-        let take = truth_take == correct;
-        let answer = if take {
-            &row["model_prediction"]
-        } else {
-            &row["current_label"]
-        };
-        answers.push_str(&json!({"id": row["id"], "answer": answer}).to_string());
-        answers.push('\n');
-    }
+    let (answers, right) = simulate(&export, &flags, &gold, 17);
     std::fs::write(work.join("answers.jsonl"), answers)?;
 
-    // Phase 2: the answers applied; drop; every variant trained and scored on the test.
+    // Phase 2: the answers applied; drop; every variant trained and scored on the test; round
+    // 2's flags on the relabelled version.
     std::fs::write(
         work.join("phase2.yaml"),
-        manifest(", answers: answers.jsonl"),
+        manifest(", answers: answers.jsonl", ""),
     )?;
-    let r = relabel_run_file(&bin, &work, &["phase2.yaml"], &work.join("report2.json"))?;
+    let r2 = relabel_run_file(&bin, &work, &["phase2.yaml"], &work.join("report2.json"))?;
+    let flags2 = read_jsonl(&output(&r2, "flag2", "flags")?)?;
+    let export2 = read_jsonl(&output(&r2, "relabel2", "export")?.join("relabel.jsonl"))?;
+    let (answers2, right2) = simulate(&export2, &flags2, &gold, 18);
+    std::fs::write(work.join("answers2.jsonl"), answers2)?;
+    // Phase 3: round 2 applied, trained and scored.
+    std::fs::write(
+        work.join("phase3.yaml"),
+        manifest(", answers: answers.jsonl", ", answers: answers2.jsonl"),
+    )?;
+    let r = relabel_run_file(&bin, &work, &["phase3.yaml"], &work.join("report3.json"))?;
+    let errors = json!({
+        "noisy": train_errors(&r, "data", &gold)?,
+        "round1": train_errors(&r, "apply_sim", &gold)?,
+        "round2": train_errors(&r, "apply_sim2", &gold)?,
+        "clean": train_errors(&r, "data_clean", &gold)?,
+    });
     let table = json!({
         "noisy": map_of(&r, "noisy"),
         "relabelled_p0.9": map_of(&r, "sim"),
+        "relabelled_p0.9_round2": map_of(&r, "sim2"),
         "dropped_flagged_images": map_of(&r, "drop"),
         "clean": map_of(&r, "clean"),
     });
     let m = |k: &str| table[k]["map"].as_f64().unwrap_or(f64::NAN);
     let closed = (m("relabelled_p0.9") - m("noisy")) / (m("clean") - m("noisy"));
+    let closed2 = (m("relabelled_p0.9_round2") - m("noisy")) / (m("clean") - m("noisy"));
+    let questions = export.len() + export2.len();
     let speed = metric(&r1, "train", "train_images_per_s");
     let mut targets = vec![];
     for k in ["swap", "location", "overlooked", "spurious"] {
@@ -289,10 +357,10 @@ pub fn detection(root: &Path, _args: &[String]) -> Result<Value> {
         ));
     }
     targets.push(target(
-        "relabelling (simulated person, p = 0.9) closes >= 50% of the test mAP@[.5:.95] gap between noisy and clean training",
+        &format!("relabelling (simulated person, p = 0.9; two rounds, {questions} questions for {boxes} boxes) closes >= 50% of the test mAP@[.5:.95] gap between noisy and clean training"),
         ">= 0.5",
-        closed,
-        closed >= 0.5,
+        closed2,
+        closed2 >= 0.5,
     ));
     let smoke =
         deepforest_smoke(&bin, &work).unwrap_or_else(|e| json!({"failed": format!("{e:#}")}));
@@ -310,8 +378,17 @@ pub fn detection(root: &Path, _args: &[String]) -> Result<Value> {
         "judge_p": JUDGE_P,
         "judge_answers_right": right as f64 / export.len().max(1) as f64,
         "changed_by_answers": metric(&r, "apply_sim", "changed"),
+        "round2": {
+            "budget_of_boxes": BUDGET2,
+            "flags": flags2.len(),
+            "judge_answers_right": right2 as f64 / export2.len().max(1) as f64,
+            "changed_by_answers": metric(&r, "apply_sim2", "changed"),
+        },
+        "questions": questions,
+        "train_box_errors": errors,
         "test": table,
         "map_gap_closed_by_relabelling": closed,
+        "map_gap_closed_by_two_rounds": closed2,
         "train_images_per_s_2_cores": speed,
         "objectlab_at_our_recall": objectlab,
         "targets": targets,
@@ -379,7 +456,9 @@ fn objectlab(
     let input = std::env::temp_dir().join(format!("objectlab-{}.json", std::process::id()));
     std::fs::write(
         &input,
-        serde_json::to_vec(&json!({"classes": ds.labels.len(), "images": images}))?,
+        serde_json::to_vec(
+            &json!({"classes": ds.labels.len(), "overlooked_floor": OVERLOOKED_FLOOR, "images": images}),
+        )?,
     )?;
     let py = crate::bench::bench_venv("objectlab", &["cleanlab==2.9.0"])?.join("bin/python");
     let theirs = crate::bench::json_output(
@@ -392,6 +471,10 @@ fn objectlab(
     let _ = std::fs::remove_file(&input);
     let mut out = serde_json::Map::new();
     out.insert("cleanlab".into(), theirs["cleanlab"].clone());
+    out.insert(
+        "overlooked_high_probability_threshold".into(),
+        json!(OVERLOOKED_FLOOR),
+    );
     for (kind, score) in [
         (Planted::Swap, "swap"),
         (Planted::Shift, "badloc"),

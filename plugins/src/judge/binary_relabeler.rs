@@ -168,6 +168,8 @@ pub struct Prompter {
     rows: Option<Dataset>,
     /// CTR: the users' clicks, for the question's history.
     history: relabel_tasks::rows::CtrHistory,
+    /// Detection for a multimodal endpoint: each question's crop, by question key.
+    pictures: Arc<HashMap<String, crate::judge::crops::Picture>>,
 }
 
 fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
@@ -240,7 +242,21 @@ impl Prompter {
             per_option: examples,
             rows: (ds.task != relabel_tasks::task::TaskKind::Classification).then(|| ds.clone()),
             history: relabel_tasks::rows::CtrHistory::new(ds),
+            pictures: Arc::default(),
         })
+    }
+
+    /// Sends each question with its crop (detection, for a multimodal endpoint).
+    pub fn set_pictures(&mut self, p: Arc<HashMap<String, crate::judge::crops::Picture>>) {
+        self.pictures = p;
+    }
+
+    /// The crop question `flag` goes with, if any.
+    pub fn picture(&self, flag: &Flag) -> Option<&crate::judge::crops::Picture> {
+        if self.pictures.is_empty() {
+            return None;
+        }
+        self.pictures.get(&human::question_key(flag))
     }
 
     /// The item and the two options in `order`, as the template shows them: for classification
@@ -550,11 +566,6 @@ impl NodeKind for BinaryRelabeler {
                 )?;
                 (m.0, m.1)
             }
-            Mode::Llm if ds.task == relabel_tasks::task::TaskKind::Detection => {
-                // A text-only model cannot see where a box is; guessing from coordinates would
-                // be noise presented as a judgement.
-                return Err(fail("a detection dispute is about pixels, and an LLM endpoint here is a text model: relabel does not support vision-language endpoints yet. Have people judge the flags instead (`mode: human`, then `answers:`)".into()));
-            }
             Mode::Llm => {
                 // One prompter per vote after the first: its own example set.
                 let mut voters = vec![prompter];
@@ -563,6 +574,26 @@ impl NodeKind for BinaryRelabeler {
                         Prompter::new(&template, &ds, &flagged, c.examples, c.seed + i)
                             .map_err(fail)?,
                     );
+                }
+                if ds.task == relabel_tasks::task::TaskKind::Detection {
+                    // A text-only model cannot see where a box is; guessing from coordinates
+                    // would be noise presented as a judgement. A multimodal one gets the crop.
+                    let endpoint = relabel_llm::endpoint::Endpoint::for_node(&ctx).map_err(fail)?;
+                    if !endpoint.multimodal {
+                        return Err(fail(format!("a detection dispute is about pixels, and LLM endpoint `{}` is not declared multimodal: set `multimodal: true` on an endpoint whose model reads images (each question then goes with its crop), or have people judge the flags (`mode: human`, then `answers:`)", endpoint.model)));
+                    }
+                    let mut pictures = HashMap::new();
+                    for f in &flags {
+                        let p = crate::judge::crops::Picture::of(f, &ds, &inputs["dataset"].path)
+                            .map_err(|e| {
+                            fail(format!("flag for row {} ({}): {e}", f.row, f.id))
+                        })?;
+                        pictures.insert(human::question_key(f), p);
+                    }
+                    let pictures = Arc::new(pictures);
+                    for v in &mut voters {
+                        v.set_pictures(pictures.clone());
+                    }
                 }
                 judge_all(&ctx, &c, &voters, flags).await?
             }
@@ -724,6 +755,14 @@ async fn ask(
             attempt,
             client.endpoint.server,
         );
+        if let Some(p) = prompter.picture(flag) {
+            // Image, then the question: the crop with both boxes drawn, and which is whose.
+            req["messages"][0]["content"] = json!([
+                {"type": "text", "text": p.note(order)},
+                {"type": "image_url", "image_url": {"url": p.url}},
+                {"type": "text", "text": prompt},
+            ]);
+        }
         if vote > 0 {
             // Each vote its own sample (and its own answer in the LLM cache).
             req["seed"] = json!(1000 * vote + attempt);

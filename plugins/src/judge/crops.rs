@@ -38,9 +38,9 @@ pub fn region(site: &BoxSite, width: u32, height: u32) -> [u32; 4] {
     [r[0], r[1], r[2].max(r[0] + 1), r[3].max(r[1] + 1)]
 }
 
-/// Writes the crop of `image` for `site` to `to` (PNG); returns the region shown and the
-/// factor it was enlarged by.
-pub fn write_crop(image: &Path, site: &BoxSite, to: &Path) -> Result<([u32; 4], u32), String> {
+/// The crop of `image` for `site` with both boxes drawn, the region shown and the factor it
+/// was enlarged by.
+pub fn crop(image: &Path, site: &BoxSite) -> Result<(RgbImage, [u32; 4], u32), String> {
     let img = image::open(image)
         .map_err(|e| format!("{}: {e}", image.display()))?
         .to_rgb8();
@@ -63,11 +63,98 @@ pub fn write_crop(image: &Path, site: &BoxSite, to: &Path) -> Result<([u32; 4], 
             draw(&mut big, &b, r, k, colour);
         }
     }
+    Ok((big, r, k))
+}
+
+/// Writes the crop of `image` for `site` to `to` (PNG); returns the region shown and the
+/// factor it was enlarged by.
+pub fn write_crop(image: &Path, site: &BoxSite, to: &Path) -> Result<([u32; 4], u32), String> {
+    let (big, r, k) = crop(image, site)?;
     if let Some(dir) = to.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     big.save(to).map_err(|e| format!("{}: {e}", to.display()))?;
     Ok((r, k))
+}
+
+/// The crop as a `data:image/png;base64,...` URL (an OpenAI `image_url` content part's url),
+/// with the region shown and the enlargement.
+pub fn crop_data_url(image: &Path, site: &BoxSite) -> Result<(String, [u32; 4], u32), String> {
+    use base64::Engine as _;
+    let (big, r, k) = crop(image, site)?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    big.write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| format!("{}: encoding the crop: {e}", image.display()))?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(png.into_inner());
+    Ok((format!("data:image/png;base64,{b64}"), r, k))
+}
+
+/// A detection flag's image file (under the dataset version `ds_dir`) and its dispute site.
+pub fn image_of(
+    f: &crate::flags::Flag,
+    ds: &crate::data::Dataset,
+    ds_dir: &Path,
+) -> Result<(std::path::PathBuf, BoxSite), String> {
+    let site: BoxSite =
+        serde_json::from_value(f.site.clone()).map_err(|e| format!("row {}: {e}", f.id))?;
+    let split = ds
+        .split(&f.split)
+        .ok_or_else(|| format!("no split {}", f.split))?;
+    let row = relabel_tasks::rows::row_of(split, f)?;
+    Ok((ds_dir.join(&split.texts[row]), site))
+}
+
+/// A detection question's crop for a multimodal endpoint: its data URL and what it shows.
+#[derive(Debug, Clone)]
+pub struct Picture {
+    pub url: String,
+    region: [u32; 4],
+    scale: u32,
+    annotated: Option<String>,
+    proposed: Option<String>,
+}
+
+impl Picture {
+    /// The crop of flag `f`'s image with both candidate boxes drawn.
+    pub fn of(
+        f: &crate::flags::Flag,
+        ds: &crate::data::Dataset,
+        ds_dir: &Path,
+    ) -> Result<Picture, String> {
+        let (image, site) = image_of(f, ds, ds_dir)?;
+        let (url, region, scale) = crop_data_url(&image, &site)?;
+        Ok(Picture {
+            url,
+            region,
+            scale,
+            annotated: site.annotated.map(|_| f.label.clone()),
+            proposed: site.proposed.map(|_| f.candidate.clone()),
+        })
+    }
+
+    /// What the picture shows, option by option in the order asked (which colour is whose
+    /// box), without saying which reading is the current one.
+    pub fn note(&self, order: [&str; 2]) -> String {
+        let r = self.region;
+        let mut s = format!(
+            "The picture is the region x {}-{}, y {}-{} of the image, enlarged {}x.",
+            r[0], r[2], r[1], r[3], self.scale
+        );
+        for o in order {
+            let colour = if self.annotated.as_deref() == Some(o) {
+                Some("orange")
+            } else if self.proposed.as_deref() == Some(o) {
+                Some("blue")
+            } else {
+                None
+            };
+            match colour {
+                Some(c) => s.push_str(&format!(" Option \"{o}\" is the {c} box.")),
+                None => s.push_str(&format!(" Option \"{o}\" draws no box.")),
+            }
+        }
+        s
+    }
 }
 
 /// A two-pixel outline of `b` (image pixels) on the crop of region `r` enlarged `k` times.

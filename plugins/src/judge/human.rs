@@ -174,16 +174,11 @@ fn crop_of(
     ds_dir: &Path,
     dir: &Path,
 ) -> std::io::Result<(String, Value)> {
-    let site: relabel_tasks::detection::BoxSite = serde_json::from_value(f.site.clone())
-        .map_err(|e| std::io::Error::other(format!("row {}: {e}", f.id)))?;
-    let split = ds
-        .split(&f.split)
-        .ok_or_else(|| std::io::Error::other(format!("no split {}", f.split)))?;
-    let row = relabel_tasks::rows::row_of(split, f).map_err(std::io::Error::other)?;
+    let (image, site) =
+        crate::judge::crops::image_of(f, ds, ds_dir).map_err(std::io::Error::other)?;
     let name = format!("{CROPS}/{n:05}.png");
-    let (r, _) =
-        crate::judge::crops::write_crop(&ds_dir.join(&split.texts[row]), &site, &dir.join(&name))
-            .map_err(std::io::Error::other)?;
+    let (r, _) = crate::judge::crops::write_crop(&image, &site, &dir.join(&name))
+        .map_err(std::io::Error::other)?;
     let (w, h) = ((r[2] - r[0]) as f64, (r[3] - r[1]) as f64);
     let rect = |b: &relabel_tasks::detection::BBox, label: &str| {
         json!({

@@ -47,6 +47,32 @@ pub struct Summary {
     pub cost_usd: Option<f64>,
     /// Nodes' warnings (`node: text`), e.g. a miner reading the fixed test's badcases.
     pub warnings: Vec<String>,
+    /// Detection: applied box changes, drawn before and after (the first [`MAX_BOX_CHANGES`]).
+    pub box_changes: Vec<BoxChange>,
+}
+
+/// How many box changes the page draws.
+pub const MAX_BOX_CHANGES: usize = 24;
+
+/// An applied box change: the image (in the version it was applied to), the site and labels.
+#[derive(Debug, Clone)]
+pub struct BoxChange {
+    pub id: String,
+    pub old: String,
+    pub new: String,
+    pub by: String,
+    pub image: std::path::PathBuf,
+    pub site: relabel_plugins::detection::BoxSite,
+}
+
+impl BoxChange {
+    /// The crops' file names under the report's folder, before and after.
+    fn files(i: usize) -> [String; 2] {
+        [
+            format!("crops/{i:03}-before.png"),
+            format!("crops/{i:03}-after.png"),
+        ]
+    }
 }
 
 /// A changed row as the page shows it.
@@ -126,10 +152,21 @@ pub fn summarise(report: &Value) -> Summary {
                     .as_u64()
                     .map(|r| r as u32)
                     .unwrap_or(s.accuracy.len() as u32 + 1);
-                // Tagging evaluators report entity F1 where classification reports accuracy.
-                let tagging = m["test_f1"].is_number() || m["dev_f1"].is_number();
-                let key = if tagging { "f1" } else { "accuracy" };
-                s.measure = if tagging { "Entity F1" } else { "Accuracy" }.into();
+                // Tagging evaluators report entity F1, detection COCO mAP and CTR AUC where
+                // classification reports accuracy.
+                let has = |k: &str| {
+                    m[format!("test_{k}")].is_number() || m[format!("dev_{k}")].is_number()
+                };
+                let (key, measure) = if has("f1") {
+                    ("f1", "Entity F1")
+                } else if has("map") {
+                    ("map", "COCO mAP")
+                } else if has("auc") {
+                    ("auc", "AUC")
+                } else {
+                    ("accuracy", "Accuracy")
+                };
+                s.measure = measure.into();
                 s.accuracy.push(Point {
                     step,
                     dev: m[format!("dev_{key}")].as_f64(),
@@ -203,6 +240,8 @@ pub fn summarise(report: &Value) -> Summary {
                 s.flagged += m["flags"].as_u64().unwrap_or(0);
             }
             "apply_labels" => {
+                // Detection's new version (images carried), read once a box change shows up.
+                let mut version: Option<Option<relabel_plugins::data::Dataset>> = None;
                 if let Some(p) = path_of(n, "audit") {
                     for line in std::fs::read_to_string(p).unwrap_or_default().lines() {
                         let Ok(a) = serde_json::from_str::<Value>(line) else {
@@ -213,6 +252,35 @@ pub fn summarise(report: &Value) -> Summary {
                             a["new_label"].as_str().unwrap_or(""),
                         );
                         *s.changes.entry(format!("{old} -> {new}")).or_default() += 1;
+                        if s.box_changes.len() >= MAX_BOX_CHANGES {
+                            continue;
+                        }
+                        let Ok(site) = serde_json::from_value::<relabel_plugins::detection::BoxSite>(
+                            a["site"].clone(),
+                        ) else {
+                            continue;
+                        };
+                        let Some(dir) = path_of(n, "dataset") else {
+                            continue;
+                        };
+                        let ds = version
+                            .get_or_insert_with(|| relabel_plugins::data::Dataset::read(&dir).ok());
+                        let image = ds.as_ref().and_then(|d| {
+                            let split = d.split(a["split"].as_str()?)?;
+                            let row = a["row"].as_u64()? as usize;
+                            (split.ids.get(row)? == a["id"].as_str()?)
+                                .then(|| dir.join(&split.texts[row]))
+                        });
+                        if let Some(image) = image {
+                            s.box_changes.push(BoxChange {
+                                id: a["id"].as_str().unwrap_or("").to_string(),
+                                old: old.to_string(),
+                                new: new.to_string(),
+                                by: a["source"].as_str().unwrap_or("").to_string(),
+                                image,
+                                site,
+                            });
+                        }
                     }
                 }
             }
@@ -318,6 +386,10 @@ fn accuracy_chart(acc: &[Point], measure: &str) -> Result<String, String> {
             .iter()
             .flat_map(|p| SERIES.iter().filter_map(|(_, _, pick)| pick(p)))
             .collect();
+        if ys.is_empty() {
+            // Nothing to draw (an evaluator with none of the figures charted here).
+            return Ok(String::new());
+        }
         let (min, max) = ys
             .iter()
             .fold((f64::MAX, f64::MIN), |(l, h), y| (l.min(*y), h.max(*y)));
@@ -503,8 +575,10 @@ fn interval(acc: f64, n: u64) -> (f64, f64) {
 fn test_headline(s: &Summary) -> Option<String> {
     let (first, last) = (s.test_before?, s.test_after?);
     let evaluations = s.accuracy.iter().filter(|p| p.test.is_some()).count();
+    // A Wilson interval is for a proportion of rows: accuracy, not F1, mAP or AUC.
+    let proportion = s.measure.is_empty() || s.measure == "Accuracy";
     let with_ci = |a: f64| match s.test_rows {
-        Some(n) if n > 0 => {
+        Some(n) if n > 0 && proportion => {
             let (lo, hi) = interval(a, n);
             format!("{:.2}% (95% CI {lo:.1}-{hi:.1})", 100.0 * a)
         }
@@ -664,6 +738,21 @@ pub fn html(s: &Summary) -> Result<String, String> {
         }
         h.push_str("</table>");
     }
+    if !s.box_changes.is_empty() {
+        h.push_str("<h2>Changed boxes</h2><p>The same region of the image before (the annotated box, orange) and after (the box that replaced it, blue; none where a box was removed).</p><table><tr><th>image</th><th>before</th><th>after</th><th>by</th></tr>");
+        for (i, c) in s.box_changes.iter().enumerate() {
+            let [before, after] = BoxChange::files(i);
+            let _ = write!(
+                h,
+                "<tr><td>{id}</td><td><img src=\"{before}\" alt=\"before: {old}\" width=\"160\"><br>{old}</td><td><img src=\"{after}\" alt=\"after: {new}\" width=\"160\"><br>{new}</td><td>{by}</td></tr>",
+                id = esc(&c.id),
+                old = esc(&c.old),
+                new = esc(&c.new),
+                by = esc(&c.by),
+            );
+        }
+        h.push_str("</table>");
+    }
     if !s.per_type.is_empty() {
         h.push_str("<h2>Fixed test split, per entity type</h2><table><tr><th>type</th><th>precision</th><th>recall</th><th>F1</th><th>entities</th></tr>");
         for (t, p, r, f1, n) in &s.per_type {
@@ -767,8 +856,32 @@ pub fn markdown(s: &Summary) -> String {
 
 /// Writes `report.html` and `summary.md` into `dir`; returns the HTML's path.
 pub fn write(report: &Value, dir: &Path) -> Result<std::path::PathBuf, String> {
-    let s = summarise(report);
+    let mut s = summarise(report);
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Box changes are drawn here; one whose image cannot be read is left out, with a warning.
+    let changes = std::mem::take(&mut s.box_changes);
+    for c in changes {
+        let i = s.box_changes.len();
+        let drawn = relabel_plugins::judge::crops::before_after(&c.image, &c.site).and_then(
+            |(before, after)| {
+                for (img, name) in [before, after].iter().zip(BoxChange::files(i)) {
+                    let to = dir.join(name);
+                    if let Some(d) = to.parent() {
+                        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+                    }
+                    img.save(&to)
+                        .map_err(|e| format!("{}: {e}", to.display()))?;
+                }
+                Ok(())
+            },
+        );
+        match drawn {
+            Ok(()) => s.box_changes.push(c),
+            Err(e) => s
+                .warnings
+                .push(format!("box change of {}: not drawn: {e}", c.id)),
+        }
+    }
     let page = dir.join("report.html");
     std::fs::write(&page, html(&s)?).map_err(|e| format!("{}: {e}", page.display()))?;
     std::fs::write(dir.join("summary.md"), markdown(&s))

@@ -321,6 +321,31 @@ fn planted_box_errors_are_found_by_an_out_of_fold_detector_and_the_test_is_score
     );
     assert!(m["badcases"].as_u64().unwrap() > 0);
 
+    // The report draws each applied box change before and after, from the audit's sites.
+    let page = std::fs::read_to_string(f.html_report()).unwrap();
+    assert!(
+        page.contains("<h2>Changed boxes</h2>"),
+        "no box changes drawn"
+    );
+    let changed = node(&report, "apply")["metrics"]["changed"]
+        .as_u64()
+        .unwrap() as usize;
+    let drawn = page.matches("-before.png").count();
+    assert_eq!(drawn, changed.min(24));
+    let crops = f.path().join("html/crops");
+    let has = |img: &image::RgbImage, c: [u8; 3]| img.pixels().any(|p| p.0 == c);
+    for i in 0..drawn {
+        let open = |k: &str| {
+            image::open(crops.join(format!("{i:03}-{k}.png")))
+                .unwrap()
+                .to_rgb8()
+        };
+        let (before, after) = (open("before"), open("after"));
+        assert_eq!(before.dimensions(), after.dimensions(), "the same region");
+        assert!(!has(&before, [30, 144, 255]) && !has(&after, [255, 140, 0]));
+        assert!(has(&before, [255, 140, 0]) || has(&after, [30, 144, 255]));
+    }
+
     // An LLM endpoint that is not declared multimodal refuses the disputes, saying why and what
     // to do; one that is gets each question with its crop as an image content part.
     let seen: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();

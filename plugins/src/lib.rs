@@ -12,7 +12,7 @@ pub mod score;
 pub mod sources;
 pub mod template;
 
-pub use relabel_tasks::{data, flags, home, predictions};
+pub use relabel_tasks::{data, detection, flags, home, predictions};
 
 use relabel_engine::plugin::{typed, Registry};
 

@@ -144,6 +144,7 @@ pub fn drop_flagged(ds: &mut Dataset, flags: &[Flag]) -> Result<Vec<AuditRecord>
             endpoint: None,
             model: None,
             at: None,
+            site: serde_json::Value::Null,
         });
     }
     for (name, rows) in gone {
@@ -180,6 +181,10 @@ pub struct AuditRecord {
     pub endpoint: Option<String>,
     pub model: Option<String>,
     pub at: Option<String>,
+    /// Where in the row the change is, for tasks with several disputes per row (the flag's
+    /// site: a span, a box pair).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub site: serde_json::Value,
 }
 
 pub struct ApplyLabels;
@@ -257,6 +262,7 @@ pub fn apply(
             endpoint: d.endpoint.clone(),
             model: d.model.clone(),
             at: d.at.clone(),
+            site: f.site.clone(),
         });
     }
     Ok(Applied { audit, overlapped })

@@ -41,15 +41,34 @@ pub fn region(site: &BoxSite, width: u32, height: u32) -> [u32; 4] {
 /// The crop of `image` for `site` with both boxes drawn, the region shown and the factor it
 /// was enlarged by.
 pub fn crop(image: &Path, site: &BoxSite) -> Result<(RgbImage, [u32; 4], u32), String> {
-    let img = image::open(image)
+    Ok(render(&open(image)?, site, [true, true]))
+}
+
+/// A change as the report shows it: the same region before (the annotated box, orange) and
+/// after (the box that replaced it, blue; none for a removed box).
+pub fn before_after(image: &Path, site: &BoxSite) -> Result<(RgbImage, RgbImage), String> {
+    let img = open(image)?;
+    Ok((
+        render(&img, site, [true, false]).0,
+        render(&img, site, [false, true]).0,
+    ))
+}
+
+fn open(image: &Path) -> Result<RgbImage, String> {
+    Ok(image::open(image)
         .map_err(|e| format!("{}: {e}", image.display()))?
-        .to_rgb8();
+        .to_rgb8())
+}
+
+/// The region around `site`'s boxes, enlarged, with the annotated and/or the proposed box drawn
+/// (`which`); the region and the enlargement.
+fn render(img: &RgbImage, site: &BoxSite, which: [bool; 2]) -> (RgbImage, [u32; 4], u32) {
     let r = region(site, img.width(), img.height());
     let (w, h) = (
         (r[2] - r[0]).min(img.width() - r[0]),
         (r[3] - r[1]).min(img.height() - r[1]),
     );
-    let part = image::imageops::crop_imm(&img, r[0], r[1], w.max(1), h.max(1)).to_image();
+    let part = image::imageops::crop_imm(img, r[0], r[1], w.max(1), h.max(1)).to_image();
     // Small regions are enlarged (nearest pixel, so nothing is invented) to about 256 px.
     let k = (256 / w.max(h).max(1)).clamp(1, 8);
     let mut big = image::imageops::resize(
@@ -58,12 +77,13 @@ pub fn crop(image: &Path, site: &BoxSite) -> Result<(RgbImage, [u32; 4], u32), S
         part.height() * k,
         image::imageops::FilterType::Nearest,
     );
-    for (b, colour) in [(site.annotated, ANNOTATED), (site.proposed, PROPOSED)] {
-        if let Some(b) = b {
+    let boxes = [(site.annotated, ANNOTATED), (site.proposed, PROPOSED)];
+    for ((b, colour), on) in boxes.into_iter().zip(which) {
+        if let (Some(b), true) = (b, on) {
             draw(&mut big, &b, r, k, colour);
         }
     }
-    Ok((big, r, k))
+    (big, r, k)
 }
 
 /// Writes the crop of `image` for `site` to `to` (PNG); returns the region shown and the

@@ -267,7 +267,7 @@ impl Client {
     /// The client for a node's endpoint (its `llm` resource), or the local model when the
     /// manifest declares none; a local server logs into the node's work folder.
     pub fn for_node(ctx: &relabel_engine::plugin::NodeContext) -> Result<Client, String> {
-        let (name, endpoint) = Endpoint::named_for_node(ctx)?;
+        let (name, endpoint) = Endpoint::for_node(ctx)?;
         Client::new(
             &name,
             endpoint,

@@ -135,14 +135,9 @@ fn default_batch_discount() -> f64 {
 }
 
 impl Endpoint {
-    /// A node's endpoint (its `llm` resource), or the local model when the manifest declares
-    /// none.
-    pub fn for_node(ctx: &relabel_engine::plugin::NodeContext) -> Result<Endpoint, String> {
-        Ok(Self::named_for_node(ctx)?.1)
-    }
-
-    /// [`Endpoint::for_node`] with the endpoint's name (`local` for the default).
-    pub fn named_for_node(
+    /// A node's endpoint (its `llm` resource) and its name, or the local model (`local`) when
+    /// the manifest declares none.
+    pub fn for_node(
         ctx: &relabel_engine::plugin::NodeContext,
     ) -> Result<(String, Endpoint), String> {
         Ok(match ctx.resource(SECTION) {

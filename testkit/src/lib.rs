@@ -386,12 +386,7 @@ pub fn offered(request: &Value) -> Vec<String> {
 /// The text of the request's last user message (for content parts, its text parts joined by
 /// newlines; images left out: see [`image_urls`]).
 pub fn user_message(request: &Value) -> String {
-    let content = request
-        .get("messages")
-        .and_then(Value::as_array)
-        .and_then(|m| m.iter().rev().find(|x| x["role"] == "user"))
-        .map(|m| &m["content"]);
-    match content {
+    match user_content(request) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => parts
             .iter()
@@ -403,13 +398,19 @@ pub fn user_message(request: &Value) -> String {
     }
 }
 
-/// The urls of the `image_url` content parts of the request's last user message, in order.
-pub fn image_urls(request: &Value) -> Vec<String> {
+/// The content of the request's last user message (a string, or an array of parts).
+fn user_content(request: &Value) -> Option<&Value> {
     request
         .get("messages")
         .and_then(Value::as_array)
         .and_then(|m| m.iter().rev().find(|x| x["role"] == "user"))
-        .and_then(|m| m["content"].as_array())
+        .map(|m| &m["content"])
+}
+
+/// The urls of the `image_url` content parts of the request's last user message, in order.
+pub fn image_urls(request: &Value) -> Vec<String> {
+    user_content(request)
+        .and_then(Value::as_array)
         .map(|parts| {
             parts
                 .iter()

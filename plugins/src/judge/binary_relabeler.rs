@@ -578,7 +578,8 @@ impl NodeKind for BinaryRelabeler {
                 if ds.task == relabel_tasks::task::TaskKind::Detection {
                     // A text-only model cannot see where a box is; guessing from coordinates
                     // would be noise presented as a judgement. A multimodal one gets the crop.
-                    let endpoint = relabel_llm::endpoint::Endpoint::for_node(&ctx).map_err(fail)?;
+                    let (_, endpoint) =
+                        relabel_llm::endpoint::Endpoint::for_node(&ctx).map_err(fail)?;
                     if !endpoint.multimodal {
                         return Err(fail(format!("a detection dispute is about pixels, and LLM endpoint `{}` is not declared multimodal: set `multimodal: true` on an endpoint whose model reads images (each question then goes with its crop), or have people judge the flags (`mode: human`, then `answers:`)", endpoint.model)));
                     }

@@ -554,6 +554,20 @@ fn votes_take_the_majority_and_leave_ties_undecided() {
                 assert_eq!(d["chosen"], truth, "{d:#}");
                 let c = d["confidence"].as_f64().unwrap();
                 assert!(c == 1.0 || (c - 2.0 / 3.0).abs() < 1e-9, "{d:#}");
+                // The ballots say what each vote chose: votes 1 and 3 the truth, vote 2 the
+                // option it was shown first (the candidate order swapped).
+                let ballots = d["ballots"].as_array().expect("ballots with votes: 3");
+                assert_eq!(ballots.len(), 3, "{d:#}");
+                assert_eq!(ballots[0], truth, "{d:#}");
+                assert_eq!(ballots[2], truth, "{d:#}");
+                let second_first = if d["first_option"] == d["label"] {
+                    &d["candidate"]
+                } else {
+                    &d["label"]
+                };
+                assert_eq!(&ballots[1], second_first, "{d:#}");
+                let agree = ballots.iter().filter(|b| **b == truth).count() as f64;
+                assert!((c - agree / 3.0).abs() < 1e-9, "confidence is the truth's share: {d:#}");
             }
         } else {
             // Vote 2 shows the swapped order and takes its first option: the seeded second

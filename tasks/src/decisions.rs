@@ -171,6 +171,10 @@ pub struct Decision {
     /// When the answer arrived (RFC 3339).
     pub at: Option<String>,
     pub attempts: u32,
+    /// With `votes: k`: the candidate each vote chose, in the order asked (`null`: that vote
+    /// gave no usable answer), so agreement can be measured per vote. Empty for one answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ballots: Vec<Option<String>>,
 }
 
 impl Decision {
@@ -189,6 +193,7 @@ impl Decision {
             template_digest: None,
             at: None,
             attempts: 0,
+            ballots: Vec::new(),
         }
     }
 

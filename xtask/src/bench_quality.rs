@@ -37,6 +37,8 @@ struct Setting {
     estimated: bool,
     /// The filter's `next_candidates` (second candidates after a rejected one; 0: off).
     next_candidates: usize,
+    /// The relabeler's `votes` (each row asked this many times, the majority wins).
+    votes: u32,
 }
 
 impl Setting {
@@ -51,17 +53,27 @@ impl Setting {
             0 => String::new(),
             n => format!("-next{n}"),
         };
+        let votes = match self.votes {
+            1 => String::new(),
+            n => format!("-votes{n}"),
+        };
         format!(
-            "{}-{}-{}{budget}{est}{skip}{next}",
+            "{}-{}-{}{budget}{est}{skip}{next}{votes}",
             self.kind, self.noise, self.method
         )
     }
 
     /// The method as the tables show it.
     fn label(&self) -> String {
+        let votes = match self.votes {
+            1 => String::new(),
+            n => format!(", {n} votes"),
+        };
         match self.method.as_str() {
-            "qwen" => return format!("qwen 0.5B ({} rows, 1 round)", self.relabel_rows),
-            "qwen1.5b" => return format!("qwen 1.5B ({} rows, 1 round)", self.relabel_rows),
+            "qwen" => return format!("qwen 0.5B ({} rows, 1 round{votes})", self.relabel_rows),
+            "qwen1.5b" => {
+                return format!("qwen 1.5B ({} rows, 1 round{votes})", self.relabel_rows)
+            }
             _ => {}
         }
         let mut parts = vec![self.method.clone()];
@@ -76,6 +88,9 @@ impl Setting {
         }
         if self.next_candidates > 0 {
             parts.push(format!("next candidates ({})", self.next_candidates));
+        }
+        if self.votes > 1 {
+            parts.push(format!("{} votes", self.votes));
         }
         parts.join(", ")
     }
@@ -92,6 +107,7 @@ impl Setting {
             skip_judged: false,
             estimated: false,
             next_candidates: 0,
+            votes: 1,
         }
     }
 
@@ -112,6 +128,9 @@ impl Setting {
         }
         if self.next_candidates > 0 {
             s.push(format!("next_candidates={}", self.next_candidates));
+        }
+        if self.votes > 1 {
+            s.push(format!("votes={}", self.votes));
         }
         match self.method.as_str() {
             "flip" | "drop" => {
@@ -239,6 +258,7 @@ fn score(r: &Value, rounds: usize) -> Result<Value> {
             .filter(|d| is_truth(d, "label") || is_truth(d, "candidate"))
             .collect();
         let answerable_right = answerable.iter().filter(|d| is_truth(d, "chosen")).count();
+        let by_votes = majority_of_first(&decisions, &truth);
         let next = Dataset::read(&output(r, &format!("apply@{k}"), "dataset")?)?;
         let (acc, rows) = label_accuracy(&next, &truth);
         let test_after = if k < rounds {
@@ -258,6 +278,7 @@ fn score(r: &Value, rounds: usize) -> Result<Value> {
             "judge_accuracy_where_truth_offered": if answerable.is_empty() { Value::Null } else { json!(answerable_right as f64 / answerable.len() as f64) },
             "truth_offered": answerable.len(),
             "truth_offered_right": answerable_right,
+            "majority_of_first_votes": by_votes,
             "undecided": decisions.len() - decided.len(),
             "changed": metric(r, &format!("apply@{k}"), "changed"),
             "train_label_accuracy": acc,
@@ -284,6 +305,48 @@ fn score(r: &Value, rounds: usize) -> Result<Value> {
         "clean_test_accuracy": metric(r, "clean_evaluate", "test_accuracy"),
         "rounds": per_round,
     }))
+}
+
+/// With `votes: k`, what the majority of each row's first 1, 3, 5, ... ballots would have
+/// decided, on the rows whose two candidates hold the truth: rows asked, decided (a strict
+/// majority), and right; `{}` without ballots.
+fn majority_of_first(decisions: &[Value], truth: &HashMap<String, String>) -> Value {
+    let offered: Vec<&Value> = decisions
+        .iter()
+        .filter(|d| holds_truth(truth, d, "label") || holds_truth(truth, d, "candidate"))
+        .collect();
+    let most = offered
+        .iter()
+        .map(|d| d["ballots"].as_array().map_or(0, Vec::len))
+        .max()
+        .unwrap_or(0);
+    let mut out = serde_json::Map::new();
+    for k in (1..=most).step_by(2) {
+        let (mut decided, mut right) = (0usize, 0usize);
+        for d in &offered {
+            let ballots = d["ballots"].as_array().map_or(&[][..], Vec::as_slice);
+            let first = &ballots[..k.min(ballots.len())];
+            let tally = |field: &str| first.iter().filter(|b| **b == d[field]).count();
+            let (keep, take) = (tally("label"), tally("candidate"));
+            if keep == take {
+                continue;
+            }
+            decided += 1;
+            let winner = if keep > take { "label" } else { "candidate" };
+            right += usize::from(holds_truth(truth, d, winner));
+        }
+        out.insert(
+            k.to_string(),
+            json!({
+                "asked": offered.len(),
+                "decided": decided,
+                "right": right,
+                "accuracy": right as f64 / decided.max(1) as f64,
+                "right_of_asked": right as f64 / offered.len().max(1) as f64,
+            }),
+        );
+    }
+    Value::Object(out)
 }
 
 fn pct(v: &Value) -> String {
@@ -362,6 +425,21 @@ pub fn quality(root: &Path, args: &[String]) -> Result<Value> {
         settings.push(Setting {
             rounds: 1,
             relabel_rows: qwen_rows,
+            ..Setting::plain("uniform", 0.2, qwen.into())
+        });
+    }
+    // Agreement of answers with the real local judges: each row asked 5 times (the first vote
+    // at temperature 0, as the single-vote settings ask, then 4 more with other example sets,
+    // the order alternating, at 0.7); the ballots give the majority of the first 1, 3 and 5.
+    let voted_rows: usize = std::env::var("RELABEL_QUALITY_VOTED_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(qwen_rows);
+    for qwen in ["qwen", "qwen1.5b"] {
+        settings.push(Setting {
+            rounds: 1,
+            relabel_rows: voted_rows,
+            votes: 5,
             ..Setting::plain("uniform", 0.2, qwen.into())
         });
     }
@@ -593,6 +671,40 @@ fn tables(settings: &[Setting], results: &BTreeMap<String, Value>) -> String {
             ));
         }
     }
+    out.push_str(&votes_table(settings, results));
+    out
+}
+
+/// Agreement of answers: for each voted setting, the majority of each row's first 1, 3 and 5
+/// ballots on the rows that offer the truth, and the judging time per row.
+fn votes_table(settings: &[Setting], results: &BTreeMap<String, Value>) -> String {
+    let mut out = String::new();
+    for s in settings.iter().filter(|s| s.votes > 1) {
+        let Some(r) = results.get(&s.name()) else {
+            continue;
+        };
+        let r1 = &r["rounds"][0];
+        let Some(by) = r1["majority_of_first_votes"].as_object() else {
+            continue;
+        };
+        if out.is_empty() {
+            out.push_str("\nAgreement of answers (round 1, rows whose pair holds the truth)\n\n| judge | majority of the first | decided / asked | right where decided | right of asked | judging seconds per row |\n|---|---:|---:|---:|---:|---:|\n");
+        }
+        let secs = r1["judge_seconds"].as_f64().unwrap_or(f64::NAN)
+            / r1["judged"].as_f64().unwrap_or(1.0).max(1.0);
+        for (k, v) in by {
+            let k: f64 = k.parse().unwrap_or(1.0);
+            out.push_str(&format!(
+                "| {} | {k} | {} / {} | {} | {} | {:.1} |\n",
+                s.label(),
+                v["decided"],
+                v["asked"],
+                pct(&v["accuracy"]),
+                pct(&v["right_of_asked"]),
+                secs * k / s.votes as f64,
+            ));
+        }
+    }
     out
 }
 
@@ -652,7 +764,12 @@ fn targets(results: &BTreeMap<String, Value>) -> Value {
         out.push(t);
     }
     // Issue 20: the better local judge is right on >= 88% of the pairs that offer the truth.
-    let local: Vec<(&str, f64)> = ["uniform-0.2-qwen", "uniform-0.2-qwen1.5b"]
+    let local: Vec<(&str, f64)> = [
+        "uniform-0.2-qwen",
+        "uniform-0.2-qwen1.5b",
+        "uniform-0.2-qwen-votes5",
+        "uniform-0.2-qwen1.5b-votes5",
+    ]
         .into_iter()
         .filter_map(|n| {
             get(n)

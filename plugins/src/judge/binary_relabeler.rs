@@ -910,6 +910,7 @@ async fn judge_votes(
     d.template_digest = Some(voters[0].digest.clone());
     d.attempts = asked.iter().map(|a| a.attempts).sum();
     d.at = asked.iter().rev().find_map(|a| a.at.clone());
+    d.ballots = asked.iter().map(|a| a.chosen.clone()).collect();
     d.answer = Some(
         asked
             .iter()

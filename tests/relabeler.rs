@@ -567,7 +567,10 @@ fn votes_take_the_majority_and_leave_ties_undecided() {
                 };
                 assert_eq!(&ballots[1], second_first, "{d:#}");
                 let agree = ballots.iter().filter(|b| **b == truth).count() as f64;
-                assert!((c - agree / 3.0).abs() < 1e-9, "confidence is the truth's share: {d:#}");
+                assert!(
+                    (c - agree / 3.0).abs() < 1e-9,
+                    "confidence is the truth's share: {d:#}"
+                );
             }
         } else {
             // Vote 2 shows the swapped order and takes its first option: the seeded second

@@ -71,9 +71,7 @@ impl Setting {
         };
         match self.method.as_str() {
             "qwen" => return format!("qwen 0.5B ({} rows, 1 round{votes})", self.relabel_rows),
-            "qwen1.5b" => {
-                return format!("qwen 1.5B ({} rows, 1 round{votes})", self.relabel_rows)
-            }
+            "qwen1.5b" => return format!("qwen 1.5B ({} rows, 1 round{votes})", self.relabel_rows),
             _ => {}
         }
         let mut parts = vec![self.method.clone()];
@@ -770,13 +768,13 @@ fn targets(results: &BTreeMap<String, Value>) -> Value {
         "uniform-0.2-qwen-votes5",
         "uniform-0.2-qwen1.5b-votes5",
     ]
-        .into_iter()
-        .filter_map(|n| {
-            get(n)
-                .and_then(|r| r["rounds"][0]["judge_accuracy_where_truth_offered"].as_f64())
-                .map(|a| (n, a))
-        })
-        .collect();
+    .into_iter()
+    .filter_map(|n| {
+        get(n)
+            .and_then(|r| r["rounds"][0]["judge_accuracy_where_truth_offered"].as_f64())
+            .map(|a| (n, a))
+    })
+    .collect();
     if let Some((best, acc)) = local.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1)) {
         let mut t = crate::bench::target(
             "the better local judge's accuracy where the truth is offered (Banking77 pairs)",
